@@ -1,0 +1,20 @@
+"""celeriac: an asyncio-native task queue that speaks Celery's protocol v2.
+
+The public names, nothing else; see README.md for a five-minute tour.
+"""
+
+from celeriac import states
+from celeriac.app import Celery, shared_task, uuid
+from celeriac.result import AsyncResult
+from celeriac.task import AsyncTask, SyncTask, Task
+
+__all__ = [
+    "AsyncResult",
+    "AsyncTask",
+    "Celery",
+    "SyncTask",
+    "Task",
+    "shared_task",
+    "states",
+    "uuid",
+]

@@ -1,0 +1,225 @@
+"""One SQLite connection per instance, driven from one dedicated thread.
+
+The broker and the result backend share this helper, and may share one file: the schema
+below holds both the queue tables and the result table, all prefixed ``celeriac_`` so that
+the file can also be an application's own database.
+
+Durability trade-off: the file runs in WAL mode with ``synchronous=NORMAL``. A committed
+transaction then survives the crash of any process (``kill -9`` included), because it is
+in the WAL file the moment the commit returns; what a power loss or kernel crash can cost
+is the last few transactions before the WAL was synced. ``synchronous=FULL`` would close
+that gap for an fsync per commit, which a task queue on one machine rarely wants.
+
+Every statement runs on the instance's own single-thread executor, so the event loop never
+blocks on the disk, and statements that belong together run as one job in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+from urllib.parse import unquote, urlsplit
+
+from celeriac.errors import BrokerError, ConfigurationError
+
+T = TypeVar("T")
+
+#: The default database, relative to the working directory.
+DEFAULT_URL = "sqlite:///celeriac.db"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS celeriac_messages (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    visible_at REAL NOT NULL,
+    envelope BLOB NOT NULL,
+    redelivered INTEGER NOT NULL DEFAULT 0,
+    holder TEXT
+);
+CREATE INDEX IF NOT EXISTS celeriac_messages_waiting
+    ON celeriac_messages (queue, priority DESC, id, visible_at) WHERE holder IS NULL;
+CREATE INDEX IF NOT EXISTS celeriac_messages_held
+    ON celeriac_messages (holder) WHERE holder IS NOT NULL;
+CREATE TABLE IF NOT EXISTS celeriac_holders (
+    holder TEXT PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started REAL,
+    heartbeat REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS celeriac_dead_letters (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    envelope BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    died_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS celeriac_results (
+    task_id TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    ready INTEGER NOT NULL,
+    expires_at REAL
+);
+CREATE INDEX IF NOT EXISTS celeriac_results_expiry
+    ON celeriac_results (expires_at) WHERE expires_at IS NOT NULL;
+"""
+
+_OPEN_ATTEMPTS = 5
+
+
+def path_from_url(url: str) -> str:
+    """The absolute file path of a ``sqlite:///`` URL, SQLAlchemy-style.
+
+    ``sqlite:///celeriac.db`` is relative to the working directory *now* (a later chdir
+    must not move the queue); ``sqlite:////var/lib/app.db`` is absolute.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise ConfigurationError(f"not a SQLite URL: {url!r} (expected sqlite:///path/to/file.db)")
+    if parts.netloc:
+        raise ConfigurationError(
+            f"SQLite URL {url!r} has a host: use three slashes for a relative path "
+            "(sqlite:///celeriac.db) or four for an absolute one (sqlite:////var/lib/q.db)"
+        )
+    path = unquote(parts.path)[1:]
+    if not path or path.endswith("/"):
+        raise ConfigurationError(
+            f"SQLite URL {url!r} names no file: use e.g. sqlite:///celeriac.db"
+            " (in-memory SQLite cannot be shared between processes; use memory:// for tests)"
+        )
+    return os.path.abspath(path)
+
+
+class Database:
+    """A connection confined to one thread; every call is a job on that thread."""
+
+    def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        """Create the file (and its directory) if needed, switch to WAL, create tables."""
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="celeriac-sqlite")
+        try:
+            self._conn = await self._submit(self._connect)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            directory = os.path.dirname(self.path)
+            os.makedirs(directory, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise BrokerError(
+                f"cannot open the SQLite database {self.path!r}: {exc}. Make sure its directory"
+                " exists or can be created and is writable, or point the URL at another file"
+                " (sqlite:///relative/path.db or sqlite:////absolute/path.db)"
+            ) from exc
+        try:
+            self._prepare(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise BrokerError(f"cannot prepare the SQLite database {self.path!r}: {exc}") from exc
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        # Switching to WAL needs a moment alone with the file; a process opening it at the
+        # same instant can make that fail once even with a busy timeout, so try again.
+        for attempt in range(_OPEN_ATTEMPTS):
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == _OPEN_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(f"BEGIN IMMEDIATE;{SCHEMA}COMMIT;")
+
+    async def run(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``job(conn)`` on the database thread; each statement commits on its own
+        unless the job opens a transaction with :func:`atomically`."""
+        return await self._submit(lambda: self._guard(job))
+
+    async def transaction(
+        self,
+        job: Callable[[sqlite3.Connection], T],
+        *,
+        then: Callable[[], None] | None = None,
+    ) -> T:
+        """Run ``job(conn)`` in one transaction, then ``then()`` on the same thread.
+
+        ``then`` runs right after the commit (typically a wake-up for other processes),
+        off the event loop, and only if the commit happened.
+        """
+
+        def job_then_notify(conn: sqlite3.Connection) -> T:
+            result = atomically(conn, job)
+            if then is not None:
+                then()
+            return result
+
+        return await self.run(job_then_notify)
+
+    def _guard(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            raise BrokerError(f"the SQLite database {self.path!r} is closed")
+        try:
+            return job(self._conn)
+        except sqlite3.OperationalError as exc:
+            hint = ""
+            if "locked" in str(exc) or "busy" in str(exc):
+                hint = (
+                    f": another process held the write lock for over {self.busy_timeout:g} s"
+                    " (raise the busy_timeout option if that is expected)"
+                )
+            raise BrokerError(f"SQLite {self.path!r}: {exc}{hint}") from exc
+        except sqlite3.Error as exc:
+            raise BrokerError(f"SQLite {self.path!r}: {exc}") from exc
+
+    async def _submit(self, job: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise BrokerError(f"the SQLite database {self.path!r} is not open: call connect()")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
+
+    def _disconnect(self) -> None:
+        # On the database thread, after every job queued before it.
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    async def close(self) -> None:
+        """Close the connection on its own thread, then let the thread end."""
+        if self._executor is None:
+            return
+        await self._submit(self._disconnect)
+        self._executor.shutdown(wait=False)
+        self._executor = None
+
+
+def atomically(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``job(conn)`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back if it raises).
+
+    IMMEDIATE takes the write lock up front: a transaction that began as a reader and then
+    wrote could fail with SQLITE_BUSY at once, without waiting for the busy timeout.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = job(conn)
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result

@@ -1,0 +1,334 @@
+"""Celery: the application object. Configuration, task registry, connections, send_task."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid as _uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, ParamSpec, Protocol, TypedDict, TypeVar, Unpack, overload
+
+from celeriac import _bridge, protocol
+from celeriac.backends.base import ResultBackend
+from celeriac.brokers.base import Broker
+from celeriac.config import Settings
+from celeriac.result import AsyncResult, dual
+from celeriac.resultmeta import make_meta
+from celeriac.task import AsyncTask, Request, SyncTask, Task, TaskOptions, current_request
+from celeriac.transports import backend_from_url, broker_from_url
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+logger = logging.getLogger("celeriac.app")
+
+_apps: list[Celery] = []
+_apps_lock = threading.Lock()
+_shared: list[Callable[[Celery], None]] = []
+
+
+def uuid() -> str:
+    """A new task id (a random UUID4 string, as Celery makes them)."""
+    return str(_uuid.uuid4())
+
+
+def default_app() -> Celery:
+    """The most recently created app (Celery's ``current_app``); one is made if none exists."""
+    with _apps_lock:
+        if _apps:
+            return _apps[-1]
+    return Celery()
+
+
+class TaskKwargs(TypedDict, total=False):
+    name: str
+    max_retries: int | None
+    default_retry_delay: float
+    autoretry_for: tuple[type[BaseException], ...]
+    retry_backoff: bool | float
+    retry_backoff_max: float
+    retry_jitter: bool
+    queue: str
+    priority: int
+    ignore_result: bool
+    time_limit: float
+    soft_time_limit: float
+    acks_late: bool
+    serializer: str
+
+
+class TaskDecorator(Protocol):
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> AsyncTask[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> SyncTask[P, R]: ...
+
+
+class BoundTaskDecorator(Protocol):
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[..., Coroutine[Any, Any, R]], /
+    ) -> AsyncTask[..., R]: ...
+    @overload
+    def __call__(self, fn: Callable[..., R], /) -> SyncTask[..., R]: ...
+
+
+@dataclass(slots=True)
+class Connection:
+    """The broker and result store of one event loop."""
+
+    broker: Broker
+    backend: ResultBackend
+
+
+class Celery:
+    """A celeriac application: ``Celery("proj", broker=..., backend=...)``."""
+
+    def __init__(
+        self,
+        main: str | None = None,
+        *,
+        broker: str | None = None,
+        backend: str | None = None,
+        **settings: Any,
+    ) -> None:
+        self.main = main
+        self.conf = Settings()
+        if broker:
+            self.conf.broker_url = broker
+        if backend:
+            self.conf.result_backend = backend
+        self.conf.update(settings)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._connections: dict[asyncio.AbstractEventLoop, Connection] = {}
+        self._connect_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._sending: set[asyncio.Task[None]] = set()
+        with _apps_lock:
+            _apps.append(self)
+            shared = list(_shared)
+        for register in shared:
+            register(self)
+
+    def __repr__(self) -> str:
+        return f"<Celery {self.main or '__main__'}>"
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    @overload
+    def task(  # type: ignore[overload-overlap]
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> AsyncTask[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> SyncTask[P, R]: ...
+    @overload
+    def task(self, *, bind: Literal[True], **options: Unpack[TaskKwargs]) -> BoundTaskDecorator: ...
+    @overload
+    def task(
+        self, *, bind: Literal[False] = False, **options: Unpack[TaskKwargs]
+    ) -> TaskDecorator: ...
+
+    # mypy cannot match a positional-only ``fn`` against the keyword-only overloads.
+    def task(  # type: ignore[misc]
+        self, fn: Callable[..., Any] | None = None, /, *, bind: bool = False, **options: Any
+    ) -> Any:
+        """Register a function as a task; use bare (``@app.task``) or with options."""
+
+        def decorate(function: Callable[..., Any]) -> Task[Any, Any]:
+            return self.register(function, bind=bind, **options)
+
+        return decorate(fn) if fn is not None else decorate
+
+    def register(
+        self, fn: Callable[..., Any], *, bind: bool = False, **options: Any
+    ) -> Task[Any, Any]:
+        name = options.pop("name", None) or f"{fn.__module__}.{fn.__qualname__}"
+        task_options = TaskOptions(name=name, bind=bind, **options)
+        cls = AsyncTask if asyncio.iscoroutinefunction(fn) else SyncTask
+        task: Task[Any, Any] = cls(self, fn, task_options)
+        self.tasks[name] = task
+        return task
+
+    # -- connections ---------------------------------------------------------------------------
+
+    async def connection(self) -> Connection:
+        """This loop's broker and result store, connected on first use."""
+        loop = asyncio.get_running_loop()
+        conn = self._connections.get(loop)
+        if conn is not None:
+            return conn
+        lock = self._connect_locks.setdefault(loop, asyncio.Lock())
+        async with lock:
+            conn = self._connections.get(loop)
+            if conn is None:
+                conn = await self._open()
+                self._forget_closed_loops()
+                self._connections[loop] = conn
+        return conn
+
+    async def _open(self) -> Connection:
+        conf = self.conf
+        broker = broker_from_url(
+            conf.effective_broker_url(),
+            max_message_size=conf.broker_max_message_size,
+            options=conf.broker_transport_options,
+        )
+        backend = backend_from_url(
+            conf.effective_result_backend(), options=conf.result_backend_transport_options
+        )
+        await broker.connect()
+        try:
+            await backend.connect()
+        except BaseException:
+            await broker.close()
+            raise
+        return Connection(broker, backend)
+
+    def _forget_closed_loops(self) -> None:
+        for loop in [loop for loop in self._connections if loop.is_closed()]:
+            del self._connections[loop]
+            self._connect_locks.pop(loop, None)
+
+    @asynccontextmanager
+    async def setup(self) -> AsyncIterator[Celery]:
+        """Connect now and close on exit: ``async with app.setup(): ...`` (web lifespans)."""
+        await self.connection()
+        try:
+            yield self
+        finally:
+            await self._close()
+
+    def close(self) -> Awaitable[None]:
+        """Close this loop's connections (the sync bridge's in sync code)."""
+        return dual(self._close())
+
+    async def _close(self) -> None:
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
+        conn = self._connections.pop(asyncio.get_running_loop(), None)
+        if conn is not None:
+            await conn.broker.close()
+            await conn.backend.close()
+
+    # -- publishing ------------------------------------------------------------------------------
+
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
+        task_id: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, Any] | None = None,
+        ignore_result: bool | None = None,
+        serializer: str | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+    ) -> AsyncResult[Any]:
+        """Queue a task by name. In async code the publish starts now; await to confirm it.
+
+        The message is built here, so bad arguments (unserializable, bad priority) raise in
+        the caller in both calling styles.
+        """
+        conf = self.conf
+        task_id = task_id or uuid()
+        now = datetime.now(UTC)
+        if countdown is not None:
+            eta = now + timedelta(seconds=countdown)
+        elif eta is not None and eta.tzinfo is None:
+            eta = eta.replace(tzinfo=UTC)
+        if isinstance(expires, int | float):
+            expires = now + timedelta(seconds=expires)
+        if priority is None:
+            priority = conf.task_default_priority or 0
+        parent = current_request.get()
+        envelope = protocol.build_task_message(
+            name,
+            task_id,
+            list(args or ()),
+            dict(kwargs or {}),
+            serializer=serializer or conf.task_serializer,
+            eta=eta,
+            expires=expires,
+            time_limit=time_limit,
+            soft_time_limit=soft_time_limit,
+            root_id=(parent.root_id or parent.id) if parent and parent.id else None,
+            parent_id=parent.id if parent and parent.id else None,
+            ignore_result=bool(
+                ignore_result if ignore_result is not None else conf.task_ignore_result
+            ),
+            priority=priority,
+            headers=headers,
+        )
+        queue = queue or conf.task_default_queue
+        when = eta.timestamp() if eta is not None else None
+        publishing = self._publish(queue, envelope, priority, when)
+        result: AsyncResult[Any] = AsyncResult(task_id, self, task_name=name)
+        if _bridge.in_async_context():
+            sending = asyncio.get_running_loop().create_task(publishing)
+            self._sending.add(sending)
+            sending.add_done_callback(self._sent)
+            result._sending = sending
+        else:
+            _bridge.run(publishing)
+        return result
+
+    async def _publish(self, queue: str, envelope: Any, priority: int, eta: float | None) -> None:
+        broker = (await self.connection()).broker
+        await broker.publish(queue, envelope, priority=priority, eta=eta)
+
+    def _sent(self, sending: asyncio.Task[None]) -> None:
+        self._sending.discard(sending)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
+        return AsyncResult(task_id, self)
+
+    # -- results --------------------------------------------------------------------------------
+
+    async def store_state(
+        self,
+        task_id: str,
+        state: str,
+        result: Any,
+        request: Request | None,
+        traceback: str | None = None,
+    ) -> None:
+        """Write a task's record in Celery's format to the result store."""
+        meta = make_meta(
+            task_id,
+            state,
+            result,
+            traceback=traceback,
+            parent_id=request.parent_id if request else None,
+            group_id=request.group if request else None,
+        )
+        backend = (await self.connection()).backend
+        await backend.store(task_id, meta, expires=self.conf.result_expires)
+
+
+def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Like ``@app.task``, for reusable modules: the task is registered on every app."""
+
+    def decorate(function: Callable[..., Any]) -> Task[Any, Any]:
+        def register(app: Celery) -> None:
+            app.register(function, **dict(options))
+
+        with _apps_lock:
+            _shared.append(register)
+            apps = list(_apps)
+        for app in apps:
+            register(app)
+        target = default_app()
+        return target.tasks[options.get("name") or f"{function.__module__}.{function.__qualname__}"]
+
+    return decorate(fn) if fn is not None else decorate

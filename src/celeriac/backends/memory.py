@@ -1,0 +1,141 @@
+"""``memory://`` results: the reference result backend, inside one process, for tests.
+
+Shared, like the memory broker, by every instance with the same URL in the process; a
+waiter on another event loop (the sync API's private thread) is woken on its own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from celeriac import errors
+from celeriac.backends.base import ResultBackend
+from celeriac.brokers.base import now
+from celeriac.brokers.memory import reset_memory_transports
+
+__all__ = ["MemoryBackend", "clear_results", "reset_memory_transports"]
+
+_Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[bytes]"]
+
+
+@dataclass(slots=True)
+class _Record:
+    data: bytes
+    ready: bool
+    expires_at: float | None
+
+    def expired(self, at: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= at
+
+
+class _Results:
+    """The records of one namespace and the futures waiting on them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.records: dict[str, _Record] = {}
+        self.waiters: dict[str, list[_Waiter]] = {}
+
+    def live(self, task_id: str) -> _Record | None:
+        """The record unless it expired (then dropped). Call with the lock held."""
+        record = self.records.get(task_id)
+        if record is not None and record.expired(now()):
+            del self.records[task_id]
+            return None
+        return record
+
+    def remove_waiter(self, task_id: str, waiter: _Waiter) -> None:
+        with self.lock:
+            waiters = self.waiters.get(task_id, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self.waiters.pop(task_id, None)
+
+
+_REGISTRY_LOCK = threading.Lock()
+_RESULTS: dict[str, _Results] = {}
+
+
+def _results_for(url: str) -> _Results:
+    parts = urlsplit(url)
+    key = parts.netloc + parts.path
+    with _REGISTRY_LOCK:
+        results = _RESULTS.get(key)
+        if results is None:
+            results = _RESULTS[key] = _Results()
+        return results
+
+
+def clear_results() -> None:
+    """Forget every ``memory://`` result (``reset_memory_transports`` calls this)."""
+    with _REGISTRY_LOCK:
+        _RESULTS.clear()
+
+
+def _resolve(future: asyncio.Future[bytes], data: bytes) -> None:
+    if not future.done():
+        future.set_result(data)
+
+
+class MemoryBackend(ResultBackend):
+    """Results in this process's memory. Options: none."""
+
+    schemes = ("memory",)
+
+    def __init__(self, url: str, *, options: dict[str, Any] | None = None) -> None:
+        super().__init__(url, options=options)
+        self._results = _results_for(url)
+        self._pending: set[asyncio.Future[bytes]] = set()
+        self._closed = False
+
+    async def close(self) -> None:
+        self._closed = True
+        for future in self._pending:
+            if not future.done():
+                future.set_exception(errors.BrokerError(f"result backend {self.url} was closed"))
+
+    async def _set(self, task_id: str, data: bytes, ready: bool, expires: float | None) -> None:
+        expires_at = None if expires is None else now() + expires
+        with self._results.lock:
+            self._results.records[task_id] = _Record(data, ready, expires_at)
+            waiters = self._results.waiters.pop(task_id, []) if ready else []
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(_resolve, future, data)
+            except RuntimeError:  # that waiter's loop is closed
+                continue
+
+    async def _get(self, task_id: str) -> bytes | None:
+        with self._results.lock:
+            record = self._results.live(task_id)
+        return None if record is None else record.data
+
+    async def _wait(self, task_id: str, timeout: float | None) -> bytes:
+        if self._closed:
+            raise errors.BrokerError(f"result backend {self.url} is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
+        waiter = (loop, future)
+        with self._results.lock:
+            record = self._results.live(task_id)
+            if record is not None and record.ready:
+                return record.data
+            self._results.waiters.setdefault(task_id, []).append(waiter)
+        self._pending.add(future)
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError as exc:
+            raise errors.TimeoutError(f"task {task_id} was not ready after {timeout} s") from exc
+        finally:
+            self._pending.discard(future)
+            self._results.remove_waiter(task_id, waiter)
+
+    async def _delete(self, task_id: str) -> None:
+        with self._results.lock:
+            self._results.records.pop(task_id, None)

@@ -1,0 +1,181 @@
+"""The broker contract: what every transport implements, and nothing about tasks.
+
+A broker moves opaque :class:`Envelope` objects between named queues. It never parses a
+body: the worker and the client turn envelopes into tasks (``celeriac.protocol``).
+
+Public methods validate once here and call the ``_``-prefixed primitives that a transport
+implements. The contract suite in ``tests/contract`` runs against every implementation.
+
+Priorities are celeriac's: 0 to 9, **higher runs first**, on every transport. A transport
+whose native order differs (Celery on Redis runs lower numbers first) maps it.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from celeriac.errors import MessageTooLarge
+
+MIN_PRIORITY = 0
+MAX_PRIORITY = 9
+
+
+@dataclass(slots=True)
+class Envelope:
+    """One message as the broker stores it: body bytes plus headers and properties.
+
+    ``headers`` are the protocol v2 task headers (``task``, ``id``, ...); ``properties`` the
+    AMQP-style basic properties (``correlation_id``, ``reply_to``, ``priority``, ...).
+    """
+
+    body: bytes
+    content_type: str
+    content_encoding: str
+    headers: dict[str, Any] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Delivery:
+    """An envelope handed to a consumer, with what the broker needs to settle it.
+
+    Every delivery must be settled exactly once: ``ack``, ``requeue``, ``defer`` or
+    ``dead_letter``. A delivery never settled is redelivered when its holder dies.
+    """
+
+    envelope: Envelope
+    queue: str
+    tag: Any
+    redelivered: bool = False
+    priority: int = 0
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A message the worker could not run, kept with the reason so nothing is lost."""
+
+    queue: str
+    envelope: Envelope
+    reason: str
+    died_at: float
+
+
+@dataclass(slots=True)
+class PublishRequest:
+    """One message to publish; ``eta`` (unix seconds) keeps it invisible until then."""
+
+    queue: str
+    envelope: Envelope
+    priority: int = 0
+    eta: float | None = None
+
+
+class Broker(ABC):
+    """Base class of every transport.
+
+    Subclasses implement the ``_`` primitives; each one documents its duty below.
+    Instances are bound to the event loop they were connected on.
+    """
+
+    #: URL scheme(s) this transport serves, e.g. ``("sqlite",)``.
+    schemes: tuple[str, ...] = ()
+
+    def __init__(
+        self, url: str, *, max_message_size: int = 0, options: dict[str, Any] | None = None
+    ):
+        self.url = url
+        self.max_message_size = max_message_size
+        self.options = dict(options or {})
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open connections; called once before any other method. Default: nothing to do."""
+
+    async def close(self) -> None:
+        """Release connections. Unsettled deliveries go back to their queue."""
+
+    # -- producing -------------------------------------------------------------------------
+
+    async def publish(
+        self, queue: str, envelope: Envelope, *, priority: int = 0, eta: float | None = None
+    ) -> None:
+        """Store one message durably; returns once the broker has it."""
+        await self.publish_many([PublishRequest(queue, envelope, priority, eta)])
+
+    async def publish_many(self, requests: Sequence[PublishRequest]) -> None:
+        """Store many messages in as few round trips as the transport allows."""
+        for request in requests:
+            self._check(request)
+        await self._publish(requests)
+
+    def _check(self, request: PublishRequest) -> None:
+        if not MIN_PRIORITY <= request.priority <= MAX_PRIORITY:
+            raise ValueError(
+                f"priority {request.priority} is out of range: use {MIN_PRIORITY}..{MAX_PRIORITY}"
+                " (higher runs first)"
+            )
+        size = len(request.envelope.body)
+        if self.max_message_size and size > self.max_message_size:
+            raise MessageTooLarge(
+                f"message body is {size} bytes, over broker_max_message_size="
+                f"{self.max_message_size}: pass large data by reference (a path or URL) instead"
+            )
+
+    @abstractmethod
+    async def _publish(self, requests: Sequence[PublishRequest]) -> None:
+        """Durably append each request to its queue (visible from ``eta`` if given)."""
+
+    # -- consuming -------------------------------------------------------------------------
+
+    @abstractmethod
+    def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncIterator[Delivery]:
+        """Yield deliveries from ``queues``, highest priority first, then oldest first.
+
+        At most ``prefetch`` deliveries are outstanding (yielded, not yet settled) at once.
+        New messages reach an idle consumer promptly (no long fixed poll). Closing the
+        iterator (``aclose``) stops consuming; deliveries not yet yielded go back.
+        """
+
+    @abstractmethod
+    async def ack(self, delivery: Delivery) -> None:
+        """The message was handled: remove it for good."""
+
+    @abstractmethod
+    async def requeue(self, delivery: Delivery) -> None:
+        """Put the message back, marked redelivered, to be consumed again soon."""
+
+    @abstractmethod
+    async def defer(self, delivery: Delivery, eta: float) -> None:
+        """Put the message back, invisible until ``eta`` (unix seconds)."""
+
+    @abstractmethod
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move the message to the dead letters with ``reason``; it is not consumed again."""
+
+    # -- administration --------------------------------------------------------------------
+
+    @abstractmethod
+    async def purge(self, queue: str) -> int:
+        """Delete every waiting message of ``queue``; return how many were deleted."""
+
+    @abstractmethod
+    async def queue_sizes(self) -> dict[str, int]:
+        """Messages waiting (or held) per known queue."""
+
+    @abstractmethod
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The most recent dead letters, newest first."""
+
+    @abstractmethod
+    async def dead_letter_count(self) -> int:
+        """How many dead letters are kept."""
+
+
+def now() -> float:
+    """Wall-clock unix time: ETAs cross processes, so a monotonic clock would not do."""
+    return time.time()

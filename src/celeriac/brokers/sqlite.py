@@ -1,0 +1,529 @@
+"""``sqlite:///path``: the default broker, one durable SQLite file serving a whole machine.
+
+Several worker processes and producers share the file (see :mod:`celeriac._sqlite` for the
+connection, the schema and the durability trade-off). A message row is *waiting* while its
+``holder`` is NULL and *held* while a consumer has it; a consumer claims rows atomically
+with ``UPDATE ... RETURNING``, so two processes never get the same message.
+
+Holders and liveness. A broker that consumes registers one holder row
+(``hostname:pid:random``) and refreshes its heartbeat every couple of seconds for as long as
+its event loop runs, so a long task never loses its message. Any consumer sweeps, when it
+starts and every ``sweep_interval`` seconds: a holder whose heartbeat is older than
+``visibility_timeout`` is dead, and so at once is a holder on this machine whose process is
+gone (or is a zombie, or is a newer process that reused the pid: the process start time is
+stored with the pid). The messages of a dead holder go back to their queue, marked
+redelivered. A broker that closes cleanly gives back what it holds itself.
+
+Wake-ups. Every change that makes a message visible (publish, requeue, defer, release)
+notifies the ``tasks`` channel of :mod:`celeriac._wakeup` after its commit; an idle consumer
+sleeps until a wake-up, the earliest future ``visible_at`` among its queues, or the
+``poll_interval`` safety poll, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import sqlite3
+import struct
+from collections import deque
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+from functools import partial
+from typing import Any
+
+from celeriac._sqlite import Database, atomically, path_from_url
+from celeriac._wakeup import Listener, Notifier, channel_directory, wait_for_signal
+from celeriac.brokers.base import Broker, DeadLetter, Delivery, Envelope, PublishRequest, now
+from celeriac.brokers.memory import check_consume
+from celeriac.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+_HEADER_SIZE = struct.Struct(">I")
+_HOSTNAME = socket.gethostname()
+_EPSILON = 0.001  # sleep just past an eta, so the claim after it finds the message visible
+
+_CLAIM = """
+UPDATE celeriac_messages SET holder = ?
+WHERE id IN (
+    SELECT id FROM celeriac_messages
+    WHERE holder IS NULL AND queue IN ({marks}) AND visible_at <= ?
+    ORDER BY priority DESC, id LIMIT ?
+)
+RETURNING id, queue, priority, envelope, redelivered
+"""
+_NEXT_ETA = """
+SELECT MIN(visible_at) FROM celeriac_messages
+WHERE holder IS NULL AND queue IN ({marks}) AND visible_at > ?
+"""
+_RELEASE_ORPHANS = """
+UPDATE celeriac_messages SET holder = NULL, redelivered = 1
+WHERE holder IS NOT NULL AND holder NOT IN (SELECT holder FROM celeriac_holders)
+"""
+_HAS_ORPHANS = """
+SELECT 1 FROM celeriac_messages
+WHERE holder IS NOT NULL AND holder NOT IN (SELECT holder FROM celeriac_holders) LIMIT 1
+"""
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    """A length-prefixed JSON header (everything but the body), then the raw body bytes."""
+    header = {
+        "content_type": envelope.content_type,
+        "content_encoding": envelope.content_encoding,
+        "headers": envelope.headers,
+        "properties": envelope.properties,
+    }
+    try:
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"the SQLite broker stores message headers and properties as JSON: {exc}"
+        ) from exc
+    return _HEADER_SIZE.pack(len(encoded)) + encoded + bytes(envelope.body)
+
+
+def decode_envelope(blob: bytes) -> Envelope:
+    """The inverse of :func:`encode_envelope`."""
+    (size,) = _HEADER_SIZE.unpack_from(blob)
+    start = _HEADER_SIZE.size
+    header = json.loads(blob[start : start + size])
+    return Envelope(
+        bytes(blob[start + size :]),
+        header["content_type"],
+        header["content_encoding"],
+        header["headers"],
+        header["properties"],
+    )
+
+
+def process_identity(pid: int) -> tuple[str, float] | None:
+    """``(state, start time)`` of a process from ``/proc``; None where there is no ``/proc``.
+
+    The start time (field 22, clock ticks since boot) tells a process from a later one that
+    reuses its pid. A process that is gone reads as state ``"X"`` (dead).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except FileNotFoundError:
+        return ("X", -1.0) if os.path.isdir("/proc/self") else None
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    return fields[0].decode(), float(fields[19])
+
+
+def process_alive(pid: int, started: float | None) -> bool:
+    """Whether the process ``pid`` that started at ``started`` still runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    identity = process_identity(pid)
+    if identity is None:
+        return True
+    state, start = identity
+    if state in ("Z", "X"):  # a zombie runs nothing: its parent has not reaped it yet
+        return False
+    return started is None or start == started
+
+
+def _holder_dead(row: tuple[str, str, int, float | None, float], deadline: float) -> bool:
+    _, hostname, pid, started, heartbeat = row
+    if heartbeat < deadline:
+        return True
+    return hostname == _HOSTNAME and not process_alive(pid, started)
+
+
+class _Window:
+    """One consumer's prefetch window: message ids claimed and not yet settled."""
+
+    def __init__(self, prefetch: int) -> None:
+        self.prefetch = prefetch
+        self.tags: set[int] = set()
+        self.signal = asyncio.Event()
+
+    @property
+    def room(self) -> int:
+        return self.prefetch - len(self.tags)
+
+
+class SQLiteBroker(Broker):
+    """Queues in a SQLite file shared by every process on the machine.
+
+    Options: ``visibility_timeout`` (30.0 s: a holder silent that long is dead),
+    ``sweep_interval`` (2.0 s between dead-holder sweeps while consuming), ``poll_interval``
+    (1.0 s: safety re-check when no wake-up came), ``busy_timeout`` (10.0 s to wait for
+    another process's write lock).
+    """
+
+    schemes = ("sqlite",)
+
+    def __init__(
+        self, url: str, *, max_message_size: int = 0, options: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(url, max_message_size=max_message_size, options=options)
+        self.path = path_from_url(url)
+        self.visibility_timeout = float(self.options.get("visibility_timeout", 30.0))
+        self.sweep_interval = float(self.options.get("sweep_interval", 2.0))
+        self.poll_interval = float(self.options.get("poll_interval", 1.0))
+        self._db = Database(self.path, busy_timeout=float(self.options.get("busy_timeout", 10.0)))
+        self._notifier = Notifier(channel_directory(self.path, "tasks"))  # database thread only
+        self._listener: Listener | None = None
+        self._holder: str | None = None
+        self._holding = asyncio.Lock()
+        self._windows: dict[int, _Window] = {}  # tag -> the window it counts in
+        self._consumers: set[_Window] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._maintenance: asyncio.Task[None] | None = None
+        self._acks: list[int] = []
+        self._acks_done: asyncio.Future[None] | None = None
+        self._ack_flusher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        await self._db.open()
+
+    async def close(self) -> None:
+        """Stop consuming, flush acks, give back every held message, drop the holder row."""
+        if self._closed:
+            return
+        self._closed = True
+        for window in self._consumers:
+            window.signal.set()
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        # Let claims and ack batches in flight finish, so what they hold is given back below.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._holder is not None:
+            with contextlib.suppress(BrokerError):
+                await self._db.transaction(self._unregister, then=self._notifier.notify)
+        if self._listener is not None:
+            self._listener.close()
+        await self._db.close()
+        self._notifier.close()
+
+    def _unregister(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "UPDATE celeriac_messages SET holder = NULL, redelivered = 1 WHERE holder = ?",
+            (self._holder,),
+        )
+        conn.execute("DELETE FROM celeriac_holders WHERE holder = ?", (self._holder,))
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- producing -------------------------------------------------------------------------
+
+    async def _publish(self, requests: Sequence[PublishRequest]) -> None:
+        rows = [
+            (r.queue, r.priority, r.eta if r.eta is not None else 0.0, encode_envelope(r.envelope))
+            for r in requests
+        ]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO celeriac_messages (queue, priority, visible_at, envelope)"
+                " VALUES (?, ?, ?, ?)",
+                rows,
+            )
+
+        await self._db.transaction(insert, then=self._notifier.notify)
+
+    # -- consuming -------------------------------------------------------------------------
+
+    async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncIterator[Delivery]:
+        check_consume(queues, prefetch)
+        names = list(dict.fromkeys(queues))
+        listener = await self._start_consuming()
+        window = _Window(prefetch)
+        unsubscribe = listener.subscribe(window.signal.set)
+        self._consumers.add(window)
+        buffered: deque[Delivery] = deque()
+        try:
+            while not self._closed:
+                if buffered:
+                    yield buffered.popleft()
+                    continue
+                window.signal.clear()
+                timeout = None
+                if window.room > 0:
+                    claimed, next_eta = await self._claim(names, window.room)
+                    self._track(window, claimed)
+                    buffered.extend(claimed)
+                    if claimed:
+                        continue
+                    timeout = self._idle_timeout(next_eta)
+                await wait_for_signal(window.signal, timeout)
+        finally:
+            unsubscribe()
+            self._consumers.discard(window)
+            await self._give_back(buffered)
+
+    async def _start_consuming(self) -> Listener:
+        async with self._holding:
+            if self._closed:
+                raise BrokerError(f"the broker {self.url} is closed")
+            if self._listener is None:
+                self._holder = f"{_HOSTNAME}:{os.getpid()}:{secrets.token_hex(4)}"
+                await self._db.transaction(self._register)
+                listener = Listener(channel_directory(self.path, "tasks"))
+                listener.open()
+                self._listener = listener
+                self._maintenance = self._spawn(self._maintain())
+        await self._db.run(self._sweep)
+        return self._listener
+
+    def _register(self, conn: sqlite3.Connection) -> None:
+        identity = process_identity(os.getpid())
+        started = None if identity is None else identity[1]
+        conn.execute(
+            "INSERT OR REPLACE INTO celeriac_holders (holder, hostname, pid, started, heartbeat)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (self._holder, _HOSTNAME, os.getpid(), started, now()),
+        )
+
+    def _idle_timeout(self, next_eta: float | None) -> float:
+        if next_eta is None:
+            return self.poll_interval
+        return min(self.poll_interval, max(next_eta - now(), 0.0) + _EPSILON)
+
+    async def _claim(self, queues: list[str], count: int) -> tuple[list[Delivery], float | None]:
+        marks = ",".join("?" * len(queues))
+
+        def claim(conn: sqlite3.Connection) -> tuple[list[Delivery], float | None]:
+            at = now()
+            rows = conn.execute(_CLAIM.format(marks=marks), (self._holder, *queues, at, count))
+            claimed = sorted(rows.fetchall(), key=lambda row: (-row[2], row[0]))
+            if claimed:
+                return [_delivery(row) for row in claimed], None
+            (next_eta,) = conn.execute(_NEXT_ETA.format(marks=marks), (*queues, at)).fetchone()
+            return [], next_eta
+
+        # Shielded: if the consumer is cancelled mid-claim, the rows the database already
+        # gave it must go back rather than stay held by a live holder until close().
+        job = self._spawn(self._db.run(claim))
+        try:
+            result: tuple[list[Delivery], float | None] = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            job.add_done_callback(self._give_back_claim)
+            raise
+        return result
+
+    def _give_back_claim(self, job: asyncio.Task[tuple[list[Delivery], float | None]]) -> None:
+        if job.cancelled() or job.exception() is not None or self._closed:
+            return
+        self._spawn(self._release([d.tag for d in job.result()[0]], redelivered=False))
+
+    def _track(self, window: _Window, deliveries: Iterable[Delivery]) -> None:
+        for delivery in deliveries:
+            window.tags.add(delivery.tag)
+            self._windows[delivery.tag] = window
+
+    async def _give_back(self, buffered: Iterable[Delivery]) -> None:
+        tags = [d.tag for d in buffered if self._forget(d)]
+        if tags and not self._closed:
+            await self._release(tags, redelivered=False)
+
+    async def _release(self, tags: list[int], *, redelivered: bool) -> None:
+        def release(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE celeriac_messages SET holder = NULL, redelivered = redelivered OR ?"
+                " WHERE id = ? AND holder = ?",
+                [(redelivered, tag, self._holder) for tag in tags],
+            )
+
+        await self._db.transaction(release, then=self._notifier.notify)
+
+    # -- holders ---------------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        """Heartbeat and sweep while this broker holds messages, until close()."""
+        interval = min(self.sweep_interval, self.visibility_timeout / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._db.run(self._heartbeat_and_sweep)
+            except BrokerError as exc:
+                log.warning("holder heartbeat or sweep failed, will retry: %s", exc)
+
+    def _heartbeat_and_sweep(self, conn: sqlite3.Connection) -> None:
+        beat = conn.execute(
+            "UPDATE celeriac_holders SET heartbeat = ? WHERE holder = ?", (now(), self._holder)
+        )
+        if beat.rowcount == 0:
+            log.warning(
+                "holder %s was declared dead (no heartbeat for %g s): its messages were"
+                " redelivered; registering again",
+                self._holder,
+                self.visibility_timeout,
+            )
+            atomically(conn, self._register)
+        self._sweep(conn)
+
+    def _sweep(self, conn: sqlite3.Connection) -> int:
+        """Give back the messages of dead holders; returns how many. Database thread only."""
+        deadline = now() - self.visibility_timeout
+        rows = conn.execute(
+            "SELECT holder, hostname, pid, started, heartbeat FROM celeriac_holders"
+        ).fetchall()
+        dead = [(r[0], r[4]) for r in rows if r[0] != self._holder and _holder_dead(r, deadline)]
+        if not dead and conn.execute(_HAS_ORPHANS).fetchone() is None:
+            return 0
+        released = atomically(conn, lambda c: _release_dead(c, dead))
+        if released:
+            log.info("redelivering %d message(s) of dead holders", released)
+            self._notifier.notify()
+        return released
+
+    # -- settling --------------------------------------------------------------------------
+
+    def _forget(self, delivery: Delivery) -> bool:
+        """Close the delivery's slot in its window; False if this broker does not hold it."""
+        window = self._windows.pop(delivery.tag, None)
+        if window is None:
+            return False
+        window.tags.discard(delivery.tag)
+        window.signal.set()
+        return True
+
+    async def ack(self, delivery: Delivery) -> None:
+        """Acks are batched: those made while a batch is being written form the next one."""
+        if not self._forget(delivery):
+            return
+        self._acks.append(delivery.tag)
+        if self._acks_done is None:
+            self._acks_done = asyncio.get_running_loop().create_future()
+        done = self._acks_done
+        if self._ack_flusher is None:
+            self._ack_flusher = self._spawn(self._flush_acks())
+        await asyncio.shield(done)
+
+    async def _flush_acks(self) -> None:
+        try:
+            while self._acks_done is not None:
+                tags, done = self._acks, self._acks_done
+                self._acks, self._acks_done = [], None
+                try:
+                    await self._db.transaction(partial(self._delete, tags=tags))
+                except BaseException as exc:
+                    done.set_exception(exc)
+                    done.exception()  # retrieved here: its awaiters may all be gone
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                else:
+                    done.set_result(None)
+        finally:
+            self._ack_flusher = None
+
+    def _delete(self, conn: sqlite3.Connection, tags: list[int]) -> None:
+        conn.executemany(
+            "DELETE FROM celeriac_messages WHERE id = ? AND holder = ?",
+            [(tag, self._holder) for tag in tags],
+        )
+
+    async def requeue(self, delivery: Delivery) -> None:
+        if self._forget(delivery):
+            await self._release([delivery.tag], redelivered=True)
+
+    async def defer(self, delivery: Delivery, eta: float) -> None:
+        if not self._forget(delivery):
+            return
+
+        def defer(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE celeriac_messages SET holder = NULL, visible_at = ?"
+                " WHERE id = ? AND holder = ?",
+                (eta, delivery.tag, self._holder),
+            )
+
+        await self._db.transaction(defer, then=self._notifier.notify)
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        if not self._forget(delivery):
+            return
+
+        def bury(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "DELETE FROM celeriac_messages WHERE id = ? AND holder = ?"
+                " RETURNING queue, envelope",
+                (delivery.tag, self._holder),
+            ).fetchone()
+            if row is not None:
+                conn.execute(
+                    "INSERT INTO celeriac_dead_letters (queue, envelope, reason, died_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (row[0], row[1], reason, now()),
+                )
+
+        await self._db.transaction(bury)
+
+    # -- administration --------------------------------------------------------------------
+
+    async def purge(self, queue: str) -> int:
+        def purge(conn: sqlite3.Connection) -> int:
+            self._sweep(conn)  # messages of dead holders are waiting, not held
+            deleted = conn.execute(
+                "DELETE FROM celeriac_messages WHERE queue = ? AND holder IS NULL", (queue,)
+            )
+            return deleted.rowcount
+
+        return await self._db.run(purge)
+
+    async def queue_sizes(self) -> dict[str, int]:
+        def sizes(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute("SELECT queue, COUNT(*) FROM celeriac_messages GROUP BY queue")
+            return {queue: count for queue, count in rows}
+
+        return await self._db.run(sizes)
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        def letters(conn: sqlite3.Connection) -> list[DeadLetter]:
+            rows = conn.execute(
+                "SELECT queue, envelope, reason, died_at FROM celeriac_dead_letters"
+                " ORDER BY id DESC LIMIT ?",
+                (max(limit, 0),),
+            )
+            return [DeadLetter(q, decode_envelope(e), reason, at) for q, e, reason, at in rows]
+
+        return await self._db.run(letters)
+
+    async def dead_letter_count(self) -> int:
+        def count(conn: sqlite3.Connection) -> int:
+            (total,) = conn.execute("SELECT COUNT(*) FROM celeriac_dead_letters").fetchone()
+            return int(total)
+
+        return await self._db.run(count)
+
+
+def _delivery(row: tuple[int, str, int, bytes, int]) -> Delivery:
+    tag, queue, priority, blob, redelivered = row
+    return Delivery(decode_envelope(blob), queue, tag, bool(redelivered), priority)
+
+
+def _release_dead(conn: sqlite3.Connection, dead: list[tuple[str, float]]) -> int:
+    """Inside one transaction: drop each dead holder (unless it beat since we looked)."""
+    released = 0
+    for holder, heartbeat in dead:
+        gone = conn.execute(
+            "DELETE FROM celeriac_holders WHERE holder = ? AND heartbeat = ?", (holder, heartbeat)
+        )
+        if gone.rowcount:
+            released += conn.execute(
+                "UPDATE celeriac_messages SET holder = NULL, redelivered = 1 WHERE holder = ?",
+                (holder,),
+            ).rowcount
+    return released + conn.execute(_RELEASE_ORPHANS).rowcount

@@ -1,0 +1,190 @@
+"""The command line: parses arguments and calls the library, nothing more.
+
+``celeriac -A module:app worker|result|purge|status``. Errors are one line that says what
+to fix, with a non-zero exit code; ``-l debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from celeriac.app import Celery
+from celeriac.errors import CeleriacError, ConfigurationError
+from celeriac.result import AsyncResult
+
+LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+
+
+def load_app(spec: str | None) -> Celery:
+    """Import ``module:attribute`` (or ``module``, finding its app) from the current directory."""
+    if not spec:
+        raise ConfigurationError("no app given: pass -A module:app (e.g. -A tasks:app)")
+    module_name, _, attribute = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name.split(".")[0] and exc.name != module_name:
+            raise
+        raise ConfigurationError(
+            f"cannot import {module_name!r} given by -A {spec}: run from the directory that "
+            "contains it, or fix the module path"
+        ) from exc
+    if attribute:
+        app = getattr(module, attribute, None)
+    else:
+        app = getattr(module, "app", None) or next(
+            (v for v in vars(module).values() if isinstance(v, Celery)), None
+        )
+    if not isinstance(app, Celery):
+        raise ConfigurationError(
+            f"-A {spec}: no Celery app found there; name it, e.g. -A {module_name}:app"
+        )
+    return app
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="celeriac", description=__doc__.splitlines()[0])
+    parser.add_argument("-A", "--app", help="the application, as module:attribute")
+    level = argparse.ArgumentParser(add_help=False)
+    level.add_argument(
+        "-l",
+        "--loglevel",
+        default=None,
+        help="debug, info, warning or error (debug also shows tracebacks)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    worker = commands.add_parser("worker", parents=[level], help="run a worker process")
+    worker.add_argument("-c", "--concurrency", type=int, help="tasks run at once")
+    worker.add_argument("-Q", "--queues", help="comma-separated queues to consume")
+    worker.add_argument("-n", "--hostname", help="the worker's node name")
+    worker.add_argument("--threads", type=int, help="threads for plain def tasks")
+    worker.add_argument(
+        "--prefetch-multiplier", type=int, help="messages reserved per concurrency slot"
+    )
+    worker.add_argument(
+        "--shutdown-timeout", type=float, help="seconds a graceful shutdown waits for tasks"
+    )
+
+    result = commands.add_parser("result", parents=[level], help="show a task's state/result")
+    result.add_argument("task_id")
+    result.add_argument("--wait", action="store_true", help="wait until the task is ready")
+    result.add_argument("--timeout", type=float, default=None, help="seconds to wait")
+
+    purge = commands.add_parser("purge", parents=[level], help="delete waiting messages")
+    purge.add_argument("-Q", "--queues", help="comma-separated queues (default: the default)")
+    purge.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+
+    commands.add_parser("status", parents=[level], help="queues, their lengths, dead letters")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = (args.loglevel or ("info" if args.command == "worker" else "warning")).upper()
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    try:
+        app = load_app(args.app)
+        return int(asyncio.run(_run(app, args)))
+    except KeyboardInterrupt:
+        return 130
+    except (CeleriacError, OSError) as exc:
+        if level == "DEBUG":
+            logging.getLogger("celeriac").exception("failed")
+        print(f"celeriac: error: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _run(app: Celery, args: argparse.Namespace) -> int:
+    handler = {"worker": _worker, "result": _result, "purge": _purge, "status": _status}
+    return await handler[args.command](app, args)
+
+
+async def _worker(app: Celery, args: argparse.Namespace) -> int:
+    from celeriac.worker.worker import Worker
+
+    queues = _split(args.queues)
+    worker = Worker(
+        app,
+        queues=queues,
+        concurrency=args.concurrency,
+        hostname=args.hostname,
+        threads=args.threads,
+        prefetch_multiplier=args.prefetch_multiplier,
+        shutdown_timeout=args.shutdown_timeout,
+    )
+    await worker.run()
+    return 0
+
+
+async def _result(app: Celery, args: argparse.Namespace) -> int:
+    result: AsyncResult[Any] = AsyncResult(args.task_id, app)
+    async with app.setup():
+        if args.wait:
+            await result.get(timeout=args.timeout, propagate=False)
+        else:
+            await result.refresh()
+        out = {"id": result.id, "state": result.state, "result": _plain(result.result)}
+        if result.traceback:
+            out["traceback"] = result.traceback
+    print(json.dumps(out, indent=2, default=repr))
+    return 0
+
+
+async def _purge(app: Celery, args: argparse.Namespace) -> int:
+    queues = _split(args.queues) or [app.conf.task_default_queue]
+    if not args.force:
+        if not sys.stdin.isatty():
+            raise ConfigurationError("purge deletes messages: confirm with -f when not on a tty")
+        question = f"Delete every waiting message of {', '.join(queues)}? [y/N] "
+        answer = await asyncio.to_thread(input, question)
+        if answer.strip().lower() not in ("y", "yes"):
+            print("aborted")
+            return 1
+    async with app.setup():
+        broker = (await app.connection()).broker
+        for queue in queues:
+            print(f"purged {await broker.purge(queue)} message(s) from {queue}")
+    return 0
+
+
+async def _status(app: Celery, args: argparse.Namespace) -> int:
+    async with app.setup():
+        broker = (await app.connection()).broker
+        sizes = await broker.queue_sizes()
+        dead = await broker.dead_letter_count()
+        recent = await broker.dead_letters(limit=5)
+    print(f"broker: {broker.url}")
+    if not sizes:
+        print("queues: none with messages")
+    for queue, size in sorted(sizes.items()):
+        print(f"  {queue}: {size}")
+    print(f"dead letters: {dead}")
+    for letter in recent:
+        name = letter.envelope.headers.get("task", "?")
+        print(f"  [{letter.queue}] {name}: {letter.reason}")
+    return 0
+
+
+def _split(value: str | None) -> list[str]:
+    return [q.strip() for q in (value or "").split(",") if q.strip()]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}"
+    return value
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""Settings, with Celery's lower-case names and celeriac's defaults.
+
+Only names listed in :class:`Settings` exist: an unknown name is an error that suggests the
+closest known one, so a typo never silently falls back to a default. Where celeriac's default
+differs from Celery's, the field says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from celeriac.errors import ConfigurationError
+
+DEFAULT_BROKER_URL = "sqlite:///celeriac.db"
+BROKER_URL_ENV = "CELERIAC_BROKER_URL"
+RESULT_BACKEND_ENV = "CELERIAC_RESULT_BACKEND"
+
+
+@dataclass
+class Settings:
+    """Every setting celeriac reads. Set them with ``app.conf.update(...)`` or attributes."""
+
+    broker_url: str | None = None
+    result_backend: str | None = None
+    broker_transport_options: dict[str, Any] = field(default_factory=dict)
+    result_backend_transport_options: dict[str, Any] = field(default_factory=dict)
+    #: Largest task body accepted, in bytes (celeriac's; Celery has no limit).
+    broker_max_message_size: int = 16 * 1024 * 1024
+
+    task_default_queue: str = "celery"
+    task_default_priority: int | None = None
+    task_queue_max_priority: int | None = None
+    task_serializer: str = "json"
+    result_serializer: str = "json"
+    accept_content: list[str] = field(default_factory=lambda: ["json"])
+    #: Unlike Celery (False), celeriac acknowledges after the task ends: at-least-once.
+    task_acks_late: bool = True
+    task_ignore_result: bool = False
+    task_track_started: bool = False
+    task_time_limit: float | None = None
+    task_soft_time_limit: float | None = None
+    task_default_retry_delay: float = 180.0
+    task_max_retries: int | None = 3
+    result_expires: float | None = 86400.0
+
+    #: Tasks run at once per worker process (async tasks on the loop; celeriac's default).
+    worker_concurrency: int = 100
+    worker_prefetch_multiplier: int = 4
+    #: Threads that run plain ``def`` tasks (celeriac's); None: min(32, worker_concurrency).
+    worker_threads: int | None = None
+    #: Seconds a graceful shutdown waits for running tasks before requeueing them (celeriac's).
+    worker_shutdown_timeout: float = 30.0
+    worker_max_tasks_per_child: int | None = None
+    worker_max_memory_per_child: int | None = None
+
+    timezone: str | None = None
+    enable_utc: bool = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in _FIELD_NAMES:
+            raise unknown_setting(name)
+        object.__setattr__(self, name, value)
+
+    def update(self, values: Mapping[str, Any] | None = None, /, **more: Any) -> None:
+        """Set several settings at once; every name is checked before any is set."""
+        merged = {**(values or {}), **more}
+        for name in merged:
+            if name not in _FIELD_NAMES:
+                raise unknown_setting(name)
+        for name, value in merged.items():
+            setattr(self, name, value)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in _FIELD_NAMES:
+            raise unknown_setting(name)
+        return getattr(self, name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        setattr(self, name, value)
+
+    def effective_broker_url(self) -> str:
+        """The broker URL in force: the environment wins over code, then the embedded default."""
+        return os.environ.get(BROKER_URL_ENV) or self.broker_url or DEFAULT_BROKER_URL
+
+    def effective_result_backend(self) -> str:
+        """The result store in force; by default the embedded broker's file also keeps results."""
+        configured = os.environ.get(RESULT_BACKEND_ENV) or self.result_backend
+        if configured:
+            return configured
+        broker = self.effective_broker_url()
+        if broker.startswith(("sqlite:", "memory:")):
+            return broker
+        return DEFAULT_BROKER_URL
+
+    def effective_worker_threads(self) -> int:
+        return self.worker_threads or max(1, min(32, self.worker_concurrency))
+
+
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Settings))
+
+
+def unknown_setting(name: str) -> ConfigurationError:
+    close = difflib.get_close_matches(name, sorted(_FIELD_NAMES), n=1, cutoff=0.5)
+    hint = f": did you mean {close[0]!r}?" if close else ": see docs/configuration.md"
+    return ConfigurationError(f"unknown setting {name!r}{hint}")

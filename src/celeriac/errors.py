@@ -1,0 +1,125 @@
+"""Every exception celeriac raises, under one root.
+
+::
+
+    CeleriacError
+     ├── ConfigurationError        a setting, URL or app path is wrong, or a driver is missing
+     ├── BrokerError               the broker or result store could not be reached or failed
+     ├── ProtocolError             a message is not a valid Celery protocol v2 task message
+     │    ├── ContentDisallowed    its content type is not in ``accept_content``
+     │    └── MessageTooLarge      it is bigger than ``broker_max_message_size``
+     ├── NotRegistered             no task of that name is registered in the worker
+     ├── TimeoutError              a result was not ready in time (a builtin TimeoutError too)
+     ├── TaskError                 base of what a task's own run can end with
+     │    ├── RemoteTaskError      the task failed with an exception this process cannot import
+     │    ├── SoftTimeLimitExceeded   raised inside a task when its soft limit passes
+     │    ├── TimeLimitExceeded    the task was stopped at ``time_limit``
+     │    ├── MaxRetriesExceededError ``self.retry()`` with no retries left
+     │    └── TaskRevokedError     the task expired or was revoked and never ran
+     ├── Retry                     control flow: raised by ``self.retry()`` to ask for a retry
+     └── SyncWaitInTaskError       ``result.get()`` inside a task (deadlock risk), not opted out
+
+Messages name the problem and, where there is one, the fix.
+"""
+
+from __future__ import annotations
+
+import builtins
+from datetime import datetime
+from typing import Any
+
+
+class CeleriacError(Exception):
+    """Root of every exception raised by celeriac itself."""
+
+
+class ConfigurationError(CeleriacError):
+    """A setting, URL or ``-A`` path is wrong, or an optional driver is not installed."""
+
+
+class BrokerError(CeleriacError):
+    """The broker or the result store could not be reached, or refused an operation."""
+
+
+class ProtocolError(CeleriacError):
+    """A message is not a valid Celery protocol v2 task message."""
+
+
+class ContentDisallowed(ProtocolError):
+    """The message's content type is not listed in ``accept_content``."""
+
+
+class MessageTooLarge(ProtocolError):
+    """The serialized message exceeds ``broker_max_message_size``."""
+
+
+class NotRegistered(CeleriacError):
+    """The worker has no task registered under the message's task name."""
+
+
+class TimeoutError(CeleriacError, builtins.TimeoutError):
+    """A result did not reach a ready state within the timeout given to ``get()``."""
+
+
+class TaskError(CeleriacError):
+    """Base of the errors a task's run can end with."""
+
+
+class RemoteTaskError(TaskError):
+    """The task failed with an exception type this process cannot (or may not) import.
+
+    It carries what the worker stored so that nothing is lost: the exception's type name,
+    its module, its arguments and the traceback as the worker printed it.
+    """
+
+    def __init__(
+        self, exc_type: str, exc_module: str | None, exc_args: list[Any], traceback: str | None
+    ) -> None:
+        self.exc_type = exc_type
+        self.exc_module = exc_module
+        self.exc_args = exc_args
+        self.remote_traceback = traceback
+        qualified = (
+            f"{exc_module}.{exc_type}" if exc_module and exc_module != "builtins" else exc_type
+        )
+        message = ", ".join(str(a) for a in exc_args)
+        super().__init__(f"{qualified}: {message}" if message else qualified)
+
+
+class SoftTimeLimitExceeded(TaskError):
+    """Raised inside a running task when its ``soft_time_limit`` has passed: clean up and stop."""
+
+
+class TimeLimitExceeded(TaskError):
+    """The task ran past its ``time_limit`` and was stopped by the worker."""
+
+
+class MaxRetriesExceededError(TaskError):
+    """``self.retry()`` was called after ``max_retries`` retries and no exception was given."""
+
+
+class TaskRevokedError(TaskError):
+    """The task expired (or was revoked) before it ran."""
+
+
+class Retry(CeleriacError):
+    """Raised by ``self.retry()``; the worker catches it and republishes the task.
+
+    Task code should let it propagate (``raise self.retry(...)`` reads best).
+    """
+
+    def __init__(
+        self, exc: BaseException | None, when: datetime, message: str | None = None
+    ) -> None:
+        self.exc = exc
+        self.when = when
+        super().__init__(message or f"Retry at {when.isoformat()}" + (f": {exc!r}" if exc else ""))
+
+
+class SyncWaitInTaskError(CeleriacError):
+    """``result.get()`` was called inside a running task.
+
+    A task that blocks waiting for another task can deadlock the worker: the awaited task may
+    need the very slot the waiting task occupies. Chain tasks instead, or pass
+    ``disable_sync_subtasks=False`` to ``get()`` when you know the wait is safe.
+    """

@@ -1,0 +1,195 @@
+"""Serializers for message bodies: JSON (the default), msgpack and pickle. Pure, no I/O.
+
+Each serializer is known by a short name (``"json"``) and by the MIME content type that
+travels with every message (``"application/json"``), as in kombu. ``dumps`` returns the
+bytes with the content type and encoding to put on the envelope; ``loads`` refuses any
+content type that the caller did not list in ``accept`` *before* decoding, so an
+untrusted pickle is never unpickled.
+"""
+
+from __future__ import annotations
+
+import decimal
+import importlib
+import json
+import pickle
+import uuid
+import warnings
+from collections.abc import Collection, Iterable
+from datetime import date, datetime, time
+from types import ModuleType
+from typing import Any
+
+from celeriac.errors import ConfigurationError, ContentDisallowed, ProtocolError
+
+JSON = "application/json"
+MSGPACK = "application/x-msgpack"
+PICKLE = "application/x-python-serialize"
+
+#: Serializer name -> content type.
+CONTENT_TYPES: dict[str, str] = {"json": JSON, "msgpack": MSGPACK, "pickle": PICKLE}
+
+_NAMES: dict[str, str] = {ct: name for name, ct in CONTENT_TYPES.items()}
+_ACCEPTED = ", ".join(repr(name) for name in CONTENT_TYPES)
+_PICKLE_WARNING = (
+    "accept_content includes pickle: unpickling a message runs arbitrary code, so anyone "
+    "who can publish to the broker can take over the worker. Accept pickle only from a "
+    "broker that nobody untrusted can write to, or use 'json'."
+)
+_pickle_warned = False
+
+
+def content_type_for(serializer: str) -> str:
+    """The content type of a serializer given by name (``"json"``) or content type."""
+    key = serializer.strip().lower()
+    if key in CONTENT_TYPES:
+        return CONTENT_TYPES[key]
+    if key in _NAMES:
+        return key
+    raise ConfigurationError(
+        f"unknown serializer {serializer!r}: use one of {_ACCEPTED} "
+        "(or their content types, e.g. 'application/json')"
+    )
+
+
+def resolve_accept(accept_content: Iterable[str]) -> frozenset[str]:
+    """Turn ``accept_content`` (names or content types) into a set of content types.
+
+    Warns once per process when pickle is accepted, and fails early when msgpack is
+    accepted but not installed.
+    """
+    global _pickle_warned
+    items = [accept_content] if isinstance(accept_content, str) else list(accept_content)
+    accept = frozenset(content_type_for(item) for item in items)
+    if not accept:
+        raise ConfigurationError(
+            f"accept_content is empty, so every message would be refused: list at least "
+            f"one of {_ACCEPTED}, e.g. ['json']"
+        )
+    if MSGPACK in accept:
+        _msgpack()
+    if PICKLE in accept and not _pickle_warned:
+        _pickle_warned = True
+        warnings.warn(_PICKLE_WARNING, UserWarning, stacklevel=2)
+    return accept
+
+
+def dumps(obj: Any, serializer: str = "json") -> tuple[bytes, str, str]:
+    """Serialize ``obj``; returns ``(data, content_type, content_encoding)``.
+
+    JSON also encodes ``datetime``/``date``/``time`` (ISO 8601), ``UUID`` and ``Decimal``
+    (as strings); anything else that is not plain data raises ``TypeError``.
+    """
+    content_type = content_type_for(serializer)
+    if content_type == JSON:
+        # Default separators (", ", ": ") and ensure_ascii, byte for byte what kombu sends.
+        return json.dumps(obj, default=_encode_extra).encode("utf-8"), JSON, "utf-8"
+    if content_type == MSGPACK:
+        packed = _msgpack().packb(obj, use_bin_type=True, default=_encode_extra)
+        return bytes(packed), MSGPACK, "binary"
+    try:
+        return pickle.dumps(obj, protocol=pickle.DEFAULT_PROTOCOL), PICKLE, "binary"
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise TypeError(f"cannot pickle {type(obj).__name__}: {exc}") from exc
+
+
+def loads(data: bytes, content_type: str, content_encoding: str, accept: Collection[str]) -> Any:
+    """Deserialize a message body whose content type is in ``accept`` (content types).
+
+    Raises :class:`ContentDisallowed` for a content type not in ``accept`` (nothing is
+    decoded then) and :class:`ProtocolError` when the bytes cannot be decoded.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError(f"body must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    content_type = content_type.strip().lower() if isinstance(content_type, str) else ""
+    if not content_type:
+        raise ContentDisallowed(
+            "message has no content type, so its body cannot be decoded safely: "
+            "the producer must set one (e.g. 'application/json')"
+        )
+    if content_type not in accept:
+        name = _NAMES.get(content_type, content_type)
+        raise ContentDisallowed(
+            f"content type {content_type!r} is not accepted: add {name!r} to accept_content "
+            f"if you trust its producers (accepted now: {sorted(accept)})"
+        )
+    if content_type == JSON:
+        return _loads_json(data, content_encoding)
+    if content_type == MSGPACK:
+        return _loads_msgpack(data)
+    if content_type == PICKLE:
+        return _loads_pickle(data)
+    raise ContentDisallowed(f"content type {content_type!r} has no decoder: use one of {_ACCEPTED}")
+
+
+def _encode_extra(obj: Any) -> Any:
+    if isinstance(obj, datetime | date | time):
+        return obj.isoformat()
+    if isinstance(obj, uuid.UUID | decimal.Decimal):
+        return str(obj)
+    if isinstance(obj, int):  # only msgpack gets here: JSON encodes every int itself
+        raise OverflowError(
+            f"integer {obj} does not fit msgpack's 64 bits: pass it as a string, or use json"
+        )
+    raise TypeError(
+        f"object of type {type(obj).__module__}.{type(obj).__qualname__} cannot be "
+        "serialized: pass plain data (str, int, float, bool, None, list, dict, plus "
+        "datetime, UUID and Decimal), e.g. an id instead of the object"
+    )
+
+
+def _text(data: bytes, content_encoding: str) -> str:
+    encoding = content_encoding.strip().lower() if isinstance(content_encoding, str) else ""
+    encoding = encoding or "utf-8"
+    if encoding in ("binary", "8bit", "ascii-8bit"):
+        encoding = "utf-8"
+    try:
+        return data.decode(encoding)
+    except LookupError:
+        raise ProtocolError(f"unknown content encoding {content_encoding!r}") from None
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(
+            f"body is not valid {encoding} text (byte {exc.start}: {exc.reason})"
+        ) from None
+
+
+def _loads_json(data: bytes, content_encoding: str) -> Any:
+    text = _text(data, content_encoding)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(
+            f"body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise ProtocolError("body is not valid JSON: nested too deeply") from None
+
+
+def _loads_msgpack(data: bytes) -> Any:
+    module = _msgpack()
+    try:
+        return module.unpackb(data, raw=False)
+    except RecursionError:
+        raise ProtocolError("body is not valid msgpack: nested too deeply") from None
+    except Exception as exc:  # msgpack raises many unrelated types for bad input
+        raise ProtocolError(f"body is not valid msgpack: {type(exc).__name__}: {exc}") from None
+
+
+def _loads_pickle(data: bytes) -> Any:
+    try:
+        # Safe only because the caller listed pickle in accept_content.
+        return pickle.loads(data)
+    except RecursionError:
+        raise ProtocolError("body is not a valid pickle: nested too deeply") from None
+    except Exception as exc:  # unpickling can raise anything
+        raise ProtocolError(f"body is not a valid pickle: {type(exc).__name__}: {exc}") from None
+
+
+def _msgpack() -> ModuleType:
+    try:
+        return importlib.import_module("msgpack")
+    except ImportError:
+        raise ConfigurationError(
+            "the msgpack serializer needs the msgpack package: pip install 'celeriac[msgpack]'"
+        ) from None

@@ -1,0 +1,247 @@
+"""Task: what ``@app.task`` makes of a function. Publishing, inline calls, retry, state.
+
+A task is ``Task[P, R]``: ``P`` the function's parameters (so ``add.delay(1, "x")`` is a
+type error when ``add`` takes ints) and ``R`` its result (so ``await r.get()`` is ``R``).
+``AsyncTask`` wraps an ``async def``, ``SyncTask`` a plain ``def``; both are ``Task``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import random
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from celeriac.errors import MaxRetriesExceededError, Retry
+from celeriac.result import AsyncResult, dual
+
+if TYPE_CHECKING:
+    from celeriac.app import Celery
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class Request:
+    """What a running task knows about its own message (``self.request`` with ``bind=True``)."""
+
+    id: str
+    task: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
+    eta: datetime | None = None
+    expires: datetime | None = None
+    hostname: str | None = None
+    delivery_info: dict[str, Any] = field(default_factory=dict)
+    root_id: str | None = None
+    parent_id: str | None = None
+    group: str | None = None
+    origin: str | None = None
+    reply_to: str | None = None
+    ignore_result: bool = False
+    headers: dict[str, Any] = field(default_factory=dict)
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    is_eager: bool = False
+
+
+current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
+    "celeriac_current_request", default=None
+)
+
+
+@dataclass(slots=True)
+class TaskOptions:
+    """The options ``@app.task(...)`` accepts, with Celery's names and meanings."""
+
+    name: str
+    bind: bool = False
+    max_retries: int | None = None
+    default_retry_delay: float | None = None
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600.0
+    retry_jitter: bool = True
+    queue: str | None = None
+    priority: int | None = None
+    ignore_result: bool | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    acks_late: bool | None = None
+    serializer: str | None = None
+
+
+class Task(Generic[P, R]):
+    """A registered task. Call it to run inline; ``delay``/``apply_async`` to queue it."""
+
+    def __init__(self, app: Celery, fn: Callable[..., Any], options: TaskOptions) -> None:
+        self.app = app
+        self.fn = fn
+        self.options = options
+        self.name = options.name
+        self.signature = inspect.signature(fn)
+        if options.bind:
+            params = list(self.signature.parameters.values())[1:]
+            self.signature = self.signature.replace(parameters=params)
+        self.is_async = inspect.iscoroutinefunction(fn)
+
+    def __repr__(self) -> str:
+        return f"<@task: {self.name}>"
+
+    # -- settings resolved against the app's configuration --------------------------------
+
+    @property
+    def max_retries(self) -> int | None:
+        o = self.options
+        return o.max_retries if o.max_retries is not None else self.app.conf.task_max_retries
+
+    @property
+    def default_retry_delay(self) -> float:
+        delay = self.options.default_retry_delay
+        return delay if delay is not None else self.app.conf.task_default_retry_delay
+
+    @property
+    def acks_late(self) -> bool:
+        o = self.options
+        return o.acks_late if o.acks_late is not None else self.app.conf.task_acks_late
+
+    @property
+    def ignore_result(self) -> bool:
+        o = self.options
+        return o.ignore_result if o.ignore_result is not None else self.app.conf.task_ignore_result
+
+    @property
+    def time_limit(self) -> float | None:
+        return self.options.time_limit or self.app.conf.task_time_limit
+
+    @property
+    def soft_time_limit(self) -> float | None:
+        return self.options.soft_time_limit or self.app.conf.task_soft_time_limit
+
+    @property
+    def request(self) -> Request:
+        """The request of the task running in this context (an eager one when called inline)."""
+        return current_request.get() or Request(id="", task=self.name, is_eager=True)
+
+    # -- running inline -------------------------------------------------------------------
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the function (with ``self`` first when bound)."""
+        if self.options.bind:
+            return self.fn(self, *args, **kwargs)
+        return self.fn(*args, **kwargs)
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Queue the task with these arguments; ``await`` the result in async code."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
+        task_id: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, Any] | None = None,
+        ignore_result: bool | None = None,
+        serializer: str | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+    ) -> AsyncResult[R]:
+        """Queue the task with Celery's options (see ``Celery.send_task``)."""
+        return self.app.send_task(
+            self.name,
+            args,
+            kwargs,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            task_id=task_id,
+            queue=queue or self.options.queue,
+            priority=priority if priority is not None else self.options.priority,
+            headers=headers,
+            ignore_result=ignore_result if ignore_result is not None else self.ignore_result,
+            serializer=serializer or self.options.serializer,
+            time_limit=time_limit or self.options.time_limit,
+            soft_time_limit=soft_time_limit or self.options.soft_time_limit,
+        )
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:
+        return AsyncResult(task_id, self.app, task_name=self.name)
+
+    # -- inside a running task ------------------------------------------------------------------
+
+    def retry(
+        self,
+        exc: BaseException | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        max_retries: int | None = None,
+    ) -> Retry:
+        """Ask the worker to run this task again later; raises, so ``raise self.retry()``.
+
+        With no retries left it raises ``exc`` (or MaxRetriesExceededError), and the task
+        fails, as in Celery.
+        """
+        request = self.request
+        limit = max_retries if max_retries is not None else self.max_retries
+        if limit is not None and request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"Can't retry {self.name}[{request.id}]: max_retries={limit} reached"
+            )
+        if eta is None:
+            delay = countdown if countdown is not None else self.default_retry_delay
+            eta = datetime.now(UTC) + timedelta(seconds=delay)
+        raise Retry(exc, eta)
+
+    def backoff_countdown(self, retries: int) -> float:
+        """The countdown ``autoretry_for`` uses: exponential backoff with full jitter."""
+        factor = self.options.retry_backoff
+        if not factor:
+            return self.default_retry_delay
+        countdown = min(self.options.retry_backoff_max, float(factor) * 2.0**retries)
+        if self.options.retry_jitter:
+            countdown = random.uniform(0, countdown)
+        return countdown
+
+    def update_state(
+        self,
+        task_id: str | None = None,
+        state: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> Awaitable[None]:
+        """Store a custom state (e.g. PROGRESS with ``{"current": 1, "total": 9}``)."""
+        request = current_request.get()
+        target = task_id or (request.id if request else None)
+        if not target:
+            raise ValueError("update_state() outside a running task needs task_id=")
+        return dual(self.app.store_state(target, state or "PROGRESS", dict(meta or {}), request))
+
+
+class AsyncTask(Task[P, R]):
+    """A task whose function is ``async def``: calling it inline returns a coroutine."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        result: Coroutine[Any, Any, R] = self.run(*args, **kwargs)
+        return result
+
+
+class SyncTask(Task[P, R]):
+    """A task whose function is a plain ``def``: calling it inline runs it."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        result: R = self.run(*args, **kwargs)
+        return result

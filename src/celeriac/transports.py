@@ -1,0 +1,54 @@
+"""URL scheme -> transport class. Drivers of optional transports are imported lazily.
+
+Adding a transport is one module and one line in each table below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+from urllib.parse import urlsplit
+
+from celeriac.backends.base import ResultBackend
+from celeriac.brokers.base import Broker
+from celeriac.errors import ConfigurationError
+
+# scheme -> (module, class name, extra that installs its driver or None)
+_BROKERS: dict[str, tuple[str, str, str | None]] = {
+    "sqlite": ("celeriac.brokers.sqlite", "SQLiteBroker", None),
+    "memory": ("celeriac.brokers.memory", "MemoryBroker", None),
+}
+_BACKENDS: dict[str, tuple[str, str, str | None]] = {
+    "sqlite": ("celeriac.backends.sqlite", "SQLiteBackend", None),
+    "memory": ("celeriac.backends.memory", "MemoryBackend", None),
+}
+
+
+def _load(table: dict[str, tuple[str, str, str | None]], url: str, what: str) -> Any:
+    scheme = urlsplit(url).scheme
+    if scheme not in table:
+        known = ", ".join(f"{s}://" for s in sorted(table))
+        raise ConfigurationError(f"unsupported {what} URL {url!r}: use one of {known}")
+    module_name, class_name, extra = table[scheme]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if extra is None:
+            raise
+        raise ConfigurationError(
+            f"{what} {scheme}:// needs an optional driver ({exc.name}): "
+            f"pip install 'celeriac[{extra}]'"
+        ) from exc
+    return getattr(module, class_name)
+
+
+def broker_from_url(url: str, *, max_message_size: int, options: dict[str, Any]) -> Broker:
+    cls = _load(_BROKERS, url, "broker")
+    broker: Broker = cls(url, max_message_size=max_message_size, options=options)
+    return broker
+
+
+def backend_from_url(url: str, *, options: dict[str, Any]) -> ResultBackend:
+    cls = _load(_BACKENDS, url, "result backend")
+    backend: ResultBackend = cls(url, options=options)
+    return backend

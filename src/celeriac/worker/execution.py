@@ -1,0 +1,300 @@
+"""What happens to one delivery: parse, check, run, record the outcome, settle the message.
+
+Bad input never reaches the task and never stops the worker: a malformed message, an
+unregistered name or arguments that do not fit the function each give one log line and a
+dead letter (plus a FAILURE record when the task id is known, so callers stop waiting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import traceback
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any
+
+from celeriac import protocol, states
+from celeriac.app import Connection
+from celeriac.brokers.base import Delivery
+from celeriac.errors import NotRegistered, ProtocolError, Retry, TaskRevokedError
+from celeriac.protocol import TaskMessage
+from celeriac.result import inside_task
+from celeriac.resultmeta import exception_to_dict
+from celeriac.task import Request, Task, current_request
+from celeriac.worker import limits
+
+if TYPE_CHECKING:
+    from celeriac.worker.worker import Worker
+
+logger = logging.getLogger("celeriac.worker")
+
+#: An ETA this close is run now rather than deferred (clock skew, rounding).
+ETA_SLACK = 0.005
+
+
+class Execution:
+    """Handles deliveries for one worker: the per-message half of the worker."""
+
+    def __init__(self, worker: Worker, conn: Connection, executor: Executor) -> None:
+        self.worker = worker
+        self.app = worker.app
+        self.broker = conn.broker
+        self.backend = conn.backend
+        self.executor = executor
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Settle ``delivery`` exactly once, whatever happens (cancelled: requeued)."""
+        settled = False
+        try:
+            settled = await self._handle(delivery)
+        finally:
+            if not settled:
+                await asyncio.shield(self.broker.requeue(delivery))
+
+    async def _handle(self, delivery: Delivery) -> bool:
+        try:
+            message = protocol.parse_task_message(delivery.envelope, self.worker.accept)
+        except ProtocolError as exc:
+            logger.error(
+                "rejected a malformed message from queue %r: %s (moved to dead letters)",
+                delivery.queue,
+                exc,
+            )
+            await self.broker.dead_letter(delivery, f"malformed message: {exc}")
+            return True
+        task = self.app.tasks.get(message.task)
+        if task is None:
+            reason = (
+                f"unregistered task {message.task!r}: import its module in the worker's "
+                "app (-A) or fix the name"
+            )
+            logger.error(
+                "task %s[%s] rejected: %s (moved to dead letters)", message.task, message.id, reason
+            )
+            await self._record_failure(message, NotRegistered(reason), None)
+            await self.broker.dead_letter(delivery, reason)
+            return True
+        now = time.time()
+        if message.expires is not None and message.expires.timestamp() <= now:
+            logger.info(
+                "task %s[%s] expired at %s: revoked",
+                task.name,
+                message.id,
+                message.expires.isoformat(),
+            )
+            await self._store(
+                message, states.REVOKED, exception_to_dict(TaskRevokedError("expired")), None
+            )
+            await self.broker.ack(delivery)
+            return True
+        if message.eta is not None and message.eta.timestamp() > now + ETA_SLACK:
+            await self.broker.defer(delivery, message.eta.timestamp())
+            return True
+        return await self._run(task, message, delivery)
+
+    async def _run(self, task: Task[Any, Any], message: TaskMessage, delivery: Delivery) -> bool:
+        try:
+            task.signature.bind(*message.args, **message.kwargs)
+        except TypeError as exc:
+            reason = f"wrong arguments for {task.name}{task.signature}: {exc}"
+            logger.error(
+                "task %s[%s] rejected: %s (moved to dead letters)", task.name, message.id, reason
+            )
+            await self._record_failure(message, TypeError(reason), None)
+            await self.broker.dead_letter(delivery, reason)
+            return True
+        acks_late = task.acks_late
+        if not acks_late:
+            await self.broker.ack(delivery)
+        request = self._request(message, delivery)
+        logger.info("task %s[%s] received", task.name, message.id)
+        if self.app.conf.task_track_started:
+            await self._store(
+                message,
+                states.STARTED,
+                {"pid": os.getpid(), "hostname": self.worker.hostname},
+                None,
+            )
+        started = time.perf_counter()
+        try:
+            value = await self._call(task, message, request)
+        except Retry as retry:
+            await self._retry(task, message, delivery, retry)
+        except Exception as exc:
+            await self._failed(task, message, delivery, exc, request)
+        else:
+            runtime = time.perf_counter() - started
+            logger.info(
+                "task %s[%s] succeeded in %.4fs: %s", task.name, message.id, runtime, _short(value)
+            )
+            await self._store(message, states.SUCCESS, value, None)
+        if acks_late:
+            await self.broker.ack(delivery)
+        return True
+
+    async def _call(self, task: Task[Any, Any], message: TaskMessage, request: Request) -> Any:
+        hard = message.time_limit or task.time_limit
+        soft = message.soft_time_limit or task.soft_time_limit
+        request_token = current_request.set(request)
+        inside_token = inside_task.set(True)
+        try:
+            if task.is_async:
+                return await limits.run_async(task.run(*message.args, **message.kwargs), hard, soft)
+            return await limits.run_sync(
+                lambda: task.run(*message.args, **message.kwargs), self.executor, hard, soft
+            )
+        finally:
+            inside_task.reset(inside_token)
+            current_request.reset(request_token)
+
+    async def _failed(
+        self,
+        task: Task[Any, Any],
+        message: TaskMessage,
+        delivery: Delivery,
+        exc: Exception,
+        request: Request,
+    ) -> None:
+        if task.options.autoretry_for and isinstance(exc, task.options.autoretry_for):
+            request_token = current_request.set(request)
+            try:
+                task.retry(exc=exc, countdown=task.backoff_countdown(message.retries))
+            except Retry as retry:
+                await self._retry(task, message, delivery, retry)
+                return
+            except Exception as final:
+                exc = final
+            finally:
+                current_request.reset(request_token)
+        tb = "".join(traceback.format_exception(exc))
+        logger.error("task %s[%s] failed: %s: %s", task.name, message.id, type(exc).__name__, exc)
+        await self._store(message, states.FAILURE, exception_to_dict(exc), tb)
+
+    async def _retry(
+        self, task: Task[Any, Any], message: TaskMessage, delivery: Delivery, retry: Retry
+    ) -> None:
+        """Celery's order: store RETRY, publish the same id with retries+1 and an eta, ack."""
+        exc = retry.exc or retry
+        tb = "".join(traceback.format_exception(exc)) if retry.exc else None
+        await self._store(message, states.RETRY, exception_to_dict(exc), tb)
+        envelope = protocol.build_task_message(
+            message.task,
+            message.id,
+            message.args,
+            message.kwargs,
+            serializer=self.app.conf.task_serializer,
+            eta=retry.when,
+            expires=message.expires,
+            retries=message.retries + 1,
+            time_limit=message.time_limit,
+            soft_time_limit=message.soft_time_limit,
+            root_id=message.root_id,
+            parent_id=message.id,
+            group=message.group,
+            group_index=message.group_index,
+            ignore_result=message.ignore_result,
+            origin=self.worker.hostname,
+            reply_to=message.reply_to or "",
+            priority=delivery.priority,
+            headers=_custom_headers(message),
+            **_embed(message),
+        )
+        await self.broker.publish(
+            delivery.queue, envelope, priority=delivery.priority, eta=retry.when.timestamp()
+        )
+        logger.info(
+            "task %s[%s] retry %d in %.1fs: %s",
+            task.name,
+            message.id,
+            message.retries + 1,
+            max(0.0, retry.when.timestamp() - time.time()),
+            retry.exc if retry.exc is not None else "retry requested",
+        )
+
+    async def _record_failure(
+        self, message: TaskMessage, exc: BaseException, tb: str | None
+    ) -> None:
+        await self._store(message, states.FAILURE, exception_to_dict(exc), tb)
+
+    async def _store(self, message: TaskMessage, state: str, result: Any, tb: str | None) -> None:
+        if message.ignore_result and state in states.READY_STATES | {states.STARTED}:
+            return
+        request = Request(
+            id=message.id, task=message.task, parent_id=message.parent_id, group=message.group
+        )
+        try:
+            await self.app.store_state(message.id, state, result, request, traceback=tb)
+        except (TypeError, ValueError) as exc:
+            logger.error(
+                "task %s[%s]: result could not be stored: %s", message.task, message.id, exc
+            )
+            fallback = exception_to_dict(TypeError(f"result not serializable: {exc}"))
+            await self.app.store_state(message.id, states.FAILURE, fallback, request)
+
+    def _request(self, message: TaskMessage, delivery: Delivery) -> Request:
+        return Request(
+            id=message.id,
+            task=message.task,
+            args=message.args,
+            kwargs=message.kwargs,
+            retries=message.retries,
+            eta=message.eta,
+            expires=message.expires,
+            hostname=self.worker.hostname,
+            delivery_info={
+                "exchange": "",
+                "routing_key": delivery.queue,
+                "priority": delivery.priority,
+                "redelivered": delivery.redelivered,
+            },
+            root_id=message.root_id,
+            parent_id=message.parent_id,
+            group=message.group,
+            origin=message.origin,
+            reply_to=message.reply_to,
+            ignore_result=message.ignore_result,
+            headers=message.headers,
+            time_limit=message.time_limit,
+            soft_time_limit=message.soft_time_limit,
+        )
+
+
+_STANDARD_HEADERS = frozenset(
+    {
+        "lang",
+        "task",
+        "id",
+        "shadow",
+        "eta",
+        "expires",
+        "group",
+        "group_index",
+        "retries",
+        "timelimit",
+        "root_id",
+        "parent_id",
+        "argsrepr",
+        "kwargsrepr",
+        "origin",
+        "ignore_result",
+        "replaced_task_nesting",
+        "stamped_headers",
+        "stamps",
+    }
+)
+
+
+def _custom_headers(message: TaskMessage) -> dict[str, Any]:
+    return {k: v for k, v in message.headers.items() if k not in _STANDARD_HEADERS}
+
+
+def _embed(message: TaskMessage) -> dict[str, Any]:
+    embed = message.embed or {}
+    return {key: embed.get(key) for key in ("callbacks", "errbacks", "chain", "chord")}
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

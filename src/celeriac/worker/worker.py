@@ -1,0 +1,154 @@
+"""The worker: consume deliveries, run tasks on the loop or in threads, settle messages.
+
+Structure: one consumer task pulls deliveries (the broker bounds them by the prefetch
+window) and starts one handler task per delivery, at most ``concurrency`` at once; every
+handler is held in ``self._running``. Shutdown stops the consumer first, lets handlers finish
+for ``shutdown_timeout`` seconds, then cancels the rest, whose messages go back to the queue.
+
+Delivery is at-least-once: with ``acks_late`` (the default) a message is acknowledged after
+its task ends, so a worker that dies mid-task loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from celeriac import _bridge
+from celeriac.app import Celery, Connection
+from celeriac.serialization import resolve_accept
+from celeriac.worker.execution import Execution
+
+logger = logging.getLogger("celeriac.worker")
+
+
+class Worker:
+    """Runs the tasks of ``app`` from ``queues`` until stopped (SIGTERM/SIGINT or ``stop()``)."""
+
+    def __init__(
+        self,
+        app: Celery,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        hostname: str | None = None,
+        threads: int | None = None,
+        prefetch_multiplier: int | None = None,
+        shutdown_timeout: float | None = None,
+    ) -> None:
+        conf = app.conf
+        self.app = app
+        self.queues = list(queues or [conf.task_default_queue])
+        self.concurrency = concurrency or conf.worker_concurrency
+        self.hostname = hostname or f"celeriac@{socket.gethostname()}"
+        self.threads = threads or conf.effective_worker_threads()
+        multiplier = prefetch_multiplier or conf.worker_prefetch_multiplier
+        self.prefetch = max(1, self.concurrency * multiplier)
+        self.shutdown_timeout = (
+            shutdown_timeout if shutdown_timeout is not None else conf.worker_shutdown_timeout
+        )
+        self.accept = resolve_accept(conf.accept_content)
+        self._running: set[asyncio.Task[None]] = set()
+        self._stopping: asyncio.Event | None = None
+        self._signals = 0
+        self.processed = 0
+
+    async def run(self) -> None:
+        """Consume until asked to stop; returns after a graceful (or forced) shutdown."""
+        loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        conn = await self.app.connection()
+        _bridge.use_loop(loop)
+        executor = ThreadPoolExecutor(self.threads, thread_name_prefix="celeriac-task")
+        execution = Execution(self, conn, executor)
+        self._install_signal_handlers(loop)
+        slots = asyncio.Semaphore(self.concurrency)
+        consumer = loop.create_task(self._consume(conn, execution, slots))
+        logger.info(
+            "%s ready: pid %d, queues %s, concurrency %d, broker %s",
+            self.hostname,
+            os.getpid(),
+            ",".join(self.queues),
+            self.concurrency,
+            conn.broker.url,
+        )
+        try:
+            await self._stopping.wait()
+        finally:
+            consumer.cancel()
+            await asyncio.gather(consumer, return_exceptions=True)
+            await self._drain()
+            _bridge.use_loop(None)
+            self._remove_signal_handlers(loop)
+            executor.shutdown(wait=False, cancel_futures=True)
+            await self.app._close()
+            logger.info("%s stopped after %d tasks", self.hostname, self.processed)
+
+    async def _consume(
+        self, conn: Connection, execution: Execution, slots: asyncio.Semaphore
+    ) -> None:
+        deliveries = conn.broker.consume(self.queues, prefetch=self.prefetch)
+        try:
+            async for delivery in deliveries:
+                try:
+                    await slots.acquire()
+                except asyncio.CancelledError:
+                    await conn.broker.requeue(delivery)
+                    raise
+                handler = asyncio.get_running_loop().create_task(execution.handle(delivery))
+                self._running.add(handler)
+                handler.add_done_callback(lambda t: self._finished(t, slots))
+        finally:
+            await deliveries.aclose()  # type: ignore[attr-defined]
+
+    def _finished(self, handler: asyncio.Task[None], slots: asyncio.Semaphore) -> None:
+        self._running.discard(handler)
+        slots.release()
+        self.processed += 1
+        if not handler.cancelled() and handler.exception() is not None:
+            logger.error("worker bug while handling a message", exc_info=handler.exception())
+
+    async def _drain(self) -> None:
+        if self._running and self._signals < 2:
+            logger.info(
+                "waiting up to %gs for %d running task(s)",
+                self.shutdown_timeout,
+                len(self._running),
+            )
+            await asyncio.wait(set(self._running), timeout=self.shutdown_timeout)
+        if self._running:
+            logger.warning("requeueing %d unfinished task(s)", len(self._running))
+            for handler in self._running:
+                handler.cancel()
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    def stop(self) -> None:
+        """Ask for a graceful shutdown; a second call (or signal) stops at once."""
+        self._signals += 1
+        if self._signals == 1:
+            logger.info("shutting down gracefully (signal again to stop at once)")
+        else:
+            logger.warning("stopping at once: running tasks go back to the queue")
+            for handler in self._running:
+                handler.cancel()
+        if self._stopping is not None:
+            self._stopping.set()
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.stop)
+            except (RuntimeError, ValueError, NotImplementedError):
+                return  # not the main thread (tests): stop() is called directly
+
+    def _remove_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.remove_signal_handler(sig)
+            except (RuntimeError, ValueError, NotImplementedError):
+                return

@@ -1,0 +1,107 @@
+"""What every result backend promises; runs once per transport (see conftest.BACKENDS)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from celeriac import errors
+from celeriac.backends.base import ResultBackend
+
+from .conftest import MakeBackend
+
+WAIT = 5.0
+
+
+def task_id() -> str:
+    return str(uuid.uuid4())
+
+
+def meta(tid: str, status: str, result: Any = None) -> dict[str, Any]:
+    return {
+        "status": status,
+        "result": result,
+        "traceback": None,
+        "children": [],
+        "date_done": "2024-01-01T00:00:00+00:00" if status == "SUCCESS" else None,
+        "task_id": tid,
+    }
+
+
+async def test_store_and_get(backend: ResultBackend) -> None:
+    tid = task_id()
+    assert await backend.get(tid) is None
+    await backend.store(tid, meta(tid, "STARTED"), expires=None)
+    assert await backend.get(tid) == meta(tid, "STARTED")
+    await backend.store(tid, meta(tid, "SUCCESS", [1, "two"]), expires=None)
+    assert await backend.get(tid) == meta(tid, "SUCCESS", [1, "two"])
+
+
+async def test_wait_returns_a_record_already_ready(backend: ResultBackend) -> None:
+    tid = task_id()
+    await backend.store(tid, meta(tid, "FAILURE", {"exc_type": "ValueError"}), expires=None)
+    assert (await backend.wait(tid, timeout=WAIT))["status"] == "FAILURE"
+
+
+async def test_wait_ends_on_a_ready_state_stored_elsewhere(make_backend: MakeBackend) -> None:
+    waiter, worker = await make_backend(), await make_backend()
+    tid = task_id()
+    waiting = asyncio.ensure_future(waiter.wait(tid, timeout=WAIT))
+    await worker.store(tid, meta(tid, "STARTED"), expires=None)
+    await worker.store(tid, meta(tid, "PROGRESS", {"done": 1}), expires=None)
+    await worker.store(tid, meta(tid, "SUCCESS", 4), expires=None)
+    # Had a non-ready state ended the wait, it would return that state instead.
+    assert await waiting == meta(tid, "SUCCESS", 4)
+
+
+async def test_many_waiters(make_backend: MakeBackend) -> None:
+    waiter, worker = await make_backend(), await make_backend()
+    ids = [task_id() for _ in range(5)]
+    waits = [asyncio.ensure_future(waiter.wait(tid, timeout=WAIT)) for tid in ids for _ in "ab"]
+    for i, tid in enumerate(reversed(ids)):
+        await worker.store(tid, meta(tid, "SUCCESS", i), expires=None)
+    results = await asyncio.gather(*waits)
+    assert [r["task_id"] for r in results] == [tid for tid in ids for _ in "ab"]
+
+
+async def test_wait_times_out(backend: ResultBackend) -> None:
+    tid = task_id()
+    await backend.store(tid, meta(tid, "STARTED"), expires=None)
+    with pytest.raises(errors.TimeoutError):
+        await backend.wait(tid, timeout=0.2)
+    with pytest.raises(TimeoutError):  # also the builtin, as Celery users catch it
+        await backend.wait(task_id(), timeout=0.05)
+
+
+async def test_records_expire(backend: ResultBackend) -> None:
+    tid, kept = task_id(), task_id()
+    await backend.store(tid, meta(tid, "SUCCESS", 1), expires=0.2)
+    await backend.store(kept, meta(kept, "SUCCESS", 2), expires=None)
+    assert await backend.get(tid) is not None
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while await backend.get(tid) is not None:
+        assert asyncio.get_running_loop().time() < deadline, "the record never expired"
+        await asyncio.sleep(0.05)
+    assert await backend.get(kept) == meta(kept, "SUCCESS", 2)
+    with pytest.raises(errors.TimeoutError):
+        await backend.wait(tid, timeout=0.1)
+
+
+async def test_forget(backend: ResultBackend) -> None:
+    tid = task_id()
+    await backend.store(tid, meta(tid, "SUCCESS", 1), expires=None)
+    await backend.forget(tid)
+    assert await backend.get(tid) is None
+    await backend.forget(tid)  # forgetting twice is fine
+
+
+async def test_close_fails_waiters(make_backend: MakeBackend) -> None:
+    backend = await make_backend()
+    waiting = asyncio.ensure_future(backend.wait(task_id(), timeout=WAIT))
+    await asyncio.sleep(0)  # usually registers first; a wait after close fails alike
+    await backend.close()
+    with pytest.raises(errors.BrokerError):
+        await waiting

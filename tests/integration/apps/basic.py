@@ -1,0 +1,150 @@
+"""Tasks the integration tests run in a real worker process (broker from the environment)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from celeriac import Celery
+from celeriac.errors import SoftTimeLimitExceeded
+
+app = Celery("basic")
+MARKS = Path(os.environ.get("CELERIAC_TEST_MARKS", "/tmp"))
+
+
+class CustomError(Exception):
+    """A task's own exception type, importable by the test process too."""
+
+
+def mark(name: str, text: str = "") -> None:
+    """Leave evidence that a task ran (the test waits for files, not for time)."""
+    with open(MARKS / name, "a") as f:
+        f.write(text + "\n")
+
+
+@app.task
+async def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task
+def mul(x: int, y: int) -> int:
+    return x * y
+
+
+@app.task
+async def boom(message: str) -> None:
+    raise CustomError(message, 42)
+
+
+@app.task
+def builtin_boom() -> None:
+    raise ValueError("kaboom")
+
+
+@app.task(bind=True, max_retries=3)
+async def flaky(self: Any, fail_times: int) -> dict[str, Any]:
+    if self.request.retries < fail_times:
+        raise self.retry(exc=ConnectionError("try again"), countdown=0.05)
+    return {"retries": self.request.retries, "hostname": self.request.hostname}
+
+
+@app.task(bind=True, max_retries=2)
+def always_retry(self: Any) -> None:
+    raise self.retry(exc=KeyError("never"), countdown=0.01)
+
+
+@app.task(autoretry_for=(ConnectionError,), max_retries=2, retry_backoff=0.01, retry_jitter=False)
+def auto(name: str) -> str:
+    mark(name, "try")
+    raise ConnectionError("still down")
+
+
+@app.task
+async def slow(seconds: float, name: str) -> str:
+    mark(name + ".start")
+    await asyncio.sleep(seconds)
+    mark(name + ".end")
+    return name
+
+
+@app.task
+def slow_sync(seconds: float, name: str) -> str:
+    mark(name + ".start")
+    time.sleep(seconds)
+    mark(name + ".end")
+    return name
+
+
+@app.task(time_limit=0.3)
+async def hard_async() -> None:
+    await asyncio.sleep(30)
+
+
+@app.task(soft_time_limit=0.2)
+async def soft_async() -> str:
+    try:
+        await asyncio.sleep(30)
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "not interrupted"
+
+
+@app.task(time_limit=0.3)
+def hard_sync() -> None:
+    for _ in range(3000):
+        time.sleep(0.01)
+
+
+@app.task(soft_time_limit=0.2)
+def soft_sync() -> str:
+    try:
+        for _ in range(3000):
+            time.sleep(0.01)
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "not interrupted"
+
+
+@app.task(bind=True)
+async def progress(self: Any, total: int) -> int:
+    for i in range(total):
+        await self.update_state(state="PROGRESS", meta={"current": i + 1, "total": total})
+    return total
+
+
+@app.task(bind=True)
+def whoami(self: Any) -> dict[str, Any]:
+    return {
+        "id": self.request.id,
+        "retries": self.request.retries,
+        "queue": self.request.delivery_info.get("routing_key"),
+    }
+
+
+@app.task
+def record(name: str, value: str) -> str:
+    mark(name, value)
+    return value
+
+
+@app.task
+async def waits_inside(task_id: str) -> str:
+    try:
+        await app.AsyncResult(task_id).get(timeout=1)
+    except Exception as exc:  # the refusal is the point
+        return type(exc).__name__
+    return "no error"
+
+
+@app.task(bind=True)
+async def progress_then_wait(self: Any, name: str) -> str:
+    await self.update_state(state="PROGRESS", meta={"current": 1, "total": 2})
+    for _ in range(1000):
+        if (MARKS / name).exists():
+            return "released"
+        await asyncio.sleep(0.01)
+    return "timed out"

@@ -1,0 +1,135 @@
+"""Real worker processes on a real SQLite file, driven from the test process.
+
+``start_worker`` starts ``celeriac -A <app> worker`` as a child process and returns once it
+logs that it is ready; its log lines are collected so tests can wait for a specific one.
+Every wait has a timeout; nothing waits by sleeping.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+APPS = Path(__file__).parent / "apps"
+READY = " ready: pid "
+
+
+class WorkerProcess:
+    """A worker child process and the log lines it has written so far."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 20.0, count: int = 1) -> str:
+        """Block until ``count`` log lines contain ``text``; return the last of them."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = [line for line in self.lines if text in line]
+                if len(found) >= count:
+                    return found[count - 1]
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"worker never logged {text!r} ({count}x); log:\n" + self.log()
+                    )
+                self._changed.wait(left)
+
+    def log(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        """Reap the process and release its pipe (teardown)."""
+        if self.proc.poll() is None:
+            self.kill()
+        self._reader.join(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def broker_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite broker file for this test, set in the environment for both sides."""
+    url = f"sqlite:///{tmp_path / 'celeriac.db'}"
+    monkeypatch.setenv("CELERIAC_BROKER_URL", url)
+    monkeypatch.delenv("CELERIAC_RESULT_BACKEND", raising=False)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setenv("CELERIAC_TEST_MARKS", str(marks))
+    return url
+
+
+@pytest.fixture
+def marks(tmp_path: Path, broker_url: str) -> Path:
+    return tmp_path / "marks"
+
+
+@pytest.fixture
+def start_worker(broker_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, app: str = "basic:app", wait: bool = True) -> WorkerProcess:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(APPS), env.get("PYTHONPATH", "")])
+        argv = [sys.executable, "-m", "celeriac.cli", "-A", app, "worker", "-l", "info", *args]
+        worker = WorkerProcess(argv, env, tmp_path)
+        started.append(worker)
+        if wait:
+            worker.wait_for(READY)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.close()
+
+
+@pytest.fixture
+def basic(broker_url: str) -> Iterator[object]:
+    """The ``basic`` test app's module, its sync connections closed afterwards."""
+    import basic as module
+
+    yield module
+    module.app.close()
+
+
+@pytest.fixture
+async def abasic(broker_url: str) -> AsyncIterator[object]:
+    """The ``basic`` module for async tests: connected on the test's loop, closed after."""
+    import basic as module
+
+    async with module.app.setup():
+        yield module

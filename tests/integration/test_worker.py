@@ -1,0 +1,243 @@
+"""A real worker process on the embedded SQLite broker, driven by sync and async clients."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celeriac import states
+from celeriac.errors import (
+    NotRegistered,
+    SoftTimeLimitExceeded,  # noqa: F401 - documents what the soft tasks catch
+    TaskRevokedError,
+    TimeLimitExceeded,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for_file(path: Path, lines: int = 1, timeout: float = 20.0) -> list[str]:
+    """Wait (bounded) until a task has left ``lines`` marks in ``path``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            content = path.read_text().splitlines()
+            if len(content) >= lines:
+                return content
+        time.sleep(0.01)
+    raise AssertionError(f"{path.name} never got {lines} line(s)")
+
+
+def test_sync_client_gets_results_of_async_and_sync_tasks(start_worker: Any, basic: Any) -> None:
+    worker = start_worker()
+    r1 = basic.add.delay(2, 3)
+    r2 = basic.mul.apply_async((4, 5))
+    assert r1.get(timeout=20) == 5
+    assert r2.get(timeout=20) == 20
+    assert r1.state == states.SUCCESS and r1.successful() and r1.ready() and not r1.failed()
+    assert r1.result == 5 and r1.info == 5 and r1.traceback is None
+    assert r1.date_done is not None and r1.date_done.tzinfo is not None
+    worker.wait_for(f"task basic.add[{r1.id}] succeeded in")
+    worker.wait_for(f"task basic.mul[{r2.id}] received")
+
+
+async def test_async_client_awaits_many_results(start_worker: Any, abasic: Any) -> None:
+    start_worker("-c", "50")
+    results = [await abasic.add.delay(i, i) for i in range(200)]
+    values = await asyncio.gather(*(r.get(timeout=30) for r in results))
+    assert values == [2 * i for i in range(200)]
+    assert await results[0].successful()
+    assert results[0].state == states.SUCCESS
+
+
+async def test_failure_reraises_the_tasks_exception(start_worker: Any, abasic: Any) -> None:
+    start_worker()
+    r = await abasic.boom.delay("it broke")
+    with pytest.raises(abasic.CustomError) as info:
+        await r.get(timeout=20)
+    assert info.value.args == ("it broke", 42)
+    assert "Remote traceback" in "".join(getattr(info.value, "__notes__", []))
+    assert await r.failed()
+    assert r.state == states.FAILURE
+    assert "CustomError" in (r.traceback or "")
+    exc = await r.get(timeout=5, propagate=False)
+    assert isinstance(exc, abasic.CustomError)
+    r2 = await abasic.builtin_boom.delay()
+    with pytest.raises(ValueError, match="kaboom"):
+        await r2.get(timeout=20)
+
+
+def test_retries_then_success_and_max_retries(start_worker: Any, basic: Any, marks: Path) -> None:
+    worker = start_worker()
+    ok = basic.flaky.delay(2)
+    assert ok.get(timeout=20) == {"retries": 2, "hostname": ok.get(timeout=1)["hostname"]}
+    worker.wait_for(f"task basic.flaky[{ok.id}] retry 2")
+    never = basic.always_retry.delay()
+    with pytest.raises(KeyError):
+        never.get(timeout=20)
+    auto = basic.auto.delay("auto")
+    with pytest.raises(ConnectionError, match="still down"):
+        auto.get(timeout=20)
+    assert wait_for_file(marks / "auto", 3) == ["try"] * 3
+
+
+def test_countdown_does_not_block_other_work(start_worker: Any, basic: Any) -> None:
+    start_worker("-c", "2")
+    sent = datetime.now(UTC)
+    later = basic.add.apply_async((1, 1), countdown=1.0)
+    now = basic.add.delay(2, 2)
+    assert now.get(timeout=20) == 4
+    assert not later.ready()
+    assert later.get(timeout=20) == 2
+    assert later.date_done is not None
+    assert later.date_done - sent >= timedelta(seconds=1.0)
+
+
+def test_expired_task_is_revoked_without_running(
+    start_worker: Any, basic: Any, marks: Path
+) -> None:
+    start_worker()
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    r = basic.record.apply_async(("expired", "ran"), expires=past)
+    with pytest.raises(TaskRevokedError):
+        r.get(timeout=20)
+    assert r.state == states.REVOKED
+    assert basic.record.delay("fresh", "ran").get(timeout=20) == "ran"
+    assert not (marks / "expired").exists()
+
+
+def test_priorities_higher_first(start_worker: Any, basic: Any, marks: Path) -> None:
+    low = [basic.record.apply_async(("order", f"low{i}"), priority=0) for i in range(5)]
+    high = [basic.record.apply_async(("order", f"high{i}"), priority=9) for i in range(5)]
+    start_worker("-c", "1", "--prefetch-multiplier", "1")
+    for r in low + high:
+        r.get(timeout=20)
+    order = wait_for_file(marks / "order", 10)
+    assert order == [f"high{i}" for i in range(5)] + [f"low{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("name", ["hard_async", "hard_sync"])
+def test_hard_time_limit_fails_the_task(start_worker: Any, basic: Any, name: str) -> None:
+    start_worker()
+    r = getattr(basic, name).delay()
+    with pytest.raises(TimeLimitExceeded):
+        r.get(timeout=20)
+
+
+@pytest.mark.parametrize("name", ["soft_async", "soft_sync"])
+def test_soft_time_limit_raises_inside_the_task(start_worker: Any, basic: Any, name: str) -> None:
+    start_worker()
+    assert getattr(basic, name).delay().get(timeout=20) == "cleaned up"
+
+
+def test_update_state_is_visible_while_running(start_worker: Any, basic: Any, marks: Path) -> None:
+    start_worker()
+    r = basic.progress_then_wait.delay("release")
+    deadline = time.monotonic() + 20
+    while r.state != "PROGRESS":
+        assert time.monotonic() < deadline, "PROGRESS never stored"
+    assert r.info == {"current": 1, "total": 2}
+    (marks / "release").touch()
+    assert r.get(timeout=20) == "released"
+
+
+def test_request_context(start_worker: Any, basic: Any) -> None:
+    start_worker("-Q", "celery,other")
+    r = basic.whoami.apply_async(queue="other")
+    assert r.get(timeout=20) == {"id": r.id, "retries": 0, "queue": "other"}
+
+
+def test_get_inside_a_task_is_refused(start_worker: Any, basic: Any) -> None:
+    start_worker()
+    assert basic.waits_inside.delay("x").get(timeout=20) == "SyncWaitInTaskError"
+
+
+def test_graceful_shutdown_finishes_running_tasks(
+    start_worker: Any, basic: Any, marks: Path
+) -> None:
+    worker = start_worker()
+    r = basic.slow.delay(1.0, "graceful")
+    wait_for_file(marks / "graceful.start")
+    assert worker.stop(signal.SIGTERM) == 0
+    assert (marks / "graceful.end").exists()
+    assert r.get(timeout=5) == "graceful"
+
+
+def test_shutdown_timeout_requeues_unfinished_tasks(
+    start_worker: Any, basic: Any, marks: Path
+) -> None:
+    worker = start_worker("--shutdown-timeout", "0.2")
+    r = basic.slow.delay(1.5, "requeued")
+    wait_for_file(marks / "requeued.start")
+    assert worker.stop(signal.SIGTERM) == 0
+    worker.wait_for("requeueing 1 unfinished task(s)")
+    assert not r.ready()
+    start_worker()
+    assert r.get(timeout=20) == "requeued"
+    assert len(wait_for_file(marks / "requeued.start", 2)) == 2
+
+
+def test_kill_9_mid_task_then_restart_completes(start_worker: Any, basic: Any, marks: Path) -> None:
+    worker = start_worker()
+    r = basic.slow_sync.delay(1.0, "killed")
+    wait_for_file(marks / "killed.start")
+    worker.kill()
+    started = time.monotonic()
+    start_worker()
+    assert r.get(timeout=30) == "killed"
+    assert time.monotonic() - started < 15, "redelivery waited for a long visibility timeout"
+    assert len(wait_for_file(marks / "killed.start", 2)) == 2
+
+
+def test_kill_9_of_producer_loses_nothing(
+    start_worker: Any, basic: Any, broker_url: str, tmp_path: Path
+) -> None:
+    script = (
+        "import os, signal, basic\n"
+        "r = basic.add.apply_async((20, 22), task_id='from-killed-producer')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env_path = str(Path(__file__).parent / "apps")
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        timeout=60,
+        env={**__import__("os").environ, "PYTHONPATH": env_path},
+    )
+    assert proc.returncode == -signal.SIGKILL
+    start_worker()
+    assert basic.app.AsyncResult("from-killed-producer").get(timeout=20) == 42
+
+
+async def test_bad_input_is_dead_lettered_and_worker_keeps_running(
+    start_worker: Any, abasic: Any
+) -> None:
+    from celeriac.brokers.base import Envelope
+
+    worker = start_worker()
+    broker = (await abasic.app.connection()).broker
+    garbage = Envelope(b"\x00not json", "application/json", "utf-8", {"task": "x", "id": "1"})
+    await broker.publish("celery", garbage)
+    worker.wait_for("rejected a malformed message")
+    unknown = await abasic.app.send_task("no.such.task", args=[1])
+    with pytest.raises(NotRegistered, match=r"unregistered task 'no\.such\.task'"):
+        await unknown.get(timeout=20)
+    wrong = await abasic.app.send_task("basic.add", args=[1])
+    with pytest.raises(TypeError, match=r"wrong arguments for basic\.add"):
+        await wrong.get(timeout=20)
+    assert await (await abasic.add.delay(1, 1)).get(timeout=20) == 2
+    letters = await broker.dead_letters()
+    reasons = " | ".join(letter.reason for letter in letters)
+    assert await broker.dead_letter_count() == 3
+    assert "malformed message" in reasons
+    assert "unregistered task" in reasons
+    assert "wrong arguments" in reasons
+    assert worker.proc.poll() is None

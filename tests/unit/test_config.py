@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+
+from celeriac import Celery
+from celeriac.config import DEFAULT_BROKER_URL
+from celeriac.errors import ConfigurationError
+
+
+def test_unknown_setting_names_the_closest_known_one() -> None:
+    app = Celery("t", broker="memory://")
+    with pytest.raises(ConfigurationError, match="did you mean 'task_acks_late'"):
+        app.conf.update(task_ack_late=True)
+    with pytest.raises(ConfigurationError, match="did you mean 'result_expires'"):
+        app.conf.result_expire = 5
+    with pytest.raises(ConfigurationError, match="unknown setting"):
+        Celery("t", worker_concurency=4)
+
+
+def test_update_checks_every_name_before_setting_any() -> None:
+    app = Celery("t", broker="memory://")
+    with pytest.raises(ConfigurationError):
+        app.conf.update(result_expires=5, bogus_name=1)
+    assert app.conf.result_expires == 86400.0
+
+
+def test_settings_read_and_write_like_celery() -> None:
+    app = Celery("t", broker="memory://", task_default_queue="q1")
+    app.conf.update({"worker_prefetch_multiplier": 2}, result_expires=60)
+    app.conf["task_serializer"] = "msgpack"
+    assert app.conf["task_default_queue"] == "q1"
+    assert app.conf.worker_prefetch_multiplier == 2
+    assert app.conf.result_expires == 60
+    assert app.conf.task_serializer == "msgpack"
+    assert app.conf.task_acks_late is True  # celeriac's default: at-least-once
+
+
+def test_environment_overrides_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CELERIAC_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERIAC_RESULT_BACKEND", raising=False)
+    app = Celery("t")
+    assert app.conf.effective_broker_url() == DEFAULT_BROKER_URL
+    assert app.conf.effective_result_backend() == DEFAULT_BROKER_URL
+    monkeypatch.setenv("CELERIAC_BROKER_URL", "sqlite:///other.db")
+    monkeypatch.setenv("CELERIAC_RESULT_BACKEND", "memory://")
+    assert app.conf.effective_broker_url() == "sqlite:///other.db"
+    assert app.conf.effective_result_backend() == "memory://"
+
+
+def test_unsupported_url_scheme_is_a_clear_error() -> None:
+    from celeriac.transports import broker_from_url
+
+    with pytest.raises(ConfigurationError, match="unsupported broker URL 'kafka://x'"):
+        broker_from_url("kafka://x", max_message_size=0, options={})

@@ -1,0 +1,372 @@
+"""What only the SQLite transport promises: real processes sharing one file.
+
+Each test that needs another process runs a small script with ``sys.executable``; the
+scripts report on stdout, one line per step, so the test waits on lines, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celeriac import _wakeup
+from celeriac._sqlite import path_from_url
+from celeriac.backends.sqlite import SQLiteBackend
+from celeriac.brokers.base import Broker, Delivery, Envelope
+from celeriac.brokers.sqlite import SQLiteBroker, process_alive, process_identity
+from celeriac.errors import BrokerError, ConfigurationError
+
+pytestmark = pytest.mark.skipif(
+    not _wakeup.SUPPORTED or not os.path.isdir("/proc/self"),
+    reason="process liveness and wake-ups are tested on Linux",
+)
+
+WAIT = 10.0
+FAST = {"visibility_timeout": 1.0, "sweep_interval": 0.2}
+NO_SAFETY_POLL = {"poll_interval": 30.0}  # only a wake-up can be fast
+
+HEAD = """
+import asyncio, json, sys, time
+from celeriac.brokers.base import Envelope
+from celeriac.brokers.sqlite import SQLiteBroker
+from celeriac.backends.sqlite import SQLiteBackend
+URL, QUEUE, OPTIONS = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+def say(*words):
+    print(*words, flush=True)
+"""
+
+HOLDER = """
+async def main():
+    broker = SQLiteBroker(URL, options=OPTIONS)
+    await broker.connect()
+    it = broker.consume([QUEUE], prefetch=1)
+    delivery = await anext(it)
+    say("holding", delivery.envelope.body.decode())
+    await asyncio.to_thread(sys.stdin.readline)
+    await broker.ack(delivery)
+    say("acked")
+    await it.aclose()
+    await broker.close()
+asyncio.run(main())
+"""
+
+PRODUCER = """
+async def main():
+    broker = SQLiteBroker(URL, options=OPTIONS)
+    await broker.connect()
+    await broker.publish(QUEUE, Envelope(b"durable", "text/plain", "utf-8"))
+    say("published")
+    time.sleep(60)
+asyncio.run(main())
+"""
+
+CONSUMER = """
+async def main():
+    broker = SQLiteBroker(URL, options=OPTIONS)
+    await broker.connect()
+    it = broker.consume([QUEUE], prefetch=1)
+    await broker.ack(await anext(it))
+    say("primed")
+    delivery = await anext(it)
+    say("latency", time.time() - float(delivery.envelope.body))
+    await broker.ack(delivery)
+    await it.aclose()
+    await broker.close()
+asyncio.run(main())
+"""
+
+WAITER = """
+async def main():
+    backend = SQLiteBackend(URL, options=OPTIONS)
+    await backend.connect()
+    say("primed", (await backend.wait("primer", 10))["status"])
+    meta = await backend.wait(QUEUE, 10)
+    say("latency", time.time() - meta["result"])
+    await backend.close()
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> Iterator[str]:
+    yield f"sqlite:///{tmp_path}/celeriac.db"
+    directory = _wakeup.channel_directory(str(tmp_path / "celeriac.db"), "tasks")
+    shutil.rmtree(os.path.dirname(directory), ignore_errors=True)
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"q-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+async def broker(url: str) -> AsyncIterator[SQLiteBroker]:
+    broker = SQLiteBroker(url, options=FAST)
+    await broker.connect()
+    yield broker
+    await broker.close()
+
+
+def envelope(body: str) -> Envelope:
+    return Envelope(body.encode(), "text/plain", "utf-8")
+
+
+@contextlib.asynccontextmanager
+async def script(
+    code: str, url: str, queue: str, options: dict[str, Any] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        HEAD + code,
+        url,
+        queue,
+        json.dumps(options or {}),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def line(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stdout is not None
+    return (await asyncio.wait_for(proc.stdout.readline(), WAIT)).decode().strip()
+
+
+@contextlib.asynccontextmanager
+async def consuming(broker: Broker, queue: str) -> AsyncIterator[AsyncIterator[Delivery]]:
+    it = broker.consume([queue], prefetch=1)
+    try:
+        yield it
+    finally:
+        await it.aclose()  # type: ignore[attr-defined]
+
+
+# -- crashes -----------------------------------------------------------------------------
+
+
+async def test_killed_holder_is_redelivered_to_a_running_consumer(url: str, queue: str) -> None:
+    survivor = SQLiteBroker(url)  # default visibility_timeout: 30 s, sweep every 2 s
+    await survivor.connect()
+    await survivor.publish(queue, envelope("job"))
+    primers = queue + "-primers"
+    it = survivor.consume([queue, primers], prefetch=1)
+    try:
+        async with script(HOLDER, url, queue) as proc:
+            assert await line(proc) == "holding job"
+            # The survivor is running (its start-up sweep is over) while the holder lives.
+            await survivor.publish(primers, envelope("primer"))
+            await survivor.ack(await asyncio.wait_for(anext(it), WAIT))
+            waiting = asyncio.ensure_future(anext(it))
+            proc.kill()
+            killed = time.monotonic()
+            delivery = await asyncio.wait_for(waiting, WAIT)
+            assert time.monotonic() - killed < 4.0  # one sweep, far below visibility_timeout
+            assert (delivery.envelope.body, delivery.redelivered) == (b"job", True)
+            await survivor.ack(delivery)
+    finally:
+        await it.aclose()  # type: ignore[attr-defined]
+        await survivor.close()
+
+
+async def test_killed_holder_is_redelivered_when_a_consumer_starts(url: str, queue: str) -> None:
+    producer = SQLiteBroker(url)
+    await producer.connect()
+    await producer.publish(queue, envelope("job"))
+    async with script(HOLDER, url, queue) as proc:
+        assert await line(proc) == "holding job"
+        proc.kill()
+        await proc.wait()
+    started = time.monotonic()
+    async with consuming(producer, queue) as it:
+        delivery = await asyncio.wait_for(anext(it), WAIT)
+    assert time.monotonic() - started < 1.0  # the start-up sweep, no heartbeat wait
+    assert delivery.redelivered
+    await producer.ack(delivery)
+    await producer.close()
+
+
+async def test_live_holder_is_never_robbed(broker: SQLiteBroker, url: str, queue: str) -> None:
+    await broker.publish(queue, envelope("long"))
+    async with script(HOLDER, url, queue, FAST) as proc, consuming(broker, queue) as it:
+        assert await line(proc) == "holding long"
+        # Several visibility timeouts and sweeps pass while the holder's loop keeps beating.
+        robber = asyncio.ensure_future(anext(it))
+        done, _ = await asyncio.wait({robber}, timeout=3 * FAST["visibility_timeout"])
+        assert not done, "a live holder's message was handed to another consumer"
+        robber.cancel()
+        assert proc.stdin is not None
+        proc.stdin.write(b"ack\n")
+        assert await line(proc) == "acked"
+    assert queue not in await broker.queue_sizes()
+
+
+async def test_message_of_a_killed_producer_is_kept(
+    broker: SQLiteBroker, url: str, queue: str
+) -> None:
+    async with script(PRODUCER, url, queue) as proc:
+        assert await line(proc) == "published"
+        proc.kill()
+        await proc.wait()
+    async with consuming(broker, queue) as it:
+        delivery = await asyncio.wait_for(anext(it), WAIT)
+        assert delivery.envelope.body == b"durable"
+        await broker.ack(delivery)
+
+
+def test_process_liveness_sees_zombies_and_reused_pids() -> None:
+    identity = process_identity(os.getpid())
+    assert identity is not None
+    assert process_alive(os.getpid(), identity[1])
+    assert not process_alive(os.getpid(), identity[1] + 1)  # a pid reused by another process
+    assert not process_alive(4_194_305, None)  # above any pid_max
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + WAIT
+        while (process_identity(child.pid) or ("?",))[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert not process_alive(child.pid, None)  # exited, not yet reaped
+    finally:
+        child.wait()
+
+
+async def test_dead_holder_rows_are_swept(broker: SQLiteBroker, url: str, queue: str) -> None:
+    await broker.publish(queue, envelope("a"))
+    await broker.publish(queue, envelope("b"))
+    await broker.publish(queue, envelope("c"))
+    path = path_from_url(url)
+    stale, gone, remote = "elsewhere:1:x", "here:gone", "elsewhere:2:y"
+    now = time.time()
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.executemany(
+            "INSERT INTO celeriac_holders VALUES (?, ?, ?, NULL, ?)",
+            [
+                (stale, "another-host", 1, now - 60),  # silent too long
+                (gone, socket.gethostname(), 4_194_305, now),  # this machine, no such pid
+                (remote, "another-host", 1, now + 60),  # fresh elsewhere: alive
+            ],
+        )
+        ids = [row[0] for row in conn.execute("SELECT id FROM celeriac_messages ORDER BY id")]
+        conn.executemany(
+            "UPDATE celeriac_messages SET holder = ? WHERE id = ?",
+            [(stale, ids[0]), (gone, ids[1]), (remote, ids[2])],
+        )
+    async with consuming(broker, queue) as it:
+        got = []
+        for _ in range(2):
+            got.append(await asyncio.wait_for(anext(it), WAIT))
+            await broker.ack(got[-1])
+    assert sorted((d.envelope.body, d.redelivered) for d in got) == [(b"a", True), (b"b", True)]
+    assert (await broker.queue_sizes())[queue] == 1  # still held by the live remote holder
+
+
+# -- wake-ups ----------------------------------------------------------------------------
+
+
+async def test_cross_process_wakeup_latency(broker: SQLiteBroker, url: str, queue: str) -> None:
+    async with script(CONSUMER, url, queue, NO_SAFETY_POLL) as proc:
+        await broker.publish(queue, envelope("primer"))
+        assert await line(proc) == "primed"
+        await broker.publish(queue, envelope(repr(time.time())))
+        words = (await line(proc)).split()
+        assert words[0] == "latency"
+        assert float(words[1]) < 0.5
+        assert await proc.wait() == 0
+
+
+async def test_cross_process_result_latency(url: str, queue: str) -> None:
+    backend = SQLiteBackend(url)
+    await backend.connect()
+    try:
+        async with script(WAITER, url, queue, NO_SAFETY_POLL) as proc:
+            await backend.store("primer", {"status": "SUCCESS"}, expires=None)
+            assert await line(proc) == "primed SUCCESS"
+            await backend.store(queue, {"status": "STARTED"}, expires=None)
+            await backend.store(queue, {"status": "SUCCESS", "result": time.time()}, expires=None)
+            words = (await line(proc)).split()
+            assert words[0] == "latency"
+            assert float(words[1]) < 0.5
+            assert await proc.wait() == 0
+    finally:
+        await backend.close()
+
+
+async def test_close_removes_wakeup_sockets(url: str, queue: str, tmp_path: Path) -> None:
+    broker = SQLiteBroker(url)
+    await broker.connect()
+    async with consuming(broker, queue) as it:
+        await broker.publish(queue, envelope("x"))
+        await broker.ack(await asyncio.wait_for(anext(it), WAIT))
+    directory = _wakeup.channel_directory(path_from_url(url), "tasks")
+    assert [n for n in os.listdir(directory) if n.startswith(f"{os.getpid()}-")]
+    await broker.close()
+    assert not [n for n in os.listdir(directory) if n.startswith(f"{os.getpid()}-")]
+
+
+# -- the file ----------------------------------------------------------------------------
+
+
+async def test_file_is_wal_and_shared_by_broker_and_backend(tmp_path: Path, queue: str) -> None:
+    url = f"sqlite:///{tmp_path}/new/dir/shared.db"  # the directories are created
+    broker, backend = SQLiteBroker(url), SQLiteBackend(url)
+    await broker.connect()
+    await backend.connect()
+    try:
+        await broker.publish(queue, envelope("x"))
+        await backend.store("t", {"status": "SUCCESS"}, expires=None)
+        assert (await broker.queue_sizes())[queue] == 1
+        assert await backend.get("t") == {"status": "SUCCESS"}
+    finally:
+        await broker.close()
+        await backend.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "new/dir/shared.db")) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_unopenable_path_names_the_path_and_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    broker = SQLiteBroker(f"sqlite:///{tmp_path}/file/q.db")
+    with pytest.raises(BrokerError, match=r"file/q\.db.*sqlite:////absolute"):
+        await broker.connect()
+
+
+async def test_expired_results_are_swept_on_connect(url: str) -> None:
+    backend = SQLiteBackend(url)
+    await backend.connect()
+    await backend.store("old", {"status": "SUCCESS"}, expires=0.0)
+    await backend.close()
+    backend = SQLiteBackend(url)
+    await backend.connect()
+    await backend.close()
+    with contextlib.closing(sqlite3.connect(path_from_url(url))) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM celeriac_results").fetchone() == (0,)
+
+
+def test_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert path_from_url("sqlite:///celeriac.db") == str(tmp_path / "celeriac.db")
+    assert path_from_url("sqlite:///data/q.db") == str(tmp_path / "data" / "q.db")
+    assert path_from_url("sqlite:////var/lib/q.db") == "/var/lib/q.db"
+    for bad in ("sqlite://", "sqlite:///", "sqlite://host/q.db", "redis://x"):
+        with pytest.raises(ConfigurationError):
+            path_from_url(bad)

@@ -1,0 +1,164 @@
+"""The worker's logic in one process on memory:// (fast; real processes are in integration/)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from celeriac import Celery, states
+from celeriac.errors import SyncWaitInTaskError, TimeLimitExceeded
+from celeriac.worker.worker import Worker
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[Celery]:
+    app = Celery("mem", broker=f"memory://{uuid.uuid4().hex}")
+    async with app.setup():
+        yield app
+
+
+async def run_worker(app: Celery, **options: Any) -> tuple[Worker, asyncio.Task[None]]:
+    worker = Worker(app, **options)
+    task = asyncio.get_running_loop().create_task(worker.run())
+    return worker, task
+
+
+async def stop(worker: Worker, task: asyncio.Task[None]) -> None:
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_async_and_sync_tasks_and_inline_calls(app: Celery) -> None:
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    def mul(x: int, y: int) -> int:
+        return x * y
+
+    assert await add(1, 2) == 3
+    assert mul(2, 3) == 6
+    worker, running = await run_worker(app, concurrency=10)
+    try:
+        r1 = await add.delay(2, 2)
+        r2 = await mul.delay(3, 3)
+        assert await r1.get(timeout=5) == 4
+        assert await r2.get(timeout=5) == 9
+        assert r2.state == states.SUCCESS
+    finally:
+        await stop(worker, running)
+
+
+async def test_sync_task_can_publish_through_the_workers_loop(app: Celery) -> None:
+    @app.task
+    async def double(x: int) -> int:
+        return 2 * x
+
+    @app.task
+    def fan_out(x: int) -> str:
+        return double.delay(x).id
+
+    worker, running = await run_worker(app)
+    try:
+        child_id = await (await fan_out.delay(21)).get(timeout=5)
+        assert await app.AsyncResult(child_id).get(timeout=5) == 42
+    finally:
+        await stop(worker, running)
+
+
+async def test_get_inside_a_task_refuses_unless_opted_out(app: Celery) -> None:
+    @app.task
+    async def child() -> str:
+        return "child"
+
+    @app.task
+    async def parent(opt_out: bool) -> str:
+        r = await child.delay()
+        if opt_out:
+            return str(await r.get(timeout=5, disable_sync_subtasks=False))
+        try:
+            await r.get(timeout=5)
+        except SyncWaitInTaskError as exc:
+            return "refused: " + str(exc)[:30]
+        return "not refused"
+
+    worker, running = await run_worker(app)
+    try:
+        refused = await (await parent.delay(False)).get(timeout=5)
+        assert refused.startswith("refused: Never call result.get()")
+        assert await (await parent.delay(True)).get(timeout=5) == "child"
+    finally:
+        await stop(worker, running)
+
+
+async def test_concurrency_runs_async_tasks_together(app: Celery) -> None:
+    gate = asyncio.Event()
+    arrived = 0
+
+    @app.task
+    async def meet() -> int:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 20:
+            gate.set()
+        await asyncio.wait_for(gate.wait(), 5)
+        return arrived
+
+    worker, running = await run_worker(app, concurrency=20)
+    try:
+        results = [await meet.delay() for _ in range(20)]
+        assert await asyncio.gather(*(r.get(timeout=10) for r in results)) == [20] * 20
+    finally:
+        await stop(worker, running)
+
+
+async def test_time_limit_on_async_task(app: Celery) -> None:
+    @app.task(time_limit=0.1)
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    worker, running = await run_worker(app)
+    try:
+        with pytest.raises(TimeLimitExceeded):
+            await (await forever.delay()).get(timeout=5)
+    finally:
+        await stop(worker, running)
+
+
+async def test_publish_errors_reach_the_caller(app: Celery) -> None:
+    @app.task
+    async def echo(value: Any) -> Any:
+        return value
+
+    with pytest.raises(TypeError):
+        echo.delay(object())
+    with pytest.raises(ValueError, match="priority 12 is out of range"):
+        await echo.apply_async((1,), priority=12)
+
+
+def test_sync_api_blocks_with_the_same_names() -> None:
+    app = Celery("mem-sync", broker=f"memory://{uuid.uuid4().hex}")
+
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    r = add.delay(1, 1)
+    assert r.state == states.PENDING
+    assert r.ready() is False
+
+    async def serve() -> int:
+        async with app.setup():
+            worker, running = await run_worker(app)
+            result = await app.AsyncResult(r.id).get(timeout=5)
+            await stop(worker, running)
+            return int(result)
+
+    assert asyncio.run(serve()) == 2
+    assert r.get(timeout=5) == 2
+    app.close()

@@ -21,8 +21,8 @@ HERE = Path(__file__).parent
 
 def start_worker(env: dict[str, str]) -> tuple[subprocess.Popen[str], list[str]]:
     """Start the worker; its log lines are collected by a thread so its pipe never fills."""
-    argv = [sys.executable, "-m", "celeriac.cli", "-A", "tasks:app", "worker", "-c", "10"]
-    print("$ celeriac -A tasks:app worker -c 10")
+    argv = [sys.executable, "-m", "celeriac.cli", "-A", "tasks:app", "worker", "-c", "100"]
+    print("$ celeriac -A tasks:app worker -c 100")
     worker = subprocess.Popen(argv, cwd=HERE, env=env, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     ready = threading.Event()

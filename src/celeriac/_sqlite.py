@@ -2,7 +2,8 @@
 
 The broker and the result backend share this helper, and may share one file: the schema
 below holds both the queue tables and the result table, all prefixed ``celeriac_`` so that
-the file can also be an application's own database.
+the file can also be an application's own database. A message is stored as one blob:
+a length-prefixed JSON header (everything but the body), then the raw body bytes.
 
 Durability trade-off: the file runs in WAL mode with ``synchronous=NORMAL``. A committed
 transaction then survives the crash of any process (``kill -9`` included), because it is
@@ -17,14 +18,17 @@ blocks on the disk, and statements that belong together run as one job in one tr
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
+import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
+from celeriac.brokers.base import Envelope
 from celeriac.errors import BrokerError, ConfigurationError
 
 T = TypeVar("T")
@@ -50,6 +54,7 @@ CREATE TABLE IF NOT EXISTS celeriac_holders (
     holder TEXT PRIMARY KEY,
     hostname TEXT NOT NULL,
     pid INTEGER NOT NULL,
+    pid_space TEXT,
     started REAL,
     heartbeat REAL NOT NULL
 );
@@ -71,6 +76,7 @@ CREATE INDEX IF NOT EXISTS celeriac_results_expiry
 """
 
 _OPEN_ATTEMPTS = 5
+_HEADER_SIZE = struct.Struct(">I")
 
 
 def path_from_url(url: str) -> str:
@@ -223,3 +229,35 @@ def atomically(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], T])
         raise
     conn.execute("COMMIT")
     return result
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    """JSON for the metadata, so the file stays readable with any SQLite tool; the body
+    stays raw bytes whatever serializer made it."""
+    header = {
+        "content_type": envelope.content_type,
+        "content_encoding": envelope.content_encoding,
+        "headers": envelope.headers,
+        "properties": envelope.properties,
+    }
+    try:
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"the SQLite broker stores message headers and properties as JSON: {exc}"
+        ) from exc
+    return _HEADER_SIZE.pack(len(encoded)) + encoded + bytes(envelope.body)
+
+
+def decode_envelope(blob: bytes) -> Envelope:
+    """The inverse of :func:`encode_envelope`."""
+    (size,) = _HEADER_SIZE.unpack_from(blob)
+    start = _HEADER_SIZE.size
+    header = json.loads(blob[start : start + size])
+    return Envelope(
+        bytes(blob[start + size :]),
+        header["content_type"],
+        header["content_encoding"],
+        header["headers"],
+        header["properties"],
+    )

@@ -116,9 +116,7 @@ class Listener:
         while True:
             try:
                 self._sock.recv(64)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
+            except OSError:  # BlockingIOError: drained
                 break
         self._fire()
 

@@ -6,6 +6,8 @@ taking the test's ``tmp_path`` and returning an unconnected instance's URL and c
 
 from __future__ import annotations
 
+import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from celeriac import _wakeup
 from celeriac.backends.base import ResultBackend
 from celeriac.backends.memory import MemoryBackend
 from celeriac.backends.sqlite import SQLiteBackend
@@ -35,9 +38,12 @@ MakeBackend = Callable[..., Awaitable[ResultBackend]]
 
 
 @pytest.fixture(autouse=True)
-def _fresh_memory() -> Iterator[None]:
+def _clean_up(tmp_path: Path) -> Iterator[None]:
     yield
     reset_memory_transports()
+    # SQLite wake-up sockets live under the temp directory, keyed by the database path.
+    channels = _wakeup.channel_directory(str(tmp_path / "celeriac.db"), "tasks")
+    shutil.rmtree(os.path.dirname(channels), ignore_errors=True)
 
 
 @pytest.fixture(params=sorted(BROKERS))

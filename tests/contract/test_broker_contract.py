@@ -285,3 +285,22 @@ async def test_bad_consume_arguments(broker: Broker, queue: str) -> None:
         await anext(broker.consume([queue], prefetch=0))
     with pytest.raises(ValueError):
         await anext(broker.consume([], prefetch=1))
+
+
+async def test_concurrent_settlements(broker: Broker, queue: str) -> None:
+    await broker.publish_many([PublishRequest(queue, envelope(f"c{i}")) for i in range(20)])
+    async with consuming(broker, [queue], prefetch=20) as it:
+        deliveries = [await receive(it) for _ in range(20)]
+        await asyncio.gather(*(broker.ack(d) for d in deliveries[:15]))
+        await asyncio.gather(
+            broker.requeue(deliveries[15]),
+            broker.defer(deliveries[16], now() + 60),
+            broker.dead_letter(deliveries[17], "bad"),
+            broker.ack(deliveries[18]),
+            broker.ack(deliveries[19]),
+        )
+        again = await receive(it)
+        assert (again.envelope.body, again.redelivered) == (b"c15", True)
+        await broker.ack(again)
+    assert (await broker.queue_sizes())[queue] == 1  # the deferred one
+    assert await broker.purge(queue) == 1

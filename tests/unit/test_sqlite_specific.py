@@ -27,7 +27,7 @@ from celeriac import _wakeup
 from celeriac._sqlite import path_from_url
 from celeriac.backends.sqlite import SQLiteBackend
 from celeriac.brokers.base import Broker, Delivery, Envelope
-from celeriac.brokers.sqlite import SQLiteBroker, process_alive, process_identity
+from celeriac.brokers.sqlite import SQLiteBroker, pid_space, process_alive, process_identity
 from celeriac.errors import BrokerError, ConfigurationError
 
 pytestmark = pytest.mark.skipif(
@@ -254,22 +254,25 @@ async def test_dead_holder_rows_are_swept(broker: SQLiteBroker, url: str, queue:
     await broker.publish(queue, envelope("a"))
     await broker.publish(queue, envelope("b"))
     await broker.publish(queue, envelope("c"))
+    await broker.publish(queue, envelope("d"))
     path = path_from_url(url)
-    stale, gone, remote = "elsewhere:1:x", "here:gone", "elsewhere:2:y"
+    stale, gone, remote, other_space = "elsewhere:1:x", "here:gone", "elsewhere:2:y", "ns:1:z"
     now = time.time()
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.executemany(
-            "INSERT INTO celeriac_holders VALUES (?, ?, ?, NULL, ?)",
+            "INSERT INTO celeriac_holders (holder, hostname, pid, pid_space, heartbeat)"
+            " VALUES (?, ?, ?, ?, ?)",
             [
-                (stale, "another-host", 1, now - 60),  # silent too long
-                (gone, socket.gethostname(), 4_194_305, now),  # this machine, no such pid
-                (remote, "another-host", 1, now + 60),  # fresh elsewhere: alive
+                (stale, "another-host", 1, None, now - 60),  # silent too long
+                (gone, socket.gethostname(), 4_194_305, pid_space(), now),  # no such pid here
+                (remote, "another-host", 1, None, now + 60),  # fresh elsewhere: alive
+                (other_space, socket.gethostname(), 4_194_305, "pid:[1]", now),  # a container
             ],
         )
         ids = [row[0] for row in conn.execute("SELECT id FROM celeriac_messages ORDER BY id")]
         conn.executemany(
             "UPDATE celeriac_messages SET holder = ? WHERE id = ?",
-            [(stale, ids[0]), (gone, ids[1]), (remote, ids[2])],
+            [(stale, ids[0]), (gone, ids[1]), (remote, ids[2]), (other_space, ids[3])],
         )
     async with consuming(broker, queue) as it:
         got = []
@@ -277,7 +280,7 @@ async def test_dead_holder_rows_are_swept(broker: SQLiteBroker, url: str, queue:
             got.append(await asyncio.wait_for(anext(it), WAIT))
             await broker.ack(got[-1])
     assert sorted((d.envelope.body, d.redelivered) for d in got) == [(b"a", True), (b"b", True)]
-    assert (await broker.queue_sizes())[queue] == 1  # still held by the live remote holder
+    assert (await broker.queue_sizes())[queue] == 2  # still held by live holders elsewhere
 
 
 # -- wake-ups ----------------------------------------------------------------------------

@@ -10,9 +10,10 @@ Holders and liveness. A broker that consumes registers one holder row
 its event loop runs, so a long task never loses its message. Any consumer sweeps, when it
 starts and every ``sweep_interval`` seconds: a holder whose heartbeat is older than
 ``visibility_timeout`` is dead, and so at once is a holder on this machine whose process is
-gone (or is a zombie, or is a newer process that reused the pid: the process start time is
-stored with the pid). The messages of a dead holder go back to their queue, marked
-redelivered. A broker that closes cleanly gives back what it holds itself.
+gone, is a zombie, or is a newer process that reused the pid (the process start time is
+stored with the pid, and so is the pid namespace, since containers may share a hostname).
+The messages of a dead holder go back to their queue, marked redelivered. A broker that
+closes cleanly gives back what it holds itself.
 
 Wake-ups. Every change that makes a message visible (publish, requeue, defer, release)
 notifies the ``tasks`` channel of :mod:`celeriac._wakeup` after its commit; an idle consumer
@@ -24,27 +25,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
 import socket
 import sqlite3
-import struct
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from functools import partial
 from typing import Any
 
-from celeriac._sqlite import Database, atomically, path_from_url
+from celeriac._sqlite import Database, atomically, decode_envelope, encode_envelope, path_from_url
 from celeriac._wakeup import Listener, Notifier, channel_directory, wait_for_signal
-from celeriac.brokers.base import Broker, DeadLetter, Delivery, Envelope, PublishRequest, now
+from celeriac.brokers.base import Broker, DeadLetter, Delivery, PublishRequest, now
 from celeriac.brokers.memory import check_consume
 from celeriac.errors import BrokerError
 
 log = logging.getLogger(__name__)
 
-_HEADER_SIZE = struct.Struct(">I")
 _HOSTNAME = socket.gethostname()
 _EPSILON = 0.001  # sleep just past an eta, so the claim after it finds the message visible
 
@@ -69,37 +67,6 @@ _HAS_ORPHANS = """
 SELECT 1 FROM celeriac_messages
 WHERE holder IS NOT NULL AND holder NOT IN (SELECT holder FROM celeriac_holders) LIMIT 1
 """
-
-
-def encode_envelope(envelope: Envelope) -> bytes:
-    """A length-prefixed JSON header (everything but the body), then the raw body bytes."""
-    header = {
-        "content_type": envelope.content_type,
-        "content_encoding": envelope.content_encoding,
-        "headers": envelope.headers,
-        "properties": envelope.properties,
-    }
-    try:
-        encoded = json.dumps(header, separators=(",", ":")).encode()
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"the SQLite broker stores message headers and properties as JSON: {exc}"
-        ) from exc
-    return _HEADER_SIZE.pack(len(encoded)) + encoded + bytes(envelope.body)
-
-
-def decode_envelope(blob: bytes) -> Envelope:
-    """The inverse of :func:`encode_envelope`."""
-    (size,) = _HEADER_SIZE.unpack_from(blob)
-    start = _HEADER_SIZE.size
-    header = json.loads(blob[start : start + size])
-    return Envelope(
-        bytes(blob[start + size :]),
-        header["content_type"],
-        header["content_encoding"],
-        header["headers"],
-        header["properties"],
-    )
 
 
 def process_identity(pid: int) -> tuple[str, float] | None:
@@ -136,11 +103,28 @@ def process_alive(pid: int, started: float | None) -> bool:
     return started is None or start == started
 
 
-def _holder_dead(row: tuple[str, str, int, float | None, float], deadline: float) -> bool:
-    _, hostname, pid, started, heartbeat = row
+def pid_space() -> str | None:
+    """This process's pid namespace, where the platform shows it.
+
+    Containers can share a hostname (``--network host``) yet not see each other's pids:
+    a pid is only judged by a process in the same namespace.
+    """
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+_PID_SPACE = pid_space()
+_Holder = tuple[str, str, int, str | None, float | None, float]
+
+
+def _holder_dead(row: _Holder, deadline: float) -> bool:
+    _, hostname, pid, space, started, heartbeat = row
     if heartbeat < deadline:
         return True
-    return hostname == _HOSTNAME and not process_alive(pid, started)
+    local = hostname == _HOSTNAME and space == _PID_SPACE
+    return local and not process_alive(pid, started)
 
 
 class _Window:
@@ -291,9 +275,9 @@ class SQLiteBroker(Broker):
         identity = process_identity(os.getpid())
         started = None if identity is None else identity[1]
         conn.execute(
-            "INSERT OR REPLACE INTO celeriac_holders (holder, hostname, pid, started, heartbeat)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (self._holder, _HOSTNAME, os.getpid(), started, now()),
+            "INSERT OR REPLACE INTO celeriac_holders"
+            " (holder, hostname, pid, pid_space, started, heartbeat) VALUES (?, ?, ?, ?, ?, ?)",
+            (self._holder, _HOSTNAME, os.getpid(), _PID_SPACE, started, now()),
         )
 
     def _idle_timeout(self, next_eta: float | None) -> float:
@@ -326,7 +310,9 @@ class SQLiteBroker(Broker):
     def _give_back_claim(self, job: asyncio.Task[tuple[list[Delivery], float | None]]) -> None:
         if job.cancelled() or job.exception() is not None or self._closed:
             return
-        self._spawn(self._release([d.tag for d in job.result()[0]], redelivered=False))
+        tags = [d.tag for d in job.result()[0]]
+        if tags:
+            self._spawn(self._release(tags, redelivered=False))
 
     def _track(self, window: _Window, deliveries: Iterable[Delivery]) -> None:
         for delivery in deliveries:
@@ -340,11 +326,12 @@ class SQLiteBroker(Broker):
 
     async def _release(self, tags: list[int], *, redelivered: bool) -> None:
         def release(conn: sqlite3.Connection) -> None:
-            conn.executemany(
+            released = conn.executemany(
                 "UPDATE celeriac_messages SET holder = NULL, redelivered = redelivered OR ?"
                 " WHERE id = ? AND holder = ?",
                 [(redelivered, tag, self._holder) for tag in tags],
             )
+            self._check_held(released.rowcount, len(tags), "given back")
 
         await self._db.transaction(release, then=self._notifier.notify)
 
@@ -378,9 +365,9 @@ class SQLiteBroker(Broker):
         """Give back the messages of dead holders; returns how many. Database thread only."""
         deadline = now() - self.visibility_timeout
         rows = conn.execute(
-            "SELECT holder, hostname, pid, started, heartbeat FROM celeriac_holders"
+            "SELECT holder, hostname, pid, pid_space, started, heartbeat FROM celeriac_holders"
         ).fetchall()
-        dead = [(r[0], r[4]) for r in rows if r[0] != self._holder and _holder_dead(r, deadline)]
+        dead = [(r[0], r[5]) for r in rows if r[0] != self._holder and _holder_dead(r, deadline)]
         if not dead and conn.execute(_HAS_ORPHANS).fetchone() is None:
             return 0
         released = atomically(conn, lambda c: _release_dead(c, dead))
@@ -419,21 +406,36 @@ class SQLiteBroker(Broker):
                 self._acks, self._acks_done = [], None
                 try:
                     await self._db.transaction(partial(self._delete, tags=tags))
-                except BaseException as exc:
+                except asyncio.CancelledError:
+                    done.cancel()
+                    raise
+                except Exception as exc:
                     done.set_exception(exc)
                     done.exception()  # retrieved here: its awaiters may all be gone
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
                 else:
                     done.set_result(None)
         finally:
             self._ack_flusher = None
 
     def _delete(self, conn: sqlite3.Connection, tags: list[int]) -> None:
-        conn.executemany(
+        deleted = conn.executemany(
             "DELETE FROM celeriac_messages WHERE id = ? AND holder = ?",
             [(tag, self._holder) for tag in tags],
         )
+        self._check_held(deleted.rowcount, len(tags), "acked")
+
+    def _check_held(self, settled: int, expected: int, what: str) -> None:
+        # Only when this holder was declared dead (no heartbeat for visibility_timeout):
+        # the messages went back to their queues and may run twice (at least once).
+        if settled < expected:
+            log.warning(
+                "%d message(s) %s by %s were no longer held by it: they were given to"
+                " another consumer after its heartbeat stopped for over %g s",
+                expected - settled,
+                what,
+                self._holder,
+                self.visibility_timeout,
+            )
 
     async def requeue(self, delivery: Delivery) -> None:
         if self._forget(delivery):
@@ -444,11 +446,12 @@ class SQLiteBroker(Broker):
             return
 
         def defer(conn: sqlite3.Connection) -> None:
-            conn.execute(
+            deferred = conn.execute(
                 "UPDATE celeriac_messages SET holder = NULL, visible_at = ?"
                 " WHERE id = ? AND holder = ?",
                 (eta, delivery.tag, self._holder),
             )
+            self._check_held(deferred.rowcount, 1, "deferred")
 
         await self._db.transaction(defer, then=self._notifier.notify)
 
@@ -462,6 +465,7 @@ class SQLiteBroker(Broker):
                 " RETURNING queue, envelope",
                 (delivery.tag, self._holder),
             ).fetchone()
+            self._check_held(0 if row is None else 1, 1, "dead-lettered")
             if row is not None:
                 conn.execute(
                     "INSERT INTO celeriac_dead_letters (queue, envelope, reason, died_at)"

@@ -1,0 +1,78 @@
+"""celeriac as one more target of ``shared/bench`` (see bench/README.md).
+
+Broker: the embedded SQLite file (target ``celeriac@sqlite``); results in the same file.
+Completion: the harness counter (``await adone()``) inside each task. Round trip:
+``await (await noop.delay()).get()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import common as C
+
+from celeriac import Celery
+
+BROKERS = ("sqlite",)
+NOTES = (
+    "embedded SQLite broker + result store (WAL), one worker process, asyncio tasks; "
+    "-l warning (no per-task log lines), acks_late (the default)"
+)
+
+DB_DIR = Path(os.environ.get("CELERIAC_BENCH_DIR", "/tmp/celeriac-bench"))
+app = Celery("bench", broker=f"sqlite:///{DB_DIR / 'bench.db'}")
+app.conf.update(result_expires=3600)
+
+
+@app.task(name="bench.noop")
+async def noop() -> None:
+    await C.adone()
+
+
+@app.task(name="bench.sleep")
+async def sleep() -> None:
+    await asyncio.sleep(C.SLEEP_S)
+    await C.adone()
+
+
+def worker_profiles() -> dict[str, Any]:
+    base = [sys.executable, "-m", "celeriac.cli", "-A", "celeriac_adapter:app", "worker"]
+    base += ["-l", "warning"]
+    concurrency = str(C.CONCURRENCY or 100)
+    return {
+        "drain": {f"c{concurrency}": {"argv": [*base, "-c", concurrency]}},
+        "e2e": {"c100": {"argv": [*base, "-c", "100"]}},
+    }
+
+
+def purge() -> None:
+    shutil.rmtree(DB_DIR, ignore_errors=True)
+    DB_DIR.mkdir(parents=True)
+
+
+async def enqueue(task: str, n: int, mark: Callable[[], None]) -> None:
+    fn = noop if task == "noop" else sleep
+    async with app.setup():
+        mark()
+        for _ in range(n):
+            await fn.delay()
+
+
+async def roundtrip(count: int, cap: float) -> list[float]:
+    latencies: list[float] = []
+    async with app.setup():
+        for _ in range(5):
+            await (await noop.delay()).get(timeout=30)
+        stop = time.monotonic() + cap
+        while len(latencies) < count and time.monotonic() < stop:
+            started = time.perf_counter()
+            await (await noop.delay()).get(timeout=30)
+            latencies.append(time.perf_counter() - started)
+    return latencies

@@ -25,7 +25,8 @@ import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from functools import partial
+from typing import Generic, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from celeriac.brokers.base import Envelope
@@ -261,3 +262,64 @@ def decode_envelope(blob: bytes) -> Envelope:
         header["headers"],
         header["properties"],
     )
+
+
+class WriteBatch(Generic[T]):
+    """Coalesces writes into transactions: items added while one batch is being written
+    form the next batch, so a busy worker writes many in one commit and an idle one adds
+    no delay. ``add`` returns once its item is committed (or raises the batch's error).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        write: Callable[[sqlite3.Connection, list[T]], None],
+        *,
+        then: Callable[[list[T]], None] | None = None,
+    ) -> None:
+        self._db = db
+        self._write = write
+        self._then = then
+        self._items: list[T] = []
+        self._done: asyncio.Future[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def add(self, item: T) -> None:
+        self._items.append(item)
+        if self._done is None:
+            self._done = asyncio.get_running_loop().create_future()
+        done = self._done
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        await asyncio.shield(done)
+
+    async def _flush(self) -> None:
+        try:
+            while self._done is not None:
+                items, done = self._items, self._done
+                self._items, self._done = [], None
+                try:
+                    await self._db.transaction(self._job(items), then=self._after(items))
+                except asyncio.CancelledError:
+                    done.cancel()
+                    raise
+                except Exception as exc:
+                    done.set_exception(exc)
+                    done.exception()  # retrieved here: its awaiters may all be gone
+                else:
+                    done.set_result(None)
+        finally:
+            self._flusher = None
+
+    def _job(self, items: list[T]) -> Callable[[sqlite3.Connection], None]:
+        write = self._write
+        return lambda conn: write(conn, items)
+
+    def _after(self, items: list[T]) -> Callable[[], None] | None:
+        then = self._then
+        return None if then is None else partial(then, items)
+
+    async def close(self) -> None:
+        """Wait for the writes already added."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)

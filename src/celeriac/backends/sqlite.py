@@ -18,11 +18,12 @@ from functools import partial
 from typing import Any
 
 from celeriac import errors
-from celeriac._sqlite import Database, path_from_url
+from celeriac._sqlite import Database, WriteBatch, path_from_url
 from celeriac._wakeup import Listener, Notifier, channel_directory, wait_for_signal
 from celeriac.backends.base import ResultBackend
 from celeriac.brokers.base import now
 
+_Row = tuple[str, bytes, bool, float | None]
 _CHUNK = 500  # ids per query: well under SQLite's limit on bound parameters
 
 _UPSERT = """
@@ -56,7 +57,8 @@ class SQLiteBackend(ResultBackend):
         self._notified = False  # a wake-up came: every waited id may be ready
         self._signal = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
-        self._stores = 0
+        self._stores = 0  # since the last sweep of expired records; database thread only
+        self._writes: WriteBatch[_Row] = WriteBatch(self._db, self._write, then=self._written)
         self._closed = False
 
     async def connect(self) -> None:
@@ -68,6 +70,7 @@ class SQLiteBackend(ResultBackend):
         if self._closed:
             return
         self._closed = True
+        await self._writes.close()
         error = errors.BrokerError(f"the result backend {self.url} was closed")
         for futures in self._waiters.values():
             for future in futures:
@@ -83,16 +86,20 @@ class SQLiteBackend(ResultBackend):
         self._notifier.close()
 
     async def _set(self, task_id: str, data: bytes, ready: bool, expires: float | None) -> None:
+        """Stores are batched like acks: a busy worker commits many results at once."""
         expires_at = None if expires is None else now() + expires
-        self._stores += 1
-        sweep = self.cleanup_every > 0 and self._stores % self.cleanup_every == 0
+        await self._writes.add((task_id, data, ready, expires_at))
 
-        def store(conn: sqlite3.Connection) -> None:
-            conn.execute(_UPSERT, (task_id, data, ready, expires_at))
-            if sweep:
-                _cleanup(conn)
+    def _write(self, conn: sqlite3.Connection, rows: list[_Row]) -> None:
+        conn.executemany(_UPSERT, rows)
+        self._stores += len(rows)
+        if self.cleanup_every > 0 and self._stores >= self.cleanup_every:
+            self._stores = 0
+            _cleanup(conn)
 
-        await self._db.transaction(store, then=self._notifier.notify if ready else None)
+    def _written(self, rows: list[_Row]) -> None:
+        if any(ready for _, _, ready, _ in rows):
+            self._notifier.notify()
 
     async def _get(self, task_id: str) -> bytes | None:
         def get(conn: sqlite3.Connection) -> bytes | None:

@@ -32,10 +32,16 @@ import socket
 import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
-from functools import partial
 from typing import Any
 
-from celeriac._sqlite import Database, atomically, decode_envelope, encode_envelope, path_from_url
+from celeriac._sqlite import (
+    Database,
+    WriteBatch,
+    atomically,
+    decode_envelope,
+    encode_envelope,
+    path_from_url,
+)
 from celeriac._wakeup import Listener, Notifier, channel_directory, wait_for_signal
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, PublishRequest, now
 from celeriac.brokers.memory import check_consume
@@ -168,9 +174,7 @@ class SQLiteBroker(Broker):
         self._consumers: set[_Window] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._maintenance: asyncio.Task[None] | None = None
-        self._acks: list[int] = []
-        self._acks_done: asyncio.Future[None] | None = None
-        self._ack_flusher: asyncio.Task[None] | None = None
+        self._acks: WriteBatch[int] = WriteBatch(self._db, self._delete)
         self._closed = False
 
     # -- life cycle ------------------------------------------------------------------------
@@ -189,6 +193,7 @@ class SQLiteBroker(Broker):
             self._maintenance.cancel()
         # Let claims and ack batches in flight finish, so what they hold is given back below.
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._acks.close()
         if self._holder is not None:
             with contextlib.suppress(BrokerError):
                 await self._db.transaction(self._unregister, then=self._notifier.notify)
@@ -389,33 +394,8 @@ class SQLiteBroker(Broker):
 
     async def ack(self, delivery: Delivery) -> None:
         """Acks are batched: those made while a batch is being written form the next one."""
-        if not self._forget(delivery):
-            return
-        self._acks.append(delivery.tag)
-        if self._acks_done is None:
-            self._acks_done = asyncio.get_running_loop().create_future()
-        done = self._acks_done
-        if self._ack_flusher is None:
-            self._ack_flusher = self._spawn(self._flush_acks())
-        await asyncio.shield(done)
-
-    async def _flush_acks(self) -> None:
-        try:
-            while self._acks_done is not None:
-                tags, done = self._acks, self._acks_done
-                self._acks, self._acks_done = [], None
-                try:
-                    await self._db.transaction(partial(self._delete, tags=tags))
-                except asyncio.CancelledError:
-                    done.cancel()
-                    raise
-                except Exception as exc:
-                    done.set_exception(exc)
-                    done.exception()  # retrieved here: its awaiters may all be gone
-                else:
-                    done.set_result(None)
-        finally:
-            self._ack_flusher = None
+        if self._forget(delivery):
+            await self._acks.add(delivery.tag)
 
     def _delete(self, conn: sqlite3.Connection, tags: list[int]) -> None:
         deleted = conn.executemany(

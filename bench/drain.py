@@ -1,0 +1,90 @@
+"""celeriac's own no-op drain benchmark on the embedded broker (no harness counter).
+
+Publishes N no-op tasks, then runs one worker in this process and reports tasks/s from the
+first to the last completion. ``--profile`` writes a cProfile summary of the drain.
+
+    .venv/bin/python bench/drain.py --n 20000 [--profile bench/profiles/drain-sqlite.txt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from celeriac import Celery
+from celeriac.worker.worker import Worker
+
+
+async def drain(
+    n: int, concurrency: int, url: str, profile: str | None, counter: Any = None
+) -> float:
+    app = Celery("drain", broker=url)
+    done = asyncio.Event()
+    finished = 0
+    first = last = 0.0
+
+    @app.task(name="drain.noop")
+    async def noop() -> None:
+        nonlocal finished, first, last
+        if counter is not None:
+            await counter()
+        finished += 1
+        last = time.perf_counter()
+        if finished == 1:
+            first = last
+        if finished == n:
+            done.set()
+
+    async with app.setup():
+        for _ in range(n):
+            await noop.delay()
+    worker = Worker(app, concurrency=concurrency)
+    profiler = cProfile.Profile() if profile else None
+    if profiler:
+        profiler.enable()
+    running = asyncio.get_running_loop().create_task(worker.run())
+    await asyncio.wait_for(done.wait(), 300)
+    if profiler:
+        profiler.disable()
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(45)
+        Path(profile).parent.mkdir(parents=True, exist_ok=True)
+        Path(profile).write_text(out.getvalue())
+    worker.stop()
+    await running
+    return (n - 1) / (last - first)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--profile", default=None)
+    parser.add_argument(
+        "--harness-counter",
+        action="store_true",
+        help="also call shared/bench's per-task Redis counter, as its harness does",
+    )
+    args = parser.parse_args()
+    counter = None
+    if args.harness_counter:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+        from bench import common
+
+        counter = common.adone
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/drain.db"
+        rate = asyncio.run(drain(args.n, args.concurrency, url, args.profile, counter))
+    print(f"drain: {args.n} no-op tasks, concurrency {args.concurrency}: {rate:,.0f} tasks/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -162,3 +162,82 @@ def test_sync_api_blocks_with_the_same_names() -> None:
     assert asyncio.run(serve()) == 2
     assert r.get(timeout=5) == 2
     app.close()
+
+
+async def test_acks_late_false_acknowledges_before_running(app: Celery) -> None:
+    broker = (await app.connection()).broker
+    seen: dict[str, int] = {}
+    release = asyncio.Event()
+
+    @app.task(acks_late=False)
+    async def early() -> None:
+        seen["early"] = sum((await broker.queue_sizes()).values())
+        await release.wait()
+
+    @app.task
+    async def late() -> None:
+        seen["late"] = sum((await broker.queue_sizes()).values())
+        await release.wait()
+
+    worker, running = await run_worker(app)
+    try:
+        for task in (early, late):
+            release.clear()
+            result = await task.delay()
+            while task.name.rsplit(".", 1)[-1] not in seen:
+                await asyncio.sleep(0.005)  # bounded by the test timeout
+            release.set()
+            await result.get(timeout=5)
+    finally:
+        await stop(worker, running)
+    # While running, the early-acked message is gone; the late-acked one is still held.
+    assert seen == {"early": 0, "late": 1}
+
+
+async def test_second_stop_requeues_running_tasks_at_once(app: Celery) -> None:
+    started = asyncio.Event()
+
+    @app.task
+    async def stuck() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    worker, running = await run_worker(app, shutdown_timeout=60)
+    await stuck.delay()
+    await asyncio.wait_for(started.wait(), 5)
+    worker.stop()
+    worker.stop()
+    await asyncio.wait_for(running, 5)  # well under the 60 s graceful timeout
+    async with app.setup():
+        sizes = await (await app.connection()).broker.queue_sizes()
+    assert sizes == {"celery": 1}
+
+
+async def test_forget_deletes_the_record(app: Celery) -> None:
+    @app.task
+    async def one() -> int:
+        return 1
+
+    worker, running = await run_worker(app)
+    try:
+        r = await one.delay()
+        assert await r.get(timeout=5) == 1
+        await r.forget()
+        assert await r.refresh() == states.PENDING
+    finally:
+        await stop(worker, running)
+
+
+def test_shared_task_is_registered_on_every_app() -> None:
+    from celeriac import shared_task
+
+    before = Celery("before", broker="memory://shared-a")
+
+    @shared_task(name="shared.ping")
+    def ping() -> str:
+        return "pong"
+
+    after = Celery("after", broker="memory://shared-b")
+    assert "shared.ping" in before.tasks
+    assert "shared.ping" in after.tasks
+    assert ping() == "pong"

@@ -54,6 +54,19 @@ class Execution:
                 await asyncio.shield(self.broker.requeue(delivery))
 
     async def _handle(self, delivery: Delivery) -> bool:
+        limit = self.broker.max_message_size
+        if limit and len(delivery.envelope.body) > limit:
+            reason = (
+                f"message body is {len(delivery.envelope.body)} bytes, over "
+                f"broker_max_message_size={limit}"
+            )
+            logger.error(
+                "rejected a message from queue %r: %s (moved to dead letters)",
+                delivery.queue,
+                reason,
+            )
+            await self.broker.dead_letter(delivery, reason)
+            return True
         try:
             message = protocol.parse_task_message(delivery.envelope, self.worker.accept)
         except ProtocolError as exc:

@@ -1,0 +1,83 @@
+"""The command line against a real SQLite file: output, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import APPS
+
+pytestmark = pytest.mark.integration
+
+
+def celeriac(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(APPS), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "celeriac.cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize("command", ["worker", "result", "purge", "status"])
+def test_every_command_has_help(command: str, tmp_path: Path) -> None:
+    out = celeriac(command, "--help", cwd=tmp_path)
+    assert out.returncode == 0
+    assert "usage: celeriac" in out.stdout and command in out.stdout
+
+
+def test_status_result_and_purge(basic: Any, tmp_path: Path, start_worker: Any) -> None:
+    waiting = [basic.add.delay(1, 2) for _ in range(3)]
+    basic.add.apply_async((1, 1), queue="other")
+    status = celeriac("-A", "basic:app", "status", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert "  celery: 3" in status.stdout and "  other: 1" in status.stdout
+    assert "dead letters: 0" in status.stdout
+
+    refused = celeriac("-A", "basic:app", "purge", cwd=tmp_path)
+    assert refused.returncode == 1 and "confirm with -f" in refused.stderr
+    purged = celeriac("-A", "basic:app", "purge", "-Q", "other", "-f", cwd=tmp_path)
+    assert purged.returncode == 0 and "purged 1 message(s) from other" in purged.stdout
+
+    pending = celeriac("-A", "basic:app", "result", waiting[0].id, cwd=tmp_path)
+    assert json.loads(pending.stdout)["state"] == "PENDING"
+    start_worker()
+    done = celeriac(
+        "-A", "basic:app", "result", waiting[0].id, "--wait", "--timeout", "20", cwd=tmp_path
+    )
+    assert json.loads(done.stdout) == {"id": waiting[0].id, "state": "SUCCESS", "result": 3}
+
+
+def test_bad_app_path_is_one_line(tmp_path: Path, broker_url: str) -> None:
+    for spec, expected in [
+        ("nosuchmodule:app", "cannot import 'nosuchmodule'"),
+        ("basic:nothing", "no Celery app found there"),
+    ]:
+        out = celeriac("-A", spec, "status", cwd=tmp_path)
+        assert out.returncode == 1
+        assert out.stderr.count("\n") == 1 and expected in out.stderr
+        assert "Traceback" not in out.stderr
+
+
+def test_unusable_broker_is_one_line_and_debug_shows_traceback(
+    tmp_path: Path, broker_url: str
+) -> None:
+    bad = {"CELERIAC_BROKER_URL": "sqlite:////proc/celeriac-cannot-write/x.db"}
+    out = celeriac("-A", "basic:app", "worker", cwd=tmp_path, env=bad)
+    assert out.returncode == 1
+    assert "cannot open the SQLite database" in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0
+    debug = celeriac("-A", "basic:app", "worker", "-l", "debug", cwd=tmp_path, env=bad)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr

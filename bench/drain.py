@@ -24,7 +24,7 @@ from celeriac.worker.worker import Worker
 
 
 async def drain(
-    n: int, concurrency: int, url: str, profile: str | None, counter: Any = None
+    n: int, concurrency: int, url: str, profile: str | None, counter: Any, profile_text: list[str]
 ) -> float:
     app = Celery("drain", broker=url)
     done = asyncio.Event()
@@ -56,8 +56,7 @@ async def drain(
         profiler.disable()
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(45)
-        Path(profile).parent.mkdir(parents=True, exist_ok=True)
-        Path(profile).write_text(out.getvalue())
+        profile_text.append(out.getvalue())
     worker.stop()
     await running
     return (n - 1) / (last - first)
@@ -82,7 +81,13 @@ def main() -> None:
         counter = common.adone
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/drain.db"
-        rate = asyncio.run(drain(args.n, args.concurrency, url, args.profile, counter))
+        profile_text: list[str] = []
+        rate = asyncio.run(
+            drain(args.n, args.concurrency, url, args.profile, counter, profile_text)
+        )
+    if args.profile:
+        Path(args.profile).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.profile).write_text("".join(profile_text))
     print(f"drain: {args.n} no-op tasks, concurrency {args.concurrency}: {rate:,.0f} tasks/s")
 
 

@@ -167,25 +167,27 @@ def test_sync_api_blocks_with_the_same_names() -> None:
 async def test_acks_late_false_acknowledges_before_running(app: Celery) -> None:
     broker = (await app.connection()).broker
     seen: dict[str, int] = {}
-    release = asyncio.Event()
+    release, running_now = asyncio.Event(), asyncio.Event()
 
     @app.task(acks_late=False)
     async def early() -> None:
         seen["early"] = sum((await broker.queue_sizes()).values())
+        running_now.set()
         await release.wait()
 
     @app.task
     async def late() -> None:
         seen["late"] = sum((await broker.queue_sizes()).values())
+        running_now.set()
         await release.wait()
 
     worker, running = await run_worker(app)
     try:
         for task in (early, late):
             release.clear()
+            running_now.clear()
             result = await task.delay()
-            while task.name.rsplit(".", 1)[-1] not in seen:
-                await asyncio.sleep(0.005)  # bounded by the test timeout
+            await asyncio.wait_for(running_now.wait(), 5)
             release.set()
             await result.get(timeout=5)
     finally:

@@ -62,6 +62,15 @@ async def drain(
     return (n - 1) / (last - first)
 
 
+def _loop_factory() -> Any:
+    """The worker command's loop: uvloop when installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=20000)

@@ -274,38 +274,13 @@ class Execution:
         )
 
 
-_STANDARD_HEADERS = frozenset(
-    {
-        "lang",
-        "task",
-        "id",
-        "shadow",
-        "eta",
-        "expires",
-        "group",
-        "group_index",
-        "retries",
-        "timelimit",
-        "root_id",
-        "parent_id",
-        "argsrepr",
-        "kwargsrepr",
-        "origin",
-        "ignore_result",
-        "replaced_task_nesting",
-        "stamped_headers",
-        "stamps",
-    }
-)
-
-
 def _custom_headers(message: TaskMessage) -> dict[str, Any]:
-    return {k: v for k, v in message.headers.items() if k not in _STANDARD_HEADERS}
+    return {k: v for k, v in message.headers.items() if k not in protocol.STANDARD_HEADERS}
 
 
 def _embed(message: TaskMessage) -> dict[str, Any]:
     embed = message.embed or {}
-    return {key: embed.get(key) for key in ("callbacks", "errbacks", "chain", "chord")}
+    return {key: embed.get(key) for key in protocol.EMBED_KEYS}
 
 
 def _short(value: Any, limit: int = 200) -> str:

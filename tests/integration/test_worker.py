@@ -241,3 +241,23 @@ async def test_bad_input_is_dead_lettered_and_worker_keeps_running(
     assert "unregistered task" in reasons
     assert "wrong arguments" in reasons
     assert worker.proc.poll() is None
+
+
+def test_two_workers_and_two_producers_share_one_file(
+    start_worker: Any, basic: Any, marks: Path, tmp_path: Path
+) -> None:
+    first, second = start_worker("-n", "one@host"), start_worker("-n", "two@host")
+    script = (
+        "import sys, basic\n"
+        "for i in range(150):\n"
+        "    basic.record.delay('shared', f'{sys.argv[1]}-{i}')\n"
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent / "apps")}
+    producers = [
+        subprocess.Popen([sys.executable, "-c", script, name], cwd=tmp_path, env=env)
+        for name in ("a", "b")
+    ]
+    assert [p.wait(60) for p in producers] == [0, 0]
+    lines = wait_for_file(marks / "shared", 300, timeout=60)
+    assert sorted(lines) == sorted(f"{n}-{i}" for n in "ab" for i in range(150))
+    assert first.wait_for("succeeded in") and second.wait_for("succeeded in")

@@ -18,7 +18,7 @@ from celeriac.brokers.base import Broker
 from celeriac.config import Settings
 from celeriac.result import AsyncResult, dual
 from celeriac.resultmeta import make_meta
-from celeriac.task import AsyncTask, Request, SyncTask, Task, TaskOptions, current_request
+from celeriac.task import AsyncTask, SyncTask, Task, TaskOptions, current_request
 from celeriac.transports import backend_from_url, broker_from_url
 
 P = ParamSpec("P")
@@ -300,17 +300,14 @@ class Celery:
         task_id: str,
         state: str,
         result: Any,
-        request: Request | None,
+        *,
         traceback: str | None = None,
+        parent_id: str | None = None,
+        group_id: str | None = None,
     ) -> None:
         """Write a task's record in Celery's format to the result store."""
         meta = make_meta(
-            task_id,
-            state,
-            result,
-            traceback=traceback,
-            parent_id=request.parent_id if request else None,
-            group_id=request.group if request else None,
+            task_id, state, result, traceback=traceback, parent_id=parent_id, group_id=group_id
         )
         backend = (await self.connection()).backend
         await backend.store(task_id, meta, expires=self.conf.result_expires)

@@ -228,7 +228,14 @@ class Task(Generic[P, R]):
         target = task_id or (request.id if request else None)
         if not target:
             raise ValueError("update_state() outside a running task needs task_id=")
-        return dual(self.app.store_state(target, state or "PROGRESS", dict(meta or {}), request))
+        stored = self.app.store_state(
+            target,
+            state or "PROGRESS",
+            dict(meta or {}),
+            parent_id=request.parent_id if request else None,
+            group_id=request.group if request else None,
+        )
+        return dual(stored)
 
 
 class AsyncTask(Task[P, R]):

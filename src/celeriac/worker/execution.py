@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("celeriac.worker")
 
+#: With ``ignore_result`` these states are not written (RETRY and PROGRESS still are).
+_NOT_STORED_WHEN_IGNORED = states.READY_STATES | {states.STARTED}
+
 #: An ETA this close is run now rather than deferred (clock skew, rounding).
 ETA_SLACK = 0.005
 
@@ -86,7 +89,9 @@ class Execution:
             logger.error(
                 "task %s[%s] rejected: %s (moved to dead letters)", message.task, message.id, reason
             )
-            await self._record_failure(message, NotRegistered(reason), None)
+            await self._store(
+                message, states.FAILURE, exception_to_dict(NotRegistered(reason)), None
+            )
             await self.broker.dead_letter(delivery, reason)
             return True
         now = time.time()
@@ -115,7 +120,7 @@ class Execution:
             logger.error(
                 "task %s[%s] rejected: %s (moved to dead letters)", task.name, message.id, reason
             )
-            await self._record_failure(message, TypeError(reason), None)
+            await self._store(message, states.FAILURE, exception_to_dict(TypeError(reason)), None)
             await self.broker.dead_letter(delivery, reason)
             return True
         acks_late = task.acks_late
@@ -226,25 +231,18 @@ class Execution:
             retry.exc if retry.exc is not None else "retry requested",
         )
 
-    async def _record_failure(
-        self, message: TaskMessage, exc: BaseException, tb: str | None
-    ) -> None:
-        await self._store(message, states.FAILURE, exception_to_dict(exc), tb)
-
     async def _store(self, message: TaskMessage, state: str, result: Any, tb: str | None) -> None:
-        if message.ignore_result and state in states.READY_STATES | {states.STARTED}:
+        if message.ignore_result and state in _NOT_STORED_WHEN_IGNORED:
             return
-        request = Request(
-            id=message.id, task=message.task, parent_id=message.parent_id, group=message.group
-        )
+        ids = {"parent_id": message.parent_id, "group_id": message.group}
         try:
-            await self.app.store_state(message.id, state, result, request, traceback=tb)
+            await self.app.store_state(message.id, state, result, traceback=tb, **ids)
         except (TypeError, ValueError) as exc:
             logger.error(
                 "task %s[%s]: result could not be stored: %s", message.task, message.id, exc
             )
             fallback = exception_to_dict(TypeError(f"result not serializable: {exc}"))
-            await self.app.store_state(message.id, states.FAILURE, fallback, request)
+            await self.app.store_state(message.id, states.FAILURE, fallback, **ids)
 
     def _request(self, message: TaskMessage, delivery: Delivery) -> Request:
         return Request(

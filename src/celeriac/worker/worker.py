@@ -109,8 +109,10 @@ class Worker:
     def _finished(self, handler: asyncio.Task[None], slots: asyncio.Semaphore) -> None:
         self._running.discard(handler)
         slots.release()
+        if handler.cancelled():
+            return
         self.processed += 1
-        if not handler.cancelled() and handler.exception() is not None:
+        if handler.exception() is not None:
             logger.error("worker bug while handling a message", exc_info=handler.exception())
 
     async def _drain(self) -> None:

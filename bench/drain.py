@@ -91,9 +91,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/drain.db"
         profile_text: list[str] = []
-        rate = asyncio.run(
-            drain(args.n, args.concurrency, url, args.profile, counter, profile_text)
-        )
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            rate = runner.run(
+                drain(args.n, args.concurrency, url, args.profile, counter, profile_text)
+            )
     if args.profile:
         Path(args.profile).parent.mkdir(parents=True, exist_ok=True)
         Path(args.profile).write_text("".join(profile_text))

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from celeriac.brokers.base import Envelope
@@ -104,23 +104,113 @@ def path_from_url(url: str) -> str:
 
 
 class Database:
-    """A connection confined to one thread; every call is a job on that thread."""
+    """A handle on one SQLite file; every call is a job on the file's database thread.
+
+    Handles on the same file in the same event loop share one connection and one thread
+    (:class:`_Shared`): a broker and a result backend on one file then never wait for each
+    other's write lock, and their batched writes commit in the same transactions.
+    """
 
     def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._shared: _Shared | None = None
 
     async def open(self) -> None:
-        """Create the file (and its directory) if needed, switch to WAL, create tables."""
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="celeriac-sqlite")
+        """Create the file (and its directory) if needed, switch to WAL, create tables.
+
+        The first handle to open a file sets its ``busy_timeout``."""
+        if self._shared is None:
+            self._shared = await _Shared.acquire(self.path, self.busy_timeout)
+
+    async def run(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``job(conn)`` on the database thread; each statement commits on its own
+        unless the job opens a transaction with :func:`atomically`."""
+        return await self._open_shared().run(job)
+
+    async def transaction(
+        self,
+        job: Callable[[sqlite3.Connection], T],
+        *,
+        then: Callable[[], None] | None = None,
+    ) -> T:
+        """Run ``job(conn)`` in one transaction, then ``then()`` on the same thread.
+
+        ``then`` runs right after the commit (typically a wake-up for other processes),
+        off the event loop, and only if the commit happened.
+        """
+
+        def job_then_notify(conn: sqlite3.Connection) -> T:
+            result = atomically(conn, job)
+            if then is not None:
+                then()
+            return result
+
+        return await self.run(job_then_notify)
+
+    async def write(self, batch: WriteBatch[T], item: T) -> None:
+        """Add ``item`` to the file's next round of batched writes; return once committed."""
+        await self._open_shared().write(batch, item)
+
+    async def flushed(self) -> None:
+        """Wait for every batched write added so far."""
+        if self._shared is not None:
+            await self._shared.flushed()
+
+    def _open_shared(self) -> _Shared:
+        if self._shared is None:
+            raise BrokerError(f"the SQLite database {self.path!r} is not open: call open()")
+        return self._shared
+
+    async def close(self) -> None:
+        """Let go of the file; the last handle closes the connection and ends the thread."""
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            await shared.release()
+
+
+class _Shared:
+    """The connection, thread and write round of one file in one event loop."""
+
+    _instances: ClassVar[dict[tuple[str, int], _Shared]] = {}
+
+    def __init__(self, path: str, busy_timeout: float, key: tuple[str, int]) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self._key = key
+        self._users = 0
+        self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
+            1, thread_name_prefix="celeriac-sqlite"
+        )
+        self._conn: sqlite3.Connection | None = None
+        self._opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The write round: what is added while one round commits forms the next.
+        self._round: dict[WriteBatch[Any], list[Any]] = {}
+        self._round_done: asyncio.Future[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def acquire(cls, path: str, busy_timeout: float) -> _Shared:
+        key = (path, id(asyncio.get_running_loop()))
+        shared = cls._instances.get(key)
+        if shared is None:
+            shared = cls._instances[key] = cls(path, busy_timeout, key)
+            asyncio.get_running_loop().create_task(shared._open())
+        shared._users += 1
+        try:
+            await asyncio.shield(shared._opened)
+        except BaseException:
+            await shared.release()
+            raise
+        return shared
+
+    async def _open(self) -> None:
         try:
             self._conn = await self._submit(self._connect)
-        except BaseException:
-            self._executor.shutdown(wait=False)
-            self._executor = None
-            raise
+        except BaseException as exc:
+            self._opened.set_exception(exc)
+        else:
+            self._opened.set_result(None)
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -155,29 +245,7 @@ class Database:
         conn.executescript(f"BEGIN IMMEDIATE;{SCHEMA}COMMIT;")
 
     async def run(self, job: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``job(conn)`` on the database thread; each statement commits on its own
-        unless the job opens a transaction with :func:`atomically`."""
-        return await self._submit(lambda: self._guard(job))
-
-    async def transaction(
-        self,
-        job: Callable[[sqlite3.Connection], T],
-        *,
-        then: Callable[[], None] | None = None,
-    ) -> T:
-        """Run ``job(conn)`` in one transaction, then ``then()`` on the same thread.
-
-        ``then`` runs right after the commit (typically a wake-up for other processes),
-        off the event loop, and only if the commit happened.
-        """
-
-        def job_then_notify(conn: sqlite3.Connection) -> T:
-            result = atomically(conn, job)
-            if then is not None:
-                then()
-            return result
-
-        return await self.run(job_then_notify)
+        return await self._submit(partial(self._guard, job))
 
     def _guard(self, job: Callable[[sqlite3.Connection], T]) -> T:
         if self._conn is None:
@@ -197,8 +265,58 @@ class Database:
 
     async def _submit(self, job: Callable[[], T]) -> T:
         if self._executor is None:
-            raise BrokerError(f"the SQLite database {self.path!r} is not open: call connect()")
+            raise BrokerError(f"the SQLite database {self.path!r} is closed")
         return await asyncio.get_running_loop().run_in_executor(self._executor, job)
+
+    # -- batched writes ---------------------------------------------------------------------
+
+    async def write(self, batch: WriteBatch[T], item: T) -> None:
+        self._round.setdefault(batch, []).append(item)
+        if self._round_done is None:
+            self._round_done = asyncio.get_running_loop().create_future()
+        done = self._round_done
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        await asyncio.shield(done)
+
+    async def _flush(self) -> None:
+        try:
+            while self._round_done is not None:
+                writes, done = self._round, self._round_done
+                self._round, self._round_done = {}, None
+                try:
+                    await self.run(partial(_commit_round, writes))
+                except asyncio.CancelledError:
+                    done.cancel()
+                    raise
+                except Exception as exc:
+                    done.set_exception(exc)
+                    done.exception()  # retrieved here: its awaiters may all be gone
+                else:
+                    done.set_result(None)
+        finally:
+            self._flusher = None
+
+    async def flushed(self) -> None:
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
+    # -- closing ----------------------------------------------------------------------------
+
+    async def release(self) -> None:
+        self._users -= 1
+        if self._users > 0:
+            return
+        if self._instances.get(self._key) is self:
+            del self._instances[self._key]
+        await self.flushed()
+        if self._executor is None:
+            return
+        try:
+            await self._submit(self._disconnect)
+        finally:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
     def _disconnect(self) -> None:
         # On the database thread, after every job queued before it.
@@ -206,13 +324,17 @@ class Database:
         if conn is not None:
             conn.close()
 
-    async def close(self) -> None:
-        """Close the connection on its own thread, then let the thread end."""
-        if self._executor is None:
-            return
-        await self._submit(self._disconnect)
-        self._executor.shutdown(wait=False)
-        self._executor = None
+
+def _commit_round(writes: dict[WriteBatch[Any], list[Any]], conn: sqlite3.Connection) -> None:
+    """One transaction for every batch's items, then each batch's ``then`` (after commit)."""
+
+    def write_all(conn: sqlite3.Connection) -> None:
+        for batch, items in writes.items():
+            batch.write_items(conn, items)
+
+    atomically(conn, write_all)
+    for batch, items in writes.items():
+        batch.committed(items)
 
 
 def atomically(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
@@ -265,9 +387,12 @@ def decode_envelope(blob: bytes) -> Envelope:
 
 
 class WriteBatch(Generic[T]):
-    """Coalesces writes into transactions: items added while one batch is being written
-    form the next batch, so a busy worker writes many in one commit and an idle one adds
-    no delay. ``add`` returns once its item is committed (or raises the batch's error).
+    """One kind of batched write (acks, result records) to a :class:`Database`.
+
+    Items added while a round is being written form the next round, so a busy worker
+    writes many in one commit and an idle one adds no delay. Every batch of one file shares
+    the rounds: a result record and the ack after it may commit together. ``add`` returns
+    once its item is committed (or raises the round's error).
     """
 
     def __init__(
@@ -280,46 +405,19 @@ class WriteBatch(Generic[T]):
         self._db = db
         self._write = write
         self._then = then
-        self._items: list[T] = []
-        self._done: asyncio.Future[None] | None = None
-        self._flusher: asyncio.Task[None] | None = None
 
     async def add(self, item: T) -> None:
-        self._items.append(item)
-        if self._done is None:
-            self._done = asyncio.get_running_loop().create_future()
-        done = self._done
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
-        await asyncio.shield(done)
+        await self._db.write(self, item)
 
-    async def _flush(self) -> None:
-        try:
-            while self._done is not None:
-                items, done = self._items, self._done
-                self._items, self._done = [], None
-                try:
-                    await self._db.transaction(self._job(items), then=self._after(items))
-                except asyncio.CancelledError:
-                    done.cancel()
-                    raise
-                except Exception as exc:
-                    done.set_exception(exc)
-                    done.exception()  # retrieved here: its awaiters may all be gone
-                else:
-                    done.set_result(None)
-        finally:
-            self._flusher = None
+    def write_items(self, conn: sqlite3.Connection, items: list[T]) -> None:
+        """Database thread, inside the round's transaction."""
+        self._write(conn, items)
 
-    def _job(self, items: list[T]) -> Callable[[sqlite3.Connection], None]:
-        write = self._write
-        return lambda conn: write(conn, items)
-
-    def _after(self, items: list[T]) -> Callable[[], None] | None:
-        then = self._then
-        return None if then is None else partial(then, items)
+    def committed(self, items: list[T]) -> None:
+        """Database thread, after the round's commit."""
+        if self._then is not None:
+            self._then(items)
 
     async def close(self) -> None:
         """Wait for the writes already added."""
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._db.flushed()

@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -344,6 +345,27 @@ async def test_file_is_wal_and_shared_by_broker_and_backend(tmp_path: Path, queu
         await backend.close()
     with contextlib.closing(sqlite3.connect(tmp_path / "new/dir/shared.db")) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def _database_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("celeriac-sqlite")}
+
+
+async def test_broker_and_backend_on_one_file_share_one_connection(url: str, queue: str) -> None:
+    """One thread and one connection per file and loop, so a process never waits for its own
+    write lock; the last to close ends the thread, and the others keep working until then."""
+    before = _database_threads()
+    broker, backend = SQLiteBroker(url), SQLiteBackend(url)
+    await asyncio.gather(broker.connect(), backend.connect())
+    await broker.publish(queue, envelope("x"))
+    await backend.store("t", {"status": "SUCCESS"}, expires=None)
+    (thread,) = _database_threads() - before
+    await broker.close()
+    await backend.store("u", {"status": "SUCCESS"}, expires=None)
+    assert await backend.get("u") == {"status": "SUCCESS"}
+    await backend.close()
+    await asyncio.to_thread(thread.join, WAIT)
+    assert not thread.is_alive()
 
 
 async def test_unopenable_path_names_the_path_and_the_fix(tmp_path: Path) -> None:

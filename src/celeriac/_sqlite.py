@@ -23,7 +23,7 @@ import os
 import sqlite3
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, ClassVar, Generic, TypeVar
@@ -78,6 +78,7 @@ CREATE INDEX IF NOT EXISTS celeriac_results_expiry
 
 _OPEN_ATTEMPTS = 5
 _HEADER_SIZE = struct.Struct(">I")
+_HEADER_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def path_from_url(url: str) -> str:
@@ -148,9 +149,10 @@ class Database:
 
         return await self.run(job_then_notify)
 
-    async def write(self, batch: WriteBatch[T], item: T) -> None:
-        """Add ``item`` to the file's next round of batched writes; return once committed."""
-        await self._open_shared().write(batch, item)
+    def write(self, batch: WriteBatch[T], item: T) -> Awaitable[None]:
+        """Add ``item`` to the file's next round of batched writes (at once, not when
+        awaited); the result resolves once the round has committed."""
+        return self._open_shared().write(batch, item)
 
     async def flushed(self) -> None:
         """Wait for every batched write added so far."""
@@ -270,14 +272,15 @@ class _Shared:
 
     # -- batched writes ---------------------------------------------------------------------
 
-    async def write(self, batch: WriteBatch[T], item: T) -> None:
+    def write(self, batch: WriteBatch[T], item: T) -> Awaitable[None]:
         self._round.setdefault(batch, []).append(item)
-        if self._round_done is None:
-            self._round_done = asyncio.get_running_loop().create_future()
         done = self._round_done
+        if done is None:
+            done = self._round_done = asyncio.get_running_loop().create_future()
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
-        await asyncio.shield(done)
+        # Shielded: a cancelled writer must not cancel the round its neighbours wait for.
+        return asyncio.shield(done)
 
     async def _flush(self) -> None:
         try:
@@ -364,7 +367,7 @@ def encode_envelope(envelope: Envelope) -> bytes:
         "properties": envelope.properties,
     }
     try:
-        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded = _HEADER_ENCODER.encode(header).encode()
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"the SQLite broker stores message headers and properties as JSON: {exc}"
@@ -406,8 +409,9 @@ class WriteBatch(Generic[T]):
         self._write = write
         self._then = then
 
-    async def add(self, item: T) -> None:
-        await self._db.write(self, item)
+    def add(self, item: T) -> Awaitable[None]:
+        """Queue ``item`` for the next round; await the result to know it is committed."""
+        return self._db.write(self, item)
 
     def write_items(self, conn: sqlite3.Connection, items: list[T]) -> None:
         """Database thread, inside the round's transaction."""

@@ -350,8 +350,7 @@ def _timelimit(value: object) -> tuple[float | None, float | None]:
         raise ProtocolError(
             f"header 'timelimit' must be [hard, soft] (numbers or nulls), got {_short(value)}"
         )
-    hard, soft = (_limit(item) for item in value)
-    return hard, soft
+    return _limit(value[0]), _limit(value[1])
 
 
 def _limit(value: object) -> float | None:
@@ -413,8 +412,8 @@ def _parse_embed(embed: object) -> dict[str, Any]:
     chord = embed.get("chord")
     if chord is not None and not isinstance(chord, dict):
         raise ProtocolError(f"embed 'chord' must be a signature dict or null, got {_type(chord)}")
-    parsed = {key: embed.get(key) for key in EMBED_KEYS}
-    parsed.update((key, value) for key, value in embed.items() if key not in parsed)
+    parsed: dict[str, Any] = dict.fromkeys(EMBED_KEYS)  # Celery's keys first, in its order
+    parsed.update(embed)
     return parsed
 
 

@@ -18,6 +18,9 @@ from celeriac.states import READY_STATES
 
 Meta = dict[str, Any]
 
+#: Celery's spacing, so records are byte-for-byte what its Redis backend writes.
+_RECORD_ENCODER = json.JSONEncoder(separators=(", ", ": "))
+
 
 class ResultBackend(ABC):
     """Base class of every result store. Instances are bound to the loop they connected on."""
@@ -36,7 +39,7 @@ class ResultBackend(ABC):
 
     async def store(self, task_id: str, meta: Meta, *, expires: float | None) -> None:
         """Write the task's current record; ``expires`` is seconds to keep it (None: forever)."""
-        data = json.dumps(meta, separators=(", ", ": ")).encode()
+        data = _RECORD_ENCODER.encode(meta).encode()
         await self._set(task_id, data, meta["status"] in READY_STATES, expires)
 
     async def get(self, task_id: str) -> Meta | None:

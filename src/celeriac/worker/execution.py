@@ -143,10 +143,15 @@ class Execution:
         except Exception as exc:
             await self._failed(task, message, delivery, exc, request)
         else:
-            runtime = time.perf_counter() - started
-            logger.info(
-                "task %s[%s] succeeded in %.4fs: %s", task.name, message.id, runtime, _short(value)
-            )
+            if logger.isEnabledFor(logging.INFO):
+                runtime = time.perf_counter() - started
+                logger.info(
+                    "task %s[%s] succeeded in %.4fs: %s",
+                    task.name,
+                    message.id,
+                    runtime,
+                    _short(value),
+                )
             await self._store(message, states.SUCCESS, value, None)
         if acks_late:
             await self.broker.ack(delivery)

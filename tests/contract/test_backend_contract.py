@@ -40,6 +40,22 @@ async def test_store_and_get(backend: ResultBackend) -> None:
     assert await backend.get(tid) == meta(tid, "SUCCESS", [1, "two"])
 
 
+async def test_stores_issued_together_apply_in_order(backend: ResultBackend) -> None:
+    """Stores started in one go (a batching transport may write them in one statement)
+    land in the order they were made, and a batch of many ids keeps every one."""
+    tid = task_id()
+    others = [task_id() for _ in range(450)]
+    await asyncio.gather(
+        backend.store(tid, meta(tid, "STARTED"), expires=None),
+        *(backend.store(o, meta(o, "SUCCESS", o), expires=None) for o in others),
+        backend.store(tid, meta(tid, "PROGRESS", {"done": 1}), expires=None),
+        backend.store(tid, meta(tid, "SUCCESS", 7), expires=None),
+    )
+    assert await backend.get(tid) == meta(tid, "SUCCESS", 7)
+    for other in (others[0], others[199], others[200], others[-1]):
+        assert await backend.get(other) == meta(other, "SUCCESS", other)
+
+
 async def test_wait_returns_a_record_already_ready(backend: ResultBackend) -> None:
     tid = task_id()
     await backend.store(tid, meta(tid, "FAILURE", {"exc_type": "ValueError"}), expires=None)

@@ -304,3 +304,13 @@ async def test_concurrent_settlements(broker: Broker, queue: str) -> None:
         await broker.ack(again)
     assert (await broker.queue_sizes())[queue] == 1  # the deferred one
     assert await broker.purge(queue) == 1
+
+
+async def test_many_acks_at_once(broker: Broker, queue: str) -> None:
+    """More acks in one go than a batching transport puts in one statement."""
+    count = 450
+    await broker.publish_many([PublishRequest(queue, envelope(f"m{i}")) for i in range(count)])
+    async with consuming(broker, [queue], prefetch=count) as it:
+        deliveries = [await receive(it) for _ in range(count)]
+        await asyncio.gather(*(broker.ack(d) for d in deliveries))
+    assert (await broker.queue_sizes()).get(queue, 0) == 0

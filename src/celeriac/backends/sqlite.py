@@ -15,19 +15,19 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from functools import partial
+from itertools import chain
 from typing import Any
 
 from celeriac import errors
-from celeriac._sqlite import Database, WriteBatch, path_from_url
+from celeriac._sqlite import Database, WriteBatch, chunks, marks, path_from_url
 from celeriac._wakeup import Listener, Notifier, channel_directory, wait_for_signal
 from celeriac.backends.base import ResultBackend
 from celeriac.brokers.base import now
 
 _Row = tuple[str, bytes, bool, float | None]
-_CHUNK = 500  # ids per query: well under SQLite's limit on bound parameters
 
 _UPSERT = """
-INSERT INTO celeriac_results (task_id, data, ready, expires_at) VALUES (?, ?, ?, ?)
+INSERT INTO celeriac_results (task_id, data, ready, expires_at) VALUES {rows}
 ON CONFLICT (task_id) DO UPDATE
 SET data = excluded.data, ready = excluded.ready, expires_at = excluded.expires_at
 """
@@ -91,7 +91,9 @@ class SQLiteBackend(ResultBackend):
         await self._writes.add((task_id, data, ready, expires_at))
 
     def _write(self, conn: sqlite3.Connection, rows: list[_Row]) -> None:
-        conn.executemany(_UPSERT, rows)
+        # One statement per chunk; rows for the same id apply in order, the last one wins.
+        for chunk in chunks(rows):
+            conn.execute(_UPSERT.format(rows=marks(len(chunk), 4)), list(chain(*chunk)))
         self._stores += len(rows)
         if self.cleanup_every > 0 and self._stores >= self.cleanup_every:
             self._stores = 0
@@ -203,12 +205,10 @@ def _execute(sql: str, params: tuple[Any, ...], conn: sqlite3.Connection) -> Non
 def _read_ready(conn: sqlite3.Connection, ids: list[str]) -> dict[str, bytes]:
     at = now()
     found: dict[str, bytes] = {}
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
-        marks = ",".join("?" * len(chunk))
+    for chunk in chunks(ids):
         rows = conn.execute(
             "SELECT task_id, data FROM celeriac_results WHERE ready = 1"
-            f" AND (expires_at IS NULL OR expires_at > ?) AND task_id IN ({marks})",
+            f" AND (expires_at IS NULL OR expires_at > ?) AND task_id IN ({marks(len(chunk))})",
             (at, *chunk),
         )
         found.update((task_id, bytes(data)) for task_id, data in rows)

@@ -38,8 +38,10 @@ from celeriac._sqlite import (
     Database,
     WriteBatch,
     atomically,
+    chunks,
     decode_envelope,
     encode_envelope,
+    marks,
     path_from_url,
 )
 from celeriac._wakeup import Listener, Notifier, channel_directory, wait_for_signal
@@ -291,15 +293,16 @@ class SQLiteBroker(Broker):
         return min(self.poll_interval, max(next_eta - now(), 0.0) + _EPSILON)
 
     async def _claim(self, queues: list[str], count: int) -> tuple[list[Delivery], float | None]:
-        marks = ",".join("?" * len(queues))
+        claim_sql = _CLAIM.format(marks=marks(len(queues)))
+        next_eta_sql = _NEXT_ETA.format(marks=marks(len(queues)))
 
         def claim(conn: sqlite3.Connection) -> tuple[list[Delivery], float | None]:
             at = now()
-            rows = conn.execute(_CLAIM.format(marks=marks), (self._holder, *queues, at, count))
+            rows = conn.execute(claim_sql, (self._holder, *queues, at, count))
             claimed = sorted(rows.fetchall(), key=lambda row: (-row[2], row[0]))
             if claimed:
                 return [_delivery(row) for row in claimed], None
-            (next_eta,) = conn.execute(_NEXT_ETA.format(marks=marks), (*queues, at)).fetchone()
+            (next_eta,) = conn.execute(next_eta_sql, (*queues, at)).fetchone()
             return [], next_eta
 
         # Shielded: if the consumer is cancelled mid-claim, the rows the database already
@@ -398,11 +401,13 @@ class SQLiteBroker(Broker):
             await self._acks.add(delivery.tag)
 
     def _delete(self, conn: sqlite3.Connection, tags: list[int]) -> None:
-        deleted = conn.executemany(
-            "DELETE FROM celeriac_messages WHERE id = ? AND holder = ?",
-            [(tag, self._holder) for tag in tags],
-        )
-        self._check_held(deleted.rowcount, len(tags), "acked")
+        deleted = 0
+        for chunk in chunks(tags):
+            deleted += conn.execute(
+                f"DELETE FROM celeriac_messages WHERE holder = ? AND id IN ({marks(len(chunk))})",
+                (self._holder, *chunk),
+            ).rowcount
+        self._check_held(deleted, len(tags), "acked")
 
     def _check_held(self, settled: int, expected: int, what: str) -> None:
         # Only when this holder was declared dead (no heartbeat for visibility_timeout):

@@ -117,6 +117,42 @@ async def test_concurrency_runs_async_tasks_together(app: Celery) -> None:
         await stop(worker, running)
 
 
+async def test_concurrency_bounds_running_tasks(app: Celery) -> None:
+    """Each slot is given back exactly once, so never more than ``concurrency`` tasks run."""
+    running = peak = 0
+    full = asyncio.Event()
+    proceed = asyncio.Event()
+
+    @app.task
+    async def hold(i: int) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        if running == 3:
+            full.set()
+        await asyncio.wait_for(proceed.wait(), 5)
+        running -= 1
+        return i
+
+    @app.task
+    def fail() -> None:
+        raise ValueError("a failed task gives its slot back too")
+
+    worker, task = await run_worker(app, concurrency=3)
+    try:
+        failures = [await fail.delay() for _ in range(5)]
+        results = [await hold.delay(i) for i in range(12)]
+        await asyncio.wait_for(full.wait(), 5)
+        proceed.set()
+        assert await asyncio.gather(*(r.get(timeout=10) for r in results)) == list(range(12))
+        for failure in failures:
+            with pytest.raises(ValueError):
+                await failure.get(timeout=10)
+        assert peak == 3
+    finally:
+        await stop(worker, task)
+
+
 async def test_time_limit_on_async_task(app: Celery) -> None:
     @app.task(time_limit=0.1)
     async def forever() -> None:

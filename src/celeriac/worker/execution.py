@@ -12,6 +12,7 @@ import logging
 import os
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
@@ -47,16 +48,21 @@ class Execution:
         self.backend = conn.backend
         self.executor = executor
 
-    async def handle(self, delivery: Delivery) -> None:
-        """Settle ``delivery`` exactly once, whatever happens (cancelled: requeued)."""
+    async def handle(self, delivery: Delivery, ran: Callable[[], None]) -> None:
+        """Settle ``delivery`` exactly once, whatever happens (cancelled: requeued).
+
+        ``ran()`` is called once the task itself has ended (or will not run), before its
+        outcome is stored and its message settled: the worker's concurrency bounds running
+        tasks, not the bookkeeping after them.
+        """
         settled = False
         try:
-            settled = await self._handle(delivery)
+            settled = await self._handle(delivery, ran)
         finally:
             if not settled:
                 await asyncio.shield(self.broker.requeue(delivery))
 
-    async def _handle(self, delivery: Delivery) -> bool:
+    async def _handle(self, delivery: Delivery, ran: Callable[[], None]) -> bool:
         limit = self.broker.max_message_size
         if limit and len(delivery.envelope.body) > limit:
             reason = (
@@ -110,9 +116,15 @@ class Execution:
         if message.eta is not None and message.eta.timestamp() > now + ETA_SLACK:
             await self.broker.defer(delivery, message.eta.timestamp())
             return True
-        return await self._run(task, message, delivery)
+        return await self._run(task, message, delivery, ran)
 
-    async def _run(self, task: Task[Any, Any], message: TaskMessage, delivery: Delivery) -> bool:
+    async def _run(
+        self,
+        task: Task[Any, Any],
+        message: TaskMessage,
+        delivery: Delivery,
+        ran: Callable[[], None],
+    ) -> bool:
         try:
             task.signature.bind(*message.args, **message.kwargs)
         except TypeError as exc:
@@ -137,7 +149,10 @@ class Execution:
             )
         started = time.perf_counter()
         try:
-            value = await self._call(task, message, request)
+            try:
+                value = await self._call(task, message, request)
+            finally:
+                ran()
         except Retry as retry:
             await self._retry(task, message, delivery, retry)
         except Exception as exc:

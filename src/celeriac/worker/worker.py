@@ -1,9 +1,11 @@
 """The worker: consume deliveries, run tasks on the loop or in threads, settle messages.
 
 Structure: one consumer task pulls deliveries (the broker bounds them by the prefetch
-window) and starts one handler task per delivery, at most ``concurrency`` at once; every
-handler is held in ``self._running``. Shutdown stops the consumer first, lets handlers finish
-for ``shutdown_timeout`` seconds, then cancels the rest, whose messages go back to the queue.
+window) and starts one handler task per delivery, with at most ``concurrency`` tasks
+running at once (a handler gives its slot back when its task ends, before the outcome is
+stored and the message acked); every handler is held in ``self._running``. Shutdown stops
+the consumer first, lets handlers finish for ``shutdown_timeout`` seconds, then cancels the
+rest, whose messages go back to the queue.
 
 Delivery is at-least-once: with ``acks_late`` (the default) a message is acknowledged after
 its task ends, so a worker that dies mid-task loses nothing.
@@ -18,6 +20,7 @@ import signal
 import socket
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from celeriac import _bridge
 from celeriac.app import Celery, Connection
@@ -100,15 +103,18 @@ class Worker:
                 except asyncio.CancelledError:
                     await conn.broker.requeue(delivery)
                     raise
-                handler = asyncio.get_running_loop().create_task(execution.handle(delivery))
+                slot = _Slot(slots)
+                handler = asyncio.get_running_loop().create_task(
+                    execution.handle(delivery, slot.release)
+                )
                 self._running.add(handler)
-                handler.add_done_callback(lambda t: self._finished(t, slots))
+                handler.add_done_callback(partial(self._finished, slot=slot))
         finally:
             await deliveries.aclose()  # type: ignore[attr-defined]
 
-    def _finished(self, handler: asyncio.Task[None], slots: asyncio.Semaphore) -> None:
+    def _finished(self, handler: asyncio.Task[None], *, slot: _Slot) -> None:
         self._running.discard(handler)
-        slots.release()
+        slot.release()
         if handler.cancelled():
             return
         self.processed += 1
@@ -154,3 +160,18 @@ class Worker:
                 loop.remove_signal_handler(sig)
             except (RuntimeError, ValueError, NotImplementedError):
                 return
+
+
+class _Slot:
+    """One unit of concurrency, given back once: when the task has run, or at the latest
+    when its handler ends."""
+
+    __slots__ = ("_slots",)
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots: asyncio.Semaphore | None = slots
+
+    def release(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+            self._slots = None

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from celeriac import Celery
+from celeriac.worker.process import prepare_worker_process
 from celeriac.worker.worker import Worker
 
 
@@ -47,6 +48,7 @@ async def drain(
         for _ in range(n):
             await noop.delay()
     worker = Worker(app, concurrency=concurrency)
+    prepare_worker_process()  # as the worker command does
     profiler = cProfile.Profile() if profile else None
     if profiler:
         profiler.enable()

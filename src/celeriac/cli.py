@@ -122,6 +122,7 @@ async def _run(app: Celery, args: argparse.Namespace) -> int:
 
 
 async def _worker(app: Celery, args: argparse.Namespace) -> int:
+    from celeriac.worker.process import prepare_worker_process
     from celeriac.worker.worker import Worker
 
     queues = _split(args.queues)
@@ -134,6 +135,7 @@ async def _worker(app: Celery, args: argparse.Namespace) -> int:
         prefetch_multiplier=args.prefetch_multiplier,
         shutdown_timeout=args.shutdown_timeout,
     )
+    prepare_worker_process()
     await worker.run()
     return 0
 

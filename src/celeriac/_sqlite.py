@@ -218,7 +218,14 @@ class _Shared:
         try:
             directory = os.path.dirname(self.path)
             os.makedirs(directory, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                # Multi-row statements come in every size up to ROWS_PER_STATEMENT, for
+                # acks and for results: keep them all prepared.
+                cached_statements=4 * ROWS_PER_STATEMENT,
+            )
         except (OSError, sqlite3.Error) as exc:
             raise BrokerError(
                 f"cannot open the SQLite database {self.path!r}: {exc}. Make sure its directory"

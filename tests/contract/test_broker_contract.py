@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -25,12 +25,12 @@ def envelope(body: bytes | str, **headers: Any) -> Envelope:
 @contextlib.asynccontextmanager
 async def consuming(
     broker: Broker, queues: Sequence[str], prefetch: int = 1
-) -> AsyncIterator[AsyncIterator[Delivery]]:
+) -> AsyncIterator[AsyncGenerator[Delivery, None]]:
     it = broker.consume(queues, prefetch=prefetch)
     try:
         yield it
     finally:
-        await it.aclose()  # type: ignore[attr-defined]
+        await it.aclose()
 
 
 async def receive(it: AsyncIterator[Delivery], timeout: float = WAIT) -> Delivery:
@@ -196,7 +196,7 @@ async def test_close_gives_back_unsettled(make_broker: MakeBroker, queue: str) -
     it = worker.consume([queue], prefetch=2)
     taken = await receive(it)
     await worker.close()
-    await it.aclose()  # type: ignore[attr-defined]
+    await it.aclose()
     async with consuming(other, [queue], prefetch=2) as it2:
         back = {}
         for _ in range(2):
@@ -231,7 +231,7 @@ async def test_cancelled_consumer_keeps_nothing(make_broker: MakeBroker, queue: 
     pending.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await first.requeue(await pending)  # it won the race: put it back
-    await it.aclose()  # type: ignore[attr-defined]
+    await it.aclose()
     async with consuming(second, [queue]) as it2:
         assert await drain(second, it2, 1) == [b"c"]
 

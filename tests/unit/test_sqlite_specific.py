@@ -159,7 +159,7 @@ async def consuming(broker: Broker, queue: str) -> AsyncIterator[AsyncIterator[D
     try:
         yield it
     finally:
-        await it.aclose()  # type: ignore[attr-defined]
+        await it.aclose()
 
 
 # -- crashes -----------------------------------------------------------------------------
@@ -185,7 +185,7 @@ async def test_killed_holder_is_redelivered_to_a_running_consumer(url: str, queu
             assert (delivery.envelope.body, delivery.redelivered) == (b"job", True)
             await survivor.ack(delivery)
     finally:
-        await it.aclose()  # type: ignore[attr-defined]
+        await it.aclose()
         await survivor.close()
 
 

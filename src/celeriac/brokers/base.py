@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,7 +133,7 @@ class Broker(ABC):
     # -- consuming -------------------------------------------------------------------------
 
     @abstractmethod
-    def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncIterator[Delivery]:
+    def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncGenerator[Delivery, None]:
         """Yield deliveries from ``queues``, highest priority first, then oldest first.
 
         At most ``prefetch`` deliveries are outstanding (yielded, not yet settled) at once.
@@ -174,6 +174,16 @@ class Broker(ABC):
     @abstractmethod
     async def dead_letter_count(self) -> int:
         """How many dead letters are kept."""
+
+
+def check_consume(queues: Sequence[str], prefetch: int) -> None:
+    """The argument checks every transport's ``consume`` makes."""
+    if isinstance(queues, str):
+        raise TypeError("consume() takes a sequence of queue names, not one string")
+    if not queues:
+        raise ValueError("consume() needs at least one queue")
+    if prefetch < 1:
+        raise ValueError(f"prefetch must be at least 1, not {prefetch}")
 
 
 def now() -> float:

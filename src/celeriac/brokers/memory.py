@@ -14,7 +14,7 @@ import heapq
 import itertools
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +26,7 @@ from celeriac.brokers.base import (
     Delivery,
     Envelope,
     PublishRequest,
+    check_consume,
     now,
 )
 
@@ -211,16 +212,6 @@ class _Window:
         return self.prefetch - len(self.tags)
 
 
-def check_consume(queues: Sequence[str], prefetch: int) -> None:
-    """The argument checks every transport's ``consume`` makes."""
-    if isinstance(queues, str):
-        raise TypeError("consume() takes a sequence of queue names, not one string")
-    if not queues:
-        raise ValueError("consume() needs at least one queue")
-    if prefetch < 1:
-        raise ValueError(f"prefetch must be at least 1, not {prefetch}")
-
-
 class MemoryBroker(Broker):
     """Queues in this process's memory. Options: none."""
 
@@ -246,7 +237,9 @@ class MemoryBroker(Broker):
     async def _publish(self, requests: Sequence[PublishRequest]) -> None:
         self._transport.put(requests)
 
-    async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncIterator[Delivery]:
+    async def consume(
+        self, queues: Sequence[str], *, prefetch: int
+    ) -> AsyncGenerator[Delivery, None]:
         check_consume(queues, prefetch)
         window = _Window(prefetch)
         unsubscribe = self._transport.subscribe((asyncio.get_running_loop(), window.signal.set))

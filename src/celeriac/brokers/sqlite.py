@@ -31,7 +31,7 @@ import secrets
 import socket
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Iterable, Sequence
 from typing import Any
 
 from celeriac._sqlite import (
@@ -45,8 +45,14 @@ from celeriac._sqlite import (
     path_from_url,
 )
 from celeriac._wakeup import Listener, Notifier, channel_directory, wait_for_signal
-from celeriac.brokers.base import Broker, DeadLetter, Delivery, PublishRequest, now
-from celeriac.brokers.memory import check_consume
+from celeriac.brokers.base import (
+    Broker,
+    DeadLetter,
+    Delivery,
+    PublishRequest,
+    check_consume,
+    now,
+)
 from celeriac.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -236,7 +242,9 @@ class SQLiteBroker(Broker):
 
     # -- consuming -------------------------------------------------------------------------
 
-    async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncIterator[Delivery]:
+    async def consume(
+        self, queues: Sequence[str], *, prefetch: int
+    ) -> AsyncGenerator[Delivery, None]:
         check_consume(queues, prefetch)
         names = list(dict.fromkeys(queues))
         listener = await self._start_consuming()

@@ -110,7 +110,7 @@ class Worker:
                 self._running.add(handler)
                 handler.add_done_callback(partial(self._finished, slot=slot))
         finally:
-            await deliveries.aclose()  # type: ignore[attr-defined]
+            await deliveries.aclose()
 
     def _finished(self, handler: asyncio.Task[None], *, slot: _Slot) -> None:
         self._running.discard(handler)

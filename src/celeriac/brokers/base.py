@@ -12,9 +12,10 @@ whose native order differs (Celery on Redis runs lower numbers first) maps it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,6 +175,46 @@ class Broker(ABC):
     @abstractmethod
     async def dead_letter_count(self) -> int:
         """How many dead letters are kept."""
+
+
+class PrefetchWindow:
+    """One consumer's prefetch window: the deliveries it was given and has not settled."""
+
+    def __init__(self, prefetch: int) -> None:
+        self.prefetch = prefetch
+        self.tags: set[Hashable] = set()
+        self.signal = asyncio.Event()  # set when a slot frees up (or the broker closes)
+
+    @property
+    def room(self) -> int:
+        return self.prefetch - len(self.tags)
+
+
+class PrefetchWindows:
+    """The open windows of one broker's consumers, and which window each delivery is in."""
+
+    def __init__(self) -> None:
+        self.open: set[PrefetchWindow] = set()
+        self._by_tag: dict[Hashable, PrefetchWindow] = {}
+
+    def track(self, window: PrefetchWindow, deliveries: Iterable[Delivery]) -> None:
+        for delivery in deliveries:
+            window.tags.add(delivery.tag)
+            self._by_tag[delivery.tag] = window
+
+    def settle(self, delivery: Delivery) -> bool:
+        """Free the delivery's slot in its window; False if no window holds it."""
+        window = self._by_tag.pop(delivery.tag, None)
+        if window is None:
+            return False
+        window.tags.discard(delivery.tag)
+        window.signal.set()
+        return True
+
+    def wake_all(self) -> None:
+        """Wake every consumer (the broker is closing)."""
+        for window in self.open:
+            window.signal.set()
 
 
 def check_consume(queues: Sequence[str], prefetch: int) -> None:

@@ -25,6 +25,8 @@ from celeriac.brokers.base import (
     DeadLetter,
     Delivery,
     Envelope,
+    PrefetchWindow,
+    PrefetchWindows,
     PublishRequest,
     check_consume,
     now,
@@ -199,19 +201,6 @@ def reset_memory_transports() -> None:
     results.clear_results()
 
 
-class _Window:
-    """One consumer's prefetch window: claimed and not yet settled."""
-
-    def __init__(self, prefetch: int) -> None:
-        self.prefetch = prefetch
-        self.tags: set[Any] = set()
-        self.signal = asyncio.Event()
-
-    @property
-    def room(self) -> int:
-        return self.prefetch - len(self.tags)
-
-
 class MemoryBroker(Broker):
     """Queues in this process's memory. Options: none."""
 
@@ -223,15 +212,13 @@ class MemoryBroker(Broker):
         super().__init__(url, max_message_size=max_message_size, options=options)
         self._transport = _transport_for(url)
         self._owner = next(_OWNERS)
-        self._windows: dict[Any, _Window] = {}  # tag -> the window it counts in
-        self._consumers: set[_Window] = set()
+        self._windows = PrefetchWindows()
         self._closed = False
 
     async def close(self) -> None:
         self._closed = True
-        for window in self._consumers:
-            window.signal.set()  # each consume() loop sees _closed and ends
-        self._windows.clear()
+        self._windows.wake_all()  # each consume() loop sees _closed and ends
+        self._windows = PrefetchWindows()
         self._transport.release_owner(self._owner)
 
     async def _publish(self, requests: Sequence[PublishRequest]) -> None:
@@ -241,9 +228,9 @@ class MemoryBroker(Broker):
         self, queues: Sequence[str], *, prefetch: int
     ) -> AsyncGenerator[Delivery, None]:
         check_consume(queues, prefetch)
-        window = _Window(prefetch)
+        window = PrefetchWindow(prefetch)
         unsubscribe = self._transport.subscribe((asyncio.get_running_loop(), window.signal.set))
-        self._consumers.add(window)
+        self._windows.open.add(window)
         buffered: deque[Delivery] = deque()
         try:
             while not self._closed:
@@ -254,7 +241,7 @@ class MemoryBroker(Broker):
                 timeout = None
                 if window.room > 0:
                     claimed, next_eta = self._transport.claim(queues, window.room, self._owner)
-                    self._track(window, claimed)
+                    self._windows.track(window, claimed)
                     buffered.extend(claimed)
                     if claimed:
                         continue
@@ -262,13 +249,8 @@ class MemoryBroker(Broker):
                 await wait_for_signal(window.signal, timeout)
         finally:
             unsubscribe()
-            self._consumers.discard(window)
+            self._windows.open.discard(window)
             self._return_unyielded(buffered)
-
-    def _track(self, window: _Window, deliveries: Iterable[Delivery]) -> None:
-        for delivery in deliveries:
-            window.tags.add(delivery.tag)
-            self._windows[delivery.tag] = window
 
     def _return_unyielded(self, buffered: Iterable[Delivery]) -> None:
         messages = [m for m in map(self._settle, buffered) if m is not None]
@@ -276,10 +258,7 @@ class MemoryBroker(Broker):
             self._transport.put_back(messages, redelivered=False)
 
     def _settle(self, delivery: Delivery) -> _Message | None:
-        window = self._windows.pop(delivery.tag, None)
-        if window is not None:
-            window.tags.discard(delivery.tag)
-            window.signal.set()
+        self._windows.settle(delivery)
         return self._transport.settle(delivery.tag, self._owner)
 
     async def ack(self, delivery: Delivery) -> None:

@@ -49,6 +49,8 @@ from celeriac.brokers.base import (
     Broker,
     DeadLetter,
     Delivery,
+    PrefetchWindow,
+    PrefetchWindows,
     PublishRequest,
     check_consume,
     now,
@@ -141,19 +143,6 @@ def _holder_dead(row: _Holder, deadline: float) -> bool:
     return local and not process_alive(pid, started)
 
 
-class _Window:
-    """One consumer's prefetch window: message ids claimed and not yet settled."""
-
-    def __init__(self, prefetch: int) -> None:
-        self.prefetch = prefetch
-        self.tags: set[int] = set()
-        self.signal = asyncio.Event()
-
-    @property
-    def room(self) -> int:
-        return self.prefetch - len(self.tags)
-
-
 class SQLiteBroker(Broker):
     """Queues in a SQLite file shared by every process on the machine.
 
@@ -178,8 +167,7 @@ class SQLiteBroker(Broker):
         self._listener: Listener | None = None
         self._holder: str | None = None
         self._holding = asyncio.Lock()
-        self._windows: dict[int, _Window] = {}  # tag -> the window it counts in
-        self._consumers: set[_Window] = set()
+        self._windows = PrefetchWindows()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._maintenance: asyncio.Task[None] | None = None
         self._acks: WriteBatch[int] = WriteBatch(self._db, self._delete)
@@ -195,8 +183,7 @@ class SQLiteBroker(Broker):
         if self._closed:
             return
         self._closed = True
-        for window in self._consumers:
-            window.signal.set()
+        self._windows.wake_all()
         if self._maintenance is not None:
             self._maintenance.cancel()
         # Let claims and ack batches in flight finish, so what they hold is given back below.
@@ -248,9 +235,9 @@ class SQLiteBroker(Broker):
         check_consume(queues, prefetch)
         names = list(dict.fromkeys(queues))
         listener = await self._start_consuming()
-        window = _Window(prefetch)
+        window = PrefetchWindow(prefetch)
         unsubscribe = listener.subscribe(window.signal.set)
-        self._consumers.add(window)
+        self._windows.open.add(window)
         buffered: deque[Delivery] = deque()
         try:
             while not self._closed:
@@ -261,7 +248,7 @@ class SQLiteBroker(Broker):
                 timeout = None
                 if window.room > 0:
                     claimed, next_eta = await self._claim(names, window.room)
-                    self._track(window, claimed)
+                    self._windows.track(window, claimed)
                     buffered.extend(claimed)
                     if claimed:
                         continue
@@ -269,7 +256,7 @@ class SQLiteBroker(Broker):
                 await wait_for_signal(window.signal, timeout)
         finally:
             unsubscribe()
-            self._consumers.discard(window)
+            self._windows.open.discard(window)
             await self._give_back(buffered)
 
     async def _start_consuming(self) -> Listener:
@@ -329,11 +316,6 @@ class SQLiteBroker(Broker):
         tags = [d.tag for d in job.result()[0]]
         if tags:
             self._spawn(self._release(tags, redelivered=False))
-
-    def _track(self, window: _Window, deliveries: Iterable[Delivery]) -> None:
-        for delivery in deliveries:
-            window.tags.add(delivery.tag)
-            self._windows[delivery.tag] = window
 
     async def _give_back(self, buffered: Iterable[Delivery]) -> None:
         tags = [d.tag for d in buffered if self._forget(d)]
@@ -396,12 +378,7 @@ class SQLiteBroker(Broker):
 
     def _forget(self, delivery: Delivery) -> bool:
         """Close the delivery's slot in its window; False if this broker does not hold it."""
-        window = self._windows.pop(delivery.tag, None)
-        if window is None:
-            return False
-        window.tags.discard(delivery.tag)
-        window.signal.set()
-        return True
+        return self._windows.settle(delivery)
 
     async def ack(self, delivery: Delivery) -> None:
         """Acks are batched: those made while a batch is being written form the next one."""

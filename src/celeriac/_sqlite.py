@@ -174,9 +174,11 @@ class Database:
 class _Shared:
     """The connection, thread and write round of one file in one event loop."""
 
-    _instances: ClassVar[dict[tuple[str, int], _Shared]] = {}
+    _instances: ClassVar[dict[tuple[str, asyncio.AbstractEventLoop], _Shared]] = {}
 
-    def __init__(self, path: str, busy_timeout: float, key: tuple[str, int]) -> None:
+    def __init__(
+        self, path: str, busy_timeout: float, key: tuple[str, asyncio.AbstractEventLoop]
+    ) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
         self._key = key
@@ -186,6 +188,7 @@ class _Shared:
         )
         self._conn: sqlite3.Connection | None = None
         self._opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._opening: asyncio.Task[None] | None = None
         # The write round: what is added while one round commits forms the next.
         self._round: dict[WriteBatch[Any], list[Any]] = {}
         self._round_done: asyncio.Future[None] | None = None
@@ -193,11 +196,15 @@ class _Shared:
 
     @classmethod
     async def acquire(cls, path: str, busy_timeout: float) -> _Shared:
-        key = (path, id(asyncio.get_running_loop()))
+        loop = asyncio.get_running_loop()
+        # A loop closed without closing its handles leaves its entry behind: drop it.
+        for stale in [key for key in cls._instances if key[1].is_closed()]:
+            del cls._instances[stale]
+        key = (path, loop)
         shared = cls._instances.get(key)
         if shared is None:
             shared = cls._instances[key] = cls(path, busy_timeout, key)
-            asyncio.get_running_loop().create_task(shared._open())
+            shared._opening = loop.create_task(shared._open())
         shared._users += 1
         try:
             await asyncio.shield(shared._opened)

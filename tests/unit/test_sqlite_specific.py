@@ -368,6 +368,29 @@ async def test_broker_and_backend_on_one_file_share_one_connection(url: str, que
     assert not thread.is_alive()
 
 
+def test_a_loop_closed_with_its_database_open_does_not_haunt_the_next(tmp_path: Path) -> None:
+    """A script that never closed its app leaves its connection behind; the next event loop
+    on the same file opens its own instead of reusing one bound to a dead loop."""
+    url = f"sqlite:///{tmp_path}/left-open.db"
+
+    async def store_and_leave_open() -> None:
+        backend = SQLiteBackend(url)
+        await backend.connect()
+        await backend.store("t", {"status": "SUCCESS"}, expires=None)
+
+    async def read() -> dict[str, Any] | None:
+        backend = SQLiteBackend(url)
+        await backend.connect()
+        try:
+            return await backend.get("t")
+        finally:
+            await backend.close()
+
+    for _ in range(3):  # a new loop may reuse the id of the one before
+        asyncio.run(store_and_leave_open())
+        assert asyncio.run(read()) == {"status": "SUCCESS"}
+
+
 async def test_unopenable_path_names_the_path_and_the_fix(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
     broker = SQLiteBroker(f"sqlite:///{tmp_path}/file/q.db")

@@ -51,9 +51,10 @@ class Execution:
     async def handle(self, delivery: Delivery, ran: Callable[[], None]) -> None:
         """Settle ``delivery`` exactly once, whatever happens (cancelled: requeued).
 
-        ``ran()`` is called once the task itself has ended (or will not run), before its
-        outcome is stored and its message settled: the worker's concurrency bounds running
-        tasks, not the bookkeeping after them.
+        ``ran()`` is called as soon as the task itself has ended, before its outcome is
+        stored and its message settled: the worker's concurrency bounds running tasks, not
+        the bookkeeping after them. (A delivery whose task never runs frees its slot when
+        its handler ends.)
         """
         settled = False
         try:

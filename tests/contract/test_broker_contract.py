@@ -314,3 +314,20 @@ async def test_many_acks_at_once(broker: Broker, queue: str) -> None:
         deliveries = [await receive(it) for _ in range(count)]
         await asyncio.gather(*(broker.ack(d) for d in deliveries))
     assert (await broker.queue_sizes()).get(queue, 0) == 0
+
+
+async def test_settling_twice_does_nothing(broker: Broker, queue: str) -> None:
+    await broker.publish_many([PublishRequest(queue, envelope(f"s{i}")) for i in range(2)])
+    async with consuming(broker, [queue], prefetch=2) as it:
+        first, second = await receive(it), await receive(it)
+        await broker.ack(first)
+        await broker.ack(first)
+        await broker.requeue(first)
+        await broker.dead_letter(first, "late")
+        await broker.defer(first, now())
+        await broker.requeue(second)
+        again = await receive(it)
+        assert again.envelope.body == second.envelope.body
+        await broker.ack(again)
+    assert (await broker.queue_sizes()).get(queue, 0) == 0
+    assert not [d for d in await broker.dead_letters() if d.reason == "late"]

@@ -142,6 +142,10 @@ class Broker(ABC):
         iterator (``aclose``) stops consuming; deliveries not yet yielded go back.
         """
 
+    # Settling: each delivery is settled once, by one of the four methods below. Settling a
+    # delivery this broker no longer holds (settled already, or given back when it closed)
+    # does nothing, so a late or repeated call can never remove or duplicate a message.
+
     @abstractmethod
     async def ack(self, delivery: Delivery) -> None:
         """The message was handled: remove it for good."""

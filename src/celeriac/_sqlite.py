@@ -188,7 +188,7 @@ class _Shared:
         )
         self._conn: sqlite3.Connection | None = None
         self._opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._opening: asyncio.Task[None] | None = None
+        self._opening: asyncio.Task[None] | None = None  # referenced so it is not collected
         # The write round: what is added while one round commits forms the next.
         self._round: dict[WriteBatch[Any], list[Any]] = {}
         self._round_done: asyncio.Future[None] | None = None

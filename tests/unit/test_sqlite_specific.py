@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from celeriac import _wakeup
-from celeriac._sqlite import path_from_url
+from celeriac._sqlite import _Shared, path_from_url
 from celeriac.backends.sqlite import SQLiteBackend
 from celeriac.brokers.base import Broker, Delivery, Envelope
 from celeriac.brokers.sqlite import SQLiteBroker, pid_space, process_alive, process_identity
@@ -386,9 +386,11 @@ def test_a_loop_closed_with_its_database_open_does_not_haunt_the_next(tmp_path: 
         finally:
             await backend.close()
 
-    for _ in range(3):  # a new loop may reuse the id of the one before
+    for _ in range(3):
         asyncio.run(store_and_leave_open())
         assert asyncio.run(read()) == {"status": "SUCCESS"}
+        # The connection left open belonged to a closed loop: the next open dropped it.
+        assert not [key for key in _Shared._instances if key[0].endswith("left-open.db")]
 
 
 async def test_unopenable_path_names_the_path_and_the_fix(tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
-"""Shared test set-up: the integration apps' directory is importable everywhere."""
+"""Shared test set-up: ``services`` (where the real services are) and the integration apps'
+directory are importable everywhere."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-APPS = Path(__file__).parent / "integration" / "apps"
-sys.path.insert(0, str(APPS))
+TESTS = Path(__file__).parent
+APPS = TESTS / "integration" / "apps"
+sys.path[:0] = [str(TESTS), str(APPS)]

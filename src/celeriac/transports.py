@@ -17,10 +17,14 @@ from celeriac.errors import ConfigurationError
 _BROKERS: dict[str, tuple[str, str, str | None]] = {
     "sqlite": ("celeriac.brokers.sqlite", "SQLiteBroker", None),
     "memory": ("celeriac.brokers.memory", "MemoryBroker", None),
+    "redis": ("celeriac.brokers.redis", "RedisBroker", "redis"),
+    "rediss": ("celeriac.brokers.redis", "RedisBroker", "redis"),
 }
 _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "sqlite": ("celeriac.backends.sqlite", "SQLiteBackend", None),
     "memory": ("celeriac.backends.memory", "MemoryBackend", None),
+    "redis": ("celeriac.backends.redis", "RedisBackend", "redis"),
+    "rediss": ("celeriac.backends.redis", "RedisBackend", "redis"),
 }
 
 

@@ -1,7 +1,9 @@
 """Fixtures that run the contract suite against every transport.
 
-A new transport joins by adding one entry to ``BROKERS`` and one to ``BACKENDS``: a factory
-taking the test's ``tmp_path`` and returning an unconnected instance's URL and class.
+A new transport joins by adding one entry to ``BROKERS`` and one to ``BACKENDS``: its class
+and a factory taking the test's ``tmp_path`` and returning the store's URL and options (every
+instance of one test shares them). Redis stores get a key prefix of their own per test, and
+the test's keys are deleted afterwards.
 """
 
 from __future__ import annotations
@@ -18,19 +20,43 @@ import pytest
 from celeriac import _wakeup
 from celeriac.backends.base import ResultBackend
 from celeriac.backends.memory import MemoryBackend
+from celeriac.backends.redis import RedisBackend
 from celeriac.backends.sqlite import SQLiteBackend
 from celeriac.brokers.base import Broker
 from celeriac.brokers.memory import MemoryBroker, reset_memory_transports
+from celeriac.brokers.redis import RedisBroker
 from celeriac.brokers.sqlite import SQLiteBroker
+from services import REDIS_DB_BROKER, REDIS_DB_RESULTS, redis_url, require_redis
 
-# name -> (class, URL for this test's store); every instance of one test shares the store.
-BROKERS: dict[str, tuple[type[Broker], Callable[[Path], str]]] = {
-    "memory": (MemoryBroker, lambda tmp: f"memory://contract-{uuid.uuid4().hex}"),
-    "sqlite": (SQLiteBroker, lambda tmp: f"sqlite:///{tmp}/celeriac.db"),
+Store = tuple[str, dict[str, Any]]  # URL, options
+
+
+def _memory(tmp: Path) -> Store:
+    return f"memory://contract-{uuid.uuid4().hex}", {}
+
+
+def _sqlite(tmp: Path) -> Store:
+    return f"sqlite:///{tmp}/celeriac.db", {}
+
+
+def _redis(db: int) -> Callable[[Path], Store]:
+    def store(tmp: Path) -> Store:
+        require_redis()
+        return redis_url(db), {"global_keyprefix": f"celeriac-test-{uuid.uuid4().hex}:"}
+
+    return store
+
+
+# name -> (class, this test's store)
+BROKERS: dict[str, tuple[type[Broker], Callable[[Path], Store]]] = {
+    "memory": (MemoryBroker, _memory),
+    "sqlite": (SQLiteBroker, _sqlite),
+    "redis": (RedisBroker, _redis(REDIS_DB_BROKER)),
 }
-BACKENDS: dict[str, tuple[type[ResultBackend], Callable[[Path], str]]] = {
-    "memory": (MemoryBackend, lambda tmp: f"memory://contract-{uuid.uuid4().hex}"),
-    "sqlite": (SQLiteBackend, lambda tmp: f"sqlite:///{tmp}/celeriac.db"),
+BACKENDS: dict[str, tuple[type[ResultBackend], Callable[[Path], Store]]] = {
+    "memory": (MemoryBackend, _memory),
+    "sqlite": (SQLiteBackend, _sqlite),
+    "redis": (RedisBackend, _redis(REDIS_DB_RESULTS)),
 }
 
 MakeBroker = Callable[..., Awaitable[Broker]]
@@ -49,12 +75,12 @@ def _clean_up(tmp_path: Path) -> Iterator[None]:
 @pytest.fixture(params=sorted(BROKERS))
 async def make_broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MakeBroker]:
     """A factory of connected brokers that share one store; all are closed at the end."""
-    cls, url_for = BROKERS[request.param]
-    url = url_for(tmp_path)
+    cls, store_for = BROKERS[request.param]
+    url, base = store_for(tmp_path)
     made: list[Broker] = []
 
     async def make(*, max_message_size: int = 0, options: dict[str, Any] | None = None) -> Broker:
-        broker = cls(url, max_message_size=max_message_size, options=options)
+        broker = cls(url, max_message_size=max_message_size, options={**base, **(options or {})})
         await broker.connect()
         made.append(broker)
         return broker
@@ -62,6 +88,7 @@ async def make_broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
     yield make
     for broker in reversed(made):
         await broker.close()
+    await _delete_prefixed(url, base)
 
 
 @pytest.fixture
@@ -74,12 +101,12 @@ async def make_backend(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[MakeBackend]:
     """A factory of connected result backends sharing one store; all closed at the end."""
-    cls, url_for = BACKENDS[request.param]
-    url = url_for(tmp_path)
+    cls, store_for = BACKENDS[request.param]
+    url, base = store_for(tmp_path)
     made: list[ResultBackend] = []
 
     async def make(*, options: dict[str, Any] | None = None) -> ResultBackend:
-        backend = cls(url, options=options)
+        backend = cls(url, options={**base, **(options or {})})
         await backend.connect()
         made.append(backend)
         return backend
@@ -87,6 +114,23 @@ async def make_backend(
     yield make
     for backend in reversed(made):
         await backend.close()
+    await _delete_prefixed(url, base)
+
+
+async def _delete_prefixed(url: str, options: dict[str, Any]) -> None:
+    """Delete the Redis keys this test made (all under its own prefix), nothing else."""
+    prefix = options.get("global_keyprefix")
+    if not prefix:
+        return
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

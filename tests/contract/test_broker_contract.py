@@ -22,6 +22,12 @@ def envelope(body: bytes | str, **headers: Any) -> Envelope:
     return Envelope(data, "application/json", "utf-8", dict(headers), {"delivery_mode": 2})
 
 
+def message(env: Envelope) -> Envelope:
+    """``env`` without its ``priority`` property, which is the transport's to set."""
+    properties = {k: v for k, v in env.properties.items() if k != "priority"}
+    return Envelope(env.body, env.content_type, env.content_encoding, env.headers, properties)
+
+
 @contextlib.asynccontextmanager
 async def consuming(
     broker: Broker, queues: Sequence[str], prefetch: int = 1
@@ -57,7 +63,7 @@ async def test_publish_consume_ack(broker: Broker, queue: str) -> None:
     await broker.publish(queue, sent, priority=3)
     async with consuming(broker, [queue]) as it:
         delivery = await receive(it)
-        assert delivery.envelope == sent
+        assert message(delivery.envelope) == message(sent)
         assert (delivery.queue, delivery.priority, delivery.redelivered) == (queue, 3, False)
         await broker.ack(delivery)
     assert queue not in await broker.queue_sizes()
@@ -123,8 +129,15 @@ async def test_publish_with_eta(broker: Broker, queue: str) -> None:
     await broker.publish(queue, envelope("eta"), eta=eta)
     await broker.publish(queue, envelope("now"))
     async with consuming(broker, [queue], prefetch=5) as it:
-        first = await receive(it)
-        assert first.envelope.body == b"now"
+        if broker.hides_eta:
+            first = await receive(it)
+            assert first.envelope.body == b"now"
+        else:  # delivered at once, like Celery's; the consumer parks it until its eta
+            early = await receive(it)
+            assert early.envelope.body == b"eta"
+            await broker.defer(early, eta)
+            first = await receive(it)
+            assert first.envelope.body == b"now"
         second = await receive(it)
         arrived = now()
         assert second.envelope.body == b"eta"
@@ -144,7 +157,7 @@ async def test_dead_letter_keeps_reason_and_never_redelivers(broker: Broker, que
     assert await broker.dead_letter_count() == before + 1
     newest = (await broker.dead_letters(limit=1))[0]
     assert (newest.queue, newest.reason) == (queue, "ValueError: cannot parse")
-    assert newest.envelope == envelope("poison", id="p1")
+    assert message(newest.envelope) == message(envelope("poison", id="p1"))
     assert newest.died_at <= now()
     assert queue not in await broker.queue_sizes()
 
@@ -258,7 +271,9 @@ async def test_several_queues_at_once(broker: Broker, queue: str) -> None:
             delivery = await receive(it)
             got.append((delivery.queue, delivery.envelope.body))
             await broker.ack(delivery)
-    assert got == [(other, b"b5"), (queue, b"a5"), (queue, b"a1"), (other, b"b1")]
+    # Priority first; across queues of one priority the order is the transport's.
+    assert sorted(got[:2]) == sorted([(other, b"b5"), (queue, b"a5")])
+    assert sorted(got[2:]) == sorted([(queue, b"a1"), (other, b"b1")])
 
 
 async def test_max_message_size(make_broker: MakeBroker, queue: str) -> None:

@@ -30,7 +30,9 @@ class Envelope:
     """One message as the broker stores it: body bytes plus headers and properties.
 
     ``headers`` are the protocol v2 task headers (``task``, ``id``, ...); ``properties`` the
-    AMQP-style basic properties (``correlation_id``, ``reply_to``, ``priority``, ...).
+    AMQP-style basic properties (``correlation_id``, ``reply_to``, ``priority``, ...). The
+    ``priority`` property belongs to the transport: on delivery it may be set to the
+    delivery's priority.
     """
 
     body: bytes
@@ -84,6 +86,10 @@ class Broker(ABC):
 
     #: URL scheme(s) this transport serves, e.g. ``("sqlite",)``.
     schemes: tuple[str, ...] = ()
+    #: Whether a message published with an ``eta`` stays invisible until then. A transport
+    #: shared with Celery (Redis) pushes it at once instead, as Celery does: the ETA is in
+    #: its headers, and the worker that receives it early ``defer``s it.
+    hides_eta: bool = True
 
     def __init__(
         self, url: str, *, max_message_size: int = 0, options: dict[str, Any] | None = None
@@ -129,13 +135,17 @@ class Broker(ABC):
 
     @abstractmethod
     async def _publish(self, requests: Sequence[PublishRequest]) -> None:
-        """Durably append each request to its queue (visible from ``eta`` if given)."""
+        """Durably append each request to its queue (visible from ``eta`` if given and
+        ``hides_eta``)."""
 
     # -- consuming -------------------------------------------------------------------------
 
     @abstractmethod
     def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncGenerator[Delivery, None]:
         """Yield deliveries from ``queues``, highest priority first, then oldest first.
+
+        Between messages of equal priority in different queues, the order is the
+        transport's (Redis takes the queues round robin, as kombu does).
 
         At most ``prefetch`` deliveries are outstanding (yielded, not yet settled) at once.
         New messages reach an idle consumer promptly (no long fixed poll). Closing the

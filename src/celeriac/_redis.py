@@ -1,0 +1,184 @@
+"""What the Redis broker and the Redis result backend share: clients, options, outages.
+
+Both talk to Redis through redis-py's asyncio client (``pip install 'celeriac[redis]'``).
+Options come from ``broker_transport_options`` / ``result_backend_transport_options``; an
+unknown one is an error that lists the known ones, since a misspelt ``visibility_timeout``
+silently left at its default is the kind of bug that shows up only in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from celeriac.errors import ConfigurationError
+
+log = logging.getLogger("celeriac.redis")
+
+#: Errors that mean "Redis is unreachable right now" (a restart, a network cut, loading).
+UNREACHABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+
+#: Options passed straight to redis-py's client.
+_CLIENT_OPTIONS = {
+    "socket_timeout": float,
+    "socket_connect_timeout": float,
+    "max_connections": int,
+    "health_check_interval": int,
+}
+T = TypeVar("T")
+
+
+def check_options(options: dict[str, Any], own: dict[str, Any], what: str) -> dict[str, Any]:
+    """``options`` merged over the defaults in ``own``; unknown names are an error."""
+    known = {**own, **dict.fromkeys(_CLIENT_OPTIONS)}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown {what} option(s) {', '.join(map(repr, unknown))}: the Redis transport "
+            f"knows {', '.join(sorted(known))}"
+        )
+    return {**own, **options}
+
+
+def client_from_url(url: str, options: dict[str, Any]) -> aioredis.Redis:
+    """A client for ``redis://[:password@]host:port/db`` or ``rediss://`` (TLS) URLs.
+
+    The pool waits for a free connection rather than failing when all ``max_connections``
+    (50) are busy, so a burst of callers queues instead of erroring. redis-py retries a
+    failed command a few times with jittered backoff (a brief blip never reaches the
+    caller); longer outages are the caller's to ride out (see :class:`Outage`).
+    """
+    kwargs = {
+        name: cast(options[name]) for name, cast in _CLIENT_OPTIONS.items() if name in options
+    }
+    kwargs.setdefault("socket_connect_timeout", 5.0)
+    kwargs.setdefault("max_connections", 50)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        timeout=None,
+        decode_responses=False,
+        socket_keepalive=True,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        **kwargs,
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+def as_bytes(value: Any) -> bytes:
+    """A reply as bytes (clients are made with ``decode_responses=False``; this is for mypy,
+    which sees redis-py's replies as ``bytes | str``)."""
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password hidden, for log lines and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class Outage:
+    """Backoff while Redis is unreachable, with one log line when it goes and one when it
+    comes back (not one per failed attempt)."""
+
+    def __init__(self, url: str, what: str) -> None:
+        self.url = redacted(url)
+        self.what = what
+        self._delay = 0.0
+        self.down = False
+
+    async def wait(self, exc: BaseException) -> None:
+        if not self.down:
+            self.down = True
+            log.warning(
+                "%s: Redis at %s is unreachable (%s: %s); retrying with backoff",
+                self.what,
+                self.url,
+                type(exc).__name__,
+                exc,
+            )
+        self._delay = min(max(self._delay * 2, 0.05), 2.0)
+        await asyncio.sleep(self._delay * random.uniform(0.75, 1.25))
+
+    def over(self) -> None:
+        if self.down:
+            self.down = False
+            log.warning("%s: Redis at %s is reachable again", self.what, self.url)
+        self._delay = 0.0
+
+
+async def until_done(
+    operation: Callable[[], Awaitable[T]], outage: Outage, *, give_up: Callable[[], bool]
+) -> T:
+    """Run ``operation`` until Redis answers; for work that must not be dropped (acks,
+    results). ``give_up()`` true (the client is closing) re-raises the last error."""
+    while True:
+        try:
+            result = await operation()
+        except UNREACHABLE as exc:
+            if give_up():
+                raise
+            await outage.wait(exc)
+        else:
+            outage.over()
+            return result
+
+
+class Coalescer(Generic[T]):
+    """Items added while one flush is in flight form the next flush: many acks, one round trip.
+
+    ``add`` returns a future that resolves when the flush holding the item is done.
+    """
+
+    def __init__(self, flush: Callable[[list[T]], Awaitable[None]]) -> None:
+        self._flush = flush
+        self._items: list[T] = []
+        self._done: asyncio.Future[None] | None = None
+        self._runner: asyncio.Task[None] | None = None
+
+    def add(self, item: T) -> asyncio.Future[None]:
+        self._items.append(item)
+        if self._done is None:
+            loop = asyncio.get_running_loop()
+            self._done = loop.create_future()
+            if self._runner is None:
+                self._runner = loop.create_task(self._run())
+        return self._done
+
+    async def _run(self) -> None:
+        try:
+            while self._items:
+                items, done = self._items, self._done
+                self._items, self._done = [], None
+                assert done is not None
+                try:
+                    await self._flush(items)
+                except BaseException as exc:
+                    if not done.done():
+                        done.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                else:
+                    if not done.done():
+                        done.set_result(None)
+        finally:
+            self._runner = None
+
+    async def close(self) -> None:
+        """Wait for the flushes in flight."""
+        if self._runner is not None:
+            await asyncio.gather(self._runner, return_exceptions=True)

@@ -1,0 +1,282 @@
+"""``redis://`` results, in Celery's format, so Celery clients and workers read them too.
+
+A record is the key ``celery-task-meta-<id>`` (SETEX with ``result_expires``), and every
+store is also PUBLISHed on a channel of the same name, as Celery's backend does; PENDING is
+"no key". Waiting uses one pub/sub connection per backend, shared by every waiter, so
+thousands of concurrent ``await r.get()`` cost one connection. A waiter subscribes first
+and GETs the key once the subscription is confirmed, which closes the race with a result
+stored in between; after a reconnect every channel is confirmed (and checked) again, so a
+result published while the connection was down is not missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+
+from celeriac import errors
+from celeriac._redis import (
+    UNREACHABLE,
+    Coalescer,
+    Outage,
+    as_bytes,
+    check_options,
+    client_from_url,
+    redacted,
+    until_done,
+)
+from celeriac.backends.base import ResultBackend
+from celeriac.states import READY_STATES
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "celery-task-meta-"
+_Record = tuple[str, bytes, float | None]  # key, JSON, seconds to keep
+_OPTIONS: dict[str, Any] = {"global_keyprefix": ""}
+_CLOSE_TIMEOUT = 2.0
+
+
+class Watcher(Protocol):
+    """Someone waiting on a task's records: told each record seen, or the error that ends
+    the wait."""
+
+    def record(self, data: bytes) -> None: ...
+
+    def fail(self, error: BaseException) -> None: ...
+
+
+class _ReadyWaiter:
+    """Resolves its future with the first record in a ready state."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[bytes]) -> None:
+        self.future = future
+
+    def record(self, data: bytes) -> None:
+        if not self.future.done() and _is_ready(data):
+            self.future.set_result(data)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+class RedisBackend(ResultBackend):
+    """Celery's Redis result format on one Redis database.
+
+    Options (``result_backend_transport_options``): ``global_keyprefix`` (prepended to
+    every key and channel, as Celery does) and the redis-py client options
+    ``socket_timeout``, ``socket_connect_timeout``, ``max_connections``,
+    ``health_check_interval``.
+    """
+
+    schemes = ("redis", "rediss")
+
+    def __init__(self, url: str, *, options: dict[str, Any] | None = None) -> None:
+        super().__init__(url, options=options)
+        opts = check_options(self.options, _OPTIONS, "result_backend_transport_options")
+        self._client_options = opts
+        self.key_prefix = str(opts["global_keyprefix"]) + KEY_PREFIX
+        self._client: aioredis.Redis | None = None
+        self._listener: _Listener | None = None
+        self._outage = Outage(url, "result backend")
+        self._stores: Coalescer[_Record] = Coalescer(self._write)
+        self._closed = False
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            raise errors.BrokerError(f"the result backend {redacted(self.url)} is not connected")
+        return self._client
+
+    def key(self, task_id: str) -> str:
+        return self.key_prefix + task_id
+
+    async def connect(self) -> None:
+        self._client = client_from_url(self.url, self._client_options)
+
+    async def close(self) -> None:
+        """Fail every waiter, drop the subscription connection, close the client."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._stores.close()
+        if self._listener is not None:
+            await self._listener.close(
+                errors.BrokerError(f"the result backend {redacted(self.url)} was closed")
+            )
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _set(self, task_id: str, data: bytes, ready: bool, expires: float | None) -> None:
+        """Stores are pipelined like acks, in the order they were made (same id: last wins)."""
+        await self._stores.add((self.key(task_id), data, expires))
+
+    async def _write(self, records: list[_Record]) -> None:
+        async def write() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for key, data, expires in records:
+                if expires is None:
+                    pipe.set(key, data)
+                elif expires == int(expires) and expires >= 1:
+                    pipe.setex(key, int(expires), data)  # Celery's command
+                else:
+                    pipe.psetex(key, max(1, round(expires * 1000)), data)
+                pipe.publish(key, data)
+            await pipe.execute()
+
+        # A worker must not drop a result because Redis restarted: ride the outage out.
+        await until_done(write, self._outage, give_up=lambda: self._closed)
+
+    async def _get(self, task_id: str) -> bytes | None:
+        data = await self.client.get(self.key(task_id))
+        return None if data is None else as_bytes(data)
+
+    async def _delete(self, task_id: str) -> None:
+        await self.client.delete(self.key(task_id))
+
+    async def _wait(self, task_id: str, timeout: float | None) -> bytes:
+        if self._closed:
+            raise errors.BrokerError(f"the result backend {redacted(self.url)} is closed")
+        if self._listener is None:
+            self._listener = _Listener(self)
+        waiter = _ReadyWaiter(asyncio.get_running_loop().create_future())
+        key = self.key(task_id).encode()
+        self._listener.watch(key, waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter.future
+        except TimeoutError as exc:
+            raise errors.TimeoutError(f"task {task_id} was not ready after {timeout} s") from exc
+        finally:
+            self._listener.unwatch(key, waiter)
+
+
+class _Listener:
+    """The backend's one pub/sub connection: channel -> callbacks of everyone waiting on it."""
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self.backend = backend
+        self._pubsub: PubSub = backend.client.pubsub()
+        self._watchers: dict[bytes, list[Watcher]] = {}
+        self._changes: asyncio.Event = asyncio.Event()
+        self._subscribed: set[bytes] = set()  # what the server was last asked for
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._outage = Outage(backend.url, "result listener")
+        self._closing = False
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    def watch(self, channel: bytes, watcher: Watcher) -> None:
+        watchers = self._watchers.setdefault(channel, [])
+        watchers.append(watcher)
+        if len(watchers) == 1 or channel not in self._subscribed:
+            self._changes.set()  # the runner subscribes (in a batch) and then GETs
+        else:
+            self._spawn(self._check(channel))  # already subscribed: GET now
+
+    def unwatch(self, channel: bytes, watcher: Watcher) -> None:
+        watchers = self._watchers.get(channel)
+        if watchers is None:
+            return
+        with contextlib.suppress(ValueError):
+            watchers.remove(watcher)
+        if not watchers:
+            del self._watchers[channel]
+            self._changes.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self) -> None:
+        """Apply subscription changes and read messages; reconnect with backoff forever."""
+        reader: asyncio.Task[None] | None = None
+        while not self._closing:
+            await self._changes.wait()
+            if self._closing:
+                return
+            self._changes.clear()
+            wanted = set(self._watchers)
+            try:
+                gone = self._subscribed - wanted
+                new = wanted - self._subscribed
+                if new:
+                    await self._pubsub.subscribe(*new)
+                if gone:
+                    await self._pubsub.unsubscribe(*gone)
+            except UNREACHABLE as exc:
+                self._subscribed = set()
+                await self._outage.wait(exc)
+                self._changes.set()
+                continue
+            self._subscribed = wanted
+            if reader is None or reader.done():
+                reader = asyncio.get_running_loop().create_task(self._read())
+                self._tasks.add(reader)
+                reader.add_done_callback(self._tasks.discard)
+
+    async def _read(self) -> None:
+        while not self._closing:
+            try:
+                message = await self._pubsub.get_message(timeout=None)
+            except UNREACHABLE as exc:
+                if self._closing:
+                    return
+                await self._outage.wait(exc)
+                continue  # get_message reconnects; redis-py then subscribes again
+            self._outage.over()
+            if message is None:
+                continue
+            kind, channel = message["type"], message["channel"]
+            if kind == "message":
+                self._deliver(channel, message["data"])
+            elif kind == "subscribe":
+                self._spawn(self._check(channel))
+
+    async def _check(self, channel: bytes) -> None:
+        """GET the key after its subscription is confirmed: the record may predate it."""
+        if channel not in self._watchers:
+            return
+        try:
+            data = await self.backend.client.get(channel)
+        except UNREACHABLE as exc:
+            log.warning("could not read %s (%s); it is read again on reconnect", channel, exc)
+            return
+        if data is not None:
+            self._deliver(channel, as_bytes(data))
+
+    def _deliver(self, channel: bytes, data: bytes) -> None:
+        for watcher in list(self._watchers.get(channel, ())):
+            watcher.record(data)
+
+    async def close(self, error: BaseException) -> None:
+        # redis-py can swallow a cancellation that lands mid-command, so the tasks are also
+        # told by a flag, and the connection is closed under a reader that missed both.
+        self._closing = True
+        self._changes.set()
+        tasks = [self._runner, *self._tasks]
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(*UNREACHABLE):
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await asyncio.wait(tasks, timeout=_CLOSE_TIMEOUT)
+        for watchers in list(self._watchers.values()):
+            for watcher in watchers:
+                watcher.fail(error)
+        self._watchers.clear()
+
+
+def _is_ready(data: bytes) -> bool:
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.get("status") in READY_STATES

@@ -1,0 +1,173 @@
+"""kombu's Redis data layout: key names, priority lists and the JSON envelope. Pure, no I/O.
+
+A queue shared with real Celery must look exactly as kombu's Redis transport leaves it, so
+this module is the one place that knows that layout (``celery-protocol`` README, section b):
+
+* a message is a JSON *envelope* LPUSHed onto a list; its body is base64 text, its headers
+  and properties are in clear, and ``properties.delivery_tag`` names it while it is held;
+* a queue is four lists, one per priority step: ``q``, ``q\\x06\\x163``, ``q\\x06\\x166`` and
+  ``q\\x06\\x169``; consumers pop the bare list first, so on Redis a *lower* Celery priority
+  is more urgent. celeriac's priority (0-9, higher first) is stored as ``9 - priority``;
+* a held message is a field of the ``unacked`` hash (``[envelope, exchange, routing_key]``)
+  plus a member of the ``unacked_index`` sorted set scored by unix time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from celeriac.brokers.base import MAX_PRIORITY, MIN_PRIORITY, Envelope
+
+SEPARATOR = "\x06\x16"
+#: kombu's default ``priority_steps``: the list a message goes to is the largest step <= it.
+PRIORITY_STEPS = (0, 3, 6, 9)
+UNACKED = "unacked"
+UNACKED_INDEX = "unacked_index"
+UNACKED_MUTEX = "unacked_mutex"
+BINDING_PREFIX = "_kombu.binding."
+
+#: Envelope properties that belong to the transport, not to the message.
+_TRANSPORT_PROPERTIES = frozenset({"delivery_info", "body_encoding", "delivery_tag", "priority"})
+_ENCODER = json.JSONEncoder(separators=(", ", ": "))
+
+
+class EnvelopeError(ValueError):
+    """A list element that is not a kombu envelope celeriac can read."""
+
+
+@dataclass(slots=True)
+class RedisMessage:
+    """An envelope read off a list, with what the transport needs to hold and restore it."""
+
+    envelope: Envelope
+    tag: str
+    priority: int  # celeriac's: 0-9, higher first
+    redelivered: bool
+    raw: dict[str, Any]  # the decoded JSON envelope, to restore it unchanged but for flags
+
+
+def celery_priority(priority: int) -> int:
+    """celeriac's priority (higher first) as kombu's Redis priority (lower first)."""
+    return MAX_PRIORITY - priority
+
+
+def list_key(queue: str, priority: int) -> str:
+    """The list a message of celeriac ``priority`` goes to."""
+    step = _step(celery_priority(priority))
+    return queue if step == 0 else f"{queue}{SEPARATOR}{step}"
+
+
+def consume_keys(queues: list[str]) -> list[str]:
+    """Lists to pop, most urgent first: priority step first, then queue (kombu's order)."""
+    return [q if step == 0 else f"{q}{SEPARATOR}{step}" for step in PRIORITY_STEPS for q in queues]
+
+
+def binding_member(queue: str) -> str:
+    """The ``_kombu.binding.<queue>`` member a Celery worker adds for its queue."""
+    return f"{queue}{SEPARATOR}{SEPARATOR}{queue}"
+
+
+def _step(celery_priority: int) -> int:
+    return max(step for step in PRIORITY_STEPS if step <= celery_priority)
+
+
+def encode(envelope: Envelope, queue: str, priority: int, tag: str | None = None) -> str:
+    """The JSON list element for ``envelope`` published to ``queue``, as kombu writes it."""
+    properties = {k: v for k, v in envelope.properties.items() if k not in _TRANSPORT_PROPERTIES}
+    properties["delivery_info"] = {"exchange": "", "routing_key": queue}
+    properties["priority"] = celery_priority(priority)
+    properties["body_encoding"] = "base64"
+    properties["delivery_tag"] = tag or str(uuid.uuid4())
+    document = {
+        "body": base64.b64encode(envelope.body).decode("ascii"),
+        "content-encoding": envelope.content_encoding,
+        "content-type": envelope.content_type,
+        "headers": envelope.headers,
+        "properties": properties,
+    }
+    try:
+        return _ENCODER.encode(document)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"message headers or properties are not JSON: {exc}") from exc
+
+
+def decode(payload: str | bytes, tag: str) -> RedisMessage:
+    """Read a list element; ``tag`` is the one it is held under (the transport chose it)."""
+    try:
+        raw = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise EnvelopeError(f"not a JSON envelope: {exc}") from None
+    if not isinstance(raw, dict):
+        raise EnvelopeError(f"envelope is a JSON {type(raw).__name__}, not an object")
+    properties = raw.get("properties")
+    headers = raw.get("headers")
+    if not isinstance(properties, dict):
+        raise EnvelopeError("envelope has no 'properties' object")
+    if headers is None:
+        headers = {}
+    if not isinstance(headers, dict):
+        raise EnvelopeError("envelope 'headers' is not an object")
+    body = raw.get("body")
+    if not isinstance(body, str):
+        raise EnvelopeError("envelope has no 'body' string")
+    if properties.get("body_encoding") == "base64":
+        try:
+            data = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise EnvelopeError(f"body is not valid base64: {exc}") from None
+    else:
+        data = body.encode("utf-8")
+    info = properties.get("delivery_info")
+    redelivered = bool(info.get("redelivered")) if isinstance(info, dict) else False
+    priority = _priority(properties.get("priority"))
+    message_properties = {k: v for k, v in properties.items() if k not in _TRANSPORT_PROPERTIES}
+    message_properties["priority"] = priority  # celeriac's, whatever Celery's number was
+    envelope = Envelope(
+        body=data,
+        content_type=_text(raw.get("content-type")),
+        content_encoding=_text(raw.get("content-encoding")),
+        headers=headers,
+        properties=message_properties,
+    )
+    return RedisMessage(envelope, tag, priority, redelivered, raw)
+
+
+def redelivered(raw: dict[str, Any], tag: str) -> str:
+    """The envelope to put back on its list: flagged redelivered, as kombu restores it."""
+    headers = raw.get("headers")
+    if isinstance(headers, dict):
+        headers["redelivered"] = True
+    properties = raw.setdefault("properties", {})
+    if isinstance(properties, dict):
+        info = properties.get("delivery_info")
+        if isinstance(info, dict):
+            info["redelivered"] = True
+        properties.setdefault("delivery_tag", tag)
+    return _ENCODER.encode(raw)
+
+
+def unacked_entry(payload: str, queue: str) -> str:
+    """The ``unacked`` hash value for a held message: ``[envelope, exchange, routing_key]``."""
+    return f'[{payload}, "", {_ENCODER.encode(queue)}]'
+
+
+def priority_of(raw: dict[str, Any]) -> int:
+    """celeriac's priority of a decoded envelope."""
+    properties = raw.get("properties")
+    return _priority(properties.get("priority") if isinstance(properties, dict) else None)
+
+
+def _priority(value: object) -> int:
+    """celeriac's priority from kombu's ``properties.priority`` (absent: Celery's default 0)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        value = 0
+    return MAX_PRIORITY - min(max(value, MIN_PRIORITY), MAX_PRIORITY)
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""

@@ -1,0 +1,53 @@
+-- Claim up to ARGV[2] messages atomically, most urgent list first, holding each one the way
+-- kombu does: HSET unacked <tag> [envelope, "", routing_key] + ZADD unacked_index <now> <tag>.
+--
+-- KEYS[1] unacked hash, KEYS[2] unacked_index zset, KEYS[3] dead-letter list,
+-- KEYS[4..] the queue lists in consume order.
+-- ARGV[1] now (unix seconds), ARGV[2] how many to claim at most,
+-- ARGV[3..] for each list in KEYS[4..], its queue name JSON-quoted (the routing key).
+--
+-- Returns {buried, tag1, envelope1, list1, tag2, ...}: `buried` counts elements that were not
+-- JSON envelopes; they go to the dead-letter list here, so nothing is lost and nothing
+-- unreadable is ever held in `unacked` (where a Celery worker's restore would choke on it).
+local unacked, index, dead = KEYS[1], KEYS[2], KEYS[3]
+local now, want = ARGV[1], tonumber(ARGV[2])
+local out = {0}
+local fields, scores = {}, {}
+for i = 4, #KEYS do
+    if want <= 0 then break end
+    local got = redis.call('RPOP', KEYS[i], want)
+    if got then
+        want = want - #got
+        local routing_key = ARGV[i - 1]
+        for n, payload in ipairs(got) do
+            local ok, message = pcall(cjson.decode, payload)
+            if ok and type(message) == 'table' and type(message.properties) == 'table' then
+                local tag = message.properties.delivery_tag
+                if type(tag) ~= 'string' or tag == '' then
+                    tag = 'celeriac-untagged-' .. redis.sha1hex(payload) .. '-' .. now .. '-' .. n
+                end
+                fields[#fields + 1] = tag
+                fields[#fields + 1] = '[' .. payload .. ', "", ' .. routing_key .. ']'
+                scores[#scores + 1] = now
+                scores[#scores + 1] = tag
+                out[#out + 1] = tag
+                out[#out + 1] = payload
+                out[#out + 1] = i - 3
+            else
+                redis.call('LPUSH', dead, cjson.encode({
+                    queue = cjson.decode(routing_key),
+                    reason = 'malformed message: not a JSON envelope',
+                    died_at = tonumber(now),
+                    envelope = payload,
+                }))
+                out[1] = out[1] + 1
+            end
+        end
+    end
+end
+-- At most a prefetch window per call, so one HSET and one ZADD stay well inside Lua's limits.
+if #fields > 0 then
+    redis.call('HSET', unacked, unpack(fields))
+    redis.call('ZADD', index, unpack(scores))
+end
+return out

@@ -1,0 +1,657 @@
+"""``redis://`` and ``rediss://``: queues in kombu's Redis layout, shared with real Celery.
+
+Messages, priority lists, the ``unacked`` hash and ``unacked_index`` sorted set are exactly
+kombu's (see :mod:`celeriac.brokers.kombu_redis`), so Celery producers and workers can use
+the same queues. What celeriac does differently, and why:
+
+* **Claims are atomic and batched.** One Lua script (``lua/claim.lua``) pops up to a prefetch
+  window across the queue's lists and records every message in ``unacked`` in the same step;
+  kombu's BRPOP-then-HSET loses the message if the worker dies in between. The consumer
+  blocks in BRPOP only when every list is empty (and then holds the one message it got).
+* **Holders stay fresh.** Held messages have their ``unacked_index`` score refreshed every
+  quarter of the ``visibility_timeout``, so a long task is never restored (and run twice)
+  while its worker lives. A worker that dies stops refreshing and its messages are restored
+  after the timeout, by any celeriac or Celery worker.
+* **ETAs are not held.** A message whose ETA is in the future is parked (``lua/defer.lua``):
+  kept in ``unacked`` but scored ``eta - visibility_timeout``, so restorers put it back on its
+  list at its ETA, exactly once, whoever restores it. Celery holds such messages in worker
+  memory instead, which runs them twice when the ETA is beyond the visibility timeout.
+* **Sweeps are frequent and cheap.** Every consumer looks for due entries at most
+  ``restore_interval`` seconds apart (sooner when the next one is due sooner), and restores
+  each with one conditional script (``lua/settle.lua``), so racing sweepers never duplicate.
+* **Outages are ridden out.** Consumers, acks and sweeps retry with backoff until Redis is
+  back; a consumer never stops silently.
+
+Publishing with an ETA pushes the message at once, as Celery does: the ETA travels in its
+headers and the worker that receives it early parks it (``hides_eta`` is False).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncGenerator, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from celeriac._redis import (
+    UNREACHABLE,
+    Coalescer,
+    Outage,
+    as_bytes,
+    check_options,
+    client_from_url,
+    redacted,
+    until_done,
+)
+from celeriac.brokers import kombu_redis as kombu
+from celeriac.brokers.base import (
+    Broker,
+    DeadLetter,
+    Delivery,
+    Envelope,
+    PrefetchWindow,
+    PrefetchWindows,
+    PublishRequest,
+    check_consume,
+    now,
+)
+from celeriac.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTERS = "celeriac.dead"
+DEFERRED_PREFIX = "celeriac.deferred."
+_OPTIONS: dict[str, Any] = {
+    "visibility_timeout": 3600.0,
+    "global_keyprefix": "",
+    "restore_interval": 1.0,
+    "brpop_timeout": 1.0,
+}
+_EPSILON = 0.002  # wake just after a due time, so the sweep finds the entry due
+_SWEEP_BATCH = 100
+
+
+def _script(name: str) -> str:
+    return resources.files("celeriac.brokers").joinpath("lua", name).read_text()
+
+
+@dataclass(slots=True)
+class _Held:
+    """What the broker keeps about a delivery it holds, to restore it unchanged."""
+
+    raw: dict[str, Any]
+
+
+class RedisBroker(Broker):
+    """kombu-compatible queues on one Redis database.
+
+    Options (``broker_transport_options``): ``visibility_timeout`` (3600 s, kombu's: a held
+    message whose holder stopped refreshing for that long is restored), ``global_keyprefix``
+    (prefix of every key, as in kombu), ``restore_interval`` (1.0 s, longest gap between
+    sweeps for due messages), ``brpop_timeout`` (1.0 s), and the redis-py client options
+    ``socket_timeout``, ``socket_connect_timeout``, ``max_connections``,
+    ``health_check_interval``.
+    """
+
+    schemes = ("redis", "rediss")
+    #: Messages published with an ETA are pushed at once (the worker parks them).
+    hides_eta = False
+
+    def __init__(
+        self, url: str, *, max_message_size: int = 0, options: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(url, max_message_size=max_message_size, options=options)
+        opts = check_options(self.options, _OPTIONS, "broker_transport_options")
+        self.visibility_timeout = float(opts["visibility_timeout"])
+        self.restore_interval = float(opts["restore_interval"])
+        self.brpop_timeout = float(opts["brpop_timeout"])
+        self.prefix = str(opts["global_keyprefix"])
+        self._client_options = opts
+        self._client: aioredis.Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._unacked = self.prefix + kombu.UNACKED
+        self._index = self.prefix + kombu.UNACKED_INDEX
+        self._dead = self.prefix + DEAD_LETTERS
+        self._held: dict[str, _Held] = {}
+        self._windows = PrefetchWindows()
+        self._bound: set[str] = set()
+        self._blockers: set[_Blocker] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._maintenance: asyncio.Task[None] | None = None
+        self._wake_sweep = asyncio.Event()
+        self._next_due: float | None = None
+        self._acks: Coalescer[str] = Coalescer(self._flush_acks)
+        self._outage = Outage(url, "broker")
+        self._closed = False
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            raise BrokerError(f"the broker {redacted(self.url)} is not connected")
+        return self._client
+
+    async def connect(self) -> None:
+        self._client = client_from_url(self.url, self._client_options)
+        for name in ("claim", "settle", "defer", "purge"):
+            self._scripts[name] = self._client.register_script(_script(f"{name}.lua"))
+
+    async def close(self) -> None:
+        """Stop consuming, flush acks, put every held message back on its list."""
+        if self._closed:
+            return
+        self._closed = True
+        self._windows.wake_all()
+        self._wake_sweep.set()
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        for blocker in list(self._blockers):
+            await blocker.unblock()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._acks.close()
+        held = list(self._held.items())
+        if held and self._client is not None:
+            log.info("restoring %d unacknowledged message(s)", len(held))
+            with contextlib.suppress(*UNREACHABLE):
+                await self._restore_held(held, redelivered=True)
+        self._held.clear()
+        if self._client is not None:
+            await self._client.aclose()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _deferred_key(self, queue: str) -> str:
+        return f"{self.prefix}{DEFERRED_PREFIX}{queue}"
+
+    # -- producing -------------------------------------------------------------------------
+
+    async def _publish(self, requests: Sequence[PublishRequest]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for request in requests:
+            self._bind(pipe, request.queue)
+            payload = kombu.encode(request.envelope, request.queue, request.priority)
+            pipe.lpush(self.prefix + kombu.list_key(request.queue, request.priority), payload)
+        try:
+            await pipe.execute()
+        except UNREACHABLE as exc:
+            raise BrokerError(
+                f"cannot publish: Redis at {redacted(self.url)} is unreachable ({exc}); check"
+                " that it runs and that broker_url points at it"
+            ) from exc
+
+    def _bind(self, pipe: Any, queue: str) -> None:
+        """Declare ``queue`` the way Celery does, once per broker: its ``_kombu.binding``."""
+        if queue in self._bound:
+            return
+        self._bound.add(queue)
+        member = kombu.binding_member(queue)
+        pipe.sadd(f"{self.prefix}{kombu.BINDING_PREFIX}{queue}", member)
+        pipe.sadd(f"{self.prefix}_kombu.binding_permanent.{queue}", member)
+
+    # -- consuming -------------------------------------------------------------------------
+
+    async def consume(
+        self, queues: Sequence[str], *, prefetch: int
+    ) -> AsyncGenerator[Delivery, None]:
+        check_consume(queues, prefetch)
+        if self._closed:
+            raise BrokerError(f"the broker {redacted(self.url)} is closed")
+        names = list(dict.fromkeys(queues))
+        await self._start_consuming(names)
+        window = PrefetchWindow(prefetch)
+        self._windows.open.add(window)
+        blocker = _Blocker(self)
+        self._blockers.add(blocker)
+        buffered: deque[Delivery] = deque()
+        rotation = 0
+        try:
+            while not self._closed:
+                if buffered:
+                    yield buffered.popleft()
+                    continue
+                window.signal.clear()
+                if window.room <= 0:
+                    await window.signal.wait()
+                    continue
+                order = names[rotation:] + names[:rotation]  # kombu's round robin
+                rotation = (rotation + 1) % len(names)
+                try:
+                    claimed = await self._shielded(self._claim(order, window.room))
+                    if not claimed and not self._closed:
+                        claimed = await self._shielded(blocker.pop(order))
+                except UNREACHABLE as exc:
+                    await self._outage.wait(exc)
+                    continue
+                self._outage.over()
+                self._windows.track(window, claimed)
+                buffered.extend(claimed)
+        finally:
+            self._blockers.discard(blocker)
+            self._windows.open.discard(window)
+            await blocker.close()
+            await self._give_back(buffered)
+
+    async def _start_consuming(self, queues: list[str]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for queue in queues:
+            self._bind(pipe, queue)
+        await until_done(pipe.execute, self._outage, give_up=lambda: self._closed)
+        if self._maintenance is None:
+            self._maintenance = self._spawn(self._maintain())
+
+    async def _shielded(self, job: Coroutine[Any, Any, list[Delivery]]) -> list[Delivery]:
+        """Run a claim so that, if the consumer is cancelled meanwhile, what it claimed goes
+        straight back to its list instead of waiting out the visibility timeout."""
+        task = self._spawn(job)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._give_back_claim)
+            for blocker in self._blockers:
+                blocker.cancel_wait()
+            raise
+
+    def _give_back_claim(self, task: asyncio.Task[list[Delivery]]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        held = [(d.tag, self._held[d.tag]) for d in task.result() if d.tag in self._held]
+        for tag, _ in held:
+            self._held.pop(tag, None)
+        if held and not self._closed:
+            self._spawn(self._restore_held(held, redelivered=False))
+
+    async def _claim(self, queues: list[str], count: int) -> list[Delivery]:
+        keys = kombu.consume_keys(queues)
+        routing = [json.dumps(q) for q in queues] * len(kombu.PRIORITY_STEPS)
+        reply = await self._scripts["claim"](
+            keys=[self._unacked, self._index, self._dead, *(self.prefix + k for k in keys)],
+            args=[repr(now()), count, *routing],
+        )
+        buried = int(reply[0])
+        if buried:
+            log.error(
+                "moved %d malformed message(s) (not JSON envelopes) from %s to the dead letters",
+                buried,
+                ", ".join(queues),
+            )
+        deliveries = []
+        for i in range(1, len(reply), 3):
+            tag = reply[i].decode()
+            queue = queues[(int(reply[i + 2]) - 1) % len(queues)]
+            delivery = await self._delivery(tag, reply[i + 1], queue)
+            if delivery is not None:
+                deliveries.append(delivery)
+        return deliveries
+
+    async def _delivery(self, tag: str, payload: bytes, queue: str) -> Delivery | None:
+        """A held element as a delivery; one that cannot be read goes to the dead letters."""
+        try:
+            message = kombu.decode(payload, tag)
+        except kombu.EnvelopeError as exc:
+            log.error("moved a malformed message from %s to the dead letters: %s", queue, exc)
+            record = _dead_record(
+                queue, f"malformed message: {exc}", payload.decode("utf-8", "replace")
+            )
+            await self._settle(tag, queue, record, push="LPUSH", destination=self._dead)
+            return None
+        self._held[tag] = _Held(message.raw)
+        return Delivery(message.envelope, queue, tag, message.redelivered, message.priority)
+
+    async def _give_back(self, buffered: Iterable[Delivery]) -> None:
+        held: list[tuple[str, _Held]] = []
+        for delivery in buffered:
+            entry = self._held.pop(delivery.tag, None)
+            if self._forget(delivery) and entry is not None:
+                held.append((delivery.tag, entry))
+        if held and not self._closed:
+            await self._restore_held(held, redelivered=False)
+
+    async def _restore_held(self, held: list[tuple[str, _Held]], *, redelivered: bool) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for tag, entry in reversed(held):  # RPUSH: the first one given back is the next out
+            raw = entry.raw
+            queue = _routing_key(raw)
+            payload = kombu.redelivered(raw, tag) if redelivered else json.dumps(raw)
+            key = self.prefix + kombu.list_key(queue, kombu.priority_of(raw))
+            await self._scripts["settle"](
+                keys=[self._unacked, self._index, key, self._deferred_key(queue)],
+                args=[tag, payload, "+inf", "RPUSH"],
+                client=pipe,
+            )
+        await pipe.execute()
+
+    # -- settling --------------------------------------------------------------------------
+
+    def _forget(self, delivery: Delivery) -> bool:
+        return self._windows.settle(delivery)
+
+    async def ack(self, delivery: Delivery) -> None:
+        """Acks are pipelined: those made while one batch is in flight form the next."""
+        if self._forget(delivery):
+            self._held.pop(delivery.tag, None)
+            await self._acks.add(delivery.tag)
+
+    async def _flush_acks(self, tags: list[str]) -> None:
+        async def flush() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrem(self._index, *tags)
+            pipe.hdel(self._unacked, *tags)
+            await pipe.execute()
+
+        await until_done(flush, self._outage, give_up=lambda: self._closed)
+
+    async def requeue(self, delivery: Delivery) -> None:
+        if self._forget(delivery):
+            entry = self._held.pop(delivery.tag)
+            payload = kombu.redelivered(entry.raw, delivery.tag)
+            key = self.prefix + kombu.list_key(delivery.queue, delivery.priority)
+            await self._settle(delivery.tag, delivery.queue, payload, push="RPUSH", destination=key)
+
+    async def defer(self, delivery: Delivery, eta: float) -> None:
+        if not self._forget(delivery):
+            return
+        self._held.pop(delivery.tag, None)
+        score = eta - self.visibility_timeout
+
+        async def park() -> Any:
+            return await self._scripts["defer"](
+                keys=[self._unacked, self._index, self._deferred_key(delivery.queue)],
+                args=[delivery.tag, repr(score)],
+            )
+
+        await until_done(park, self._outage, give_up=lambda: self._closed)
+        if self._next_due is None or eta < self._next_due:
+            self._next_due = eta
+            self._wake_sweep.set()
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        if not self._forget(delivery):
+            return
+        entry = self._held.pop(delivery.tag)
+        record = _dead_record(delivery.queue, reason, json.dumps(entry.raw))
+        await self._settle(
+            delivery.tag, delivery.queue, record, push="LPUSH", destination=self._dead
+        )
+
+    async def _settle(
+        self, tag: str, queue: str, value: str, *, push: str, destination: str
+    ) -> None:
+        async def settle() -> Any:
+            return await self._scripts["settle"](
+                keys=[self._unacked, self._index, destination, self._deferred_key(queue)],
+                args=[tag, value, "+inf", push],
+            )
+
+        await until_done(settle, self._outage, give_up=lambda: self._closed)
+
+    # -- holders and sweeps ----------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        """Refresh what this broker holds and restore what is due, until close()."""
+        refresh_every = self.visibility_timeout / 4
+        refreshed = now()
+        while not self._closed:
+            self._wake_sweep.clear()  # a defer from here on wakes the wait below
+            self._next_due = None
+            try:
+                if now() - refreshed >= refresh_every:
+                    await self._refresh()
+                    refreshed = now()
+                next_due = await self._sweep()
+            except UNREACHABLE as exc:
+                await self._outage.wait(exc)
+                continue
+            except Exception:  # a worker must never stop restoring: log and go on
+                log.exception("sweep of %s failed; retrying", redacted(self.url))
+                next_due = None
+            self._outage.over()
+            timeout = self.restore_interval
+            due = min(d for d in (next_due, self._next_due, refreshed + refresh_every) if d)
+            timeout = max(0.0, min(timeout, due - now() + _EPSILON))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_sweep.wait(), timeout)
+
+    async def _refresh(self) -> None:
+        tags = list(self._held)
+        if not tags:
+            return
+        at = now()
+        pipe = self.client.pipeline(transaction=False)
+        for start in range(0, len(tags), 1000):
+            pipe.zadd(self._index, dict.fromkeys(tags[start : start + 1000], at), xx=True)
+        await pipe.execute()
+
+    async def _sweep(self) -> float | None:
+        """Restore every entry whose holder went silent or whose ETA came; returns when the
+        next entry is due (its score + the visibility timeout), if any."""
+        while True:
+            cutoff = now() - self.visibility_timeout
+            due = await self.client.zrangebyscore(
+                self._index, "-inf", repr(cutoff), 0, _SWEEP_BATCH
+            )
+            if due:
+                await self._restore_due([_text(t) for t in due], cutoff)
+            if len(due) < _SWEEP_BATCH:
+                break
+        first = await self.client.zrange(self._index, 0, 0, withscores=True)
+        return float(first[0][1]) + self.visibility_timeout if first else None
+
+    async def _restore_due(self, tags: list[str], cutoff: float) -> None:
+        values = await self.client.hmget(self._unacked, tags)
+        pipe = self.client.pipeline(transaction=False)
+        restored = 0
+        for tag, reply in zip(tags, values, strict=True):
+            if reply is None:  # acked or restored meanwhile; drop a stale index entry
+                pipe.zrem(self._index, tag)
+                continue
+            try:
+                value = as_bytes(reply)
+                raw, queue = _unacked_value(value)
+                payload = kombu.redelivered(raw, tag)
+                priority = kombu.priority_of(raw)
+            except ValueError as exc:
+                log.error("unreadable unacked entry %s moved to the dead letters: %s", tag, exc)
+                record = _dead_record(
+                    "", f"unreadable unacked entry: {exc}", value.decode("utf-8", "replace")
+                )
+                await self._scripts["settle"](
+                    keys=[self._unacked, self._index, self._dead, self._deferred_key("")],
+                    args=[tag, record, "+inf", "LPUSH"],
+                    client=pipe,
+                )
+                continue
+            restored += 1
+            await self._scripts["settle"](
+                keys=[
+                    self._unacked,
+                    self._index,
+                    self.prefix + kombu.list_key(queue, priority),
+                    self._deferred_key(queue),
+                ],
+                args=[tag, payload, repr(cutoff), "RPUSH"],
+                client=pipe,
+            )
+        await pipe.execute()
+        if restored:
+            log.debug("restored %d due message(s)", restored)
+
+    # -- administration --------------------------------------------------------------------
+
+    async def purge(self, queue: str) -> int:
+        keys = [self.prefix + k for k in kombu.consume_keys([queue])]
+        deleted = await self._scripts["purge"](
+            keys=[self._unacked, self._index, self._deferred_key(queue), *keys]
+        )
+        return int(deleted)
+
+    async def queue_sizes(self) -> dict[str, int]:
+        """Waiting messages (lists) plus held and parked ones (``unacked``) per queue.
+
+        Known queues are those with a ``_kombu.binding`` (declared by a Celery or celeriac
+        producer or worker) or a held message. This scans ``unacked``: an admin call.
+        """
+        counts: dict[str, int] = {}
+        async for _, value in self.client.hscan_iter(self._unacked, count=1000):
+            try:
+                queue = _unacked_value(value)[1]
+            except ValueError:
+                continue
+            counts[queue] = counts.get(queue, 0) + 1
+        queues = set(counts) | await self._bound_queues()
+        pipe = self.client.pipeline(transaction=False)
+        ordered = sorted(queues)
+        for queue in ordered:
+            for key in kombu.consume_keys([queue]):
+                pipe.llen(self.prefix + key)
+        lengths = await pipe.execute()
+        steps = len(kombu.PRIORITY_STEPS)
+        for i, queue in enumerate(ordered):
+            counts[queue] = counts.get(queue, 0) + sum(lengths[i * steps : (i + 1) * steps])
+        return {queue: n for queue, n in counts.items() if n}
+
+    async def _bound_queues(self) -> set[str]:
+        queues: set[str] = set()
+        pattern = f"{self.prefix}{kombu.BINDING_PREFIX}*"
+        async for key in self.client.scan_iter(match=pattern, count=1000):
+            for member in await self.client.smembers(key):
+                parts = as_bytes(member).decode("utf-8", "replace").split(kombu.SEPARATOR)
+                if len(parts) == 3 and parts[2]:
+                    queues.add(parts[2])
+        return queues
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        records = await self.client.lrange(self._dead, 0, limit - 1)
+        return [_dead_letter(as_bytes(record)) for record in records]
+
+    async def dead_letter_count(self) -> int:
+        return int(await self.client.llen(self._dead))
+
+
+class _Blocker:
+    """One consumer's blocking pop, on a connection of its own so that close() can wake it
+    with ``CLIENT UNBLOCK`` (a cancelled BRPOP could lose the message it just popped)."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.broker = broker
+        self._client: aioredis.Redis | None = None
+        self._client_id: int | None = None
+        self._waiting = False
+
+    async def pop(self, queues: list[str]) -> list[Delivery]:
+        broker = self.broker
+        if self._client is None:
+            self._client = aioredis.Redis(
+                connection_pool=broker.client.connection_pool, single_connection_client=True
+            )
+        keys = [broker.prefix + k for k in kombu.consume_keys(queues)]
+        try:
+            if self._client_id is None:
+                self._client_id = int(await self._client.client_id())
+            self._waiting = True
+            try:
+                popped = await self._client.brpop(keys, timeout=broker.brpop_timeout)
+            finally:
+                self._waiting = False
+            if popped is None:
+                return []
+            key, payload = _text(popped[0]), as_bytes(popped[1])
+            queue = queues[keys.index(key) % len(queues)]
+            tag = await self._hold(payload, queue)
+        except UNREACHABLE as exc:
+            self._client_id = None
+            await broker._outage.wait(exc)
+            return []
+        broker._outage.over()
+        if tag is None:
+            return []
+        delivery = await broker._delivery(tag, payload, queue)
+        return [] if delivery is None else [delivery]
+
+    async def _hold(self, payload: bytes, queue: str) -> str | None:
+        """Record a popped message in ``unacked`` (what the claim script does for a batch)."""
+        broker = self.broker
+        try:
+            message = kombu.decode(payload, "")
+            tag = message.raw["properties"].get("delivery_tag")
+        except kombu.EnvelopeError as exc:
+            log.error("moved a malformed message from %s to the dead letters: %s", queue, exc)
+            record = _dead_record(
+                queue, f"malformed message: {exc}", payload.decode("utf-8", "replace")
+            )
+            await broker.client.lpush(broker._dead, record)
+            return None
+        if not isinstance(tag, str) or not tag:
+            tag = f"celeriac-untagged-{id(payload):x}-{now()!r}"
+        pipe = broker.client.pipeline(transaction=True)
+        pipe.zadd(broker._index, {tag: now()})
+        pipe.hset(broker._unacked, tag, kombu.unacked_entry(payload.decode(), queue))
+        await pipe.execute()
+        return tag
+
+    def cancel_wait(self) -> None:
+        """The consumer was cancelled: end a BRPOP in flight early (its task finishes)."""
+        if self._waiting:
+            self.broker._spawn(self.unblock())
+
+    async def unblock(self) -> None:
+        if self._waiting and self._client_id is not None:
+            with contextlib.suppress(*UNREACHABLE):
+                await self.broker.client.client_unblock(self._client_id)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _routing_key(raw: dict[str, Any]) -> str:
+    info = raw.get("properties", {}).get("delivery_info", {})
+    key = info.get("routing_key") if isinstance(info, dict) else None
+    return key if isinstance(key, str) else ""
+
+
+def _unacked_value(value: bytes) -> tuple[dict[str, Any], str]:
+    """``(envelope, queue)`` from an ``unacked`` hash value ``[envelope, exchange, key]``."""
+    try:
+        entry = json.loads(value)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], dict)):
+        raise ValueError("not [envelope, exchange, routing_key]")
+    queue = entry[2] if isinstance(entry[2], str) and entry[2] else _routing_key(entry[0])
+    return entry[0], queue
+
+
+def _dead_record(queue: str, reason: str, payload: str) -> str:
+    return json.dumps({"queue": queue, "reason": reason, "died_at": now(), "envelope": payload})
+
+
+def _dead_letter(record: bytes) -> DeadLetter:
+    data = json.loads(record)
+    payload = data.get("envelope", "")
+    try:
+        envelope = kombu.decode(payload, "").envelope
+    except kombu.EnvelopeError:
+        envelope = Envelope(payload.encode("utf-8", "replace"), "", "")
+    return DeadLetter(
+        data.get("queue", ""), envelope, data.get("reason", ""), data.get("died_at", 0.0)
+    )

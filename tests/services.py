@@ -1,0 +1,41 @@
+"""Real services for the tests: where they are, and what happens when one is missing.
+
+Locally, a test whose service is down is skipped with the command that starts it; under
+``CI=true`` it fails instead, so a CI run can never pass by skipping what it must test.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+#: Redis databases the test suite may use (the benchmark harness owns 1, 2 and 5).
+REDIS_DB_BROKER, REDIS_DB_RESULTS = 14, 15
+_START = {
+    "redis": "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save ''"
+    " --appendonly no",
+}
+
+
+def redis_url(db: int = REDIS_DB_BROKER) -> str:
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+
+
+def require(service: str, host: str, port: int) -> None:
+    """Skip (or, under CI, fail) unless ``host:port`` accepts connections."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as exc:
+        message = (
+            f"{service} is not reachable at {host}:{port} ({exc}); start it: {_START[service]}"
+        )
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def require_redis() -> None:
+    require("redis", REDIS_HOST, REDIS_PORT)

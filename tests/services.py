@@ -39,3 +39,17 @@ def require(service: str, host: str, port: int) -> None:
 
 def require_redis() -> None:
     require("redis", REDIS_HOST, REDIS_PORT)
+
+
+def delete_prefixed(prefix: str, *dbs: int) -> None:
+    """Delete the keys a test made under its own prefix (nothing else) in Redis ``dbs``."""
+    import redis
+
+    for db in dbs:
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+        try:
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()

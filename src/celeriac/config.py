@@ -88,12 +88,13 @@ class Settings:
         return os.environ.get(BROKER_URL_ENV) or self.broker_url or DEFAULT_BROKER_URL
 
     def effective_result_backend(self) -> str:
-        """The result store in force; by default the embedded broker's file also keeps results."""
+        """The result store in force; by default the broker's own store keeps results (the
+        embedded broker's file, or the same Redis database), else the embedded default."""
         configured = os.environ.get(RESULT_BACKEND_ENV) or self.result_backend
         if configured:
             return configured
         broker = self.effective_broker_url()
-        if broker.startswith(("sqlite:", "memory:")):
+        if broker.startswith(("sqlite:", "memory:", "redis:", "rediss:")):
             return broker
         return DEFAULT_BROKER_URL
 

@@ -7,19 +7,31 @@ Every wait has a timeout; nothing waits by sleeping.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from services import (
+    REDIS_DB_BROKER,
+    REDIS_DB_RESULTS,
+    delete_prefixed,
+    redis_url,
+    require_redis,
+)
+
 APPS = Path(__file__).parent / "apps"
 READY = " ready: pid "
+#: Short, so a test of a killed worker sees its messages restored within seconds.
+REDIS_VISIBILITY_TIMEOUT = 2.0
 
 
 class WorkerProcess:
@@ -81,16 +93,31 @@ class WorkerProcess:
             self.proc.stdout.close()
 
 
-@pytest.fixture
-def broker_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh SQLite broker file for this test, set in the environment for both sides."""
-    url = f"sqlite:///{tmp_path / 'celeriac.db'}"
-    monkeypatch.setenv("CELERIAC_BROKER_URL", url)
-    monkeypatch.delenv("CELERIAC_RESULT_BACKEND", raising=False)
+@pytest.fixture(params=["sqlite", "redis"])
+def broker_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A fresh broker for this test, set in the environment for both sides: a SQLite file,
+    or Redis (DBs 14/15) under a key prefix of its own, deleted afterwards."""
     marks = tmp_path / "marks"
     marks.mkdir()
     monkeypatch.setenv("CELERIAC_TEST_MARKS", str(marks))
-    return url
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'celeriac.db'}"
+        monkeypatch.setenv("CELERIAC_BROKER_URL", url)
+        monkeypatch.delenv("CELERIAC_RESULT_BACKEND", raising=False)
+        monkeypatch.delenv("CELERIAC_TEST_TRANSPORT_OPTIONS", raising=False)
+        yield url
+        return
+    require_redis()
+    prefix = f"celeriac-it-{uuid.uuid4().hex}:"
+    url = redis_url(REDIS_DB_BROKER)
+    monkeypatch.setenv("CELERIAC_BROKER_URL", url)
+    monkeypatch.setenv("CELERIAC_RESULT_BACKEND", redis_url(REDIS_DB_RESULTS))
+    options = {"global_keyprefix": prefix, "visibility_timeout": REDIS_VISIBILITY_TIMEOUT}
+    monkeypatch.setenv("CELERIAC_TEST_TRANSPORT_OPTIONS", json.dumps(options))
+    yield url
+    delete_prefixed(prefix, REDIS_DB_BROKER, REDIS_DB_RESULTS)
 
 
 @pytest.fixture
@@ -122,6 +149,7 @@ def basic(broker_url: str) -> Iterator[object]:
     """The ``basic`` test app's module, its sync connections closed afterwards."""
     import basic as module
 
+    module.configure_from_env()
     yield module
     module.app.close()
 
@@ -131,5 +159,6 @@ async def abasic(broker_url: str) -> AsyncIterator[object]:
     """The ``basic`` module for async tests: connected on the test's loop, closed after."""
     import basic as module
 
+    module.configure_from_env()
     async with module.app.setup():
         yield module

@@ -47,6 +47,22 @@ def test_environment_overrides_urls(monkeypatch: pytest.MonkeyPatch) -> None:
     assert app.conf.effective_result_backend() == "memory://"
 
 
+def test_results_default_to_the_brokers_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CELERIAC_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERIAC_RESULT_BACKEND", raising=False)
+    app = Celery("t", broker="redis://h:6379/3")
+    assert app.conf.effective_result_backend() == "redis://h:6379/3"
+    app.conf.result_backend = "sqlite:///r.db"
+    assert app.conf.effective_result_backend() == "sqlite:///r.db"
+
+
+def test_unknown_redis_option_names_the_known_ones() -> None:
+    from celeriac.transports import broker_from_url
+
+    with pytest.raises(ConfigurationError, match=r"'visibilty_timeout'.*visibility_timeout"):
+        broker_from_url("redis://h/0", max_message_size=0, options={"visibilty_timeout": 10})
+
+
 def test_unsupported_url_scheme_is_a_clear_error() -> None:
     from celeriac.transports import broker_from_url
 

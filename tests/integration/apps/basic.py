@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from pathlib import Path
@@ -12,6 +13,18 @@ from celeriac import Celery
 from celeriac.errors import SoftTimeLimitExceeded
 
 app = Celery("basic")
+
+
+def configure_from_env() -> None:
+    """Redis runs get their own key prefix (and a short visibility timeout) from the test;
+    the test process calls this again for each test, since it imports this module once."""
+    options = json.loads(os.environ.get("CELERIAC_TEST_TRANSPORT_OPTIONS") or "{}")
+    app.conf.broker_transport_options = options
+    prefix = options.get("global_keyprefix")
+    app.conf.result_backend_transport_options = {"global_keyprefix": prefix} if prefix else {}
+
+
+configure_from_env()
 MARKS = Path(os.environ.get("CELERIAC_TEST_MARKS", "/tmp"))
 
 

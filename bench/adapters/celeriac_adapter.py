@@ -1,7 +1,8 @@
 """celeriac as one more target of ``shared/bench`` (see bench/README.md).
 
-Broker: the embedded SQLite file (target ``celeriac@sqlite``); results in the same file.
-Completion: the harness counter (``await adone()``) inside each task. Round trip:
+Brokers: the embedded SQLite file (target ``celeriac@sqlite``; results in the same file) and
+Redis (``celeriac@redis``: the harness's broker DB 1, results in DB 2). Completion: the
+harness counter (``await adone()``) inside each task. Round trip:
 ``await (await noop.delay()).get()``.
 """
 
@@ -16,18 +17,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis
 from bench import common as C
 
 from celeriac import Celery
 
-BROKERS = ("sqlite",)
+BROKERS = ("sqlite", "redis")
 NOTES = (
-    "embedded SQLite broker + result store (WAL), one worker process, asyncio tasks; "
-    "-l warning (no per-task log lines), acks_late (the default)"
+    "embedded SQLite broker + result store (WAL), or Redis broker + Redis results; one worker"
+    " process, asyncio tasks; -l warning (no per-task log lines), acks_late (the default)"
 )
 
 DB_DIR = Path(os.environ.get("CELERIAC_BENCH_DIR", "/tmp/celeriac-bench"))
-app = Celery("bench", broker=f"sqlite:///{DB_DIR / 'bench.db'}")
+if C.BROKER == "redis":
+    app = Celery("bench", broker=C.REDIS_BROKER_URL, backend=C.REDIS_RESULT_URL)
+else:
+    app = Celery("bench", broker=f"sqlite:///{DB_DIR / 'bench.db'}")
 app.conf.update(result_expires=3600)
 
 
@@ -53,6 +58,11 @@ def worker_profiles() -> dict[str, Any]:
 
 
 def purge() -> None:
+    if C.BROKER == "redis":
+        # The harness owns these two databases: start each trial from empty ones.
+        for url in (C.REDIS_BROKER_URL, C.REDIS_RESULT_URL):
+            redis.Redis.from_url(url).flushdb()
+        return
     shutil.rmtree(DB_DIR, ignore_errors=True)
     DB_DIR.mkdir(parents=True)
 

@@ -37,6 +37,17 @@ _CLIENT_OPTIONS = {
 }
 T = TypeVar("T")
 
+# redis-py 7+ asks every new connection to enable maintenance notifications: one more round
+# trip, refused by servers before 8. celeriac has no use for them.
+try:
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    _NO_MAINT_NOTIFICATIONS: dict[str, Any] = {
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False)
+    }
+except ImportError:  # pragma: no cover - older redis-py
+    _NO_MAINT_NOTIFICATIONS = {}
+
 
 def check_options(options: dict[str, Any], own: dict[str, Any], what: str) -> dict[str, Any]:
     """``options`` merged over the defaults in ``own``; unknown names are an error."""
@@ -63,6 +74,7 @@ def client_from_url(url: str, options: dict[str, Any]) -> aioredis.Redis:
     }
     kwargs.setdefault("socket_connect_timeout", 5.0)
     kwargs.setdefault("max_connections", 50)
+    kwargs.update(_NO_MAINT_NOTIFICATIONS)
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         timeout=None,

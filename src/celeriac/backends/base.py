@@ -47,6 +47,13 @@ class ResultBackend(ABC):
         data = await self._get(task_id)
         return None if data is None else _decode(data)
 
+    def expect(self, task_id: str) -> None:
+        """The task was just sent from this process and its result may be awaited soon.
+
+        A store that pushes results (Redis pub/sub) can start listening now, so a waiter
+        finds the subscription in place. Default: nothing.
+        """
+
     async def wait(self, task_id: str, timeout: float | None) -> Meta:
         """Return the record once it is in a ready state.
 

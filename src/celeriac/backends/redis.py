@@ -40,6 +40,11 @@ KEY_PREFIX = "celery-task-meta-"
 _Record = tuple[str, bytes, float | None]  # key, JSON, seconds to keep
 _OPTIONS: dict[str, Any] = {"global_keyprefix": ""}
 _CLOSE_TIMEOUT = 2.0
+#: How long a task sent from this process keeps its result channel subscribed while nobody
+#: waits on it yet (it is dropped sooner, when its result arrives).
+_EXPECT_SECONDS = 60.0
+#: At most this many such channels at once (a burst of sends without waiting stays cheap).
+_MAX_EXPECTED = 1000
 
 
 class Watcher(Protocol):
@@ -126,9 +131,9 @@ class RedisBackend(ResultBackend):
                 if expires is None:
                     pipe.set(key, data)
                 elif expires == int(expires) and expires >= 1:
-                    pipe.setex(key, int(expires), data)  # Celery's command
+                    pipe.execute_command("SETEX", key, int(expires), data)  # Celery's command
                 else:
-                    pipe.psetex(key, max(1, round(expires * 1000)), data)
+                    pipe.execute_command("PSETEX", key, max(1, round(expires * 1000)), data)
                 pipe.publish(key, data)
             await pipe.execute()
 
@@ -141,6 +146,13 @@ class RedisBackend(ResultBackend):
 
     async def _delete(self, task_id: str) -> None:
         await self.client.delete(self.key(task_id))
+
+    def expect(self, task_id: str) -> None:
+        """Subscribe to the task's channel now, while it is being sent (Celery does too)."""
+        if not self._closed:
+            if self._listener is None:
+                self._listener = _Listener(self)
+            self._listener.expect(self.key(task_id).encode())
 
     async def _wait(self, task_id: str, timeout: float | None) -> bytes:
         if self._closed:
@@ -160,26 +172,48 @@ class RedisBackend(ResultBackend):
 
 
 class _Listener:
-    """The backend's one pub/sub connection: channel -> callbacks of everyone waiting on it."""
+    """The backend's one pub/sub connection: channel -> everyone waiting on it.
+
+    A channel is subscribed while someone watches it or while it is *expected* (its task
+    was just sent from this process, see :meth:`RedisBackend.expect`): subscribing at send
+    time, as Celery does, takes the SUBSCRIBE and GET round trips off the waiter's path.
+    Once a subscription is confirmed, its key is read once (the record may predate it) and
+    every later record arrives as a message; the last one seen is kept for late watchers.
+    """
 
     def __init__(self, backend: RedisBackend) -> None:
         self.backend = backend
         self._pubsub: PubSub = backend.client.pubsub()
         self._watchers: dict[bytes, list[Watcher]] = {}
-        self._changes: asyncio.Event = asyncio.Event()
+        self._expected: dict[bytes, float] = {}  # channel -> when to stop expecting (loop time)
         self._subscribed: set[bytes] = set()  # what the server was last asked for
+        self._dirty: set[bytes] = set()  # channels whose subscription may need to change
+        self._confirmed: set[bytes] = set()  # subscribed, and its key read since
+        self._last: dict[bytes, bytes] = {}  # last record seen per confirmed channel
+        self._changes: asyncio.Event = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._outage = Outage(backend.url, "result listener")
         self._closing = False
         self._runner = asyncio.get_running_loop().create_task(self._run())
 
+    def expect(self, channel: bytes) -> None:
+        if channel not in self._watchers and len(self._expected) < _MAX_EXPECTED:
+            self._expected.pop(channel, None)  # re-inserted last: deadlines stay in order
+            self._expected[channel] = asyncio.get_running_loop().time() + _EXPECT_SECONDS
+            self._changed(channel)
+
+    def _changed(self, channel: bytes) -> None:
+        self._dirty.add(channel)
+        self._changes.set()
+
     def watch(self, channel: bytes, watcher: Watcher) -> None:
-        watchers = self._watchers.setdefault(channel, [])
-        watchers.append(watcher)
-        if len(watchers) == 1 or channel not in self._subscribed:
-            self._changes.set()  # the runner subscribes (in a batch) and then GETs
-        else:
-            self._spawn(self._check(channel))  # already subscribed: GET now
+        self._watchers.setdefault(channel, []).append(watcher)
+        self._expected.pop(channel, None)
+        last = self._last.get(channel)
+        if last is not None:  # seen on the subscription before this watcher came
+            watcher.record(last)
+        elif channel not in self._subscribed:
+            self._changed(channel)  # the runner subscribes (in a batch); confirmation reads it
 
     def unwatch(self, channel: bytes, watcher: Watcher) -> None:
         watchers = self._watchers.get(channel)
@@ -189,35 +223,62 @@ class _Listener:
             watchers.remove(watcher)
         if not watchers:
             del self._watchers[channel]
-            self._changes.set()
+            self._changed(channel)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _changes_to_make(self) -> tuple[list[bytes], list[bytes]]:
+        """``(subscribe, unsubscribe)``: a channel is wanted while watched, or while expected
+        until its time is up. Only channels marked dirty are looked at."""
+        now = asyncio.get_running_loop().time()
+        while self._expected:
+            channel, until = next(iter(self._expected.items()))
+            if until > now:
+                break
+            del self._expected[channel]
+            self._dirty.add(channel)
+        new, gone = [], []
+        for channel in self._dirty:
+            wanted = channel in self._watchers or channel in self._expected
+            if wanted and channel not in self._subscribed:
+                new.append(channel)
+            elif not wanted and channel in self._subscribed:
+                gone.append(channel)
+        self._dirty.clear()
+        return new, gone
+
     async def _run(self) -> None:
         """Apply subscription changes and read messages; reconnect with backoff forever."""
         reader: asyncio.Task[None] | None = None
         while not self._closing:
-            await self._changes.wait()
+            timeout = _EXPECT_SECONDS if self._expected else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changes.wait(), timeout)
             if self._closing:
                 return
             self._changes.clear()
-            wanted = set(self._watchers)
+            new, gone = self._changes_to_make()
+            # Recorded before sending: the reader may see the confirmations before we resume.
+            self._subscribed.update(new)
+            self._subscribed.difference_update(gone)
+            for channel in gone:
+                self._confirmed.discard(channel)
+                self._last.pop(channel, None)
             try:
-                gone = self._subscribed - wanted
-                new = wanted - self._subscribed
                 if new:
                     await self._pubsub.subscribe(*new)
                 if gone:
                     await self._pubsub.unsubscribe(*gone)
             except UNREACHABLE as exc:
+                self._dirty.update(self._subscribed, new, gone)
                 self._subscribed = set()
+                self._confirmed.clear()
                 await self._outage.wait(exc)
                 self._changes.set()
                 continue
-            self._subscribed = wanted
             if reader is None or reader.done():
                 reader = asyncio.get_running_loop().create_task(self._read())
                 self._tasks.add(reader)
@@ -230,6 +291,7 @@ class _Listener:
             except UNREACHABLE as exc:
                 if self._closing:
                     return
+                self._confirmed.clear()  # confirmed (and read) again after the reconnect
                 await self._outage.wait(exc)
                 continue  # get_message reconnects; redis-py then subscribes again
             self._outage.over()
@@ -237,25 +299,35 @@ class _Listener:
                 continue
             kind, channel = message["type"], message["channel"]
             if kind == "message":
-                self._deliver(channel, message["data"])
-            elif kind == "subscribe":
+                self._deliver(channel, as_bytes(message["data"]))
+            elif kind == "subscribe" and channel in self._subscribed:
                 self._spawn(self._check(channel))
 
     async def _check(self, channel: bytes) -> None:
         """GET the key after its subscription is confirmed: the record may predate it."""
-        if channel not in self._watchers:
-            return
         try:
             data = await self.backend.client.get(channel)
         except UNREACHABLE as exc:
             log.warning("could not read %s (%s); it is read again on reconnect", channel, exc)
             return
-        if data is not None:
+        if channel not in self._subscribed:
+            return
+        self._confirmed.add(channel)
+        if data is not None and channel not in self._last:  # a message may have come first
             self._deliver(channel, as_bytes(data))
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
-        for watcher in list(self._watchers.get(channel, ())):
-            watcher.record(data)
+        if channel not in self._subscribed:
+            return
+        self._last[channel] = data
+        watchers = self._watchers.get(channel)
+        if watchers:
+            for watcher in list(watchers):
+                watcher.record(data)
+        elif channel in self._expected and _is_ready(data):
+            # Sent from here, finished, and nobody waits yet: a later get() reads the key.
+            del self._expected[channel]
+            self._changed(channel)
 
     async def close(self, error: BaseException) -> None:
         # redis-py can swallow a cancellation that lands mid-command, so the tasks are also

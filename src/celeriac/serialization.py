@@ -5,17 +5,41 @@ travels with every message (``"application/json"``), as in kombu. ``dumps`` retu
 bytes with the content type and encoding to put on the envelope; ``loads`` refuses any
 content type that the caller did not list in ``accept`` *before* decoding, so an
 untrusted pickle is never unpickled.
+
+JSON speaks kombu's dialect (``kombu.utils.json``, what Celery 5 sends by default): a value
+JSON cannot hold travels as a *marker* ``{"__type__": T, "__value__": V}``:
+
+=============  ===============================  ====================================
+``T``          Python type                      ``V``
+=============  ===============================  ====================================
+``datetime``   ``datetime``                     ``isoformat()`` (naive stays naive)
+``date``       ``date``                         ``isoformat()``
+``time``       ``time``                         ``isoformat()``
+``decimal``    ``Decimal``                      ``str()``
+``uuid``       ``UUID``                         ``{"hex": "<32 hex digits>"}``
+``bytes``      ``bytes`` that are UTF-8 text    the text
+``base64``     any other ``bytes``              base64 text
+=============  ===============================  ====================================
+
+``dumps`` writes these byte for byte as kombu does and ``loads`` turns them back into
+objects, so a datetime argument keeps its type between celeriac and Celery either way. A
+dict that merely looks like a marker (other keys too, or an unknown ``T``) stays a dict.
+
+msgpack is kombu's plain ``packb``/``unpackb``, which has no markers: ``bytes`` travel
+natively, and celeriac sends datetimes, UUIDs and Decimals as ISO/plain strings (kombu's
+msgpack cannot send them at all), which arrive as strings.
 """
 
 from __future__ import annotations
 
+import base64
 import decimal
 import importlib
 import json
 import pickle
 import uuid
 import warnings
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import date, datetime, time
 from types import ModuleType
 from typing import Any
@@ -77,13 +101,13 @@ def resolve_accept(accept_content: Iterable[str]) -> frozenset[str]:
 def dumps(obj: Any, serializer: str = "json") -> tuple[bytes, str, str]:
     """Serialize ``obj``; returns ``(data, content_type, content_encoding)``.
 
-    JSON also encodes ``datetime``/``date``/``time`` (ISO 8601), ``UUID`` and ``Decimal``
-    (as strings); anything else that is not plain data raises ``TypeError``.
+    JSON also encodes ``datetime``/``date``/``time``, ``Decimal``, ``UUID`` and ``bytes``
+    as kombu's markers (see the module docstring); msgpack encodes the first four as
+    strings. Anything else that is not plain data raises ``TypeError``.
     """
     content_type = content_type_for(serializer)
     if content_type == JSON:
-        # Default separators (", ", ": ") and ensure_ascii, byte for byte what kombu sends.
-        return json.dumps(obj, default=_encode_extra).encode("utf-8"), JSON, "utf-8"
+        return _JSON_ENCODER.encode(obj).encode("utf-8"), JSON, "utf-8"
     if content_type == MSGPACK:
         packed = _msgpack().packb(obj, use_bin_type=True, default=_encode_extra)
         return bytes(packed), MSGPACK, "binary"
@@ -123,7 +147,98 @@ def loads(data: bytes, content_type: str, content_encoding: str, accept: Collect
     raise ContentDisallowed(f"content type {content_type!r} has no decoder: use one of {_ACCEPTED}")
 
 
+# -- kombu's JSON markers -------------------------------------------------------------------
+
+
+def _marker(kind: str, value: Any) -> dict[str, Any]:
+    return {"__type__": kind, "__value__": value}
+
+
+def _encode_json(obj: Any) -> Any:
+    """kombu's marker for ``obj``; the same types in the same order as its ``JSONEncoder``."""
+    if isinstance(obj, datetime):  # before date: a datetime is a date too
+        # kombu calls datetime.isoformat unbound, so a subclass's override is not used.
+        return _marker("datetime", datetime.isoformat(obj))
+    if isinstance(obj, date):
+        return _marker("date", obj.isoformat())
+    if isinstance(obj, time):
+        return _marker("time", obj.isoformat())
+    if isinstance(obj, decimal.Decimal):
+        return _marker("decimal", str(obj))
+    if isinstance(obj, uuid.UUID):
+        return _marker("uuid", {"hex": obj.hex})
+    if isinstance(obj, bytes):
+        try:
+            return _marker("bytes", obj.decode("utf-8"))
+        except UnicodeDecodeError:
+            return _marker("base64", base64.b64encode(obj).decode("ascii"))
+    raise _unserializable(obj)
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    # kombu writes {"hex": ...} and reads it back with UUID(**value); a plain string costs
+    # nothing to accept as well.
+    return uuid.UUID(**value) if isinstance(value, dict) else uuid.UUID(value)
+
+
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "datetime": datetime.fromisoformat,
+    "date": lambda value: datetime.fromisoformat(value).date(),  # kombu's (accepts a datetime)
+    "time": time.fromisoformat,
+    "decimal": decimal.Decimal,
+    "uuid": _uuid,
+    "bytes": lambda value: value.encode("utf-8"),
+    "base64": lambda value: base64.b64decode(value.encode("utf-8")),
+}
+
+
+def _decode_marker(obj: dict[str, Any]) -> Any:
+    """The object a kombu marker stands for; any other dict is returned as it is."""
+    if len(obj) != 2 or "__type__" not in obj or "__value__" not in obj:
+        return obj
+    kind = obj["__type__"]
+    decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
+    if decoder is None:  # kombu would refuse the message; plain data is more useful here
+        return obj
+    try:
+        return decoder(obj["__value__"])
+    except Exception as exc:  # the decoders raise several types for bad input
+        raise ProtocolError(
+            f"body has a malformed {kind!r} marker: {_preview(obj['__value__'])} "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# Default separators (", ", ": ") and ensure_ascii: byte for byte what kombu sends.
+_JSON_ENCODER = json.JSONEncoder(default=_encode_json)
+_PLAIN_DECODER = json.JSONDecoder()
+_MARKER_DECODER = json.JSONDecoder(object_hook=_decode_marker)
+
+
+def json_text(obj: Any) -> str:
+    """JSON as kombu writes it (markers for datetimes, UUIDs, Decimals, bytes; Celery's
+    spacing): for the other JSON documents on the wire, such as result records and Redis
+    envelopes."""
+    return _JSON_ENCODER.encode(obj)
+
+
+def json_value(text: str | bytes) -> Any:
+    """The inverse of :func:`json_text`; raises ``ValueError`` for text that is not JSON."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    return (_MARKER_DECODER if '"__type__"' in text else _PLAIN_DECODER).decode(text)
+
+
+# -- msgpack and errors ------------------------------------------------------------------
+
+
 def _encode_extra(obj: Any) -> Any:
+    """msgpack's fallback: kombu's msgpack has none, so plain strings are the least surprise."""
     if isinstance(obj, datetime | date | time):
         return obj.isoformat()
     if isinstance(obj, uuid.UUID | decimal.Decimal):
@@ -132,10 +247,14 @@ def _encode_extra(obj: Any) -> Any:
         raise OverflowError(
             f"integer {obj} does not fit msgpack's 64 bits: pass it as a string, or use json"
         )
-    raise TypeError(
+    raise _unserializable(obj)
+
+
+def _unserializable(obj: Any) -> TypeError:
+    return TypeError(
         f"object of type {type(obj).__module__}.{type(obj).__qualname__} cannot be "
         "serialized: pass plain data (str, int, float, bool, None, list, dict, plus "
-        "datetime, UUID and Decimal), e.g. an id instead of the object"
+        "datetime, date, time, UUID, Decimal and bytes), e.g. an id instead of the object"
     )
 
 
@@ -156,8 +275,12 @@ def _text(data: bytes, content_encoding: str) -> str:
 
 def _loads_json(data: bytes, content_encoding: str) -> Any:
     text = _text(data, content_encoding)
+    # The object hook costs a Python call per JSON object, so plain bodies (nearly all) skip
+    # it; one substring scan tells them apart. A key spelled with \u escapes
+    # ('"\u005f_type__"') is missed: kombu would read it, but no JSON encoder writes ASCII so.
+    decoder = _MARKER_DECODER if '"__type__"' in text else _PLAIN_DECODER
     try:
-        return json.loads(text)
+        return decoder.decode(text)
     except json.JSONDecodeError as exc:
         raise ProtocolError(
             f"body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"

@@ -56,6 +56,18 @@ async def test_stores_issued_together_apply_in_order(backend: ResultBackend) -> 
         assert await backend.get(other) == meta(other, "SUCCESS", other)
 
 
+async def test_results_keep_datetimes_uuids_and_decimals(backend: ResultBackend) -> None:
+    """Records are kombu JSON, as Celery's: its markers come back as the objects."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    tid = task_id()
+    value = {"at": datetime(2030, 1, 2, tzinfo=UTC), "id": uuid.UUID(int=7), "n": Decimal("1.5")}
+    await backend.store(tid, meta(tid, "SUCCESS", value), expires=None)
+    record = await backend.get(tid)
+    assert record is not None and record["result"] == value
+
+
 async def test_wait_returns_a_record_already_ready(backend: ResultBackend) -> None:
     tid = task_id()
     await backend.store(tid, meta(tid, "FAILURE", {"exc_type": "ValueError"}), expires=None)

@@ -1,4 +1,8 @@
-"""Serializers: round trips, the accept list, and the errors they raise."""
+"""Serializers: round trips, the accept list, and the errors they raise.
+
+kombu (a test-only dependency) is the reference for JSON: celeriac must write kombu's
+``{"__type__": ..., "__value__": ...}`` markers byte for byte and read the ones it writes.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,15 @@ import pickle
 import sys
 import uuid
 import warnings
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import Any
 
+import kombu.serialization
 import pytest
+from kombu.utils import json as kombu_json
 
-from celeriac import serialization
+from celeriac import protocol, serialization
+from celeriac.brokers.base import Envelope
 from celeriac.errors import ConfigurationError, ContentDisallowed, ProtocolError
 from celeriac.serialization import (
     JSON,
@@ -69,7 +76,7 @@ class TestJson:
         data, _, _ = dumps([[2, 3], {"k": "é"}, {"callbacks": None}])
         assert data == b'[[2, 3], {"k": "\\u00e9"}, {"callbacks": null}]'
 
-    def test_extra_types(self) -> None:
+    def test_extra_types_are_kombus_markers(self) -> None:
         value = {
             "dt": datetime(2030, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
             "naive": datetime(2030, 1, 2, 3, 4, 5),
@@ -77,15 +84,19 @@ class TestJson:
             "t": time(3, 4, 5),
             "u": uuid.UUID("00000000-1111-2222-3333-444444444444"),
             "dec": decimal.Decimal("1.10"),
+            "b": b"hi",
+            "raw": b"\xff\x00",
         }
         data, _, _ = dumps(value, "json")
         assert json.loads(data) == {
-            "dt": "2030-01-02T03:04:05.000006+00:00",
-            "naive": "2030-01-02T03:04:05",
-            "d": "2030-01-02",
-            "t": "03:04:05",
-            "u": "00000000-1111-2222-3333-444444444444",
-            "dec": "1.10",
+            "dt": {"__type__": "datetime", "__value__": "2030-01-02T03:04:05.000006+00:00"},
+            "naive": {"__type__": "datetime", "__value__": "2030-01-02T03:04:05"},
+            "d": {"__type__": "date", "__value__": "2030-01-02"},
+            "t": {"__type__": "time", "__value__": "03:04:05"},
+            "u": {"__type__": "uuid", "__value__": {"hex": "00000000111122223333444444444444"}},
+            "dec": {"__type__": "decimal", "__value__": "1.10"},
+            "b": {"__type__": "bytes", "__value__": "hi"},
+            "raw": {"__type__": "base64", "__value__": "/wA="},
         }
 
     def test_unserializable_is_a_type_error_naming_the_type(self) -> None:
@@ -96,6 +107,8 @@ class TestJson:
             dumps({"w": Widget()})
         with pytest.raises(TypeError, match="set"):
             dumps([{1, 2}])
+        with pytest.raises(TypeError, match="bytearray"):  # kombu refuses it too
+            dumps([bytearray(b"x")])
 
     def test_invalid_json_is_a_protocol_error(self) -> None:
         with pytest.raises(ProtocolError, match="not valid JSON"):
@@ -120,6 +133,172 @@ class TestJson:
             loads(b"[" * 100_000 + b"]" * 100_000, JSON, "utf-8", {JSON})
 
 
+def _json_loads(data: bytes) -> Any:
+    return loads(data, JSON, "utf-8", {JSON})
+
+
+_PLUS_TWO = timezone(timedelta(hours=2))
+#: Values kombu's JSON encoder wraps in markers, each alone and nested in a task body.
+MARKED: dict[str, Any] = {
+    "datetime-utc": datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC),
+    "datetime-micro-offset": datetime(2030, 1, 2, 3, 4, 5, 62520, tzinfo=_PLUS_TWO),
+    "datetime-naive": datetime(2030, 1, 2, 3, 4, 5),
+    "date": date(2030, 1, 2),
+    "time": time(3, 4, 5),
+    "time-micro-offset": time(3, 4, 5, 6, tzinfo=_PLUS_TWO),
+    "decimal": decimal.Decimal("1.10"),
+    "decimal-exponent": decimal.Decimal("-1E+3"),
+    "decimal-nan": decimal.Decimal("NaN"),
+    "uuid": uuid.UUID("00000000-1111-2222-3333-444444444444"),
+    "bytes-utf8": "é ascii".encode(),
+    "bytes-empty": b"",
+    "bytes-binary": bytes(range(256)),
+}
+
+
+def _task_body(value: Any) -> Any:
+    return [
+        [value, 1],
+        {"when": value, "many": [value, {"deep": value}]},
+        {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+    ]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of the same types all the way down (NaN equals NaN, aware != naive)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, datetime | time):
+        return a == b and a.utcoffset() == b.utcoffset()
+    if isinstance(a, decimal.Decimal) and a.is_nan():
+        return b.is_nan()
+    return bool(a == b)
+
+
+class TestKombuMarkers:
+    @pytest.mark.parametrize("value", MARKED.values(), ids=MARKED.keys())
+    def test_bytes_equal_kombus(self, value: Any) -> None:
+        for obj in (value, _task_body(value)):
+            assert dumps(obj)[0] == kombu_json.dumps(obj).encode()
+
+    @pytest.mark.parametrize("value", MARKED.values(), ids=MARKED.keys())
+    def test_round_trip(self, value: Any) -> None:
+        body = _task_body(value)
+        assert _same(_json_loads(dumps(body)[0]), body)
+
+    @pytest.mark.parametrize("value", MARKED.values(), ids=MARKED.keys())
+    def test_reads_what_kombu_writes(self, value: Any) -> None:
+        body = _task_body(value)
+        assert _same(_json_loads(kombu_json.dumps(body).encode()), body)
+
+    @pytest.mark.parametrize("value", MARKED.values(), ids=MARKED.keys())
+    def test_kombu_reads_what_celeriac_writes(self, value: Any) -> None:
+        # What a Celery worker's kombu does with a body celeriac sent.
+        body = _task_body(value)
+        assert _same(kombu_json.loads(dumps(body)[0]), body)
+
+    def test_datetime_subclass_is_written_as_kombu_does(self) -> None:
+        class Stamp(datetime):
+            def isoformat(self, sep: str = "T", timespec: str = "auto") -> str:
+                return "not used by kombu"
+
+        value = Stamp(2030, 1, 2, tzinfo=UTC)
+        assert dumps(value)[0] == kombu_json.dumps(value).encode()
+        assert _json_loads(dumps(value)[0]) == datetime(2030, 1, 2, tzinfo=UTC)
+
+    def test_kombus_date_reader_accepts_a_datetime_text(self) -> None:
+        text = b'{"__type__": "date", "__value__": "2030-01-02T03:04:05"}'
+        assert _json_loads(text) == kombu_json.loads(text) == date(2030, 1, 2)
+
+    def test_uuid_as_a_plain_string_is_accepted(self) -> None:
+        text = b'{"__type__": "uuid", "__value__": "00000000-0000-0000-0000-000000000001"}'
+        assert _json_loads(text) == uuid.UUID(int=1)
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            '{"__type__": "frobnicate", "__value__": 1}',  # unknown type (kombu refuses it)
+            '{"__type__": "datetime", "__value__": "2030-01-02", "extra": 1}',  # a third key
+            '{"__type__": "datetime"}',  # no value
+            '{"__value__": "2030-01-02"}',  # no type
+            '{"__type__": ["datetime"], "__value__": "2030-01-02"}',  # type not a string
+            '{"__type__": null, "__value__": null}',
+        ],
+    )
+    def test_dicts_that_are_not_markers_stay_dicts(self, text: str) -> None:
+        assert _json_loads(f"[{text}]".encode()) == [json.loads(text)]
+
+    def test_marker_text_inside_a_string_stays_a_string(self) -> None:
+        value = ['{"__type__": "decimal", "__value__": "1"}', '"__type__"']
+        assert _json_loads(dumps(value)[0]) == value
+
+    def test_a_key_spelled_with_escapes_is_not_recognised(self) -> None:
+        # The price of the fast path (documented): kombu would read this as a Decimal, but no
+        # JSON encoder writes ASCII letters as \u escapes.
+        text = rb'{"\u005f_type__": "decimal", "__value__": "1.5"}'
+        assert kombu_json.loads(text) == decimal.Decimal("1.5")
+        assert _json_loads(text) == {"__type__": "decimal", "__value__": "1.5"}
+
+    @pytest.mark.parametrize(
+        ("text", "message"),
+        [
+            ('{"__type__": "datetime", "__value__": "yesterday"}', "malformed 'datetime'"),
+            ('{"__type__": "datetime", "__value__": 12}', "malformed 'datetime' marker: 12"),
+            ('{"__type__": "date", "__value__": "2030-13-01"}', "malformed 'date'"),
+            ('{"__type__": "time", "__value__": "25:00"}', "malformed 'time'"),
+            ('{"__type__": "decimal", "__value__": "one"}', "malformed 'decimal'"),
+            ('{"__type__": "decimal", "__value__": {}}', "malformed 'decimal'"),
+            ('{"__type__": "uuid", "__value__": {"hex": "xyz"}}', "malformed 'uuid'"),
+            ('{"__type__": "uuid", "__value__": {"hex": 5}}', "malformed 'uuid'"),
+            ('{"__type__": "uuid", "__value__": {"colour": "red"}}', "malformed 'uuid'"),
+            ('{"__type__": "uuid", "__value__": [1]}', "malformed 'uuid'"),
+            ('{"__type__": "bytes", "__value__": 1}', "malformed 'bytes'"),
+            ('{"__type__": "base64", "__value__": "abc"}', "malformed 'base64'"),
+        ],
+    )
+    def test_malformed_known_marker_is_a_protocol_error(self, text: str, message: str) -> None:
+        # kombu refuses them too, with whatever its decoder raised.
+        with pytest.raises((ValueError, TypeError, AttributeError, ArithmeticError)):
+            kombu_json.loads(text)
+        with pytest.raises(ProtocolError, match=message):
+            _json_loads(f"[1, {text}]".encode())
+
+    def test_a_task_message_from_celery_gives_the_task_a_datetime(self) -> None:
+        when = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+        body = [[when], {"amount": decimal.Decimal("9.99")}, {"chain": None}]
+        # What Celery's producer does with the body: kombu's registry, serializer "json".
+        content_type, encoding, text = kombu.serialization.dumps(body, serializer="json")
+        envelope = Envelope(text.encode(), content_type, encoding, {"task": "t", "id": "i"})
+        message = protocol.parse_task_message(envelope, {JSON})
+        assert _same(message.args, [when])
+        assert _same(message.kwargs, {"amount": decimal.Decimal("9.99")})
+
+    def test_a_task_message_from_celeriac_gives_celery_a_datetime(self) -> None:
+        when = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+        envelope = protocol.build_task_message("t", "i", [when], {"on": date(2030, 1, 2)})
+        # What Celery's worker does with the body (Message.decode()).
+        body = kombu.serialization.loads(
+            envelope.body, envelope.content_type, envelope.content_encoding, accept={JSON}
+        )
+        assert _same(body[:2], [[when], {"on": date(2030, 1, 2)}])
+
+    def test_plain_bodies_skip_the_object_hook(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # The hot path: a body with no "__type__" key is parsed without a hook per object.
+        class NoHook(json.JSONDecoder):
+            def decode(self, s: str, *args: Any, **kwargs: Any) -> Any:
+                raise AssertionError("the marker decoder was used for a plain body")
+
+        monkeypatch.setattr(serialization, "_MARKER_DECODER", NoHook())
+        for value in (PLAIN, _task_body("é ü ☃ type"), [{"__typ": 1, "__value__": 2}]):
+            assert _json_loads(dumps(value)[0]) == value
+        with pytest.raises(AssertionError, match="marker decoder was used"):
+            _json_loads(dumps([date(2030, 1, 2)])[0])
+
+
 class TestMsgpack:
     def test_round_trip(self) -> None:
         data, content_type, encoding = dumps(PLAIN, "msgpack")
@@ -131,11 +310,27 @@ class TestMsgpack:
         assert loads(data, MSGPACK, "binary", {MSGPACK}) == {"raw": b"\x00\xff"}
 
     def test_extra_types_as_strings(self) -> None:
-        data, _, _ = dumps([uuid.UUID(int=1), decimal.Decimal("2.5")], "msgpack")
+        # kombu's msgpack has no markers (and cannot send these at all): plain strings.
+        value = [
+            uuid.UUID(int=1),
+            decimal.Decimal("2.5"),
+            datetime(2030, 1, 2, tzinfo=UTC),
+            date(2030, 1, 2),
+            time(3, 4),
+        ]
+        data, _, _ = dumps(value, "msgpack")
         assert loads(data, MSGPACK, "binary", {MSGPACK}) == [
             "00000000-0000-0000-0000-000000000001",
             "2.5",
+            "2030-01-02T00:00:00+00:00",
+            "2030-01-02",
+            "03:04:00",
         ]
+
+    def test_markers_are_not_decoded(self) -> None:
+        marker = {"__type__": "decimal", "__value__": "1"}
+        data, _, _ = dumps([marker], "msgpack")
+        assert loads(data, MSGPACK, "binary", {MSGPACK}) == [marker]
 
     def test_unserializable_is_a_type_error(self) -> None:
         with pytest.raises(TypeError, match=r"builtins\.object cannot be serialized"):

@@ -10,16 +10,13 @@ Public methods encode and validate here; transports implement the ``_`` primitiv
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from typing import Any
 
+from celeriac.serialization import json_text, json_value
 from celeriac.states import READY_STATES
 
 Meta = dict[str, Any]
-
-#: Celery's spacing, so records are byte-for-byte what its Redis backend writes.
-_RECORD_ENCODER = json.JSONEncoder(separators=(", ", ": "))
 
 
 class ResultBackend(ABC):
@@ -39,7 +36,8 @@ class ResultBackend(ABC):
 
     async def store(self, task_id: str, meta: Meta, *, expires: float | None) -> None:
         """Write the task's current record; ``expires`` is seconds to keep it (None: forever)."""
-        data = _RECORD_ENCODER.encode(meta).encode()
+        # kombu's JSON, as Celery's backend: byte for byte its records, datetimes included.
+        data = json_text(meta).encode()
         await self._set(task_id, data, meta["status"] in READY_STATES, expires)
 
     async def get(self, task_id: str) -> Meta | None:
@@ -84,7 +82,7 @@ class ResultBackend(ABC):
 
 
 def _decode(data: bytes) -> Meta:
-    meta = json.loads(data)
+    meta = json_value(data)
     if not isinstance(meta, dict):
         raise ValueError(f"result record is not a JSON object: {data[:80]!r}")
     return meta

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from celeriac.brokers.base import MAX_PRIORITY, MIN_PRIORITY, Envelope
+from celeriac.serialization import json_text, json_value
 
 SEPARATOR = "\x06\x16"
 #: kombu's default ``priority_steps``: the list a message goes to is the largest step <= it.
@@ -33,7 +33,6 @@ BINDING_PREFIX = "_kombu.binding."
 
 #: Envelope properties that belong to the transport, not to the message.
 _TRANSPORT_PROPERTIES = frozenset({"delivery_info", "body_encoding", "delivery_tag", "priority"})
-_ENCODER = json.JSONEncoder(separators=(", ", ": "))
 
 
 class EnvelopeError(ValueError):
@@ -91,7 +90,7 @@ def encode(envelope: Envelope, queue: str, priority: int, tag: str | None = None
         "properties": properties,
     }
     try:
-        return _ENCODER.encode(document)
+        return json_text(document)  # kombu's JSON: a datetime header travels as its marker
     except (TypeError, ValueError) as exc:
         raise TypeError(f"message headers or properties are not JSON: {exc}") from exc
 
@@ -99,7 +98,7 @@ def encode(envelope: Envelope, queue: str, priority: int, tag: str | None = None
 def decode(payload: str | bytes, tag: str) -> RedisMessage:
     """Read a list element; ``tag`` is the one it is held under (the transport chose it)."""
     try:
-        raw = json.loads(payload)
+        raw = json_value(payload)
     except (ValueError, RecursionError) as exc:
         raise EnvelopeError(f"not a JSON envelope: {exc}") from None
     if not isinstance(raw, dict):
@@ -117,7 +116,7 @@ def decode(payload: str | bytes, tag: str) -> RedisMessage:
         raise EnvelopeError("envelope has no 'body' string")
     if properties.get("body_encoding") == "base64":
         try:
-            data = base64.b64decode(body, validate=True)
+            data = base64.b64decode(body)  # as kombu: line breaks and all
         except (binascii.Error, ValueError) as exc:
             raise EnvelopeError(f"body is not valid base64: {exc}") from None
     else:
@@ -148,12 +147,12 @@ def redelivered(raw: dict[str, Any], tag: str) -> str:
         if isinstance(info, dict):
             info["redelivered"] = True
         properties.setdefault("delivery_tag", tag)
-    return _ENCODER.encode(raw)
+    return json_text(raw)
 
 
 def unacked_entry(payload: str, queue: str) -> str:
     """The ``unacked`` hash value for a held message: ``[envelope, exchange, routing_key]``."""
-    return f'[{payload}, "", {_ENCODER.encode(queue)}]'
+    return f'[{payload}, "", {json_text(queue)}]'
 
 
 def priority_of(raw: dict[str, Any]) -> int:
@@ -164,9 +163,11 @@ def priority_of(raw: dict[str, Any]) -> int:
 
 def _priority(value: object) -> int:
     """celeriac's priority from kombu's ``properties.priority`` (absent: Celery's default 0)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        value = 0
-    return MAX_PRIORITY - min(max(value, MIN_PRIORITY), MAX_PRIORITY)
+    try:
+        number: int = int(value)  # type: ignore[call-overload]  # kombu's int(): "7", 7.0, True
+    except (TypeError, ValueError):
+        number = 0
+    return MAX_PRIORITY - min(max(number, MIN_PRIORITY), MAX_PRIORITY)
 
 
 def _text(value: object) -> str:

@@ -64,6 +64,7 @@ from celeriac.brokers.base import (
     now,
 )
 from celeriac.errors import BrokerError
+from celeriac.serialization import json_text, json_value
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,7 @@ class RedisBroker(Broker):
         for tag, entry in reversed(held):  # RPUSH: the first one given back is the next out
             raw = entry.raw
             queue = _routing_key(raw)
-            payload = kombu.redelivered(raw, tag) if redelivered else json.dumps(raw)
+            payload = kombu.redelivered(raw, tag) if redelivered else json_text(raw)
             key = self.prefix + kombu.list_key(queue, kombu.priority_of(raw))
             await self._scripts["settle"](
                 keys=[self._unacked, self._index, key, self._deferred_key(queue)],
@@ -381,7 +382,7 @@ class RedisBroker(Broker):
         if not self._forget(delivery):
             return
         entry = self._held.pop(delivery.tag)
-        record = _dead_record(delivery.queue, reason, json.dumps(entry.raw))
+        record = _dead_record(delivery.queue, reason, json_text(entry.raw))
         await self._settle(
             delivery.tag, delivery.queue, record, push="LPUSH", destination=self._dead
         )
@@ -632,7 +633,7 @@ def _routing_key(raw: dict[str, Any]) -> str:
 def _unacked_value(value: bytes) -> tuple[dict[str, Any], str]:
     """``(envelope, queue)`` from an ``unacked`` hash value ``[envelope, exchange, key]``."""
     try:
-        entry = json.loads(value)
+        entry = json_value(value)
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
     if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], dict)):

@@ -12,10 +12,24 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from celeriac import states
+from celeriac import errors, states
 from celeriac.errors import RemoteTaskError
 
 Meta = dict[str, Any]
+
+#: celeriac's versions of the exceptions Celery itself raises, stored under Celery's module
+#: (billiard's, for the time limits) so that ``except celery.exceptions.TaskRevokedError``
+#: works in a Celery client, and read back as celeriac's whichever side stored them.
+_CELERY_MODULES: dict[type[BaseException], str] = {
+    errors.TaskRevokedError: "celery.exceptions",
+    errors.MaxRetriesExceededError: "celery.exceptions",
+    errors.NotRegistered: "celery.exceptions",
+    errors.SoftTimeLimitExceeded: "billiard.exceptions",
+    errors.TimeLimitExceeded: "billiard.exceptions",
+}
+_FROM_CELERY: dict[tuple[str, str], type[BaseException]] = {
+    (module, cls.__qualname__): cls for cls, module in _CELERY_MODULES.items()
+}
 
 
 def make_meta(
@@ -44,7 +58,7 @@ def make_meta(
 
 
 def exception_to_dict(exc: BaseException) -> dict[str, Any]:
-    module = type(exc).__module__
+    module = _CELERY_MODULES.get(type(exc)) or type(exc).__module__
     return {
         "exc_type": type(exc).__qualname__,
         "exc_message": [_jsonable(a) for a in exc.args],
@@ -86,6 +100,12 @@ def exception_from_dict(data: Any, traceback: str | None) -> BaseException:
 
 
 def _instantiate(module_name: Any, qualname: str, args: list[Any]) -> BaseException | None:
+    known = _FROM_CELERY.get((module_name, qualname)) if isinstance(module_name, str) else None
+    if known is not None:
+        try:
+            return known(*args)
+        except Exception:
+            return None
     if module_name in (None, "builtins"):
         owner: Any = builtins
     elif isinstance(module_name, str) and module_name in sys.modules:

@@ -51,3 +51,25 @@ def test_unimportable_exception_becomes_remote_task_error() -> None:
 )
 def test_dangerous_or_unknown_types_are_never_instantiated(data: object) -> None:
     assert isinstance(exception_from_dict(data, None), RemoteTaskError)
+
+
+def test_celerys_own_exceptions_travel_under_celerys_modules() -> None:
+    """So that ``except celery.exceptions.TaskRevokedError`` works in a Celery client, and a
+    Celery worker's REVOKED record raises celeriac's class here."""
+    from celeriac import errors
+
+    stored = exception_to_dict(errors.TaskRevokedError("expired"))
+    assert stored == {
+        "exc_type": "TaskRevokedError",
+        "exc_message": ["expired"],
+        "exc_module": "celery.exceptions",
+    }
+    assert exception_to_dict(errors.TimeLimitExceeded(5))["exc_module"] == "billiard.exceptions"
+    rebuilt = exception_from_dict(stored, None)
+    assert type(rebuilt) is errors.TaskRevokedError and rebuilt.args == ("expired",)
+    limit = {
+        "exc_type": "SoftTimeLimitExceeded",
+        "exc_message": [],
+        "exc_module": "billiard.exceptions",
+    }
+    assert type(exception_from_dict(limit, None)) is errors.SoftTimeLimitExceeded

@@ -88,7 +88,7 @@ class RedisBackend(ResultBackend):
         super().__init__(url, options=options)
         opts = check_options(self.options, _OPTIONS, "result_backend_transport_options")
         self._client_options = opts
-        self.key_prefix = str(opts["global_keyprefix"]) + KEY_PREFIX
+        self.key_prefix = _celery_prefix(str(opts["global_keyprefix"])) + KEY_PREFIX
         self._client: aioredis.Redis | None = None
         self._listener: _Listener | None = None
         self._outage = Outage(url, "result backend")
@@ -344,6 +344,14 @@ class _Listener:
             for watcher in watchers:
                 watcher.fail(error)
         self._watchers.clear()
+
+
+def _celery_prefix(prefix: str) -> str:
+    """Celery's result backend adds ``_`` to a ``global_keyprefix`` that does not end in a
+    separator (``:``, ``_``, ``-`` or ``.``); the broker uses the prefix as given."""
+    if prefix and prefix[-1] not in ":_-.":
+        return prefix + "_"
+    return prefix
 
 
 def _is_ready(data: bytes) -> bool:

@@ -1,0 +1,1 @@
+"""Interop tests: real Celery (client and worker) against celeriac over a shared Redis."""

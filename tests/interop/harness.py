@@ -1,0 +1,179 @@
+"""The interop harness: real Celery and celeriac worker processes sharing one Redis.
+
+Each test module gets one :class:`InteropRun`: a key prefix of its own (``global_keyprefix`` on
+broker and result keys, both sides), a directory for marker files, and a pool of uniquely
+named queues. The module's worker (started once, module-scoped) consumes every queue of the
+pool and each test takes queues of its own from it, so tests never see each other's messages.
+Tests that must start a worker after publishing (priorities) start a private one on a queue
+outside the pool. Afterwards only keys under the run's prefix are deleted, in DBs 12 and 13.
+
+Workers are subprocesses; readiness and progress are read from their log lines
+(:class:`WorkerProcess` of the integration tests). Every wait has a timeout, and nothing
+waits by sleeping: ``wait_until`` polls a condition until a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from integration.conftest import WorkerProcess
+from services import REDIS_HOST, REDIS_PORT, delete_prefixed, redis_url
+
+TESTS = Path(__file__).resolve().parents[1]
+#: Redis databases of the interop suite (the integration tests use 14/15).
+INTEROP_DB_BROKER, INTEROP_DB_RESULTS = 12, 13
+RESULT_KEY = "celery-task-meta-"
+#: kombu's Redis priority steps: one list per step, the bare queue name for step 0.
+PRIORITY_STEPS = (0, 3, 6, 9)
+CELERIAC_READY = " ready: pid "
+CELERY_READY = " ready."
+#: Queues per module: each test takes one or two of them.
+POOL_SIZE = 24
+CELERY_APP = "interop.peers.celery_app"
+CELERIAC_APP = "interop.peers.celeriac_app:app"
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy (returned) or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+class InteropRun:
+    """One test module's private corner of the shared Redis, and the workers it started."""
+
+    def __init__(self, name: str, tmp: Path) -> None:
+        self.prefix = f"interop-{name}-{uuid.uuid4().hex[:12]}:"
+        self.marks = tmp / "marks"
+        self.marks.mkdir()
+        self.tmp = tmp
+        self.pool = [self._new_queue_name() for _ in range(POOL_SIZE)]
+        #: The peers' ``task_default_queue``: where a plain ``delay()`` goes.
+        self.default_queue = self.pool[0]
+        self._free = self.pool[1:]
+        self.workers: list[WorkerProcess] = []
+        self.broker = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=INTEROP_DB_BROKER)
+        self.results = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=INTEROP_DB_RESULTS)
+
+    @staticmethod
+    def _new_queue_name() -> str:
+        return f"interop.q.{uuid.uuid4().hex}"
+
+    def env(self) -> dict[str, str]:
+        """What both peers read (``peers/settings.py``), plus celeriac's URL overrides."""
+        broker, backend = redis_url(INTEROP_DB_BROKER), redis_url(INTEROP_DB_RESULTS)
+        return {
+            "INTEROP_BROKER_URL": broker,
+            "INTEROP_RESULT_BACKEND": backend,
+            "INTEROP_KEYPREFIX": self.prefix,
+            "INTEROP_DEFAULT_QUEUE": self.default_queue,
+            "INTEROP_VISIBILITY_TIMEOUT": "60",
+            "INTEROP_MARKS": str(self.marks),
+            # celeriac lets these win over the app's settings: pin them to the interop DBs.
+            "CELERIAC_BROKER_URL": broker,
+            "CELERIAC_RESULT_BACKEND": backend,
+        }
+
+    # -- queues ----------------------------------------------------------------------------
+
+    def queue(self) -> str:
+        """A queue of the pool (the module's worker consumes it) that no other test uses."""
+        if not self._free:
+            raise AssertionError(f"the queue pool ({POOL_SIZE}) is used up: raise POOL_SIZE")
+        return self._free.pop(0)
+
+    def private_queue(self) -> str:
+        """A fresh queue that no running worker consumes."""
+        return self._new_queue_name()
+
+    def marker(self) -> str:
+        """A fresh marker file name (tasks write it, or wait for it)."""
+        return f"mark-{uuid.uuid4().hex}"
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def _spawn(self, argv: list[str], ready: str) -> WorkerProcess:
+        env = dict(os.environ)
+        env.update(self.env())
+        env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+        env["PYTHONUNBUFFERED"] = "1"
+        worker = WorkerProcess(argv, env, self.tmp)
+        self.workers.append(worker)
+        worker.wait_for(ready, timeout=30)
+        return worker
+
+    def start_celeriac_worker(self, queues: list[str], *args: str) -> WorkerProcess:
+        argv = [sys.executable, "-m", "celeriac.cli", "-A", CELERIAC_APP, "worker", "-l", "info"]
+        argv += ["-Q", ",".join(queues), "-n", f"celeriac-{uuid.uuid4().hex[:8]}@interop"]
+        return self._spawn([*argv, "--shutdown-timeout", "5", *args], CELERIAC_READY)
+
+    def start_celery_worker(self, queues: list[str], *args: str) -> WorkerProcess:
+        argv = [sys.executable, "-m", "celery", "-A", CELERY_APP, "worker", "-l", "info"]
+        argv += ["-Q", ",".join(queues), "-n", f"celery-{uuid.uuid4().hex[:8]}@interop"]
+        argv += ["--without-heartbeat", "--without-gossip", "--without-mingle"]
+        return self._spawn([*argv, *args], CELERY_READY)
+
+    def stop_worker(self, worker: WorkerProcess) -> None:
+        """Warm shutdown (SIGTERM), killed if it takes over 30 s."""
+        if worker in self.workers:
+            self.workers.remove(worker)
+        try:
+            worker.stop(timeout=30)
+        finally:
+            worker.close()
+
+    # -- what is in Redis ------------------------------------------------------------------
+
+    def result_key(self, task_id: str) -> str:
+        return f"{self.prefix}{RESULT_KEY}{task_id}"
+
+    def result_record(self, task_id: str) -> dict[str, Any] | None:
+        """The raw result record under this run's prefix, or None (no key)."""
+        raw = self.results.get(self.result_key(task_id))
+        return None if raw is None else json.loads(raw)
+
+    def held(self, task_id: str) -> bool:
+        """Whether a message of ``task_id`` is still in this run's ``unacked`` hash."""
+        values = self.broker.hvals(f"{self.prefix}unacked")
+        return any(task_id.encode() in value for value in values)
+
+    def list_key(self, queue: str, step: int) -> str:
+        """kombu's list for ``queue`` and priority step 0, 3, 6 or 9, under the prefix."""
+        return self.prefix + (queue if step == 0 else f"{queue}\x06\x16{step}")
+
+    def queued(self, queue: str) -> list[dict[str, Any]]:
+        """The envelopes waiting on ``queue``'s lists (every priority step)."""
+        return [
+            json.loads(item)
+            for step in PRIORITY_STEPS
+            for item in self.broker.lrange(self.list_key(queue, step), 0, -1)
+        ]
+
+    def list_lengths(self, queue: str) -> dict[int, int]:
+        """How many messages wait on each of ``queue``'s lists, by kombu priority step."""
+        return {step: int(self.broker.llen(self.list_key(queue, step))) for step in PRIORITY_STEPS}
+
+    def close(self) -> None:
+        for worker in list(self.workers):
+            try:
+                self.stop_worker(worker)
+            except Exception:
+                worker.close()
+        self.broker.close()
+        self.results.close()
+        delete_prefixed(self.prefix, INTEROP_DB_BROKER, INTEROP_DB_RESULTS)

@@ -1,0 +1,111 @@
+"""The real-Celery peer: ``celery -A interop.peers.celery_app worker``, or a client app.
+
+Task names match ``celeriac_app`` exactly, so either side can call the other's tasks.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import Celery
+
+from interop.peers import settings
+from interop.peers.errors import InteropError, TransientError
+
+app = Celery("interop_celery_peer")
+
+
+def configure() -> None:
+    """(Re)read the settings from the environment; call before the app first connects."""
+    app.conf.update(
+        broker_url=settings.broker_url(),
+        result_backend=settings.result_backend(),
+        broker_transport_options=settings.broker_transport_options(),
+        result_backend_transport_options=settings.result_backend_transport_options(),
+        task_default_queue=settings.default_queue(),
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        enable_utc=True,
+        worker_hijack_root_logger=True,
+    )
+
+
+configure()
+
+
+@app.task(name="interop.add")
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(name="interop.echo")
+def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@app.task(name="interop.describe")
+def describe(*values: Any) -> list[list[str]]:
+    return [[type(value).__name__, repr(value)] for value in values]
+
+
+@app.task(name="interop.typed_values")
+def typed_values() -> list[Any]:
+    return settings.typed_values()
+
+
+@app.task(name="interop.fail")
+def fail(message: str, code: int) -> None:
+    raise InteropError(message, code)
+
+
+@app.task(name="interop.fail_builtin")
+def fail_builtin(message: str) -> None:
+    raise ValueError(message)
+
+
+@app.task(name="interop.fail_worker_only")
+def fail_worker_only(message: str) -> None:
+    from interop.peers.worker_only import WorkerOnlyError  # never imported by the test process
+
+    raise WorkerOnlyError(message)
+
+
+@app.task(name="interop.flaky", bind=True, max_retries=2)
+def flaky(self: Any, fail_times: int) -> dict[str, Any]:
+    if self.request.retries < fail_times:
+        raise self.retry(exc=TransientError(f"attempt {self.request.retries}"), countdown=0.2)
+    return {"retries": self.request.retries}
+
+
+@app.task(name="interop.whoami", bind=True)
+def whoami(self: Any) -> dict[str, Any]:
+    info = self.request.delivery_info or {}
+    return {
+        "id": self.request.id,
+        "retries": self.request.retries,
+        "queue": info.get("routing_key"),
+        "priority": info.get("priority"),
+        "ran_at": time.time(),
+    }
+
+
+@app.task(name="interop.record")
+def record(name: str, value: str) -> str:
+    settings.mark(name, value)
+    return value
+
+
+@app.task(name="interop.record_priority", bind=True)
+def record_priority(self: Any, name: str, label: str) -> str:
+    priority = (self.request.delivery_info or {}).get("priority")
+    settings.mark(name, f"{label} {priority}")
+    return label
+
+
+@app.task(name="interop.progress_then_wait", bind=True)
+def progress_then_wait(self: Any, name: str) -> str:
+    self.update_state(state="PROGRESS", meta={"current": 1, "total": 2})
+    return "released" if settings.wait_for_marker(name) else "timed out"

@@ -45,11 +45,12 @@ class ResultBackend(ABC):
         data = await self._get(task_id)
         return None if data is None else _decode(data)
 
-    def expect(self, task_id: str) -> None:
-        """The task was just sent from this process and its result may be awaited soon.
+    async def expect(self, task_id: str, *, fresh: bool) -> None:
+        """The task is about to be sent from this process and its result may be awaited.
 
-        A store that pushes results (Redis pub/sub) can start listening now, so a waiter
-        finds the subscription in place. Default: nothing.
+        Called before the message is published; ``fresh`` says the id was made for this
+        send (no record can exist yet). A store that pushes results (Redis pub/sub) starts
+        listening here, so a waiter finds the subscription in place. Default: nothing.
         """
 
     async def wait(self, task_id: str, timeout: float | None) -> Meta:

@@ -45,6 +45,9 @@ _CLOSE_TIMEOUT = 2.0
 _EXPECT_SECONDS = 60.0
 #: At most this many such channels at once (a burst of sends without waiting stays cheap).
 _MAX_EXPECTED = 1000
+#: Unsubscribing waits this long (or for this many channels) to go in one command.
+_RETIRE_AFTER = 0.25
+_RETIRE_BATCH = 200
 
 
 class Watcher(Protocol):
@@ -147,12 +150,13 @@ class RedisBackend(ResultBackend):
     async def _delete(self, task_id: str) -> None:
         await self.client.delete(self.key(task_id))
 
-    def expect(self, task_id: str) -> None:
-        """Subscribe to the task's channel now, while it is being sent (Celery does too)."""
+    async def expect(self, task_id: str, *, fresh: bool) -> None:
+        """Subscribe to the task's channel before it is sent (Celery subscribes at send time
+        too), so a waiter finds the subscription in place."""
         if not self._closed:
             if self._listener is None:
                 self._listener = _Listener(self)
-            self._listener.expect(self.key(task_id).encode())
+            await self._listener.expect(self.key(task_id).encode(), fresh=fresh)
 
     async def _wait(self, task_id: str, timeout: float | None) -> bytes:
         if self._closed:
@@ -174,11 +178,15 @@ class RedisBackend(ResultBackend):
 class _Listener:
     """The backend's one pub/sub connection: channel -> everyone waiting on it.
 
-    A channel is subscribed while someone watches it or while it is *expected* (its task
-    was just sent from this process, see :meth:`RedisBackend.expect`): subscribing at send
-    time, as Celery does, takes the SUBSCRIBE and GET round trips off the waiter's path.
-    Once a subscription is confirmed, its key is read once (the record may predate it) and
-    every later record arrives as a message; the last one seen is kept for late watchers.
+    A channel is subscribed while someone watches it or while it is *expected* (its task is
+    being sent from this process, see :meth:`RedisBackend.expect`). Once a subscription is
+    confirmed, its key is read once (the record may predate it) and every later record
+    arrives as a message; the last one seen is kept for late watchers. An expected channel of
+    a task id made for this very send needs no read: its SUBSCRIBE is written before the task
+    is published, so it reaches Redis before any record can be stored.
+
+    Unsubscribing is deferred and batched (``_RETIRE_AFTER``): most channels are dropped one
+    at a time as their results arrive, and one command for many saves a write each.
     """
 
     def __init__(self, backend: RedisBackend) -> None:
@@ -187,28 +195,40 @@ class _Listener:
         self._watchers: dict[bytes, list[Watcher]] = {}
         self._expected: dict[bytes, float] = {}  # channel -> when to stop expecting (loop time)
         self._subscribed: set[bytes] = set()  # what the server was last asked for
+        self._confirmed: set[bytes] = set()  # subscribed, and no record can be missed
+        self._retiring: set[bytes] = set()  # unwanted, to be unsubscribed in the next batch
+        self._retire_at: float | None = None
+        self._last: dict[bytes, bytes] = {}  # last record seen per subscribed channel
         self._dirty: set[bytes] = set()  # channels whose subscription may need to change
-        self._confirmed: set[bytes] = set()  # subscribed, and its key read since
-        self._last: dict[bytes, bytes] = {}  # last record seen per confirmed channel
         self._changes: asyncio.Event = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._outage = Outage(backend.url, "result listener")
         self._closing = False
+        self._reader: asyncio.Task[None] | None = None
         self._runner = asyncio.get_running_loop().create_task(self._run())
 
-    def expect(self, channel: bytes) -> None:
-        if channel not in self._watchers and len(self._expected) < _MAX_EXPECTED:
-            self._expected.pop(channel, None)  # re-inserted last: deadlines stay in order
-            self._expected[channel] = asyncio.get_running_loop().time() + _EXPECT_SECONDS
-            self._changed(channel)
-
-    def _changed(self, channel: bytes) -> None:
-        self._dirty.add(channel)
-        self._changes.set()
+    async def expect(self, channel: bytes, *, fresh: bool) -> None:
+        """Subscribe now; returns once the SUBSCRIBE is written. A failure is ignored: a
+        waiter subscribes again (and reads the key) when it comes."""
+        if channel in self._subscribed or len(self._expected) >= _MAX_EXPECTED:
+            return
+        self._expected[channel] = asyncio.get_running_loop().time() + _EXPECT_SECONDS
+        self._subscribed.add(channel)
+        if fresh:
+            self._confirmed.add(channel)
+        try:
+            await self._pubsub.subscribe(channel)
+        except UNREACHABLE:
+            self._subscribed.discard(channel)
+            self._confirmed.discard(channel)
+            del self._expected[channel]
+            return
+        self._start_reader()
 
     def watch(self, channel: bytes, watcher: Watcher) -> None:
         self._watchers.setdefault(channel, []).append(watcher)
         self._expected.pop(channel, None)
+        self._retiring.discard(channel)
         last = self._last.get(channel)
         if last is not None:  # seen on the subscription before this watcher came
             watcher.record(last)
@@ -225,14 +245,27 @@ class _Listener:
             del self._watchers[channel]
             self._changed(channel)
 
+    def _changed(self, channel: bytes) -> None:
+        self._dirty.add(channel)
+        self._changes.set()
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _changes_to_make(self) -> tuple[list[bytes], list[bytes]]:
-        """``(subscribe, unsubscribe)``: a channel is wanted while watched, or while expected
-        until its time is up. Only channels marked dirty are looked at."""
+    def _start_reader(self) -> None:
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+            self._tasks.add(self._reader)
+            self._reader.add_done_callback(self._tasks.discard)
+
+    def _wanted(self, channel: bytes) -> bool:
+        return channel in self._watchers or channel in self._expected
+
+    def _to_subscribe(self) -> list[bytes]:
+        """Channels to subscribe; unwanted ones join the retiring batch. A channel is wanted
+        while watched, or while expected until its time is up. Only dirty ones are looked at."""
         now = asyncio.get_running_loop().time()
         while self._expected:
             channel, until = next(iter(self._expected.items()))
@@ -240,33 +273,54 @@ class _Listener:
                 break
             del self._expected[channel]
             self._dirty.add(channel)
-        new, gone = [], []
+        new = []
         for channel in self._dirty:
-            wanted = channel in self._watchers or channel in self._expected
-            if wanted and channel not in self._subscribed:
-                new.append(channel)
-            elif not wanted and channel in self._subscribed:
-                gone.append(channel)
+            if self._wanted(channel):
+                self._retiring.discard(channel)
+                if channel not in self._subscribed:
+                    new.append(channel)
+            elif channel in self._subscribed:
+                self._retiring.add(channel)
         self._dirty.clear()
-        return new, gone
+        if self._retiring and self._retire_at is None:
+            self._retire_at = now + _RETIRE_AFTER
+        return new
+
+    def _to_unsubscribe(self) -> list[bytes]:
+        """The retiring batch, when it is due (or large), minus channels wanted again."""
+        if self._retire_at is None:
+            return []
+        if (
+            len(self._retiring) < _RETIRE_BATCH
+            and asyncio.get_running_loop().time() < self._retire_at
+        ):
+            return []
+        gone = [c for c in self._retiring if not self._wanted(c)]
+        self._retiring.clear()
+        self._retire_at = None
+        for channel in gone:
+            self._subscribed.discard(channel)
+            self._confirmed.discard(channel)
+            self._last.pop(channel, None)
+        return gone
 
     async def _run(self) -> None:
-        """Apply subscription changes and read messages; reconnect with backoff forever."""
-        reader: asyncio.Task[None] | None = None
+        """Apply subscription changes; reconnect with backoff forever."""
+        loop = asyncio.get_running_loop()
         while not self._closing:
-            timeout = _EXPECT_SECONDS if self._expected else None
+            deadlines = [d for d in (self._retire_at,) if d is not None]
+            if self._expected:
+                deadlines.append(next(iter(self._expected.values())))
+            timeout = max(0.0, min(deadlines) - loop.time()) if deadlines else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changes.wait(), timeout)
             if self._closing:
                 return
             self._changes.clear()
-            new, gone = self._changes_to_make()
             # Recorded before sending: the reader may see the confirmations before we resume.
+            new = self._to_subscribe()
             self._subscribed.update(new)
-            self._subscribed.difference_update(gone)
-            for channel in gone:
-                self._confirmed.discard(channel)
-                self._last.pop(channel, None)
+            gone = self._to_unsubscribe()
             try:
                 if new:
                     await self._pubsub.subscribe(*new)
@@ -279,10 +333,8 @@ class _Listener:
                 await self._outage.wait(exc)
                 self._changes.set()
                 continue
-            if reader is None or reader.done():
-                reader = asyncio.get_running_loop().create_task(self._read())
-                self._tasks.add(reader)
-                reader.add_done_callback(self._tasks.discard)
+            if new:
+                self._start_reader()
 
     async def _read(self) -> None:
         while not self._closing:
@@ -300,7 +352,7 @@ class _Listener:
             kind, channel = message["type"], message["channel"]
             if kind == "message":
                 self._deliver(channel, as_bytes(message["data"]))
-            elif kind == "subscribe" and channel in self._subscribed:
+            elif kind == "subscribe" and channel not in self._confirmed:
                 self._spawn(self._check(channel))
 
     async def _check(self, channel: bytes) -> None:

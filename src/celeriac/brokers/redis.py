@@ -122,6 +122,7 @@ class RedisBroker(Broker):
         self._index = self.prefix + kombu.UNACKED_INDEX
         self._dead = self.prefix + DEAD_LETTERS
         self._held: dict[str, _Held] = {}
+        self._holds: dict[str, asyncio.Task[None]] = {}  # BRPOP'd messages being recorded
         self._windows = PrefetchWindows()
         self._bound: set[str] = set()
         self._blockers: set[_Blocker] = set()
@@ -321,6 +322,8 @@ class RedisBroker(Broker):
             await self._restore_held(held, redelivered=False)
 
     async def _restore_held(self, held: list[tuple[str, _Held]], *, redelivered: bool) -> None:
+        for tag, _ in held:
+            await self._holding(tag)
         pipe = self.client.pipeline(transaction=False)
         for tag, entry in reversed(held):  # RPUSH: the first one given back is the next out
             raw = entry.raw
@@ -339,10 +342,18 @@ class RedisBroker(Broker):
     def _forget(self, delivery: Delivery) -> bool:
         return self._windows.settle(delivery)
 
+    async def _holding(self, tag: str) -> None:
+        """Wait until a BRPOP'd message is recorded in ``unacked``, so that settling it can
+        never be overtaken by its own hold (which would leave it held forever)."""
+        hold = self._holds.pop(tag, None)
+        if hold is not None:
+            await asyncio.shield(hold)
+
     async def ack(self, delivery: Delivery) -> None:
         """Acks are pipelined: those made while one batch is in flight form the next."""
         if self._forget(delivery):
             self._held.pop(delivery.tag, None)
+            await self._holding(delivery.tag)
             await self._acks.add(delivery.tag)
 
     async def _flush_acks(self, tags: list[str]) -> None:
@@ -357,6 +368,7 @@ class RedisBroker(Broker):
     async def requeue(self, delivery: Delivery) -> None:
         if self._forget(delivery):
             entry = self._held.pop(delivery.tag)
+            await self._holding(delivery.tag)
             payload = kombu.redelivered(entry.raw, delivery.tag)
             key = self.prefix + kombu.list_key(delivery.queue, delivery.priority)
             await self._settle(delivery.tag, delivery.queue, payload, push="RPUSH", destination=key)
@@ -365,6 +377,7 @@ class RedisBroker(Broker):
         if not self._forget(delivery):
             return
         self._held.pop(delivery.tag, None)
+        await self._holding(delivery.tag)
         score = eta - self.visibility_timeout
 
         async def park() -> Any:
@@ -382,6 +395,7 @@ class RedisBroker(Broker):
         if not self._forget(delivery):
             return
         entry = self._held.pop(delivery.tag)
+        await self._holding(delivery.tag)
         record = _dead_record(delivery.queue, reason, json_text(entry.raw))
         await self._settle(
             delivery.tag, delivery.queue, record, push="LPUSH", destination=self._dead
@@ -570,39 +584,46 @@ class _Blocker:
                 self._waiting = False
             if popped is None:
                 return []
-            key, payload = _text(popped[0]), as_bytes(popped[1])
-            queue = queues[keys.index(key) % len(queues)]
-            tag = await self._hold(payload, queue)
         except UNREACHABLE as exc:
             self._client_id = None
             await broker._outage.wait(exc)
             return []
         broker._outage.over()
-        if tag is None:
-            return []
-        delivery = await broker._delivery(tag, payload, queue)
-        return [] if delivery is None else [delivery]
-
-    async def _hold(self, payload: bytes, queue: str) -> str | None:
-        """Record a popped message in ``unacked`` (what the claim script does for a batch)."""
-        broker = self.broker
+        key, payload = _text(popped[0]), as_bytes(popped[1])
+        queue = queues[keys.index(key) % len(queues)]
         try:
             message = kombu.decode(payload, "")
-            tag = message.raw["properties"].get("delivery_tag")
         except kombu.EnvelopeError as exc:
             log.error("moved a malformed message from %s to the dead letters: %s", queue, exc)
             record = _dead_record(
                 queue, f"malformed message: {exc}", payload.decode("utf-8", "replace")
             )
-            await broker.client.lpush(broker._dead, record)
-            return None
+            await until_done(
+                lambda: broker.client.lpush(broker._dead, record),
+                broker._outage,
+                give_up=lambda: broker._closed,
+            )
+            return []
+        tag = message.raw["properties"].get("delivery_tag")
         if not isinstance(tag, str) or not tag:
             tag = f"celeriac-untagged-{id(payload):x}-{now()!r}"
-        pipe = broker.client.pipeline(transaction=True)
-        pipe.zadd(broker._index, {tag: now()})
-        pipe.hset(broker._unacked, tag, kombu.unacked_entry(payload.decode(), queue))
-        await pipe.execute()
-        return tag
+        # Recorded in `unacked` while the task starts: the round trip is off the task's path,
+        # and every settlement of this delivery waits for it first (see _holding).
+        broker._holds[tag] = broker._spawn(self._hold(tag, payload, queue))
+        broker._held[tag] = _Held(message.raw)
+        return [Delivery(message.envelope, queue, tag, message.redelivered, message.priority)]
+
+    async def _hold(self, tag: str, payload: bytes, queue: str) -> None:
+        """Record a popped message in ``unacked`` (what the claim script does for a batch)."""
+        broker = self.broker
+
+        async def hold() -> None:
+            pipe = broker.client.pipeline(transaction=True)
+            pipe.zadd(broker._index, {tag: now()})
+            pipe.hset(broker._unacked, tag, kombu.unacked_entry(payload.decode(), queue))
+            await pipe.execute()
+
+        await until_done(hold, broker._outage, give_up=lambda: broker._closed)
 
     def cancel_wait(self) -> None:
         """The consumer was cancelled: end a BRPOP in flight early (its task finishes)."""

@@ -78,6 +78,7 @@ _OPTIONS: dict[str, Any] = {
 }
 _EPSILON = 0.002  # wake just after a due time, so the sweep finds the entry due
 _SWEEP_BATCH = 100
+_CLOSE_GRACE = 5.0  # beyond brpop_timeout, for a pop to end once woken
 
 
 def _script(name: str) -> str:
@@ -212,7 +213,11 @@ class RedisBroker(Broker):
         if self._closed:
             raise BrokerError(f"the broker {redacted(self.url)} is closed")
         names = list(dict.fromkeys(queues))
-        await self._start_consuming(names)
+        # Every Redis call of a consumer runs in a task of its own behind asyncio.shield: on
+        # Python 3.11 redis-py can swallow a cancellation that lands mid-command (it wraps
+        # socket writes in wait_for, CPython gh-86296), and a consumer whose cancellation was
+        # swallowed would go on consuming after its worker stopped.
+        await asyncio.shield(self._spawn(self._start_consuming(names)))
         window = PrefetchWindow(prefetch)
         self._windows.open.add(window)
         blocker = _Blocker(self)
@@ -262,17 +267,13 @@ class RedisBroker(Broker):
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             task.add_done_callback(self._give_back_claim)
-            for blocker in self._blockers:
-                blocker.cancel_wait()
-            raise
+            raise  # a BRPOP in flight is woken by the consumer's blocker.close()
 
     def _give_back_claim(self, task: asyncio.Task[list[Delivery]]) -> None:
-        if task.cancelled() or task.exception() is not None:
-            return
-        held = [(d.tag, self._held[d.tag]) for d in task.result() if d.tag in self._held]
-        for tag, _ in held:
-            self._held.pop(tag, None)
-        if held and not self._closed:
+        if task.cancelled() or task.exception() is not None or self._closed:
+            return  # closed: what it claimed is still in _held, which close() restores
+        held = [(d.tag, self._held.pop(d.tag)) for d in task.result() if d.tag in self._held]
+        if held:
             self._spawn(self._restore_held(held, redelivered=False))
 
     async def _claim(self, queues: list[str], count: int) -> list[Delivery]:
@@ -566,9 +567,11 @@ class _Blocker:
         self._client: aioredis.Redis | None = None
         self._client_id: int | None = None
         self._waiting = False
+        self._popping: asyncio.Task[Any] | None = None
 
     async def pop(self, queues: list[str]) -> list[Delivery]:
         broker = self.broker
+        self._popping = asyncio.current_task()
         if self._client is None:
             self._client = aioredis.Redis(
                 connection_pool=broker.client.connection_pool, single_connection_client=True
@@ -625,17 +628,19 @@ class _Blocker:
 
         await until_done(hold, broker._outage, give_up=lambda: broker._closed)
 
-    def cancel_wait(self) -> None:
-        """The consumer was cancelled: end a BRPOP in flight early (its task finishes)."""
-        if self._waiting:
-            self.broker._spawn(self.unblock())
-
     async def unblock(self) -> None:
+        """Wake a BRPOP in flight, through another connection of the pool."""
         if self._waiting and self._client_id is not None:
             with contextlib.suppress(*UNREACHABLE):
                 await self.broker.client.client_unblock(self._client_id)
 
     async def close(self) -> None:
+        """Wake and wait for a pop in flight, then give the connection back: a connection
+        still blocked in BRPOP must never return to the pool."""
+        popping = self._popping
+        if popping is not None and not popping.done():
+            await self.unblock()
+            await asyncio.wait([popping], timeout=self.broker.brpop_timeout + _CLOSE_GRACE)
         if self._client is not None:
             await self._client.aclose()
             self._client = None

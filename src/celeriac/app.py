@@ -241,7 +241,6 @@ class Celery:
         the caller in both calling styles.
         """
         conf = self.conf
-        fresh = task_id is None
         task_id = task_id or uuid()
         now = datetime.now(UTC)
         if countdown is not None:
@@ -273,7 +272,7 @@ class Celery:
         )
         queue = queue or conf.task_default_queue
         when = eta.timestamp() if eta is not None else None
-        publishing = self._publish(queue, envelope, priority, when, fresh=fresh)
+        publishing = self._publish(queue, envelope, priority, when)
         result: AsyncResult[Any] = AsyncResult(task_id, self, task_name=name)
         if _bridge.in_async_context():
             sending = asyncio.get_running_loop().create_task(publishing)
@@ -284,13 +283,9 @@ class Celery:
             _bridge.run(publishing)
         return result
 
-    async def _publish(
-        self, queue: str, envelope: Any, priority: int, eta: float | None, *, fresh: bool
-    ) -> None:
-        conn = await self.connection()
-        if not envelope.headers["ignore_result"]:
-            await conn.backend.expect(envelope.headers["id"], fresh=fresh)
-        await conn.broker.publish(queue, envelope, priority=priority, eta=eta)
+    async def _publish(self, queue: str, envelope: Any, priority: int, eta: float | None) -> None:
+        broker = (await self.connection()).broker
+        await broker.publish(queue, envelope, priority=priority, eta=eta)
 
     def _sent(self, sending: asyncio.Task[None]) -> None:
         self._sending.discard(sending)

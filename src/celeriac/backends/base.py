@@ -45,14 +45,6 @@ class ResultBackend(ABC):
         data = await self._get(task_id)
         return None if data is None else _decode(data)
 
-    async def expect(self, task_id: str, *, fresh: bool) -> None:
-        """The task is about to be sent from this process and its result may be awaited.
-
-        Called before the message is published; ``fresh`` says the id was made for this
-        send (no record can exist yet). A store that pushes results (Redis pub/sub) starts
-        listening here, so a waiter finds the subscription in place. Default: nothing.
-        """
-
     async def wait(self, task_id: str, timeout: float | None) -> Meta:
         """Return the record once it is in a ready state.
 

@@ -40,11 +40,6 @@ KEY_PREFIX = "celery-task-meta-"
 _Record = tuple[str, bytes, float | None]  # key, JSON, seconds to keep
 _OPTIONS: dict[str, Any] = {"global_keyprefix": ""}
 _CLOSE_TIMEOUT = 2.0
-#: How long a task sent from this process keeps its result channel subscribed while nobody
-#: waits on it yet (it is dropped sooner, when its result arrives).
-_EXPECT_SECONDS = 60.0
-#: At most this many such channels at once (a burst of sends without waiting stays cheap).
-_MAX_EXPECTED = 1000
 #: Unsubscribing waits this long (or for this many channels) to go in one command.
 _RETIRE_AFTER = 0.25
 _RETIRE_BATCH = 200
@@ -150,14 +145,6 @@ class RedisBackend(ResultBackend):
     async def _delete(self, task_id: str) -> None:
         await self.client.delete(self.key(task_id))
 
-    async def expect(self, task_id: str, *, fresh: bool) -> None:
-        """Subscribe to the task's channel before it is sent (Celery subscribes at send time
-        too), so a waiter finds the subscription in place."""
-        if not self._closed:
-            if self._listener is None:
-                self._listener = _Listener(self)
-            await self._listener.expect(self.key(task_id).encode(), fresh=fresh)
-
     async def _wait(self, task_id: str, timeout: float | None) -> bytes:
         if self._closed:
             raise errors.BrokerError(f"the result backend {redacted(self.url)} is closed")
@@ -178,24 +165,22 @@ class RedisBackend(ResultBackend):
 class _Listener:
     """The backend's one pub/sub connection: channel -> everyone waiting on it.
 
-    A channel is subscribed while someone watches it or while it is *expected* (its task is
-    being sent from this process, see :meth:`RedisBackend.expect`). Once a subscription is
-    confirmed, its key is read once (the record may predate it) and every later record
-    arrives as a message; the last one seen is kept for late watchers. An expected channel of
-    a task id made for this very send needs no read: its SUBSCRIBE is written before the task
-    is published, so it reaches Redis before any record can be stored.
+    A channel is subscribed while someone watches it. Once its subscription is confirmed,
+    its key is read once (the record may predate it) and every later record arrives as a
+    message; the last one seen is kept for watchers that come later.
 
-    Unsubscribing is deferred and batched (``_RETIRE_AFTER``): most channels are dropped one
-    at a time as their results arrive, and one command for many saves a write each.
+    Unsubscribing is deferred and batched (``_RETIRE_AFTER``): channels are mostly dropped
+    one at a time as their results arrive, and one command for many saves a write each (a
+    write costs about as much as a round trip on some machines), and a channel watched again
+    meanwhile is still subscribed.
     """
 
     def __init__(self, backend: RedisBackend) -> None:
         self.backend = backend
         self._pubsub: PubSub = backend.client.pubsub()
         self._watchers: dict[bytes, list[Watcher]] = {}
-        self._expected: dict[bytes, float] = {}  # channel -> when to stop expecting (loop time)
         self._subscribed: set[bytes] = set()  # what the server was last asked for
-        self._confirmed: set[bytes] = set()  # subscribed, and no record can be missed
+        self._confirmed: set[bytes] = set()  # subscribed, and its key read since
         self._retiring: set[bytes] = set()  # unwanted, to be unsubscribed in the next batch
         self._retire_at: float | None = None
         self._last: dict[bytes, bytes] = {}  # last record seen per subscribed channel
@@ -207,27 +192,8 @@ class _Listener:
         self._reader: asyncio.Task[None] | None = None
         self._runner = asyncio.get_running_loop().create_task(self._run())
 
-    async def expect(self, channel: bytes, *, fresh: bool) -> None:
-        """Subscribe now; returns once the SUBSCRIBE is written. A failure is ignored: a
-        waiter subscribes again (and reads the key) when it comes."""
-        if channel in self._subscribed or len(self._expected) >= _MAX_EXPECTED:
-            return
-        self._expected[channel] = asyncio.get_running_loop().time() + _EXPECT_SECONDS
-        self._subscribed.add(channel)
-        if fresh:
-            self._confirmed.add(channel)
-        try:
-            await self._pubsub.subscribe(channel)
-        except UNREACHABLE:
-            self._subscribed.discard(channel)
-            self._confirmed.discard(channel)
-            del self._expected[channel]
-            return
-        self._start_reader()
-
     def watch(self, channel: bytes, watcher: Watcher) -> None:
         self._watchers.setdefault(channel, []).append(watcher)
-        self._expected.pop(channel, None)
         self._retiring.discard(channel)
         last = self._last.get(channel)
         if last is not None:  # seen on the subscription before this watcher came
@@ -260,22 +226,12 @@ class _Listener:
             self._tasks.add(self._reader)
             self._reader.add_done_callback(self._tasks.discard)
 
-    def _wanted(self, channel: bytes) -> bool:
-        return channel in self._watchers or channel in self._expected
-
     def _to_subscribe(self) -> list[bytes]:
-        """Channels to subscribe; unwanted ones join the retiring batch. A channel is wanted
-        while watched, or while expected until its time is up. Only dirty ones are looked at."""
-        now = asyncio.get_running_loop().time()
-        while self._expected:
-            channel, until = next(iter(self._expected.items()))
-            if until > now:
-                break
-            del self._expected[channel]
-            self._dirty.add(channel)
+        """Watched channels not yet subscribed; unwatched ones join the retiring batch. Only
+        channels marked dirty are looked at."""
         new = []
         for channel in self._dirty:
-            if self._wanted(channel):
+            if channel in self._watchers:
                 self._retiring.discard(channel)
                 if channel not in self._subscribed:
                     new.append(channel)
@@ -283,7 +239,7 @@ class _Listener:
                 self._retiring.add(channel)
         self._dirty.clear()
         if self._retiring and self._retire_at is None:
-            self._retire_at = now + _RETIRE_AFTER
+            self._retire_at = asyncio.get_running_loop().time() + _RETIRE_AFTER
         return new
 
     def _to_unsubscribe(self) -> list[bytes]:
@@ -295,7 +251,7 @@ class _Listener:
             and asyncio.get_running_loop().time() < self._retire_at
         ):
             return []
-        gone = [c for c in self._retiring if not self._wanted(c)]
+        gone = [c for c in self._retiring if c not in self._watchers]
         self._retiring.clear()
         self._retire_at = None
         for channel in gone:
@@ -308,10 +264,8 @@ class _Listener:
         """Apply subscription changes; reconnect with backoff forever."""
         loop = asyncio.get_running_loop()
         while not self._closing:
-            deadlines = [d for d in (self._retire_at,) if d is not None]
-            if self._expected:
-                deadlines.append(next(iter(self._expected.values())))
-            timeout = max(0.0, min(deadlines) - loop.time()) if deadlines else None
+            retire_at = self._retire_at
+            timeout = None if retire_at is None else max(0.0, retire_at - loop.time())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changes.wait(), timeout)
             if self._closing:
@@ -372,14 +326,8 @@ class _Listener:
         if channel not in self._subscribed:
             return
         self._last[channel] = data
-        watchers = self._watchers.get(channel)
-        if watchers:
-            for watcher in list(watchers):
-                watcher.record(data)
-        elif channel in self._expected and _is_ready(data):
-            # Sent from here, finished, and nobody waits yet: a later get() reads the key.
-            del self._expected[channel]
-            self._changed(channel)
+        for watcher in list(self._watchers.get(channel, ())):
+            watcher.record(data)
 
     async def close(self, error: BaseException) -> None:
         # redis-py can swallow a cancellation that lands mid-command, so the tasks are also

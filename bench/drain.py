@@ -1,9 +1,11 @@
-"""celeriac's own no-op drain benchmark on the embedded broker (no harness counter).
+"""celeriac's own no-op drain benchmark (no harness counter), on SQLite or Redis.
 
 Publishes N no-op tasks, then runs one worker in this process and reports tasks/s from the
-first to the last completion. ``--profile`` writes a cProfile summary of the drain.
+first to the last completion, and the process's RSS after the drain. ``--profile`` writes a
+cProfile summary of the drain. ``--broker redis`` uses Redis DB 14 under a key prefix of its
+own, deleted afterwards.
 
-    .venv/bin/python bench/drain.py --n 20000 [--profile bench/profiles/drain-sqlite.txt]
+    .venv/bin/python bench/drain.py --n 20000 [--broker redis] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pstats
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +28,17 @@ from celeriac.worker.worker import Worker
 
 
 async def drain(
-    n: int, concurrency: int, url: str, profile: str | None, counter: Any, profile_text: list[str]
+    n: int,
+    concurrency: int,
+    url: str,
+    options: dict[str, Any],
+    profile: str | None,
+    counter: Any,
+    profile_text: list[str],
 ) -> float:
     app = Celery("drain", broker=url)
+    app.conf.broker_transport_options = options
+    app.conf.result_backend_transport_options = options
     done = asyncio.Event()
     finished = 0
     first = last = 0.0
@@ -78,6 +89,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--profile", default=None)
+    parser.add_argument("--broker", choices=["sqlite", "redis"], default="sqlite")
     parser.add_argument(
         "--harness-counter",
         action="store_true",
@@ -90,17 +102,50 @@ def main() -> None:
         from bench import common
 
         counter = common.adone
+    options: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/drain.db"
+        if args.broker == "redis":
+            url = REDIS_URL
+            options = {"global_keyprefix": f"celeriac-drain-{uuid.uuid4().hex}:"}
         profile_text: list[str] = []
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            rate = runner.run(
-                drain(args.n, args.concurrency, url, args.profile, counter, profile_text)
-            )
+        try:
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                rate = runner.run(
+                    drain(
+                        args.n,
+                        args.concurrency,
+                        url,
+                        options,
+                        args.profile,
+                        counter,
+                        profile_text,
+                    )
+                )
+        finally:
+            if options:
+                _delete_prefixed(options["global_keyprefix"])
+    rss = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) // 1024
     if args.profile:
         Path(args.profile).parent.mkdir(parents=True, exist_ok=True)
         Path(args.profile).write_text("".join(profile_text))
-    print(f"drain: {args.n} no-op tasks, concurrency {args.concurrency}: {rate:,.0f} tasks/s")
+    print(
+        f"drain on {args.broker}: {args.n} no-op tasks, concurrency {args.concurrency}:"
+        f" {rate:,.0f} tasks/s; RSS after {rss} MiB"
+    )
+
+
+REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+def _delete_prefixed(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 if __name__ == "__main__":

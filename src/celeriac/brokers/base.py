@@ -211,17 +211,18 @@ class PrefetchWindows:
         self.open: set[PrefetchWindow] = set()
         self._by_tag: dict[Hashable, PrefetchWindow] = {}
 
-    def track(self, window: PrefetchWindow, deliveries: Iterable[Delivery]) -> None:
-        for delivery in deliveries:
-            window.tags.add(delivery.tag)
-            self._by_tag[delivery.tag] = window
+    def track(self, window: PrefetchWindow, tags: Iterable[Hashable]) -> None:
+        """The deliveries of these tags were given to ``window``'s consumer."""
+        for tag in tags:
+            window.tags.add(tag)
+            self._by_tag[tag] = window
 
-    def settle(self, delivery: Delivery) -> bool:
-        """Free the delivery's slot in its window; False if no window holds it."""
-        window = self._by_tag.pop(delivery.tag, None)
+    def settle(self, tag: Hashable) -> bool:
+        """Free the slot of the delivery ``tag``; False if no window holds it."""
+        window = self._by_tag.pop(tag, None)
         if window is None:
             return False
-        window.tags.discard(delivery.tag)
+        window.tags.discard(tag)
         window.signal.set()
         return True
 

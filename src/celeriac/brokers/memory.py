@@ -241,7 +241,7 @@ class MemoryBroker(Broker):
                 timeout = None
                 if window.room > 0:
                     claimed, next_eta = self._transport.claim(queues, window.room, self._owner)
-                    self._windows.track(window, claimed)
+                    self._windows.track(window, (d.tag for d in claimed))
                     buffered.extend(claimed)
                     if claimed:
                         continue
@@ -258,7 +258,7 @@ class MemoryBroker(Broker):
             self._transport.put_back(messages, redelivered=False)
 
     def _settle(self, delivery: Delivery) -> _Message | None:
-        self._windows.settle(delivery)
+        self._windows.settle(delivery.tag)
         return self._transport.settle(delivery.tag, self._owner)
 
     async def ack(self, delivery: Delivery) -> None:

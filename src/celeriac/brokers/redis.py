@@ -35,7 +35,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -64,7 +64,7 @@ from celeriac.brokers.base import (
     now,
 )
 from celeriac.errors import BrokerError
-from celeriac.serialization import json_text, json_value
+from celeriac.serialization import json_value
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +82,24 @@ _CLOSE_GRACE = 5.0  # beyond brpop_timeout, for a pop to end once woken
 
 
 def _script(name: str) -> str:
-    return resources.files("celeriac.brokers").joinpath("lua", name).read_text()
+    # A plain path, not importlib.resources: that one imports tempfile, shutil, bz2 and lzma.
+    return (Path(__file__).parent / "lua" / name).read_text()
 
 
 @dataclass(slots=True)
 class _Held:
-    """What the broker keeps about a delivery it holds, to restore it unchanged."""
+    """A message this broker holds, as it came off its list. It is decoded only when handed
+    to the consumer (a prefetch window of decoded envelopes costs several times the bytes),
+    and again, rarely, to be restored unchanged but for its redelivered flags."""
 
-    raw: dict[str, Any]
+    tag: str
+    payload: bytes
+    queue: str
+
+    def raw(self) -> dict[str, Any]:
+        """The envelope as a fresh dict (restoring it edits it)."""
+        value: dict[str, Any] = json_value(self.payload)
+        return value
 
 
 class RedisBroker(Broker):
@@ -161,7 +171,7 @@ class RedisBroker(Broker):
             await blocker.unblock()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._acks.close()
-        held = list(self._held.items())
+        held = list(self._held.values())
         if held and self._client is not None:
             log.info("restoring %d unacknowledged message(s)", len(held))
             with contextlib.suppress(*UNREACHABLE):
@@ -222,12 +232,14 @@ class RedisBroker(Broker):
         self._windows.open.add(window)
         blocker = _Blocker(self)
         self._blockers.add(blocker)
-        buffered: deque[Delivery] = deque()
+        buffered: deque[_Held] = deque()
         rotation = 0
         try:
             while not self._closed:
                 if buffered:
-                    yield buffered.popleft()
+                    delivery = await self._open(buffered.popleft())
+                    if delivery is not None:
+                        yield delivery
                     continue
                 window.signal.clear()
                 if window.room <= 0:
@@ -243,7 +255,7 @@ class RedisBroker(Broker):
                     await self._outage.wait(exc)
                     continue
                 self._outage.over()
-                self._windows.track(window, claimed)
+                self._windows.track(window, (held.tag for held in claimed))
                 buffered.extend(claimed)
         finally:
             self._blockers.discard(blocker)
@@ -259,7 +271,7 @@ class RedisBroker(Broker):
         if self._maintenance is None:
             self._maintenance = self._spawn(self._maintain())
 
-    async def _shielded(self, job: Coroutine[Any, Any, list[Delivery]]) -> list[Delivery]:
+    async def _shielded(self, job: Coroutine[Any, Any, list[_Held]]) -> list[_Held]:
         """Run a claim so that, if the consumer is cancelled meanwhile, what it claimed goes
         straight back to its list instead of waiting out the visibility timeout."""
         task = self._spawn(job)
@@ -269,14 +281,14 @@ class RedisBroker(Broker):
             task.add_done_callback(self._give_back_claim)
             raise  # a BRPOP in flight is woken by the consumer's blocker.close()
 
-    def _give_back_claim(self, task: asyncio.Task[list[Delivery]]) -> None:
+    def _give_back_claim(self, task: asyncio.Task[list[_Held]]) -> None:
         if task.cancelled() or task.exception() is not None or self._closed:
             return  # closed: what it claimed is still in _held, which close() restores
-        held = [(d.tag, self._held.pop(d.tag)) for d in task.result() if d.tag in self._held]
+        held = [h for h in task.result() if self._held.pop(h.tag, None) is not None]
         if held:
             self._spawn(self._restore_held(held, redelivered=False))
 
-    async def _claim(self, queues: list[str], count: int) -> list[Delivery]:
+    async def _claim(self, queues: list[str], count: int) -> list[_Held]:
         keys = kombu.consume_keys(queues)
         routing = [json.dumps(q) for q in queues] * len(kombu.PRIORITY_STEPS)
         reply = await self._scripts["claim"](
@@ -290,50 +302,51 @@ class RedisBroker(Broker):
                 buried,
                 ", ".join(queues),
             )
-        deliveries = []
+        claimed = []
         for i in range(1, len(reply), 3):
-            tag = reply[i].decode()
-            queue = queues[(int(reply[i + 2]) - 1) % len(queues)]
-            delivery = await self._delivery(tag, reply[i + 1], queue)
-            if delivery is not None:
-                deliveries.append(delivery)
-        return deliveries
-
-    async def _delivery(self, tag: str, payload: bytes, queue: str) -> Delivery | None:
-        """A held element as a delivery; one that cannot be read goes to the dead letters."""
-        try:
-            message = kombu.decode(payload, tag)
-        except kombu.EnvelopeError as exc:
-            log.error("moved a malformed message from %s to the dead letters: %s", queue, exc)
-            record = _dead_record(
-                queue, f"malformed message: {exc}", payload.decode("utf-8", "replace")
+            held = _Held(
+                reply[i].decode(), reply[i + 1], queues[(int(reply[i + 2]) - 1) % len(queues)]
             )
-            await self._settle(tag, queue, record, push="LPUSH", destination=self._dead)
-            return None
-        self._held[tag] = _Held(message.raw)
-        return Delivery(message.envelope, queue, tag, message.redelivered, message.priority)
+            self._held[held.tag] = held
+            claimed.append(held)
+        return claimed
 
-    async def _give_back(self, buffered: Iterable[Delivery]) -> None:
-        held: list[tuple[str, _Held]] = []
-        for delivery in buffered:
-            entry = self._held.pop(delivery.tag, None)
-            if self._forget(delivery) and entry is not None:
-                held.append((delivery.tag, entry))
+    async def _open(self, held: _Held) -> Delivery | None:
+        """A held message as a delivery; one that cannot be read goes to the dead letters."""
+        try:
+            message = kombu.decode(held.payload, held.tag)
+        except kombu.EnvelopeError as exc:
+            log.error("moved a malformed message from %s to the dead letters: %s", held.queue, exc)
+            self._windows.settle(held.tag)
+            self._held.pop(held.tag, None)
+            await self._holding(held.tag)
+            text = held.payload.decode("utf-8", "replace")
+            record = _dead_record(held.queue, f"malformed message: {exc}", text)
+            await self._settle(held.tag, held.queue, record, push="LPUSH", destination=self._dead)
+            return None
+        return Delivery(
+            message.envelope, held.queue, held.tag, message.redelivered, message.priority
+        )
+
+    async def _give_back(self, buffered: Iterable[_Held]) -> None:
+        held = []
+        for entry in buffered:
+            if self._windows.settle(entry.tag) and self._held.pop(entry.tag, None) is not None:
+                held.append(entry)
         if held and not self._closed:
             await self._restore_held(held, redelivered=False)
 
-    async def _restore_held(self, held: list[tuple[str, _Held]], *, redelivered: bool) -> None:
-        for tag, _ in held:
-            await self._holding(tag)
+    async def _restore_held(self, held: list[_Held], *, redelivered: bool) -> None:
+        for entry in held:
+            await self._holding(entry.tag)
         pipe = self.client.pipeline(transaction=False)
-        for tag, entry in reversed(held):  # RPUSH: the first one given back is the next out
-            raw = entry.raw
-            queue = _routing_key(raw)
-            payload = kombu.redelivered(raw, tag) if redelivered else json_text(raw)
-            key = self.prefix + kombu.list_key(queue, kombu.priority_of(raw))
+        for entry in reversed(held):  # RPUSH: the first one given back is the next out
+            raw = entry.raw()
+            payload = kombu.redelivered(raw, entry.tag) if redelivered else entry.payload
+            key = self.prefix + kombu.list_key(entry.queue, kombu.priority_of(raw))
             await self._scripts["settle"](
-                keys=[self._unacked, self._index, key, self._deferred_key(queue)],
-                args=[tag, payload, "+inf", "RPUSH"],
+                keys=[self._unacked, self._index, key, self._deferred_key(entry.queue)],
+                args=[entry.tag, payload, "+inf", "RPUSH"],
                 client=pipe,
             )
         await pipe.execute()
@@ -341,7 +354,7 @@ class RedisBroker(Broker):
     # -- settling --------------------------------------------------------------------------
 
     def _forget(self, delivery: Delivery) -> bool:
-        return self._windows.settle(delivery)
+        return self._windows.settle(delivery.tag)
 
     async def _holding(self, tag: str) -> None:
         """Wait until a BRPOP'd message is recorded in ``unacked``, so that settling it can
@@ -370,7 +383,7 @@ class RedisBroker(Broker):
         if self._forget(delivery):
             entry = self._held.pop(delivery.tag)
             await self._holding(delivery.tag)
-            payload = kombu.redelivered(entry.raw, delivery.tag)
+            payload = kombu.redelivered(entry.raw(), delivery.tag)
             key = self.prefix + kombu.list_key(delivery.queue, delivery.priority)
             await self._settle(delivery.tag, delivery.queue, payload, push="RPUSH", destination=key)
 
@@ -397,7 +410,7 @@ class RedisBroker(Broker):
             return
         entry = self._held.pop(delivery.tag)
         await self._holding(delivery.tag)
-        record = _dead_record(delivery.queue, reason, json_text(entry.raw))
+        record = _dead_record(delivery.queue, reason, entry.payload.decode("utf-8", "replace"))
         await self._settle(
             delivery.tag, delivery.queue, record, push="LPUSH", destination=self._dead
         )
@@ -569,7 +582,7 @@ class _Blocker:
         self._waiting = False
         self._popping: asyncio.Task[Any] | None = None
 
-    async def pop(self, queues: list[str]) -> list[Delivery]:
+    async def pop(self, queues: list[str]) -> list[_Held]:
         broker = self.broker
         self._popping = asyncio.current_task()
         if self._client is None:
@@ -613,8 +626,8 @@ class _Blocker:
         # Recorded in `unacked` while the task starts: the round trip is off the task's path,
         # and every settlement of this delivery waits for it first (see _holding).
         broker._holds[tag] = broker._spawn(self._hold(tag, payload, queue))
-        broker._held[tag] = _Held(message.raw)
-        return [Delivery(message.envelope, queue, tag, message.redelivered, message.priority)]
+        held = broker._held[tag] = _Held(tag, payload, queue)
+        return [held]
 
     async def _hold(self, tag: str, payload: bytes, queue: str) -> None:
         """Record a popped message in ``unacked`` (what the claim script does for a batch)."""

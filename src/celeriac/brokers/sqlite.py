@@ -248,7 +248,7 @@ class SQLiteBroker(Broker):
                 timeout = None
                 if window.room > 0:
                     claimed, next_eta = await self._claim(names, window.room)
-                    self._windows.track(window, claimed)
+                    self._windows.track(window, (d.tag for d in claimed))
                     buffered.extend(claimed)
                     if claimed:
                         continue
@@ -378,7 +378,7 @@ class SQLiteBroker(Broker):
 
     def _forget(self, delivery: Delivery) -> bool:
         """Close the delivery's slot in its window; False if this broker does not hold it."""
-        return self._windows.settle(delivery)
+        return self._windows.settle(delivery.tag)
 
     async def ack(self, delivery: Delivery) -> None:
         """Acks are batched: those made while a batch is being written form the next one."""

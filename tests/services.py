@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
+
+#: ``shared/`` beside the checkout (``CELERIAC_SHARED_DIR`` points elsewhere): the captured
+#: Celery messages the protocol tests use as vectors.
+SHARED_DIR = Path(
+    os.environ.get("CELERIAC_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared"
+)
+FIXTURES_DIR = SHARED_DIR / "celery-protocol" / "fixtures"
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 #: Redis databases the test suite may use (the benchmark harness owns 1, 2 and 5).

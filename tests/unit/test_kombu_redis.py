@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,11 +27,8 @@ from celeriac.brokers.kombu_redis import (
     redelivered,
     unacked_entry,
 )
+from services import FIXTURES_DIR
 
-SHARED_DIR = Path(
-    os.environ.get("CELERIAC_SHARED_DIR") or Path(__file__).resolve().parents[3] / "shared"
-)
-FIXTURES_DIR = SHARED_DIR / "celery-protocol" / "fixtures"
 RESTORED = "redis-transport-restored-message.json"
 #: Every message Celery LPUSHed as a fresh publish (the restored one was RPUSHed back).
 PUBLISHED = sorted(

@@ -31,11 +31,8 @@ from celeriac.protocol import (
     parse_task_message,
 )
 from celeriac.serialization import JSON, MSGPACK, PICKLE
+from services import FIXTURES_DIR
 
-SHARED_DIR = Path(
-    os.environ.get("CELERIAC_SHARED_DIR") or Path(__file__).resolve().parents[3] / "shared"
-)
-FIXTURES_DIR = SHARED_DIR / "celery-protocol" / "fixtures"
 TASK_FIXTURE_GLOBS = (
     "amqp-task-*.json",
     "amqp-canvas-*.json",

@@ -15,12 +15,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,11 +32,8 @@ from celeriac.serialization import JSON
 from celeriac.task import Request
 from celeriac.worker.execution import ETA_SLACK
 from celeriac.worker.worker import Worker
+from services import FIXTURES_DIR
 
-SHARED_DIR = Path(
-    os.environ.get("CELERIAC_SHARED_DIR") or Path(__file__).resolve().parents[3] / "shared"
-)
-FIXTURES_DIR = SHARED_DIR / "celery-protocol" / "fixtures"
 RESTORED = "redis-transport-restored-message.json"
 FIXTURE_NAMES = [
     *sorted(

@@ -1,15 +1,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from celeriac import states
 from celeriac.errors import RemoteTaskError
 from celeriac.resultmeta import exception_from_dict, exception_to_dict, make_meta
+from services import FIXTURES_DIR
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "celery-protocol" / "fixtures"
+FIXTURES = FIXTURES_DIR
 
 
 def test_success_meta_has_celerys_keys_in_order() -> None:

@@ -243,6 +243,7 @@ class RedisBroker(Broker):
         self._blockers.add(blocker)
         buffered: deque[_Held] = deque()
         rotation = 0
+        idle = False  # the last message came by BRPOP: the queues were empty
         try:
             while not self._closed:
                 if buffered:
@@ -254,11 +255,14 @@ class RedisBroker(Broker):
                 if window.room <= 0:
                     await window.signal.wait()
                     continue
+                if idle:
+                    await _let_new_tasks_start()
                 order = names[rotation:] + names[:rotation]  # kombu's round robin
                 rotation = (rotation + 1) % len(names)
                 try:
                     claimed = await self._shielded(self._claim(order, window.room))
-                    if not claimed and not self._closed:
+                    idle = not claimed
+                    if idle and not self._closed:
                         claimed = await self._shielded(blocker.pop(order))
                 except UNREACHABLE as exc:
                     await self._outage.wait(exc)
@@ -642,6 +646,8 @@ class _Blocker:
         """Record a popped message in ``unacked`` (what the claim script does for a batch)."""
         broker = self.broker
 
+        await _let_new_tasks_start()
+
         async def hold() -> None:
             pipe = broker.client.pipeline(transaction=True)
             pipe.zadd(broker._index, {tag: now()})
@@ -666,6 +672,19 @@ class _Blocker:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+async def _let_new_tasks_start() -> None:
+    """Give the event loop a few turns, so that a task just handed to the worker starts (and
+    writes its result) before this consumer's next Redis write.
+
+    Only on the idle path, where one message at a time comes by BRPOP: there, recording the
+    message in ``unacked`` and the next claim are writes on the same loop as the task, and a
+    socket write can cost 100 µs of CPU on a busy VM. Measured with ``delay().get()`` in a
+    loop: p50 1.21 ms -> 1.05 ms (three interleaved pairs); busy consumers never wait here.
+    """
+    for _ in range(3):  # the pop's task ends, the consumer yields, the worker starts the task
+        await asyncio.sleep(0)
 
 
 def _text(value: Any) -> str:

@@ -26,7 +26,13 @@ from celeriac.brokers.base import Broker
 from celeriac.brokers.memory import MemoryBroker, reset_memory_transports
 from celeriac.brokers.redis import RedisBroker
 from celeriac.brokers.sqlite import SQLiteBroker
-from services import REDIS_DB_BROKER, REDIS_DB_RESULTS, redis_url, require_redis
+from services import (
+    REDIS_DB_BROKER,
+    REDIS_DB_RESULTS,
+    delete_prefixed,
+    redis_url,
+    require_redis,
+)
 
 Store = tuple[str, dict[str, Any]]  # URL, options
 
@@ -88,7 +94,7 @@ async def make_broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
     yield make
     for broker in reversed(made):
         await broker.close()
-    await _delete_prefixed(url, base)
+    _delete_prefixed(url, base)
 
 
 @pytest.fixture
@@ -114,23 +120,14 @@ async def make_backend(
     yield make
     for backend in reversed(made):
         await backend.close()
-    await _delete_prefixed(url, base)
+    _delete_prefixed(url, base)
 
 
-async def _delete_prefixed(url: str, options: dict[str, Any]) -> None:
+def _delete_prefixed(url: str, options: dict[str, Any]) -> None:
     """Delete the Redis keys this test made (all under its own prefix), nothing else."""
     prefix = options.get("global_keyprefix")
-    if not prefix:
-        return
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    if prefix:
+        delete_prefixed(prefix, int(url.rsplit("/", 1)[1]))
 
 
 @pytest.fixture

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 
@@ -32,17 +35,34 @@ def redis_url(db: int = REDIS_DB_BROKER) -> str:
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
 
 
+def unavailable(message: str) -> NoReturn:
+    """A test cannot run here: skip it, or under ``CI=true`` fail it."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require(service: str, host: str, port: int) -> None:
     """Skip (or, under CI, fail) unless ``host:port`` accepts connections."""
     try:
         socket.create_connection((host, port), timeout=2).close()
     except OSError as exc:
-        message = (
+        unavailable(
             f"{service} is not reachable at {host}:{port} ({exc}); start it: {_START[service]}"
         )
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll ``condition`` (state in Redis, a file, a process) until it returns something
+    truthy, which is returned; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
 
 
 def require_redis() -> None:

@@ -13,7 +13,6 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -21,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from celeriac.config import redacted
 from celeriac.errors import ConfigurationError
 
 log = logging.getLogger("celeriac.redis")
@@ -91,16 +91,6 @@ def as_bytes(value: Any) -> bytes:
     """A reply as bytes (clients are made with ``decode_responses=False``; this is for mypy,
     which sees redis-py's replies as ``bytes | str``)."""
     return value if isinstance(value, bytes) else str(value).encode()
-
-
-def redacted(url: str) -> str:
-    """``url`` with its password hidden, for log lines and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 class Outage:

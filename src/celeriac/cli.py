@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from celeriac.app import Celery
+from celeriac.config import redacted
 from celeriac.errors import CeleriacError, ConfigurationError
 from celeriac.result import AsyncResult
 
@@ -177,7 +178,7 @@ async def _status(app: Celery, args: argparse.Namespace) -> int:
         sizes = await broker.queue_sizes()
         dead = await broker.dead_letter_count()
         recent = await broker.dead_letters(limit=5)
-    print(f"broker: {broker.url}")
+    print(f"broker: {redacted(broker.url)}")
     if not sizes:
         print("queues: none with messages")
     for queue, size in sorted(sizes.items()):

@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from celeriac.errors import ConfigurationError
 
@@ -103,6 +104,15 @@ class Settings:
 
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Settings))
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password hidden, for log lines, command output and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def unknown_setting(name: str) -> ConfigurationError:

@@ -40,6 +40,8 @@ from services import (
     delete_prefixed,
     redis_url,
     require_redis,
+    unavailable,
+    wait_until,
 )
 
 from .conftest import APPS, READY, WorkerProcess
@@ -49,22 +51,9 @@ pytestmark = pytest.mark.integration
 #: Short, so a dead worker's messages come back within seconds.
 VISIBILITY_TIMEOUT = 2.0
 QUEUE = "celery"
-POLL = 0.02  # how often a wait re-reads Redis; every wait also has a deadline
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy (returned) or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(POLL)
 
 
 @dataclass
@@ -438,10 +427,7 @@ class PrivateRedis:
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     if shutil.which("redis-server") is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("redis-server is not installed (apt-get install redis-server)")
     directory = tmp_path / "redis"
     directory.mkdir()
     server = PrivateRedis(directory)

@@ -9,7 +9,7 @@ outside the pool. Afterwards only keys under the run's prefix are deleted, in DB
 
 Workers are subprocesses; readiness and progress are read from their log lines
 (:class:`WorkerProcess` of the integration tests). Every wait has a timeout, and nothing
-waits by sleeping: ``wait_until`` polls a condition until a deadline.
+waits by sleeping: ``services.wait_until`` polls a condition until a deadline.
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +38,6 @@ CELERY_READY = " ready."
 POOL_SIZE = 24
 CELERY_APP = "interop.peers.celery_app"
 CELERIAC_APP = "interop.peers.celeriac_app:app"
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll ``condition`` until it returns something truthy (returned) or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 class InteropRun:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from celeriac._redis import check_options, client_from_url, redacted
+from celeriac._redis import check_options, client_from_url
 from celeriac.backends.redis import RedisBackend
 from celeriac.brokers.redis import RedisBroker
+from celeriac.config import redacted
 from celeriac.errors import ConfigurationError
 
 

@@ -279,3 +279,20 @@ def test_shared_task_is_registered_on_every_app() -> None:
     assert "shared.ping" in before.tasks
     assert "shared.ping" in after.tasks
     assert ping() == "pong"
+
+
+async def test_ready_line_hides_the_brokers_password(caplog: pytest.LogCaptureFixture) -> None:
+    """Broker URLs carry passwords (redis://:pw@host); the worker must not log them."""
+    app = Celery("secret", broker=f"memory://user:s3cret@{uuid.uuid4().hex}")
+
+    @app.task
+    async def ping() -> str:
+        return "pong"
+
+    async with app.setup():
+        with caplog.at_level("INFO", logger="celeriac.worker"):
+            worker, task = await run_worker(app)
+            assert await (await ping.delay()).get(timeout=10) == "pong"  # the worker is up
+            await stop(worker, task)
+    ready = [r.getMessage() for r in caplog.records if " ready: pid " in r.getMessage()]
+    assert len(ready) == 1 and "user:***@" in ready[0] and "s3cret" not in ready[0]

@@ -28,10 +28,10 @@ from celeriac._redis import (
     as_bytes,
     check_options,
     client_from_url,
-    redacted,
     until_done,
 )
 from celeriac.backends.base import ResultBackend
+from celeriac.config import redacted
 from celeriac.states import READY_STATES
 
 log = logging.getLogger(__name__)

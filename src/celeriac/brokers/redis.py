@@ -48,7 +48,6 @@ from celeriac._redis import (
     as_bytes,
     check_options,
     client_from_url,
-    redacted,
     until_done,
 )
 from celeriac.brokers import kombu_redis as kombu
@@ -63,6 +62,7 @@ from celeriac.brokers.base import (
     check_consume,
     now,
 )
+from celeriac.config import redacted
 from celeriac.errors import BrokerError
 from celeriac.serialization import json_value
 

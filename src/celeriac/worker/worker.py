@@ -24,6 +24,7 @@ from functools import partial
 
 from celeriac import _bridge
 from celeriac.app import Celery, Connection
+from celeriac.config import redacted
 from celeriac.serialization import resolve_accept
 from celeriac.worker.execution import Execution
 
@@ -78,7 +79,7 @@ class Worker:
             os.getpid(),
             ",".join(self.queues),
             self.concurrency,
-            conn.broker.url,
+            redacted(conn.broker.url),
         )
         try:
             await self._stopping.wait()

@@ -1,9 +1,10 @@
 """What the Redis broker and the Redis result backend share: clients, options, outages.
 
-Both talk to Redis through redis-py's asyncio client (``pip install 'celeriac[redis]'``).
-Options come from ``broker_transport_options`` / ``result_backend_transport_options``; an
-unknown one is an error that lists the known ones, since a misspelt ``visibility_timeout``
-silently left at its default is the kind of bug that shows up only in production.
+Both talk to Redis through :mod:`celeriac._resp` (``pip install 'celeriac[redis]'`` brings
+hiredis, its parser). Options come from ``broker_transport_options`` /
+``result_backend_transport_options``; an unknown one is an error that lists the known ones,
+since a misspelt ``visibility_timeout`` silently left at its default is the kind of bug that
+shows up only in production.
 """
 
 from __future__ import annotations
@@ -14,39 +15,23 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-import redis.asyncio as aioredis
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
-
+from celeriac._resp import Client
 from celeriac.config import redacted
 from celeriac.errors import ConfigurationError
 
 log = logging.getLogger("celeriac.redis")
 
-#: Errors that mean "Redis is unreachable right now" (a restart, a network cut, loading).
-UNREACHABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Errors that mean "Redis is unreachable right now" (a restart, a network cut, loading): the
+#: client raises ConnectionError, TimeoutError or another OSError for all of them.
+UNREACHABLE: tuple[type[Exception], ...] = (OSError,)
 
-#: Options passed straight to redis-py's client.
+#: Options of the client itself, with their types.
 _CLIENT_OPTIONS = {
     "socket_timeout": float,
     "socket_connect_timeout": float,
-    "max_connections": int,
-    "health_check_interval": int,
+    "health_check_interval": float,
 }
 T = TypeVar("T")
-
-# redis-py 7+ asks every new connection to enable maintenance notifications: one more round
-# trip, refused by servers before 8. celeriac has no use for them.
-try:
-    from redis.maint_notifications import MaintNotificationsConfig
-
-    _NO_MAINT_NOTIFICATIONS: dict[str, Any] = {
-        "maint_notifications_config": MaintNotificationsConfig(enabled=False)
-    }
-except ImportError:  # pragma: no cover - older redis-py
-    _NO_MAINT_NOTIFICATIONS = {}
 
 
 def check_options(options: dict[str, Any], own: dict[str, Any], what: str) -> dict[str, Any]:
@@ -61,36 +46,19 @@ def check_options(options: dict[str, Any], own: dict[str, Any], what: str) -> di
     return {**own, **options}
 
 
-def client_from_url(url: str, options: dict[str, Any]) -> aioredis.Redis:
-    """A client for ``redis://[:password@]host:port/db`` or ``rediss://`` (TLS) URLs.
+def client_from_url(url: str, options: dict[str, Any]) -> Client:
+    """A client for ``redis://[[user]:password@]host[:port][/db]`` or ``rediss://`` (TLS).
 
-    The pool waits for a free connection rather than failing when all ``max_connections``
-    (50) are busy, so a burst of callers queues instead of erroring. redis-py retries a
-    failed command a few times with jittered backoff (a brief blip never reaches the
-    caller); longer outages are the caller's to ride out (see :class:`Outage`).
+    It connects on first use. A command that fails because Redis went away is not retried
+    here: acks, results and claims ride outages out with :func:`until_done`, publishing
+    raises at once.
     """
     kwargs = {
-        name: cast(options[name]) for name, cast in _CLIENT_OPTIONS.items() if name in options
+        name: cast(options[name])
+        for name, cast in _CLIENT_OPTIONS.items()
+        if options.get(name) is not None
     }
-    kwargs.setdefault("socket_connect_timeout", 5.0)
-    kwargs.setdefault("max_connections", 50)
-    kwargs.update(_NO_MAINT_NOTIFICATIONS)
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        timeout=None,
-        decode_responses=False,
-        socket_keepalive=True,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        **kwargs,
-    )
-    return aioredis.Redis.from_pool(pool)
-
-
-def as_bytes(value: Any) -> bytes:
-    """A reply as bytes (clients are made with ``decode_responses=False``; this is for mypy,
-    which sees redis-py's replies as ``bytes | str``)."""
-    return value if isinstance(value, bytes) else str(value).encode()
+    return Client(url, **kwargs)
 
 
 class Outage:

@@ -2,31 +2,59 @@
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
 
 from celeriac._redis import check_options, client_from_url
+from celeriac._resp import pack, parse_url
 from celeriac.backends.redis import RedisBackend
 from celeriac.brokers.redis import RedisBroker
 from celeriac.config import redacted
 from celeriac.errors import ConfigurationError
 
 
-def test_url_password_db_and_options_reach_the_connections() -> None:
+def test_url_password_db_and_options_reach_the_client() -> None:
     client = client_from_url(
-        "redis://:s3cret@cache.internal:6380/7", {"socket_timeout": 2, "max_connections": 9}
+        "redis://:s3cret@cache.internal:6380/7", {"socket_timeout": 2, "health_check_interval": 30}
     )
-    pool = client.connection_pool
-    kwargs = pool.connection_kwargs
-    assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("cache.internal", 6380, 7)
-    assert kwargs["password"] == "s3cret"
-    assert kwargs["socket_timeout"] == 2.0
-    assert pool.max_connections == 9
+    address = client.address
+    assert (address.host, address.port, address.db) == ("cache.internal", 6380, 7)
+    assert (address.username, address.password, address.tls) == (None, "s3cret", None)
+    assert (client.socket_timeout, client.health_check_interval) == (2.0, 30.0)
+    assert client.socket_connect_timeout == 5.0
+    user = parse_url("redis://app%40x:p%2Fw@h")
+    assert (user.username, user.password, user.port, user.db) == ("app@x", "p/w", 6379, 0)
 
 
-def test_rediss_is_tls() -> None:
-    pool = client_from_url("rediss://h:6379/0?ssl_cert_reqs=none", {}).connection_pool
-    assert pool.connection_class.__name__ == "SSLConnection"
-    assert pool.connection_kwargs["ssl_cert_reqs"] == "none"
+def test_rediss_is_tls_set_up_by_celerys_url_parameters() -> None:
+    none = parse_url("rediss://h:6379/0?ssl_cert_reqs=none").tls
+    assert none is not None and none.verify_mode == ssl.CERT_NONE and not none.check_hostname
+    required = parse_url("rediss://h:6379/0").tls
+    assert required is not None and required.verify_mode == ssl.CERT_REQUIRED
+    assert required.check_hostname
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://h/0?ssl_cert_reqs=none", "a redis:// URL none"),
+        ("rediss://h/0?sslmode=x", "unknown URL parameter.*sslmode"),
+        ("rediss://h/0?ssl_cert_reqs=maybe", "ssl_cert_reqs=maybe is not one of"),
+        ("redis://h/zero", "must be numbers"),
+        ("http://h/0", "not a redis:// or rediss:// URL"),
+    ],
+)
+def test_bad_urls_are_named(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        parse_url(url)
+
+
+def test_commands_are_packed_as_resp() -> None:
+    assert (
+        pack(["SET", b"k\r\n", 5, 1.5])
+        == b"*4\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$1\r\n5\r\n$3\r\n1.5\r\n"
+    )
 
 
 def test_password_is_redacted_in_messages() -> None:

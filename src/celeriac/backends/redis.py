@@ -17,19 +17,16 @@ import json
 import logging
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
-from redis.asyncio.client import PubSub
-
 from celeriac import errors
 from celeriac._redis import (
     UNREACHABLE,
     Coalescer,
     Outage,
-    as_bytes,
     check_options,
     client_from_url,
     until_done,
 )
+from celeriac._resp import Client, Connection, Reply
 from celeriac.backends.base import ResultBackend
 from celeriac.config import redacted
 from celeriac.states import READY_STATES
@@ -75,9 +72,8 @@ class RedisBackend(ResultBackend):
     """Celery's Redis result format on one Redis database.
 
     Options (``result_backend_transport_options``): ``global_keyprefix`` (prepended to
-    every key and channel, as Celery does) and the redis-py client options
-    ``socket_timeout``, ``socket_connect_timeout``, ``max_connections``,
-    ``health_check_interval``.
+    every key and channel, as Celery does) and the client options ``socket_timeout``,
+    ``socket_connect_timeout`` and ``health_check_interval``.
     """
 
     schemes = ("redis", "rediss")
@@ -87,14 +83,14 @@ class RedisBackend(ResultBackend):
         opts = check_options(self.options, _OPTIONS, "result_backend_transport_options")
         self._client_options = opts
         self.key_prefix = _celery_prefix(str(opts["global_keyprefix"])) + KEY_PREFIX
-        self._client: aioredis.Redis | None = None
+        self._client: Client | None = None
         self._listener: _Listener | None = None
         self._outage = Outage(url, "result backend")
         self._stores: Coalescer[_Record] = Coalescer(self._write)
         self._closed = False
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> Client:
         if self._client is None:
             raise errors.BrokerError(f"the result backend {redacted(self.url)} is not connected")
         return self._client
@@ -124,26 +120,26 @@ class RedisBackend(ResultBackend):
 
     async def _write(self, records: list[_Record]) -> None:
         async def write() -> None:
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self.client.pipeline()
             for key, data, expires in records:
                 if expires is None:
-                    pipe.set(key, data)
+                    pipe.add("SET", key, data)
                 elif expires == int(expires) and expires >= 1:
-                    pipe.execute_command("SETEX", key, int(expires), data)  # Celery's command
+                    pipe.add("SETEX", key, int(expires), data)  # Celery's command
                 else:
-                    pipe.execute_command("PSETEX", key, max(1, round(expires * 1000)), data)
-                pipe.publish(key, data)
+                    pipe.add("PSETEX", key, max(1, round(expires * 1000)), data)
+                pipe.add("PUBLISH", key, data)
             await pipe.execute()
 
         # A worker must not drop a result because Redis restarted: ride the outage out.
         await until_done(write, self._outage, give_up=lambda: self._closed)
 
     async def _get(self, task_id: str) -> bytes | None:
-        data = await self.client.get(self.key(task_id))
-        return None if data is None else as_bytes(data)
+        data: bytes | None = await self.client.execute("GET", self.key(task_id))
+        return data
 
     async def _delete(self, task_id: str) -> None:
-        await self.client.delete(self.key(task_id))
+        await self.client.execute("DEL", self.key(task_id))
 
     async def _wait(self, task_id: str, timeout: float | None) -> bytes:
         if self._closed:
@@ -177,7 +173,7 @@ class _Listener:
 
     def __init__(self, backend: RedisBackend) -> None:
         self.backend = backend
-        self._pubsub: PubSub = backend.client.pubsub()
+        self._connection: Connection | None = None  # the subscription connection
         self._watchers: dict[bytes, list[Watcher]] = {}
         self._subscribed: set[bytes] = set()  # what the server was last asked for
         self._confirmed: set[bytes] = set()  # subscribed, and its key read since
@@ -189,7 +185,6 @@ class _Listener:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._outage = Outage(backend.url, "result listener")
         self._closing = False
-        self._reader: asyncio.Task[None] | None = None
         self._runner = asyncio.get_running_loop().create_task(self._run())
 
     def watch(self, channel: bytes, watcher: Watcher) -> None:
@@ -219,12 +214,6 @@ class _Listener:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def _start_reader(self) -> None:
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.get_running_loop().create_task(self._read())
-            self._tasks.add(self._reader)
-            self._reader.add_done_callback(self._tasks.discard)
 
     def _to_subscribe(self) -> list[bytes]:
         """Watched channels not yet subscribed; unwatched ones join the retiring batch. Only
@@ -271,48 +260,64 @@ class _Listener:
             if self._closing:
                 return
             self._changes.clear()
-            # Recorded before sending: the reader may see the confirmations before we resume.
-            new = self._to_subscribe()
-            self._subscribed.update(new)
-            gone = self._to_unsubscribe()
+            new: list[bytes] = []
+            gone: list[bytes] = []
             try:
+                connection = await self._connect()
+                # Recorded before sending: confirmations may come before we resume.
+                new = self._to_subscribe()
+                self._subscribed.update(new)
+                gone = self._to_unsubscribe()
                 if new:
-                    await self._pubsub.subscribe(*new)
+                    connection.send("SUBSCRIBE", *new)
                 if gone:
-                    await self._pubsub.unsubscribe(*gone)
+                    connection.send("UNSUBSCRIBE", *gone)
             except UNREACHABLE as exc:
-                self._dirty.update(self._subscribed, new, gone)
-                self._subscribed = set()
-                self._confirmed.clear()
+                self._lost()
+                self._dirty.update(new, gone)
                 await self._outage.wait(exc)
                 self._changes.set()
                 continue
-            if new:
-                self._start_reader()
-
-    async def _read(self) -> None:
-        while not self._closing:
-            try:
-                message = await self._pubsub.get_message(timeout=None)
-            except UNREACHABLE as exc:
-                if self._closing:
-                    return
-                self._confirmed.clear()  # confirmed (and read) again after the reconnect
-                await self._outage.wait(exc)
-                continue  # get_message reconnects; redis-py then subscribes again
             self._outage.over()
-            if message is None:
-                continue
-            kind, channel = message["type"], message["channel"]
-            if kind == "message":
-                self._deliver(channel, as_bytes(message["data"]))
-            elif kind == "subscribe" and channel not in self._confirmed:
-                self._spawn(self._check(channel))
+
+    async def _connect(self) -> Connection:
+        """The subscription connection; a new one subscribes again to every channel."""
+        if self._connection is not None and self._connection.usable:
+            return self._connection
+        self._lost()
+        connection = await self.backend.client.subscriber(self._pushed)
+        self._connection = connection
+        self._spawn(self._watch(connection))
+        return connection
+
+    async def _watch(self, connection: Connection) -> None:
+        """When the connection drops, start over: every channel is subscribed (and its key
+        read) again, so a record published while it was down is not missed."""
+        await connection.wait_closed()
+        if connection is self._connection and not self._closing:
+            self._lost()
+            self._changes.set()
+
+    def _lost(self) -> None:
+        if self._connection is not None:
+            self.backend.client.forget(self._connection)
+            self._connection = None
+        self._dirty.update(self._subscribed)
+        self._subscribed = set()
+        self._confirmed.clear()
+
+    def _pushed(self, reply: Reply) -> None:
+        """A reply on the subscription connection: a message or a (un)subscribe notice."""
+        kind, channel = reply[0], reply[1]
+        if kind == b"message":
+            self._deliver(channel, reply[2])
+        elif kind == b"subscribe" and channel not in self._confirmed:
+            self._spawn(self._check(channel))
 
     async def _check(self, channel: bytes) -> None:
         """GET the key after its subscription is confirmed: the record may predate it."""
         try:
-            data = await self.backend.client.get(channel)
+            data = await self.backend.client.execute("GET", channel)
         except UNREACHABLE as exc:
             log.warning("could not read %s (%s); it is read again on reconnect", channel, exc)
             return
@@ -320,7 +325,7 @@ class _Listener:
             return
         self._confirmed.add(channel)
         if data is not None and channel not in self._last:  # a message may have come first
-            self._deliver(channel, as_bytes(data))
+            self._deliver(channel, data)
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
         if channel not in self._subscribed:
@@ -330,15 +335,13 @@ class _Listener:
             watcher.record(data)
 
     async def close(self, error: BaseException) -> None:
-        # redis-py can swallow a cancellation that lands mid-command, so the tasks are also
-        # told by a flag, and the connection is closed under a reader that missed both.
         self._closing = True
         self._changes.set()
         tasks = [self._runner, *self._tasks]
         for task in tasks:
             task.cancel()
-        with contextlib.suppress(*UNREACHABLE):
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        if self._connection is not None:
+            self.backend.client.forget(self._connection)
         await asyncio.wait(tasks, timeout=_CLOSE_TIMEOUT)
         for watchers in list(self._watchers.values()):
             for watcher in watchers:

@@ -3,8 +3,10 @@
 --
 -- KEYS[1] unacked hash, KEYS[2] unacked_index zset, KEYS[3] dead-letter list,
 -- KEYS[4..] the queue lists in consume order.
--- ARGV[1] now (unix seconds), ARGV[2] how many to claim at most,
--- ARGV[3..] for each list in KEYS[4..], its queue name JSON-quoted (the routing key).
+-- ARGV[1] now (unix seconds), ARGV[2] how many to claim at most (may be 0),
+-- ARGV[3] the tag of a message the caller already popped (BRPOP) and must hold too, or '',
+-- ARGV[4] that message's `unacked` value,
+-- ARGV[5..] for each list in KEYS[4..], its queue name JSON-quoted (the routing key).
 --
 -- Returns {buried, tag1, envelope1, list1, tag2, ...}: `buried` counts elements that were not
 -- JSON envelopes; they go to the dead-letter list here, so nothing is lost and nothing
@@ -13,12 +15,16 @@ local unacked, index, dead = KEYS[1], KEYS[2], KEYS[3]
 local now, want = ARGV[1], tonumber(ARGV[2])
 local out = {0}
 local fields, scores = {}, {}
+if ARGV[3] ~= '' then
+    fields[1], fields[2] = ARGV[3], ARGV[4]
+    scores[1], scores[2] = now, ARGV[3]
+end
 for i = 4, #KEYS do
     if want <= 0 then break end
     local got = redis.call('RPOP', KEYS[i], want)
     if got then
         want = want - #got
-        local routing_key = ARGV[i - 1]
+        local routing_key = ARGV[i + 1]
         for n, payload in ipairs(got) do
             local ok, message = pcall(cjson.decode, payload)
             if ok and type(message) == 'table' and type(message.properties) == 'table' then

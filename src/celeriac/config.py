@@ -8,7 +8,6 @@ differs from Celery's, the field says so.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -116,6 +115,8 @@ def redacted(url: str) -> str:
 
 
 def unknown_setting(name: str) -> ConfigurationError:
+    import difflib  # only for a misspelt setting
+
     close = difflib.get_close_matches(name, sorted(_FIELD_NAMES), n=1, cutoff=0.5)
     hint = f": did you mean {close[0]!r}?" if close else ": see docs/configuration.md"
     return ConfigurationError(f"unknown setting {name!r}{hint}")

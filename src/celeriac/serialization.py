@@ -33,10 +33,9 @@ msgpack cannot send them at all), which arrive as strings.
 from __future__ import annotations
 
 import base64
-import decimal
 import importlib
 import json
-import pickle
+import sys
 import uuid
 import warnings
 from collections.abc import Callable, Collection, Iterable
@@ -111,6 +110,8 @@ def dumps(obj: Any, serializer: str = "json") -> tuple[bytes, str, str]:
     if content_type == MSGPACK:
         packed = _msgpack().packb(obj, use_bin_type=True, default=_encode_extra)
         return bytes(packed), MSGPACK, "binary"
+    import pickle  # here: most processes never pickle, and a worker's memory counts
+
     try:
         return pickle.dumps(obj, protocol=pickle.DEFAULT_PROTOCOL), PICKLE, "binary"
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
@@ -163,7 +164,7 @@ def _encode_json(obj: Any) -> Any:
         return _marker("date", obj.isoformat())
     if isinstance(obj, time):
         return _marker("time", obj.isoformat())
-    if isinstance(obj, decimal.Decimal):
+    if _is_decimal(obj):
         return _marker("decimal", str(obj))
     if isinstance(obj, uuid.UUID):
         return _marker("uuid", {"hex": obj.hex})
@@ -173,6 +174,18 @@ def _encode_json(obj: Any) -> Any:
         except UnicodeDecodeError:
             return _marker("base64", base64.b64encode(obj).decode("ascii"))
     raise _unserializable(obj)
+
+
+def _is_decimal(obj: object) -> bool:
+    # Nothing is a Decimal until someone imported decimal, which a worker need not load.
+    decimal = sys.modules.get("decimal")
+    return decimal is not None and isinstance(obj, decimal.Decimal)
+
+
+def _decimal(value: Any) -> Any:
+    import decimal
+
+    return decimal.Decimal(value)
 
 
 def _uuid(value: Any) -> uuid.UUID:
@@ -185,7 +198,7 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "datetime": datetime.fromisoformat,
     "date": lambda value: datetime.fromisoformat(value).date(),  # kombu's (accepts a datetime)
     "time": time.fromisoformat,
-    "decimal": decimal.Decimal,
+    "decimal": _decimal,
     "uuid": _uuid,
     "bytes": lambda value: value.encode("utf-8"),
     "base64": lambda value: base64.b64decode(value.encode("utf-8")),
@@ -241,7 +254,7 @@ def _encode_extra(obj: Any) -> Any:
     """msgpack's fallback: kombu's msgpack has none, so plain strings are the least surprise."""
     if isinstance(obj, datetime | date | time):
         return obj.isoformat()
-    if isinstance(obj, uuid.UUID | decimal.Decimal):
+    if isinstance(obj, uuid.UUID) or _is_decimal(obj):
         return str(obj)
     if isinstance(obj, int):  # only msgpack gets here: JSON encodes every int itself
         raise OverflowError(
@@ -300,6 +313,8 @@ def _loads_msgpack(data: bytes) -> Any:
 
 
 def _loads_pickle(data: bytes) -> Any:
+    import pickle
+
     try:
         # Safe only because the caller listed pickle in accept_content.
         return pickle.loads(data)

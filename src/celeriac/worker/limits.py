@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import ctypes
 import threading
 from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Executor
@@ -103,6 +102,8 @@ class _ThreadJob:
                 self._done = True
 
     def interrupt(self, exc_type: type[BaseException]) -> None:
+        import ctypes  # only when a time limit fires
+
         with self._lock:
             if self._thread_id is None or self._done:
                 return

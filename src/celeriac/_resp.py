@@ -145,6 +145,9 @@ class _Protocol(asyncio.Protocol):
         self.lost: BaseException | None = None
         self.closed = asyncio.get_running_loop().create_future()
         self.last_reply = time.monotonic()
+        # Set while the transport's buffer is over its high-water mark: senders wait on it, so
+        # a producer faster than the network does not buffer without bound.
+        self.writable: asyncio.Future[None] | None = None
         self._outgoing: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -178,6 +181,16 @@ class _Protocol(asyncio.Protocol):
             elif self.on_push is not None:
                 self.on_push(reply)
 
+    def pause_writing(self) -> None:
+        if self.writable is None:
+            self.writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.writable is not None:
+            if not self.writable.done():
+                self.writable.set_result(None)
+            self.writable = None
+
     def connection_lost(self, exc: BaseException | None) -> None:
         self._fail(exc or ConnectionError("Redis closed the connection"))
         if not self.closed.done():
@@ -191,6 +204,7 @@ class _Protocol(asyncio.Protocol):
                 else ConnectionError(f"the connection to Redis was dropped: {exc}")
             )
         self._outgoing.clear()
+        self.resume_writing()  # wake senders: they find the connection lost
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
@@ -239,11 +253,13 @@ class Connection:
         """Send one command and wait for its reply. ``timeout`` (else ``socket_timeout``)
         bounds the wait; a connection that misses it is dropped, since it is either dead or
         stuck behind something that will not end."""
+        await self._room()
         (future,) = self._protocol.send([pack(args)], 1)
         return await self._reply(future, timeout)
 
     async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Reply | Exception]:
         """Send commands in one write; every reply or error reply, in order."""
+        await self._room()
         futures = self._protocol.send([pack(c) for c in commands], len(commands))
         replies: list[Reply | Exception] = []
         for future in futures:
@@ -256,6 +272,11 @@ class Connection:
     def send(self, *args: Arg) -> None:
         """Send a command whose replies come as pushes (SUBSCRIBE, UNSUBSCRIBE)."""
         self._protocol.send([pack(args)], 0)
+
+    async def _room(self) -> None:
+        writable = self._protocol.writable
+        if writable is not None:
+            await asyncio.shield(writable)  # one waiter cancelled must not wake the others
 
     async def _reply(self, future: asyncio.Future[Reply], timeout: float | None) -> Reply:
         timeout = timeout if timeout is not None else self._socket_timeout

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 import pytest
 
 from celeriac._redis import check_options, client_from_url
-from celeriac._resp import pack, parse_url
+from celeriac._resp import Connection, _Protocol, pack, parse_url
 from celeriac.backends.redis import RedisBackend
 from celeriac.brokers.redis import RedisBroker
 from celeriac.config import redacted
@@ -82,3 +83,31 @@ def test_options_have_defaults_and_unknown_ones_are_named() -> None:
 )
 def test_result_keys_follow_celerys_prefix_rule(prefix: str, key: str) -> None:
     assert RedisBackend("redis://h/0", options={"global_keyprefix": prefix}).key("x") == key
+
+
+async def test_senders_wait_while_the_transport_buffer_is_full() -> None:
+    class Transport:
+        def __init__(self) -> None:
+            self.written: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.written.append(data)
+
+        def get_extra_info(self, name: str) -> None:
+            return None
+
+    transport = Transport()
+    protocol = _Protocol(None)
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    connection = Connection(protocol, None)
+    protocol.pause_writing()
+    reply = asyncio.ensure_future(connection.execute("PING"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert transport.written == [] and not reply.done()
+    protocol.resume_writing()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert transport.written == [b"*1\r\n$4\r\nPING\r\n"]
+    protocol.data_received(b"+PONG\r\n")
+    assert await reply == b"PONG"

@@ -15,7 +15,8 @@ and Redis answers in order, so replies are matched first in, first out. A blocki
 Errors: anything that means "Redis cannot be reached right now" (refused, reset, timed out,
 still loading its data) is an :class:`OSError`, and a command that may or may not have run
 when its connection dropped is never retried here: whether it is safe to send again is the
-caller's call. An error reply is a :class:`ReplyError`.
+caller's call. An error reply is a :class:`ReplyError`; one to the log-in or the database
+choice is a :class:`~celeriac.errors.ConfigurationError` (waiting would not fix it).
 """
 
 from __future__ import annotations
@@ -429,6 +430,13 @@ class Client:
                 await connection.execute("AUTH", *(login or [address.password]))
             if address.db:
                 await connection.execute("SELECT", address.db)
+        except ReplyError as exc:
+            connection.close()
+            # Not an outage: retrying cannot help, so it must not be ridden out as one.
+            raise ConfigurationError(
+                f"Redis at {redacted(self.url)} refused the connection's set-up: {exc}; check"
+                " the user name, password and database number in the URL"
+            ) from None
         except BaseException:
             connection.close()
             raise

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from services import REDIS_DB_BROKER, redis_url, require_redis
+
 from .conftest import APPS
 
 pytestmark = pytest.mark.integration
@@ -81,3 +83,12 @@ def test_unusable_broker_is_one_line_and_debug_shows_traceback(
     assert out.stderr.strip().count("\n") == 0
     debug = celeriac("-A", "basic:app", "worker", "-l", "debug", cwd=tmp_path, env=bad)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_worker_refused_by_redis_exits_with_one_line(tmp_path: Path) -> None:
+    require_redis()
+    url = redis_url(REDIS_DB_BROKER).replace("redis://", "redis://nobody:s3cret@")
+    out = celeriac("-A", "basic:app", "worker", cwd=tmp_path, env={"CELERIAC_BROKER_URL": url})
+    assert out.returncode == 1
+    assert "refused the connection's set-up" in out.stderr and "check the user name" in out.stderr
+    assert "s3cret" not in out.stderr and "Traceback" not in out.stderr

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from celeriac._resp import Client, LoadingError, ReplyError, Script
+from celeriac.errors import ConfigurationError
 from services import REDIS_DB_BROKER, delete_prefixed, redis_url, require_redis
 
 
@@ -120,14 +121,19 @@ async def test_an_idle_connection_is_checked_before_use(prefix: str) -> None:
         await client.aclose()
 
 
-async def test_wrong_credentials_are_an_error_reply_not_an_outage() -> None:
+async def test_a_refused_login_or_database_is_a_configuration_error_not_an_outage() -> None:
     require_redis()
-    client = Client(redis_url(REDIS_DB_BROKER).replace("redis://", "redis://nobody:wrong@"))
-    try:
-        with pytest.raises(ReplyError, match=r"WRONGPASS|AUTH"):
-            await client.execute("PING")
-    finally:
-        await client.aclose()
+    for url in (
+        redis_url(REDIS_DB_BROKER).replace("redis://", "redis://nobody:s3cret@"),
+        redis_url(REDIS_DB_BROKER).rsplit("/", 1)[0] + "/99999",
+    ):
+        client = Client(url)
+        try:
+            with pytest.raises(ConfigurationError, match="refused the connection's set-up") as err:
+                await client.execute("PING")
+            assert "s3cret" not in str(err.value)
+        finally:
+            await client.aclose()
 
 
 async def test_an_unreachable_server_is_an_oserror_and_a_loading_one_too() -> None:

@@ -60,6 +60,7 @@ class Worker:
         self._running: set[asyncio.Task[None]] = set()
         self._stopping: asyncio.Event | None = None
         self._signals = 0
+        self._failure: BaseException | None = None
         self.processed = 0
 
     async def run(self) -> None:
@@ -73,6 +74,7 @@ class Worker:
         self._install_signal_handlers(loop)
         slots = asyncio.Semaphore(self.concurrency)
         consumer = loop.create_task(self._consume(conn, execution, slots))
+        consumer.add_done_callback(self._consumer_ended)
         logger.info(
             "%s ready: pid %d, queues %s, concurrency %d, broker %s",
             self.hostname,
@@ -92,6 +94,19 @@ class Worker:
             executor.shutdown(wait=False, cancel_futures=True)
             await self.app._close()
             logger.info("%s stopped after %d tasks", self.hostname, self.processed)
+        if self._failure is not None:
+            raise self._failure
+
+    def _consumer_ended(self, consumer: asyncio.Task[None]) -> None:
+        """A consumer that fails stops the worker, which then raises its error: a worker that
+        no longer consumes must not look alive. (Outages never end a consumer: transports
+        ride them out.)"""
+        if consumer.cancelled() or consumer.exception() is None:
+            return
+        self._failure = consumer.exception()
+        logger.error("%s stopped consuming: %s", self.hostname, self._failure)
+        if self._stopping is not None:
+            self._stopping.set()
 
     async def _consume(
         self, conn: Connection, execution: Execution, slots: asyncio.Semaphore

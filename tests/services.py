@@ -81,3 +81,11 @@ def delete_prefixed(prefix: str, *dbs: int) -> None:
                 client.delete(*keys)
         finally:
             client.close()
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now, for a private server of a test's own."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

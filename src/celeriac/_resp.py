@@ -415,14 +415,21 @@ class Client:
         address = self.address
         loop = asyncio.get_running_loop()
         protocol = _Protocol(None)
-        async with asyncio.timeout(self.socket_connect_timeout):
-            await loop.create_connection(
-                lambda: protocol,
-                address.host,
-                address.port,
-                ssl=address.tls,
-                server_hostname=address.host if address.tls else None,
-            )
+        try:
+            async with asyncio.timeout(self.socket_connect_timeout):
+                await loop.create_connection(
+                    lambda: protocol,
+                    address.host,
+                    address.port,
+                    ssl=address.tls,
+                    server_hostname=address.host if address.tls else None,
+                )
+        except ssl.SSLCertVerificationError as exc:
+            raise ConfigurationError(
+                f"Redis at {redacted(self.url)} has a certificate this client does not trust"
+                f" ({exc.verify_message}); name its CA with ?ssl_ca_certs=/path/ca.pem in the"
+                " URL (or ssl_cert_reqs=none to skip the check)"
+            ) from None
         connection = Connection(protocol, self.socket_timeout)
         try:
             if address.password is not None:
@@ -440,6 +447,9 @@ class Client:
         except BaseException:
             connection.close()
             raise
+        if self._closed:  # aclose() ran while this connection was being opened
+            connection.close()
+            raise ConnectionError(f"the client of {redacted(self.url)} is closed")
         protocol.on_push = on_push
         return connection
 

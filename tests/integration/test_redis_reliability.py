@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from services import (
     REDIS_DB_BROKER,
     REDIS_DB_RESULTS,
     delete_prefixed,
+    free_port,
     redis_url,
     require_redis,
     unavailable,
@@ -125,13 +125,6 @@ def runs(events: Iterable[dict[str, Any]], kind: str = "start") -> dict[str, lis
         if event["kind"] == kind:
             out[event["id"]].append(event)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # -- fixtures ------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""``rediss://`` against a real TLS Redis: a private redis-server of this test's own, with a
-self-signed certificate made by ``openssl`` for the run."""
+"""``rediss://`` against a real TLS Redis that wants a password: a private redis-server of
+this test's own, with a self-signed certificate made by ``openssl`` for the run."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from celeriac.brokers.base import Envelope
 from celeriac.brokers.redis import RedisBroker
 from celeriac.errors import ConfigurationError
 from services import free_port, unavailable, wait_until
+
+PASSWORD = "tls-s3cret"
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,7 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, P
             *("redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"),
             *("--tls-cert-file", str(cert), "--tls-key-file", str(key)),
             *("--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"),
+            *("--requirepass", PASSWORD),
             *("--save", "", "--appendonly", "no", "--dir", str(directory)),
             *("--logfile", str(directory / "redis.log")),
         ]
@@ -61,9 +64,11 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, P
         server.wait(10)
 
 
-async def test_broker_and_results_work_over_tls(tls_redis: tuple[int, Path]) -> None:
+async def test_broker_and_results_work_over_tls_with_a_password(
+    tls_redis: tuple[int, Path],
+) -> None:
     port, ca = tls_redis
-    url = f"rediss://127.0.0.1:{port}/2?ssl_ca_certs={ca}"
+    url = f"rediss://:{PASSWORD}@127.0.0.1:{port}/2?ssl_ca_certs={ca}"
     broker, backend = RedisBroker(url), RedisBackend(url)
     await broker.connect()
     await backend.connect()
@@ -87,7 +92,7 @@ async def test_an_untrusted_certificate_is_a_configuration_error(
     tls_redis: tuple[int, Path],
 ) -> None:
     port, _ = tls_redis
-    broker = RedisBroker(f"rediss://127.0.0.1:{port}/2")  # verify against the system CAs
+    broker = RedisBroker(f"rediss://:{PASSWORD}@127.0.0.1:{port}/2")  # the system's CAs
     await broker.connect()
     try:
         with pytest.raises(ConfigurationError, match="certificate"):

@@ -5,6 +5,7 @@ The public names, nothing else; see README.md for a five-minute tour.
 
 from celeriac import states
 from celeriac.app import Celery, shared_task, uuid
+from celeriac.resources import Resource, use
 from celeriac.result import AsyncResult
 from celeriac.task import AsyncTask, SyncTask, Task
 
@@ -12,9 +13,11 @@ __all__ = [
     "AsyncResult",
     "AsyncTask",
     "Celery",
+    "Resource",
     "SyncTask",
     "Task",
     "shared_task",
     "states",
+    "use",
     "uuid",
 ]

@@ -6,8 +6,16 @@ import asyncio
 import logging
 import threading
 import uuid as _uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, ParamSpec, Protocol, TypedDict, TypeVar, Unpack, overload
@@ -16,6 +24,8 @@ from celeriac import _bridge, protocol
 from celeriac.backends.base import ResultBackend
 from celeriac.brokers.base import Broker
 from celeriac.config import Settings
+from celeriac.errors import ResourceError
+from celeriac.resources import Resource
 from celeriac.result import AsyncResult, dual
 from celeriac.resultmeta import make_meta
 from celeriac.task import AsyncTask, SyncTask, Task, TaskOptions, current_request
@@ -106,6 +116,10 @@ class Celery:
             self.conf.result_backend = backend
         self.conf.update(settings)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        #: Declared with ``@app.resource`` (or ``define_app_context``): built once per worker
+        #: process (see :mod:`celeriac.resources`).
+        self.resources: dict[str, Resource[Any]] = {}
+        self._context: dict[str, Any] | None = None
         self._connections: dict[asyncio.AbstractEventLoop, Connection] = {}
         self._connect_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         self._sending: set[asyncio.Task[None]] = set()
@@ -153,6 +167,58 @@ class Celery:
         task: Task[Any, Any] = cls(self, fn, task_options)
         self.tasks[name] = task
         return task
+
+    # -- resources -----------------------------------------------------------------------------
+
+    @overload
+    def resource(self, factory: Callable[[], AsyncIterator[R]], /) -> Resource[R]: ...
+    @overload
+    def resource(self, factory: Callable[[], Iterator[R]], /) -> Resource[R]: ...
+    @overload
+    def resource(self, factory: Callable[[], Awaitable[R]], /) -> Resource[R]: ...
+    @overload
+    def resource(self, factory: Callable[[], R], /) -> Resource[R]: ...
+
+    def resource(self, factory: Callable[[], Any], /) -> Resource[Any]:
+        """Declare a resource every worker process builds once (see :mod:`celeriac.resources`).
+
+        ``factory`` is an async or sync generator (setup, ``yield`` the instance, teardown) or
+        an async or sync function returning the instance; its name names the resource.
+        """
+        name = factory.__name__
+        if name in self.resources:
+            raise ResourceError(f"a resource named {name!r} is already declared on {self!r}")
+        declared: Resource[Any] = Resource(name, factory)
+        self.resources[name] = declared
+        return declared
+
+    def define_app_context(
+        self, factory: Callable[[], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+    ) -> Callable[[], AbstractAsyncContextManager[Mapping[str, Any] | None]]:
+        """aio-celery's way, for code that migrates: ``factory()`` is an async context manager
+        yielding a dict that tasks read as ``app.context[...]`` while the worker runs. New code
+        can declare each entry with ``@app.resource`` and receive it as a parameter."""
+
+        async def app_context() -> AsyncIterator[Mapping[str, Any]]:
+            async with factory() as values:
+                self._context = dict(values or {})
+                try:
+                    yield self._context
+                finally:
+                    self._context = None
+
+        self.resources["app_context"] = Resource("app_context", app_context)
+        return factory
+
+    @property
+    def context(self) -> Mapping[str, Any]:
+        """What the ``define_app_context`` factory yielded, inside a running worker."""
+        if self._context is None:
+            raise ResourceError(
+                "app.context is set only while a worker of this process runs (declare it with"
+                " @app.define_app_context)"
+            )
+        return self._context
 
     # -- connections ---------------------------------------------------------------------------
 

@@ -53,6 +53,10 @@ class MessageTooLarge(ProtocolError):
     """The serialized message exceeds ``broker_max_message_size``."""
 
 
+class ResourceError(CeleriacError):
+    """A worker resource failed to start, or a task needs one this process has not started."""
+
+
 class NotRegistered(CeleriacError):
     """The worker has no task registered under the message's task name."""
 

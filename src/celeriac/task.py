@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from celeriac import resources
 from celeriac.errors import MaxRetriesExceededError, Retry
+from celeriac.resources import injected_parameters
 from celeriac.result import AsyncResult, dual
 
 if TYPE_CHECKING:
@@ -84,10 +86,14 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.options = options
         self.name = options.name
-        self.signature = inspect.signature(fn)
+        signature = inspect.signature(fn)
+        #: Parameters the worker fills with resources (their default is ``use(...)``).
+        self.injected = injected_parameters(signature)
+        params = [p for p in signature.parameters.values() if p.name not in self.injected]
         if options.bind:
-            params = list(self.signature.parameters.values())[1:]
-            self.signature = self.signature.replace(parameters=params)
+            params = params[1:]
+        #: What a message's args and kwargs must fit.
+        self.signature = signature.replace(parameters=params)
         self.is_async = inspect.iscoroutinefunction(fn)
 
     def __repr__(self) -> str:
@@ -131,7 +137,11 @@ class Task(Generic[P, R]):
     # -- running inline -------------------------------------------------------------------
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the function (with ``self`` first when bound)."""
+        """Call the function (with ``self`` first when bound, and this process's resources
+        for the parameters that use them)."""
+        for name, resource in self.injected.items():
+            if name not in kwargs:
+                kwargs[name] = resources.instance(resource, task=self.name)
         if self.options.bind:
             return self.fn(self, *args, **kwargs)
         return self.fn(*args, **kwargs)

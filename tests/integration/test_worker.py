@@ -151,6 +151,21 @@ def test_update_state_is_visible_while_running(start_worker: Any, basic: Any, ma
     assert r.get(timeout=20) == "released"
 
 
+async def test_a_resource_is_built_once_per_process_and_torn_down_once(
+    start_worker: Any, abasic: Any, marks: Path
+) -> None:
+    worker = start_worker()
+    sent = [await abasic.resource_id_async.delay(i) for i in range(500)]
+    sent += [await abasic.resource_id_sync.delay(i) for i in range(500)]
+    seen = {tuple(await r.get(timeout=60)) for r in sent}
+    # One process, one instance, 1,000 tasks (async on the loop, sync in threads).
+    assert len(seen) == 1 and next(iter(seen))[0] == worker.proc.pid
+    assert (marks / "resource-built").read_text().split() == [str(worker.proc.pid)]
+    assert not (marks / "resource-closed").exists()
+    assert worker.stop() == 0
+    assert (marks / "resource-closed").read_text().split() == [str(worker.proc.pid)]
+
+
 def test_request_context(start_worker: Any, basic: Any) -> None:
     start_worker("-Q", "celery,other")
     r = basic.whoami.apply_async(queue="other")

@@ -25,6 +25,7 @@ from functools import partial
 from celeriac import _bridge
 from celeriac.app import Celery, Connection
 from celeriac.config import redacted
+from celeriac.resources import Resources
 from celeriac.serialization import resolve_accept
 from celeriac.worker.execution import Execution
 
@@ -68,6 +69,12 @@ class Worker:
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         conn = await self.app.connection()
+        resources = Resources(self.app.resources)
+        try:
+            await resources.start()  # before the first task, so none waits for a model to load
+        except BaseException:
+            await self.app._close()
+            raise
         _bridge.use_loop(loop)
         executor = ThreadPoolExecutor(self.threads, thread_name_prefix="celeriac-task")
         execution = Execution(self, conn, executor)
@@ -89,6 +96,7 @@ class Worker:
             consumer.cancel()
             await asyncio.gather(consumer, return_exceptions=True)
             await self._drain()
+            await resources.close()  # after the last task
             _bridge.use_loop(None)
             self._remove_signal_handlers(loop)
             executor.shutdown(wait=False, cancel_futures=True)

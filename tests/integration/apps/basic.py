@@ -6,10 +6,11 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from celeriac import Celery
+from celeriac import Celery, use
 from celeriac.errors import SoftTimeLimitExceeded
 
 app = Celery("basic")
@@ -161,3 +162,30 @@ async def progress_then_wait(self: Any, name: str) -> str:
             return "released"
         await asyncio.sleep(0.01)
     return "timed out"
+
+
+class Connections:
+    """A stand-in for a pool: its build and close leave marks, with the worker's pid."""
+
+    def __init__(self) -> None:
+        mark("resource-built", str(os.getpid()))
+
+    def close(self) -> None:
+        mark("resource-closed", str(os.getpid()))
+
+
+@app.resource
+async def connections() -> AsyncIterator[Connections]:
+    pool = Connections()
+    yield pool
+    pool.close()
+
+
+@app.task
+async def resource_id_async(n: int, pool: Connections = use(connections)) -> list[int]:
+    return [os.getpid(), id(pool)]
+
+
+@app.task
+def resource_id_sync(n: int, pool: Connections = use(connections)) -> list[int]:
+    return [os.getpid(), id(pool)]

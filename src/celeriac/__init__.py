@@ -7,13 +7,14 @@ from celeriac import states
 from celeriac.app import Celery, shared_task, uuid
 from celeriac.resources import Resource, use
 from celeriac.result import AsyncResult
-from celeriac.task import AsyncTask, SyncTask, Task
+from celeriac.task import AsyncTask, StreamingTask, SyncTask, Task
 
 __all__ = [
     "AsyncResult",
     "AsyncTask",
     "Celery",
     "Resource",
+    "StreamingTask",
     "SyncTask",
     "Task",
     "shared_task",

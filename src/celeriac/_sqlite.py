@@ -74,6 +74,15 @@ CREATE TABLE IF NOT EXISTS celeriac_results (
 );
 CREATE INDEX IF NOT EXISTS celeriac_results_expiry
     ON celeriac_results (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS celeriac_events (
+    task_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    expires_at REAL,
+    PRIMARY KEY (task_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS celeriac_events_expiry
+    ON celeriac_events (expires_at) WHERE expires_at IS NOT NULL;
 """
 
 _OPEN_ATTEMPTS = 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
 import uuid as _uuid
@@ -28,7 +29,8 @@ from celeriac.errors import ResourceError
 from celeriac.resources import Resource
 from celeriac.result import AsyncResult, dual
 from celeriac.resultmeta import make_meta
-from celeriac.task import AsyncTask, SyncTask, Task, TaskOptions, current_request
+from celeriac.states import READY_STATES
+from celeriac.task import AsyncTask, StreamingTask, SyncTask, Task, TaskOptions, current_request
 from celeriac.transports import backend_from_url, broker_from_url
 
 P = ParamSpec("P")
@@ -77,6 +79,14 @@ class TaskDecorator(Protocol):
         self, fn: Callable[P, Coroutine[Any, Any, R]], /
     ) -> AsyncTask[P, R]: ...
     @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[P, AsyncIterator[R]], /
+    ) -> StreamingTask[P, R]: ...
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[P, Iterator[R]], /
+    ) -> StreamingTask[P, R]: ...
+    @overload
     def __call__(self, fn: Callable[P, R], /) -> SyncTask[P, R]: ...
 
 
@@ -85,6 +95,14 @@ class BoundTaskDecorator(Protocol):
     def __call__(  # type: ignore[overload-overlap]
         self, fn: Callable[..., Coroutine[Any, Any, R]], /
     ) -> AsyncTask[..., R]: ...
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[..., AsyncIterator[R]], /
+    ) -> StreamingTask[..., R]: ...
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[..., Iterator[R]], /
+    ) -> StreamingTask[..., R]: ...
     @overload
     def __call__(self, fn: Callable[..., R], /) -> SyncTask[..., R]: ...
 
@@ -139,6 +157,14 @@ class Celery:
         self, fn: Callable[P, Coroutine[Any, Any, R]], /
     ) -> AsyncTask[P, R]: ...
     @overload
+    def task(  # type: ignore[overload-overlap]
+        self, fn: Callable[P, AsyncIterator[R]], /
+    ) -> StreamingTask[P, R]: ...
+    @overload
+    def task(  # type: ignore[overload-overlap]
+        self, fn: Callable[P, Iterator[R]], /
+    ) -> StreamingTask[P, R]: ...
+    @overload
     def task(self, fn: Callable[P, R], /) -> SyncTask[P, R]: ...
     @overload
     def task(self, *, bind: Literal[True], **options: Unpack[TaskKwargs]) -> BoundTaskDecorator: ...
@@ -163,8 +189,14 @@ class Celery:
     ) -> Task[Any, Any]:
         name = options.pop("name", None) or f"{fn.__module__}.{fn.__qualname__}"
         task_options = TaskOptions(name=name, bind=bind, **options)
-        cls = AsyncTask if asyncio.iscoroutinefunction(fn) else SyncTask
-        task: Task[Any, Any] = cls(self, fn, task_options)
+        cls: type[Task[Any, Any]]
+        if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+            cls = StreamingTask
+        elif asyncio.iscoroutinefunction(fn):
+            cls = AsyncTask
+        else:
+            cls = SyncTask
+        task = cls(self, fn, task_options)
         self.tasks[name] = task
         return task
 
@@ -370,13 +402,18 @@ class Celery:
         traceback: str | None = None,
         parent_id: str | None = None,
         group_id: str | None = None,
+        event: bool = False,
     ) -> None:
-        """Write a task's record in Celery's format to the result store."""
+        """Write a task's record in Celery's format to the result store; with ``event``, a
+        state that is not final also joins the task's event log (what ``stream()`` reads)."""
         meta = make_meta(
             task_id, state, result, traceback=traceback, parent_id=parent_id, group_id=group_id
         )
         backend = (await self.connection()).backend
-        await backend.store(task_id, meta, expires=self.conf.result_expires)
+        if event and state not in READY_STATES:
+            await backend.store_event(task_id, meta, expires=self.conf.result_expires)
+        else:
+            await backend.store(task_id, meta, expires=self.conf.result_expires)
 
 
 def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable, Coroutine, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine, Generator, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
@@ -36,6 +37,73 @@ def dual(coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
     if _bridge.in_async_context():
         return coro
     return cast(Awaitable[T], _bridge.run(coro))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One state of a task, as ``result.stream()`` reports it.
+
+    ``info`` is what the state carries: for PROGRESS, the value the task yielded (or the
+    ``meta`` of ``update_state``); for SUCCESS, the result; for an exception state (RETRY,
+    and FAILURE when not propagated), the exception.
+    """
+
+    state: str
+    info: Any
+    task_id: str
+
+    @property
+    def ready(self) -> bool:
+        """The final event: SUCCESS, FAILURE or REVOKED."""
+        return self.state in states.READY_STATES
+
+
+class ResultStream:
+    """``async for`` in async code, ``for`` in sync code: the task's events as they happen.
+
+    The first event is the task's latest state (nothing, while it is PENDING); then every
+    later event, in order; the last is its final state. A failed task raises its exception
+    at the end instead, unless ``propagate=False``. ``timeout`` bounds the whole stream.
+    """
+
+    def __init__(self, result: AsyncResult[Any], timeout: float | None, propagate: bool):
+        self._result = result
+        self._timeout = timeout
+        self._propagate = propagate
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._events()
+
+    def __iter__(self) -> Iterator[Event]:
+        if _bridge.in_async_context():
+            raise CeleriacError("in async code, use 'async for event in result.stream()'")
+        events = self._events()
+        try:
+            while True:
+                try:
+                    yield _bridge.run(_next(events))
+                except StopAsyncIteration:
+                    return
+        finally:
+            _bridge.run(events.aclose())
+
+    async def _events(self) -> AsyncGenerator[Event, None]:
+        result = self._result
+        await result
+        backend = (await result.app.connection()).backend
+        async for meta in backend.stream(result.id, self._timeout):
+            result._meta = meta
+            state = str(meta.get("status", states.PENDING))
+            info = meta.get("result")
+            if state in states.EXCEPTION_STATES:
+                info = exception_from_dict(info, meta.get("traceback"))
+                if self._propagate and state in states.PROPAGATE_STATES:
+                    raise info
+            yield Event(state, info, result.id)
+
+
+async def _next(events: AsyncGenerator[Event, None]) -> Event:
+    return await anext(events)
 
 
 class AsyncResult(Generic[R]):
@@ -107,6 +175,17 @@ class AsyncResult(Generic[R]):
                 raise exc
             return exc
         return meta.get("result")
+
+    def stream(self, timeout: float | None = None, propagate: bool = True) -> ResultStream:
+        """The task's events as they happen (``async for`` / ``for``): its latest state, every
+        later PROGRESS (each value a yielding task yields, each ``update_state``), then its
+        final state. See :class:`ResultStream`."""
+        if inside_task.get():
+            raise SyncWaitInTaskError(
+                "Never stream a result within a task: the task you follow may need the worker"
+                " slot this one holds, which deadlocks the worker."
+            )
+        return ResultStream(self, timeout, propagate)
 
     def refresh(self) -> Awaitable[str]:
         """Read the record again; returns the state."""

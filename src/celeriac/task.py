@@ -94,7 +94,10 @@ class Task(Generic[P, R]):
             params = params[1:]
         #: What a message's args and kwargs must fit.
         self.signature = signature.replace(parameters=params)
-        self.is_async = inspect.iscoroutinefunction(fn)
+        #: Runs on the event loop (``async def``, with or without ``yield``).
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+        #: Yields progress (a generator or an async generator): see ``StreamingTask``.
+        self.streams = inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn)
 
     def __repr__(self) -> str:
         return f"<@task: {self.name}>"
@@ -242,6 +245,7 @@ class Task(Generic[P, R]):
             target,
             state or "PROGRESS",
             dict(meta or {}),
+            event=True,
             parent_id=request.parent_id if request else None,
             group_id=request.group if request else None,
         )
@@ -262,3 +266,13 @@ class SyncTask(Task[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         result: R = self.run(*args, **kwargs)
         return result
+
+
+class StreamingTask(Task[P, R]):
+    """A task whose function yields (a generator or an async generator): every value it
+    yields is stored as a PROGRESS state and reaches ``result.stream()`` callers as it
+    happens. Its result is the last value it yielded, or what a sync generator returns (when
+    not None). Calling it inline returns the generator."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        return self.run(*args, **kwargs)

@@ -133,3 +133,87 @@ async def test_close_fails_waiters(make_backend: MakeBackend) -> None:
     await backend.close()
     with pytest.raises(errors.BrokerError):
         await waiting
+
+
+# -- event logs and streams ----------------------------------------------------------------
+
+
+async def collect(stream: Any, into: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async for event in stream:
+        into.append(event)
+    return into
+
+
+async def test_a_stream_sees_every_event_in_order_then_the_final_record(
+    make_backend: MakeBackend,
+) -> None:
+    reader, worker = await make_backend(), await make_backend()
+    tid = task_id()
+    seen: list[dict[str, Any]] = []
+    streaming = asyncio.ensure_future(collect(reader.stream(tid, timeout=WAIT), seen))
+    # Nothing stored yet (PENDING): the stream yields nothing until the first event.
+    await worker.store_event(tid, meta(tid, "STARTED"), expires=60)
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while not seen:  # attached before the burst below, whatever the transport's latency
+        assert asyncio.get_running_loop().time() < deadline, "the first event never came"
+        await asyncio.sleep(0.01)
+    # A burst written back to back, faster than any reader re-reads: none may be lost.
+    for i in range(200):
+        await worker.store_event(tid, meta(tid, "PROGRESS", {"current": i}), expires=60)
+    await worker.store(tid, meta(tid, "SUCCESS", "done"), expires=60)
+    events = await asyncio.wait_for(streaming, WAIT)
+    assert events[0] == meta(tid, "STARTED")
+    assert [e["result"]["current"] for e in events[1:-1]] == list(range(200))
+    assert events[-1] == meta(tid, "SUCCESS", "done")
+    assert await reader.get(tid) == meta(tid, "SUCCESS", "done")
+
+
+async def test_a_late_stream_starts_from_the_latest_state(make_backend: MakeBackend) -> None:
+    reader, worker = await make_backend(), await make_backend()
+    tid = task_id()
+    for i in range(5):
+        await worker.store_event(tid, meta(tid, "PROGRESS", {"current": i}), expires=60)
+    seen: list[dict[str, Any]] = []
+    streaming = asyncio.ensure_future(collect(reader.stream(tid, timeout=WAIT), seen))
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while not seen:
+        assert asyncio.get_running_loop().time() < deadline, "the latest state never came"
+        await asyncio.sleep(0.01)
+    await worker.store_event(tid, meta(tid, "PROGRESS", {"current": 5}), expires=60)
+    await worker.store(tid, meta(tid, "FAILURE", {"exc_type": "ValueError"}), expires=60)
+    events = await asyncio.wait_for(streaming, WAIT)
+    assert [e["status"] for e in events] == ["PROGRESS", "PROGRESS", "FAILURE"]
+    assert [e["result"] for e in events[:2]] == [{"current": 4}, {"current": 5}]
+
+
+async def test_a_stream_of_a_finished_task_is_its_final_record(backend: ResultBackend) -> None:
+    tid = task_id()
+    await backend.store_event(tid, meta(tid, "PROGRESS", {"current": 1}), expires=60)
+    await backend.store(tid, meta(tid, "SUCCESS", 3), expires=60)
+    assert await collect(backend.stream(tid, timeout=WAIT), []) == [meta(tid, "SUCCESS", 3)]
+    plain = task_id()  # never streamed: its record alone
+    await backend.store(plain, meta(plain, "SUCCESS", 4), expires=60)
+    assert await collect(backend.stream(plain, timeout=WAIT), []) == [meta(plain, "SUCCESS", 4)]
+
+
+async def test_a_stream_times_out_without_a_final_state(backend: ResultBackend) -> None:
+    tid = task_id()
+    await backend.store_event(tid, meta(tid, "PROGRESS", {"current": 1}), expires=60)
+    seen: list[dict[str, Any]] = []
+    with pytest.raises(errors.TimeoutError):
+        await collect(backend.stream(tid, timeout=0.3), seen)
+    assert seen == [meta(tid, "PROGRESS", {"current": 1})]
+
+
+async def test_an_event_is_a_record_too_and_final_states_are_refused(
+    backend: ResultBackend,
+) -> None:
+    tid = task_id()
+    await backend.store_event(tid, meta(tid, "PROGRESS", {"current": 2}), expires=60)
+    assert await backend.get(tid) == meta(tid, "PROGRESS", {"current": 2})  # Celery reads this
+    with pytest.raises(ValueError, match="final state"):
+        await backend.store_event(tid, meta(tid, "SUCCESS", 1), expires=60)
+    await backend.forget(tid)
+    assert await backend.get(tid) is None
+    log = await backend._events_since(tid, 0)
+    assert (log.events, log.count) == ([], 0)

@@ -166,6 +166,31 @@ async def test_a_resource_is_built_once_per_process_and_torn_down_once(
     assert (marks / "resource-closed").read_text().split() == [str(worker.proc.pid)]
 
 
+async def test_progress_streams_to_the_caller_while_the_task_runs(
+    start_worker: Any, abasic: Any, marks: Path
+) -> None:
+    start_worker()
+    result = await abasic.count_up.delay(100, "release")
+    events = []
+    async for event in result.stream(timeout=30):
+        events.append(event)
+        (marks / "release").touch()  # the task is still waiting for this after event 1
+    assert [e.info["current"] for e in events[:-1]] == list(range(1, 101))
+    assert events[-1].state == "SUCCESS" and events[-1].info == {"current": 100, "total": 100}
+
+
+def test_sync_callers_iterate_the_stream_of_a_sync_generator_task(
+    start_worker: Any, basic: Any
+) -> None:
+    start_worker()
+    result = basic.count_up_sync.delay(30)
+    events = list(result.stream(timeout=30))
+    assert events[-1].state == "SUCCESS" and events[-1].info == 30
+    progress = [e.info for e in events[:-1]]
+    # However late it attached: the latest state first, then every later one, in order.
+    assert progress == list(range(30 - len(progress), 30))
+
+
 def test_request_context(start_worker: Any, basic: Any) -> None:
     start_worker("-Q", "celery,other")
     r = basic.whoami.apply_async(queue="other")

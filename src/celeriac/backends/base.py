@@ -5,18 +5,43 @@ A record ("meta") is the dict Celery stores for a task: ``status``, ``result``,
 ``group_id``. Backends store it as JSON text, exactly as Celery's Redis backend does, so
 that records are readable by Celery clients on shared stores.
 
+Besides the record, a task that reports progress (a task that yields, ``update_state``) has
+an event log: every state it stores with :meth:`ResultBackend.store_event` is appended to it,
+so :meth:`ResultBackend.stream` can hand a caller every event, in order, however fast they
+come. The log expires with the record.
+
 Public methods encode and validate here; transports implement the ``_`` primitives.
 """
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
+from celeriac import errors
 from celeriac.serialization import json_text, json_value
 from celeriac.states import READY_STATES
 
 Meta = dict[str, Any]
+
+
+class Changes(Protocol):
+    """Tells a stream that a task's record or event log may have changed."""
+
+    async def wait(self, timeout: float | None) -> None:
+        """Return after a change, or after ``timeout`` seconds (a re-check costs little)."""
+        ...
+
+
+class EventLog(Protocol):
+    """What one atomic read of a task's event log returns (see ``_events_since``)."""
+
+    events: list[bytes]
+    count: int
+    record: bytes | None
 
 
 class ResultBackend(ABC):
@@ -54,8 +79,46 @@ class ResultBackend(ABC):
         return _decode(await self._wait(task_id, timeout))
 
     async def forget(self, task_id: str) -> None:
-        """Delete the record."""
+        """Delete the record (and the task's event log)."""
         await self._delete(task_id)
+
+    async def store_event(self, task_id: str, meta: Meta, *, expires: float | None) -> None:
+        """Store a state that is not final (PROGRESS, STARTED, ...) as the record, as
+        :meth:`store` does, and append it to the task's event log."""
+        if meta["status"] in READY_STATES:
+            raise ValueError(f"{meta['status']} is a final state: store() it")
+        await self._append(task_id, json_text(meta).encode(), expires)
+
+    async def stream(self, task_id: str, timeout: float | None) -> AsyncIterator[Meta]:
+        """The task's latest state (if it has one), then every later event in order, then
+        its final record; the iterator ends after a final (ready) state.
+
+        Raises :class:`celeriac.errors.TimeoutError` if no final state comes within
+        ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        async with self._watch_task(task_id) as changes:
+            log = await self._events_since(task_id, None)
+            latest = log.record if _is_ready(log.record) or not log.events else log.events[-1]
+            if latest is not None:
+                yield _decode(latest)
+                if _is_ready(latest):
+                    return
+            seen = log.count
+            while True:
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    raise errors.TimeoutError(f"task {task_id} was not ready after {timeout} s")
+                await changes.wait(left)
+                log = await self._events_since(task_id, seen)
+                seen = log.count
+                for event in log.events:
+                    yield _decode(event)
+                if _is_ready(log.record):
+                    assert log.record is not None
+                    yield _decode(log.record)
+                    return
 
     @abstractmethod
     async def _set(self, task_id: str, data: bytes, ready: bool, expires: float | None) -> None:
@@ -71,7 +134,39 @@ class ResultBackend(ABC):
 
     @abstractmethod
     async def _delete(self, task_id: str) -> None:
-        """Remove the record if present."""
+        """Remove the record and the event log if present."""
+
+    @abstractmethod
+    async def _append(self, task_id: str, data: bytes, expires: float | None) -> None:
+        """Store ``data`` (not ready) as the record and append it to the event log, in the
+        order of calls; wake the task's streams."""
+
+    @abstractmethod
+    async def _events_since(self, task_id: str, after: int | None) -> EventLog:
+        """One consistent read: the events after the first ``after`` (``None``: only the
+        last event, if any), how many events there are in all, and the record."""
+
+    @abstractmethod
+    def _watch_task(self, task_id: str) -> AbstractAsyncContextManager[Changes]:
+        """Watch the task: a change stored once this is entered is never missed."""
+
+
+class Log:
+    """An :class:`EventLog`."""
+
+    __slots__ = ("count", "events", "record")
+
+    def __init__(self, events: list[bytes], count: int, record: bytes | None) -> None:
+        self.events = events
+        self.count = count
+        self.record = record
+
+
+def _is_ready(data: bytes | None) -> bool:
+    if data is None:
+        return False
+    status = _decode(data).get("status")
+    return status in READY_STATES
 
 
 def _decode(data: bytes) -> Meta:

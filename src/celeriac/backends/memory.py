@@ -7,13 +7,16 @@ waiter on another event loop (the sync API's private thread) is woken on its own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from celeriac import errors
-from celeriac.backends.base import ResultBackend
+from celeriac.backends.base import Changes, EventLog, Log, ResultBackend
 from celeriac.brokers.base import now
 from celeriac.brokers.memory import reset_memory_transports
 
@@ -39,12 +42,22 @@ class _Results:
         self.lock = threading.Lock()
         self.records: dict[str, _Record] = {}
         self.waiters: dict[str, list[_Waiter]] = {}
+        self.events: dict[str, list[bytes]] = {}
+        self.watchers: dict[str, set[_Watcher]] = {}
+
+    def changed(self, task_id: str) -> None:
+        """Wake the task's streams, each on its own loop. Call without the lock held."""
+        with self.lock:
+            watchers = list(self.watchers.get(task_id, ()))
+        for watcher in watchers:
+            watcher.set()
 
     def live(self, task_id: str) -> _Record | None:
         """The record unless it expired (then dropped). Call with the lock held."""
         record = self.records.get(task_id)
         if record is not None and record.expired(now()):
             del self.records[task_id]
+            self.events.pop(task_id, None)
             return None
         return record
 
@@ -55,6 +68,27 @@ class _Results:
                 waiters.remove(waiter)
             if not waiters:
                 self.waiters.pop(task_id, None)
+
+
+class _Watcher(Changes):
+    """A stream's wake-up, set from any thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.signal = asyncio.Event()
+
+    def set(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the stream's loop is closed
+            self.loop.call_soon_threadsafe(self.signal.set)
+
+    async def wait(self, timeout: float | None) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self.signal.wait()
+        except TimeoutError:
+            return
+        finally:
+            self.signal.clear()
 
 
 _REGISTRY_LOCK = threading.Lock()
@@ -109,6 +143,35 @@ class MemoryBackend(ResultBackend):
                 loop.call_soon_threadsafe(_resolve, future, data)
             except RuntimeError:  # that waiter's loop is closed
                 continue
+        self._results.changed(task_id)
+
+    async def _append(self, task_id: str, data: bytes, expires: float | None) -> None:
+        expires_at = None if expires is None else now() + expires
+        with self._results.lock:
+            self._results.records[task_id] = _Record(data, False, expires_at)
+            self._results.events.setdefault(task_id, []).append(data)
+        self._results.changed(task_id)
+
+    async def _events_since(self, task_id: str, after: int | None) -> EventLog:
+        with self._results.lock:
+            record = self._results.live(task_id)
+            events = list(self._results.events.get(task_id, ()))
+        wanted = events[-1:] if after is None else events[after:]
+        return Log(wanted, len(events), None if record is None else record.data)
+
+    @asynccontextmanager
+    async def _watch_task(self, task_id: str) -> AsyncIterator[Changes]:
+        watcher = _Watcher()
+        with self._results.lock:
+            self._results.watchers.setdefault(task_id, set()).add(watcher)
+        try:
+            yield watcher
+        finally:
+            with self._results.lock:
+                watchers = self._results.watchers.get(task_id, set())
+                watchers.discard(watcher)
+                if not watchers:
+                    self._results.watchers.pop(task_id, None)
 
     async def _get(self, task_id: str) -> bytes | None:
         with self._results.lock:
@@ -139,3 +202,4 @@ class MemoryBackend(ResultBackend):
     async def _delete(self, task_id: str) -> None:
         with self._results.lock:
             self._results.records.pop(task_id, None)
+            self._results.events.pop(task_id, None)

@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 from celeriac import errors
@@ -27,14 +29,16 @@ from celeriac._redis import (
     until_done,
 )
 from celeriac._resp import Client, Connection, Reply
-from celeriac.backends.base import ResultBackend
+from celeriac.backends.base import Changes, EventLog, Log, ResultBackend
 from celeriac.config import redacted
 from celeriac.states import READY_STATES
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "celery-task-meta-"
-_Record = tuple[str, bytes, float | None]  # key, JSON, seconds to keep
+#: key, JSON, seconds to keep, and the event log to append it to (None: not an event)
+_Record = tuple[str, bytes, float | None, str | None]
+EVENTS_PREFIX = "celeriac-task-events-"
 _OPTIONS: dict[str, Any] = {"global_keyprefix": ""}
 _CLOSE_TIMEOUT = 2.0
 #: Unsubscribing waits this long (or for this many channels) to go in one command.
@@ -47,6 +51,9 @@ class Watcher(Protocol):
     the wait."""
 
     def record(self, data: bytes) -> None: ...
+
+    def subscribed(self) -> None:
+        """The channel is subscribed and its key was read: nothing later can be missed."""
 
     def fail(self, error: BaseException) -> None: ...
 
@@ -62,6 +69,9 @@ class _ReadyWaiter:
     def record(self, data: bytes) -> None:
         if not self.future.done() and _is_ready(data):
             self.future.set_result(data)
+
+    def subscribed(self) -> None:
+        pass
 
     def fail(self, error: BaseException) -> None:
         if not self.future.done():
@@ -82,7 +92,9 @@ class RedisBackend(ResultBackend):
         super().__init__(url, options=options)
         opts = check_options(self.options, _OPTIONS, "result_backend_transport_options")
         self._client_options = opts
-        self.key_prefix = _celery_prefix(str(opts["global_keyprefix"])) + KEY_PREFIX
+        prefix = _celery_prefix(str(opts["global_keyprefix"]))
+        self.key_prefix = prefix + KEY_PREFIX
+        self.events_prefix = prefix + EVENTS_PREFIX
         self._client: Client | None = None
         self._listener: _Listener | None = None
         self._outage = Outage(url, "result backend")
@@ -116,12 +128,21 @@ class RedisBackend(ResultBackend):
 
     async def _set(self, task_id: str, data: bytes, ready: bool, expires: float | None) -> None:
         """Stores are pipelined like acks, in the order they were made (same id: last wins)."""
-        await self._stores.add((self.key(task_id), data, expires))
+        await self._stores.add((self.key(task_id), data, expires, None))
+
+    async def _append(self, task_id: str, data: bytes, expires: float | None) -> None:
+        # Through the same ordered batches as records: an event never lands after the final
+        # record of its task.
+        await self._stores.add((self.key(task_id), data, expires, self.events_prefix + task_id))
 
     async def _write(self, records: list[_Record]) -> None:
         async def write() -> None:
             pipe = self.client.pipeline()
-            for key, data, expires in records:
+            for key, data, expires, events in records:
+                if events is not None:  # before the record: a reader that sees it sees this
+                    pipe.add("RPUSH", events, data)
+                    if expires is not None:
+                        pipe.add("PEXPIRE", events, max(1, round(expires * 1000)))
                 if expires is None:
                     pipe.add("SET", key, data)
                 elif expires == int(expires) and expires >= 1:
@@ -139,7 +160,33 @@ class RedisBackend(ResultBackend):
         return data
 
     async def _delete(self, task_id: str) -> None:
-        await self.client.execute("DEL", self.key(task_id))
+        await self.client.execute("DEL", self.key(task_id), self.events_prefix + task_id)
+
+    async def _events_since(self, task_id: str, after: int | None) -> EventLog:
+        events = self.events_prefix + task_id
+        pipe = self.client.pipeline()
+        pipe.add("MULTI")
+        pipe.add("LRANGE", events, -1 if after is None else after, -1)
+        pipe.add("LLEN", events)
+        pipe.add("GET", self.key(task_id))
+        pipe.add("EXEC")
+        listed, count, record = (await pipe.execute())[-1]
+        return Log(list(listed), int(count), record)
+
+    @asynccontextmanager
+    async def _watch_task(self, task_id: str) -> AsyncIterator[Changes]:
+        if self._closed:
+            raise errors.BrokerError(f"the result backend {redacted(self.url)} is closed")
+        if self._listener is None:
+            self._listener = _Listener(self)
+        watcher = _StreamWatcher()
+        key = self.key(task_id).encode()
+        self._listener.watch(key, watcher)
+        try:
+            await watcher.ready()
+            yield watcher
+        finally:
+            self._listener.unwatch(key, watcher)
 
     async def _wait(self, task_id: str, timeout: float | None) -> bytes:
         if self._closed:
@@ -156,6 +203,40 @@ class RedisBackend(ResultBackend):
             raise errors.TimeoutError(f"task {task_id} was not ready after {timeout} s") from exc
         finally:
             self._listener.unwatch(key, waiter)
+
+
+class _StreamWatcher(Watcher, Changes):
+    """A stream's view of its channel: every record (or re-subscription) is a wake-up."""
+
+    def __init__(self) -> None:
+        self.signal = asyncio.Event()
+        self._subscribed = asyncio.Event()
+        self._error: BaseException | None = None
+
+    def record(self, data: bytes) -> None:
+        self.signal.set()
+
+    def subscribed(self) -> None:
+        self._subscribed.set()
+        self.signal.set()  # after a reconnect: read again, messages may have been missed
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._subscribed.set()
+        self.signal.set()
+
+    async def ready(self) -> None:
+        await self._subscribed.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def wait(self, timeout: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.signal.wait()
+        self.signal.clear()
+        if self._error is not None:
+            raise self._error
 
 
 class _Listener:
@@ -191,6 +272,8 @@ class _Listener:
         self._watchers.setdefault(channel, []).append(watcher)
         self._retiring.discard(channel)
         last = self._last.get(channel)
+        if channel in self._confirmed:
+            watcher.subscribed()
         if last is not None:  # seen on the subscription before this watcher came
             watcher.record(last)
         elif channel not in self._subscribed:
@@ -326,6 +409,8 @@ class _Listener:
         self._confirmed.add(channel)
         if data is not None and channel not in self._last:  # a message may have come first
             self._deliver(channel, data)
+        for watcher in list(self._watchers.get(channel, ())):
+            watcher.subscribed()
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
         if channel not in self._subscribed:

@@ -1,10 +1,11 @@
 """``sqlite:///path`` results: one table in the same kind of file as the SQLite broker.
 
-Records live in ``celeriac_results`` (see :mod:`celeriac._sqlite`); the file may be the
-broker's own. Storing a ready record notifies the ``results`` wake-up channel after the
-commit. Waiting never polls per waiter: one watcher task per backend instance re-reads, on
-each wake-up, only the ids its waiters wait for, in one query for all of them; a new waiter
-is checked at once, and a slow safety poll covers a lost wake-up.
+Records live in ``celeriac_results`` and event logs in ``celeriac_events`` (see
+:mod:`celeriac._sqlite`); the file may be the broker's own. Storing a ready record or an
+event notifies the ``results`` wake-up channel after the commit. Waiting never polls per
+waiter: one watcher task per backend instance re-reads, on each wake-up, only the ids its
+waiters wait for, in one query for all of them; a new waiter is checked at once, and a slow
+safety poll covers a lost wake-up. Streams re-read their task's log on every wake-up.
 
 Expired records are invisible at once, deleted when read, and swept out on connect and
 every ``cleanup_every`` stores.
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from itertools import chain
 from typing import Any
@@ -21,17 +24,24 @@ from typing import Any
 from celeriac import errors
 from celeriac._sqlite import Database, WriteBatch, chunks, marks, path_from_url
 from celeriac._wakeup import Listener, Notifier, channel_directory, wait_for_signal
-from celeriac.backends.base import ResultBackend
+from celeriac.backends.base import Changes, EventLog, Log, ResultBackend
 from celeriac.brokers.base import now
 
-_Row = tuple[str, bytes, bool, float | None]
+_Row = tuple[str, bytes, bool, float | None, bool]  # id, data, ready, expires_at, is an event
 
 _UPSERT = """
 INSERT INTO celeriac_results (task_id, data, ready, expires_at) VALUES {rows}
 ON CONFLICT (task_id) DO UPDATE
 SET data = excluded.data, ready = excluded.ready, expires_at = excluded.expires_at
 """
-_CLEANUP = "DELETE FROM celeriac_results WHERE expires_at IS NOT NULL AND expires_at <= ?"
+_APPEND = """
+INSERT INTO celeriac_events (task_id, seq, data, expires_at)
+SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ? FROM celeriac_events WHERE task_id = ?
+"""
+_CLEANUP = (
+    "DELETE FROM celeriac_results WHERE expires_at IS NOT NULL AND expires_at <= ?",
+    "DELETE FROM celeriac_events WHERE expires_at IS NOT NULL AND expires_at <= ?",
+)
 
 
 class SQLiteBackend(ResultBackend):
@@ -56,6 +66,7 @@ class SQLiteBackend(ResultBackend):
         self._fresh: set[str] = set()  # ids whose waiters have not been checked yet
         self._notified = False  # a wake-up came: every waited id may be ready
         self._signal = asyncio.Event()
+        self._streams: set[asyncio.Event] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._stores = 0  # since the last sweep of expired records; database thread only
         self._writes: WriteBatch[_Row] = WriteBatch(self._db, self._write, then=self._written)
@@ -88,19 +99,28 @@ class SQLiteBackend(ResultBackend):
     async def _set(self, task_id: str, data: bytes, ready: bool, expires: float | None) -> None:
         """Stores are batched like acks: a busy worker commits many results at once."""
         expires_at = None if expires is None else now() + expires
-        await self._writes.add((task_id, data, ready, expires_at))
+        await self._writes.add((task_id, data, ready, expires_at, False))
+
+    async def _append(self, task_id: str, data: bytes, expires: float | None) -> None:
+        # The same batches as records: an event and the final record commit in call order.
+        expires_at = None if expires is None else now() + expires
+        await self._writes.add((task_id, data, False, expires_at, True))
 
     def _write(self, conn: sqlite3.Connection, rows: list[_Row]) -> None:
         # One statement per chunk; rows for the same id apply in order, the last one wins.
         for chunk in chunks(rows):
-            conn.execute(_UPSERT.format(rows=marks(len(chunk), 4)), list(chain(*chunk)))
+            values = chain.from_iterable(row[:4] for row in chunk)
+            conn.execute(_UPSERT.format(rows=marks(len(chunk), 4)), list(values))
+        for task_id, data, _, expires_at, event in rows:
+            if event:
+                conn.execute(_APPEND, (task_id, data, expires_at, task_id))
         self._stores += len(rows)
         if self.cleanup_every > 0 and self._stores >= self.cleanup_every:
             self._stores = 0
             _cleanup(conn)
 
     def _written(self, rows: list[_Row]) -> None:
-        if any(ready for _, _, ready, _ in rows):
+        if any(ready or event for _, _, ready, _, event in rows):
             self._notifier.notify()
 
     async def _get(self, task_id: str) -> bytes | None:
@@ -122,9 +142,28 @@ class SQLiteBackend(ResultBackend):
         return await self._db.run(get)
 
     async def _delete(self, task_id: str) -> None:
-        await self._db.run(
-            partial(_execute, "DELETE FROM celeriac_results WHERE task_id = ?", (task_id,))
-        )
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM celeriac_results WHERE task_id = ?", (task_id,))
+            conn.execute("DELETE FROM celeriac_events WHERE task_id = ?", (task_id,))
+
+        await self._db.run(delete)
+
+    # -- streams ---------------------------------------------------------------------------
+
+    async def _events_since(self, task_id: str, after: int | None) -> EventLog:
+        return await self._db.run(partial(_read_events, task_id=task_id, after=after))
+
+    @asynccontextmanager
+    async def _watch_task(self, task_id: str) -> AsyncIterator[Changes]:
+        if self._closed:
+            raise errors.BrokerError(f"the result backend {self.url} is closed")
+        self._start_watching()
+        changes = _Changes(self.poll_interval)
+        self._streams.add(changes.signal)
+        try:
+            yield changes
+        finally:
+            self._streams.discard(changes.signal)
 
     # -- waiting ---------------------------------------------------------------------------
 
@@ -165,6 +204,8 @@ class SQLiteBackend(ResultBackend):
     def _on_wakeup(self) -> None:
         self._notified = True
         self._signal.set()
+        for stream in self._streams:
+            stream.set()
 
     async def _watch(self) -> None:
         """Resolve waiters: one query per wake-up for every id waited on in this instance."""
@@ -194,12 +235,46 @@ class SQLiteBackend(ResultBackend):
                     future.set_result(data)
 
 
+class _Changes(Changes):
+    """A stream's wake-up: the channel's, or the safety poll's."""
+
+    def __init__(self, poll_interval: float) -> None:
+        self.signal = asyncio.Event()
+        self.poll_interval = poll_interval
+
+    async def wait(self, timeout: float | None) -> None:
+        limit = self.poll_interval if timeout is None else min(timeout, self.poll_interval)
+        await wait_for_signal(self.signal, limit)
+        self.signal.clear()
+
+
 def _cleanup(conn: sqlite3.Connection) -> None:
-    conn.execute(_CLEANUP, (now(),))
+    at = now()
+    for statement in _CLEANUP:
+        conn.execute(statement, (at,))
 
 
-def _execute(sql: str, params: tuple[Any, ...], conn: sqlite3.Connection) -> None:
-    conn.execute(sql, params)
+def _read_events(conn: sqlite3.Connection, task_id: str, after: int | None) -> Log:
+    """One read transaction, so the events, their count and the record agree."""
+    conn.execute("BEGIN")
+    try:
+        row = conn.execute(
+            "SELECT data, expires_at FROM celeriac_results WHERE task_id = ?", (task_id,)
+        ).fetchone()
+        count = conn.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM celeriac_events WHERE task_id = ?", (task_id,)
+        ).fetchone()[0]
+        first = count if after is None else after + 1
+        events = conn.execute(
+            "SELECT data FROM celeriac_events WHERE task_id = ? AND seq >= ? ORDER BY seq",
+            (task_id, first),
+        ).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    record = None
+    if row is not None and (row[1] is None or row[1] > now()):
+        record = bytes(row[0])
+    return Log([bytes(data) for (data,) in events], int(count), record)
 
 
 def _read_ready(conn: sqlite3.Connection, ids: list[str]) -> dict[str, bytes]:

@@ -8,6 +8,7 @@ dead letter (plus a FAILURE record when the task id is known, so callers stop wa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -33,6 +34,7 @@ logger = logging.getLogger("celeriac.worker")
 
 #: With ``ignore_result`` these states are not written (RETRY and PROGRESS still are).
 _NOT_STORED_WHEN_IGNORED = states.READY_STATES | {states.STARTED}
+PROGRESS = states.PROGRESS
 
 #: An ETA this close is run now rather than deferred (clock skew, rounding).
 ETA_SLACK = 0.005
@@ -147,6 +149,7 @@ class Execution:
                 states.STARTED,
                 {"pid": os.getpid(), "hostname": self.worker.hostname},
                 None,
+                event=True,
             )
         started = time.perf_counter()
         try:
@@ -179,6 +182,11 @@ class Execution:
         request_token = current_request.set(request)
         inside_token = inside_task.set(True)
         try:
+            if task.streams and task.is_async:
+                return await limits.run_async(self._drive_async(task, message), hard, soft)
+            if task.streams:
+                drive = self._sync_driver(task, message, asyncio.get_running_loop())
+                return await limits.run_sync(drive, self.executor, hard, soft)
             if task.is_async:
                 return await limits.run_async(task.run(*message.args, **message.kwargs), hard, soft)
             return await limits.run_sync(
@@ -187,6 +195,41 @@ class Execution:
         finally:
             inside_task.reset(inside_token)
             current_request.reset(request_token)
+
+    async def _drive_async(self, task: Task[Any, Any], message: TaskMessage) -> Any:
+        """Run an async generator task: each value it yields is stored as PROGRESS (the next
+        one is asked for once that is stored); the last one is the result."""
+        last = None
+        generator = task.run(*message.args, **message.kwargs)
+        try:
+            async for value in generator:
+                await self._store(message, PROGRESS, value, None, event=True)
+                last = value
+        finally:
+            await generator.aclose()
+        return last
+
+    def _sync_driver(
+        self, task: Task[Any, Any], message: TaskMessage, loop: asyncio.AbstractEventLoop
+    ) -> Callable[[], Any]:
+        """A function for the task's thread that runs a generator task, storing each value
+        it yields (on the loop, waiting until it is stored); its result is what the
+        generator returns, or else the last value it yielded."""
+
+        def drive() -> Any:
+            last = None
+            generator = task.run(*message.args, **message.kwargs)
+            with contextlib.closing(generator):
+                while True:
+                    try:
+                        value = next(generator)
+                    except StopIteration as stop:
+                        return last if stop.value is None else stop.value
+                    stored = self._store(message, PROGRESS, value, None, event=True)
+                    asyncio.run_coroutine_threadsafe(stored, loop).result()
+                    last = value
+
+        return drive
 
     async def _failed(
         self,
@@ -217,7 +260,7 @@ class Execution:
         """Celery's order: store RETRY, publish the same id with retries+1 and an eta, ack."""
         exc = retry.exc or retry
         tb = "".join(traceback.format_exception(exc)) if retry.exc else None
-        await self._store(message, states.RETRY, exception_to_dict(exc), tb)
+        await self._store(message, states.RETRY, exception_to_dict(exc), tb, event=True)
         envelope = protocol.build_task_message(
             message.task,
             message.id,
@@ -252,18 +295,38 @@ class Execution:
             retry.exc if retry.exc is not None else "retry requested",
         )
 
-    async def _store(self, message: TaskMessage, state: str, result: Any, tb: str | None) -> None:
+    async def _store(
+        self,
+        message: TaskMessage,
+        state: str,
+        result: Any,
+        tb: str | None,
+        *,
+        event: bool = False,
+    ) -> None:
         if message.ignore_result and state in _NOT_STORED_WHEN_IGNORED:
             return
-        ids = {"parent_id": message.parent_id, "group_id": message.group}
+        parent_id, group_id = message.parent_id, message.group
         try:
-            await self.app.store_state(message.id, state, result, traceback=tb, **ids)
+            await self.app.store_state(
+                message.id,
+                state,
+                result,
+                traceback=tb,
+                parent_id=parent_id,
+                group_id=group_id,
+                event=event,
+            )
         except (TypeError, ValueError) as exc:
+            if event:
+                raise  # a progress value that cannot be stored fails the task
             logger.error(
                 "task %s[%s]: result could not be stored: %s", message.task, message.id, exc
             )
             fallback = exception_to_dict(TypeError(f"result not serializable: {exc}"))
-            await self.app.store_state(message.id, states.FAILURE, fallback, **ids)
+            await self.app.store_state(
+                message.id, states.FAILURE, fallback, parent_id=parent_id, group_id=group_id
+            )
 
     def _request(self, message: TaskMessage, delivery: Delivery) -> Request:
         return Request(

@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +189,22 @@ async def resource_id_async(n: int, pool: Connections = use(connections)) -> lis
 @app.task
 def resource_id_sync(n: int, pool: Connections = use(connections)) -> list[int]:
     return [os.getpid(), id(pool)]
+
+
+@app.task
+async def count_up(n: int, release: str) -> AsyncIterator[dict[str, int]]:
+    """Streams n events; after the first, waits until the test leaves the ``release`` mark
+    (so the caller provably sees events while the task runs)."""
+    for i in range(n):
+        yield {"current": i + 1, "total": n}
+        if i == 0:
+            for _ in range(2000):
+                if (MARKS / release).exists():
+                    break
+                await asyncio.sleep(0.01)
+
+
+@app.task
+def count_up_sync(n: int) -> Iterator[int]:
+    yield from range(n)
+    return n  # type: ignore[misc]  # the result

@@ -1,0 +1,191 @@
+"""Live progress on the in-memory broker: tasks that yield, update_state, and the caller's
+``result.stream()`` in async and sync code."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from celeriac import Celery, StreamingTask
+from celeriac.result import Event
+from celeriac.worker.worker import Worker
+
+
+def new_app() -> Celery:
+    return Celery("streaming", broker=f"memory://{uuid.uuid4().hex}")
+
+
+async def run_worker(app: Celery, work: Any) -> Any:
+    async with app.setup():
+        worker = Worker(app, concurrency=10)
+        running = asyncio.get_running_loop().create_task(worker.run())
+        try:
+            return await work()
+        finally:
+            worker.stop()
+            await asyncio.wait_for(running, 10)
+
+
+async def test_every_value_an_async_task_yields_reaches_the_caller_in_order() -> None:
+    app = new_app()
+    release = asyncio.Event()
+
+    @app.task
+    async def count(n: int) -> AsyncIterator[dict[str, int]]:
+        for i in range(n):
+            yield {"current": i + 1, "total": n}
+            if i == 0:
+                await release.wait()  # the caller sees the first event while the task runs
+
+    assert isinstance(count, StreamingTask)
+
+    async def work() -> list[Event]:
+        result = await count.delay(50)
+        events = []
+        async for event in result.stream(timeout=10):
+            events.append(event)
+            release.set()
+        return events
+
+    events = await run_worker(app, work)
+    assert [e.state for e in events] == ["PROGRESS"] * 50 + ["SUCCESS"]
+    assert [e.info["current"] for e in events[:-1]] == list(range(1, 51))
+    assert events[-1].info == {"current": 50, "total": 50}  # the last value yielded
+    assert events[-1].ready and not events[0].ready
+
+
+async def test_a_sync_generator_task_streams_from_its_thread_and_returns_its_result() -> None:
+    app = new_app()
+
+    @app.task
+    def steps(n: int) -> Iterator[int]:
+        yield from range(n)
+        return "all done"  # type: ignore[misc]  # a generator's return value is the result
+
+    async def work() -> list[Event]:
+        result = await steps.delay(20)
+        return [event async for event in result.stream(timeout=10)]
+
+    events = await run_worker(app, work)
+    assert [e.info for e in events[:-1]] == list(range(20))
+    assert (events[-1].state, events[-1].info) == ("SUCCESS", "all done")
+
+
+async def test_update_state_joins_the_stream_and_a_failure_raises_at_the_end() -> None:
+    app = new_app()
+
+    @app.task(bind=True)
+    async def fails(self: Any) -> None:
+        await self.update_state(state="PROGRESS", meta={"step": "download"})
+        await self.update_state(state="PROGRESS", meta={"step": "parse"})
+        raise ValueError("bad input on line 3")
+
+    async def work() -> tuple[list[Any], list[Event]]:
+        result = await fails.delay()
+        seen: list[Any] = []
+        with pytest.raises(ValueError, match="bad input on line 3"):
+            async for event in result.stream(timeout=10):
+                seen.append(event.info)
+        again = await app.send_task(fails.name)
+        quiet = [event async for event in again.stream(timeout=10, propagate=False)]
+        return seen, quiet
+
+    seen, quiet = await run_worker(app, work)
+    assert seen == [{"step": "download"}, {"step": "parse"}]
+    assert quiet[-1].state == "FAILURE" and isinstance(quiet[-1].info, ValueError)
+
+
+async def test_a_late_caller_gets_the_latest_state_first_and_a_plain_task_its_result() -> None:
+    app = new_app()
+    reached, go_on = asyncio.Event(), asyncio.Event()
+
+    @app.task
+    async def slow() -> AsyncIterator[int]:
+        for i in range(3):
+            yield i
+        reached.set()  # its third event is stored: resumed only after that
+        await go_on.wait()
+        yield 3
+
+    @app.task
+    async def plain(x: int) -> int:
+        return x * 2
+
+    async def work() -> tuple[list[Any], list[Any]]:
+        result = await slow.delay()
+        await asyncio.wait_for(reached.wait(), 10)  # attach only now, late
+        stream = result.stream(timeout=10).__aiter__()
+        first = await anext(stream)
+        go_on.set()
+        rest = [event async for event in stream]
+        doubled = await plain.delay(21)
+        return [first.info] + [e.info for e in rest], [
+            (e.state, e.info) async for e in doubled.stream(timeout=10)
+        ]
+
+    late, plain_events = await run_worker(app, work)
+    assert late == [2, 3, 3]  # latest state, the next event, then SUCCESS with the last value
+    assert plain_events == [("SUCCESS", 42)]
+
+
+async def test_sync_code_iterates_the_same_stream() -> None:
+    app = new_app()
+
+    go_on = asyncio.Event()
+
+    @app.task
+    async def count(n: int) -> AsyncIterator[int]:
+        yield 0
+        await go_on.wait()  # the rest only once the sync caller has the first event
+        for i in range(1, n):
+            yield i
+
+    async def work() -> list[Any]:
+        result = await count.delay(5)
+        loop = asyncio.get_running_loop()
+        infos: list[Any] = []
+
+        def follow() -> None:  # a sync caller (a Flask view, say): a thread with no loop
+            for event in result.stream(10):
+                infos.append(event.info)
+                loop.call_soon_threadsafe(go_on.set)
+
+        thread = threading.Thread(target=follow)
+        thread.start()
+        await asyncio.to_thread(thread.join, 10)
+        return infos
+
+    assert await run_worker(app, work) == [0, 1, 2, 3, 4, 4]
+
+
+async def test_a_value_that_cannot_be_stored_fails_the_task() -> None:
+    app = new_app()
+
+    @app.task
+    async def odd() -> AsyncIterator[object]:
+        yield object()
+
+    async def work() -> None:
+        result = await odd.delay()
+        with pytest.raises(TypeError):
+            await result.get(timeout=10)
+
+    await run_worker(app, work)
+
+
+def test_streaming_inside_a_task_is_refused() -> None:
+    from celeriac.errors import SyncWaitInTaskError
+    from celeriac.result import AsyncResult, inside_task
+
+    app = new_app()
+    token = inside_task.set(True)
+    try:
+        with pytest.raises(SyncWaitInTaskError):
+            AsyncResult("x", app).stream()
+    finally:
+        inside_task.reset(token)

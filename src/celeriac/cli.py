@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from celeriac import states
 from celeriac.app import Celery
 from celeriac.config import redacted
 from celeriac.errors import CeleriacError, ConfigurationError
@@ -80,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     result = commands.add_parser("result", parents=[level], help="show a task's state/result")
     result.add_argument("task_id")
     result.add_argument("--wait", action="store_true", help="wait until the task is ready")
+    result.add_argument(
+        "--follow",
+        action="store_true",
+        help="show its progress live (a bar for events with current/total) until it ends;"
+        " exits 1 if it failed",
+    )
     result.add_argument("--timeout", type=float, default=None, help="seconds to wait")
 
     purge = commands.add_parser("purge", parents=[level], help="delete waiting messages")
@@ -143,6 +150,8 @@ async def _worker(app: Celery, args: argparse.Namespace) -> int:
 
 async def _result(app: Celery, args: argparse.Namespace) -> int:
     result: AsyncResult[Any] = AsyncResult(args.task_id, app)
+    if args.follow:
+        return await _follow(app, result, args.timeout)
     async with app.setup():
         if args.wait:
             await result.get(timeout=args.timeout, propagate=False)
@@ -153,6 +162,44 @@ async def _result(app: Celery, args: argparse.Namespace) -> int:
             out["traceback"] = result.traceback
     print(json.dumps(out, indent=2, default=repr))
     return 0
+
+
+async def _follow(app: Celery, result: AsyncResult[Any], timeout: float | None) -> int:
+    """Print each event as it comes (on a terminal, a bar redrawn in place), then the final
+    state as ``result`` prints it."""
+    live = sys.stderr.isatty()
+    drawn = False
+    async with app.setup():
+        async for event in result.stream(timeout=timeout, propagate=False):
+            if event.ready:
+                break
+            line = _progress_line(event.state, event.info)
+            if live:
+                sys.stderr.write("\r\033[K" + line)
+                drawn = True
+            else:
+                sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        if drawn:
+            sys.stderr.write("\n")
+        out = {"id": result.id, "state": result.state, "result": _plain(result.result)}
+        if result.traceback:
+            out["traceback"] = result.traceback
+    print(json.dumps(out, indent=2, default=repr))
+    return 0 if out["state"] == states.SUCCESS else 1
+
+
+def _progress_line(state: str, info: Any, width: int = 30) -> str:
+    """``PROGRESS [#####-----] 5/10 50%`` for events with numeric current/total, else the
+    state and what it carries."""
+    if isinstance(info, dict):
+        current, total = info.get("current"), info.get("total")
+        if isinstance(current, int | float) and isinstance(total, int | float) and total > 0:
+            share = min(max(current / total, 0.0), 1.0)
+            filled = round(share * width)
+            bar = "#" * filled + "-" * (width - filled)
+            return f"{state} [{bar}] {current:g}/{total:g} {share:.0%}"
+    return f"{state} {json.dumps(_plain(info), default=repr)}"
 
 
 async def _purge(app: Celery, args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from services import REDIS_DB_BROKER, redis_url, require_redis
 from .conftest import APPS
 
 pytestmark = pytest.mark.integration
+CLI = [sys.executable, "-m", "celeriac.cli"]
 
 
 def celeriac(
@@ -23,7 +24,7 @@ def celeriac(
 ) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PYTHONPATH": str(APPS), **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "celeriac.cli", *args],
+        [*CLI, *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,
@@ -92,3 +93,32 @@ def test_worker_refused_by_redis_exits_with_one_line(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "refused the connection's set-up" in out.stderr and "check the user name" in out.stderr
     assert "s3cret" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_result_follow_shows_progress_live_then_the_result(
+    basic: Any, tmp_path: Path, start_worker: Any, marks: Path
+) -> None:
+    start_worker()
+    running = basic.count_up.delay(4, "follow-release")
+    env = {**os.environ, "PYTHONPATH": str(APPS)}
+    follower = subprocess.Popen(
+        [*CLI, "-A", "basic:app", "result", running.id, "--follow", "--timeout", "30"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert follower.stderr is not None
+    first = follower.stderr.readline()  # shown while the task waits for the release below
+    (marks / "follow-release").touch()
+    out, rest = follower.communicate(timeout=30)
+    lines = [first.rstrip("\n"), *rest.splitlines()]
+    assert follower.returncode == 0, rest
+    assert lines[0] == f"PROGRESS [{'#' * 8}{'-' * 22}] 1/4 25%"
+    assert lines[-1] == f"PROGRESS [{'#' * 30}] 4/4 100%"
+    assert json.loads(out)["state"] == "SUCCESS"
+
+    failed = basic.boom.delay("no luck")
+    done = celeriac("-A", "basic:app", "result", failed.id, "--follow", cwd=tmp_path)
+    assert done.returncode == 1 and json.loads(done.stdout)["state"] == "FAILURE"

@@ -12,6 +12,7 @@ import importlib
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -77,6 +78,21 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--shutdown-timeout", type=float, help="seconds a graceful shutdown waits for tasks"
     )
+    worker.add_argument(
+        "-P",
+        "--processes",
+        type=int,
+        help="worker processes on -Q's queues under a supervisor that replaces them (without"
+        " it, this process is the one worker)",
+    )
+    worker.add_argument(
+        "--pool",
+        action="append",
+        default=[],
+        metavar="'NAME: queues=Q1,Q2 processes=N concurrency=N'",
+        help="a pool of worker processes (repeat for several); overrides worker_pools",
+    )
+    worker.add_argument("--child", help=argparse.SUPPRESS)  # set by the supervisor
 
     result = commands.add_parser("result", parents=[level], help="show a task's state/result")
     result.add_argument("task_id")
@@ -100,7 +116,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = (args.loglevel or ("info" if args.command == "worker" else "warning")).upper()
-    logging.basicConfig(level=level, format=LOG_FORMAT)
+    log_format = LOG_FORMAT
+    if getattr(args, "child", None):  # a pool's process: its name instead of MainProcess
+        log_format = LOG_FORMAT.replace("%(processName)s", args.child)
+    logging.basicConfig(level=level, format=log_format)
     try:
         app = load_app(args.app)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -130,19 +149,60 @@ async def _run(app: Celery, args: argparse.Namespace) -> int:
 
 
 async def _worker(app: Celery, args: argparse.Namespace) -> int:
+    from celeriac.worker.pools import resolve_pools
+
+    queues = _split(args.queues) or [app.conf.task_default_queue]
+    if args.child is None:
+        pools = resolve_pools(
+            app.conf.worker_pools,
+            args.pool,
+            queues=queues,
+            processes=args.processes or app.conf.worker_processes,
+            concurrency=args.concurrency,
+        )
+        # Any pool or process count asked for means child processes under a supervisor
+        # (even one: it is recycled and replaced); otherwise this process is the worker.
+        if args.pool or app.conf.worker_pools or args.processes or pools[0].processes > 1:
+            return await _supervise(app, args, pools)
+    return await _one_worker(app, args, queues)
+
+
+async def _supervise(app: Celery, args: argparse.Namespace, pools: list[Any]) -> int:
+    from celeriac.worker.supervisor import Supervisor
+
+    passed: list[str] = ["-l", args.loglevel or "info"]
+    for flag, value in (
+        ("--threads", args.threads),
+        ("--prefetch-multiplier", args.prefetch_multiplier),
+        ("--shutdown-timeout", args.shutdown_timeout),
+    ):
+        if value is not None:
+            passed += [flag, str(value)]
+    return await Supervisor(args.app, pools, passed).run()
+
+
+async def _one_worker(app: Celery, args: argparse.Namespace, queues: list[str]) -> int:
     from celeriac.worker.process import prepare_worker_process
     from celeriac.worker.worker import Worker
 
-    queues = _split(args.queues)
+    child = args.child
+    hostname = args.hostname
+    if child is not None:
+        hostname = f"{child}@{socket.gethostname()}"
+    conf = app.conf
     worker = Worker(
         app,
         queues=queues,
         concurrency=args.concurrency,
-        hostname=args.hostname,
+        hostname=hostname,
         threads=args.threads,
         prefetch_multiplier=args.prefetch_multiplier,
         shutdown_timeout=args.shutdown_timeout,
+        max_tasks=conf.worker_max_tasks_per_child if child else None,
+        max_memory_kib=conf.worker_max_memory_per_child if child else None,
     )
+    if child is not None:
+        asyncio.get_running_loop().create_task(_stop_with_parent(worker))
     prepare_worker_process()
     await worker.run()
     return 0
@@ -235,6 +295,17 @@ async def _status(app: Celery, args: argparse.Namespace) -> int:
         name = letter.envelope.headers.get("task", "?")
         print(f"  [{letter.queue}] {name}: {letter.reason}")
     return 0
+
+
+async def _stop_with_parent(worker: Any) -> None:
+    """A pool's process stops (gracefully) if its supervisor dies: it is re-parented then."""
+    parent = os.getppid()
+    while True:  # no event tells a process that its parent died: look once a second
+        await asyncio.sleep(1.0)
+        if os.getppid() != parent:
+            break
+    logging.getLogger("celeriac.worker").warning("the supervisor is gone: stopping")
+    worker.stop()
 
 
 def _split(value: str | None) -> list[str]:

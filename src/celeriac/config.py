@@ -55,8 +55,15 @@ class Settings:
     worker_threads: int | None = None
     #: Seconds a graceful shutdown waits for running tasks before requeueing them (celeriac's).
     worker_shutdown_timeout: float = 30.0
+    #: A pool's child process is replaced after this many tasks (Celery's).
     worker_max_tasks_per_child: int | None = None
+    #: ... or once its resident memory passes this many KiB (Celery's unit).
     worker_max_memory_per_child: int | None = None
+    #: Processes ``celeriac worker`` runs on its ``-Q`` queues (1: no supervisor).
+    worker_processes: int = 1
+    #: Several pools in one command: name -> {"queues": [...], "processes": N,
+    #: "concurrency": N} (see celeriac.worker.pools).
+    worker_pools: dict[str, dict[str, Any]] | None = None
 
     timezone: str | None = None
     enable_utc: bool = True

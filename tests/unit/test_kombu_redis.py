@@ -325,11 +325,11 @@ def test_unacked_entry_is_kombus_byte_for_byte() -> None:
     envelope = data["unacked_value_decoded"][0]
     payload = json.dumps(envelope)  # the element as it was popped
     assert envelope["properties"]["delivery_tag"] == data["delivery_tag"]
-    assert unacked_entry(payload, "celery") == data["unacked_value_raw"]
+    assert unacked_entry(payload.encode(), "celery") == data["unacked_value_raw"].encode()
 
 
 def test_unacked_entry_escapes_the_queue_name() -> None:
-    assert unacked_entry("{}", 'we"ird\x06') == '[{}, "", "we\\"ird\\u0006"]'
+    assert unacked_entry(b"{}", 'we"ird\x06') == b'[{}, "", "we\\"ird\\u0006"]'
 
 
 def test_constants_are_kombus() -> None:

@@ -150,9 +150,10 @@ def redelivered(raw: dict[str, Any], tag: str) -> str:
     return json_text(raw)
 
 
-def unacked_entry(payload: str, queue: str) -> str:
-    """The ``unacked`` hash value for a held message: ``[envelope, exchange, routing_key]``."""
-    return f'[{payload}, "", {json_text(queue)}]'
+def unacked_entry(payload: bytes, queue: str) -> bytes:
+    """The ``unacked`` hash value for a held message: ``[envelope, exchange, routing_key]``
+    (the envelope's bytes as they came off the list)."""
+    return b"[" + payload + b', "", ' + json_text(queue).encode() + b"]"
 
 
 def priority_of(raw: dict[str, Any]) -> int:

@@ -7,8 +7,8 @@ the same queues. What celeriac does differently, and why:
 * **Claims are atomic and batched.** One Lua script (``lua/claim.lua``) pops up to a prefetch
   window across the queue's lists and records every message in ``unacked`` in the same step.
   The consumer blocks in BRPOP only when every list is empty; the message it pops is recorded
-  in ``unacked`` by the next claim's call while its task starts (one write, off the task's
-  path), and every settlement of it waits for that record.
+  in ``unacked`` (in one script call with a claim of whatever came meanwhile) before it is
+  handed out, so a task never starts unrecorded.
 * **Holders stay fresh.** Held messages have their ``unacked_index`` score refreshed every
   quarter of the ``visibility_timeout``, so a long task is never restored (and run twice)
   while its worker lives. A worker that dies stops refreshing and its messages are restored
@@ -132,7 +132,7 @@ class RedisBroker(Broker):
         self._index = self.prefix + kombu.UNACKED_INDEX
         self._dead = self.prefix + DEAD_LETTERS
         self._held: dict[str, _Held] = {}
-        self._holds: dict[str, asyncio.Task[None]] = {}  # BRPOP'd messages being recorded
+        self._claim_cache: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}
         self._windows = PrefetchWindows()
         self._bound: set[str] = set()
         self._blockers: set[_Blocker] = set()
@@ -241,9 +241,8 @@ class RedisBroker(Broker):
         blocker = _Blocker(self)
         self._blockers.add(blocker)
         buffered: deque[_Held] = deque()
-        # After a BRPOP: records the popped message in `unacked` and claims what came since.
-        following: asyncio.Task[list[_Held]] | None = None
         rotation = 0
+        drained = False  # the last claim found every list empty: BRPOP next, no claim
         try:
             while not self._closed:
                 if buffered:
@@ -254,19 +253,22 @@ class RedisBroker(Broker):
                 window.signal.clear()
                 order = names[rotation:] + names[:rotation]  # kombu's round robin
                 try:
-                    if following is not None:
-                        job, following = following, None
-                        claimed = await self._shielded(job)
-                    elif window.room <= 0:
+                    if window.room <= 0:
                         await window.signal.wait()
                         continue
-                    else:
-                        rotation = (rotation + 1) % len(names)
+                    rotation = (rotation + 1) % len(names)
+                    claimed = []
+                    if not drained:
                         claimed = await self._shielded(self._claim(order, window.room))
-                    if not claimed and window.room > 0 and not self._closed:
-                        claimed = await self._shielded(blocker.pop(order))
-                        if claimed:
-                            following = self._follow(claimed[0], order, window)
+                    if not claimed and not self._closed:
+                        popped = await self._shielded(blocker.pop(order))
+                        if popped:
+                            claimed = await self._shielded(
+                                self._hold(popped[0], order, window.room - 1)
+                            )
+                    # The hold's claim took everything there was: another claim now would
+                    # only find empty lists again (BRPOP returns at once if one filled).
+                    drained = len(claimed) == 1
                 except UNREACHABLE as exc:
                     await self._outage.wait(exc)
                     continue
@@ -276,8 +278,6 @@ class RedisBroker(Broker):
         finally:
             self._blockers.discard(blocker)
             self._windows.open.discard(window)
-            if following is not None:
-                following.add_done_callback(self._give_back_claim)
             await blocker.close()
             await self._give_back(buffered)
 
@@ -308,37 +308,27 @@ class RedisBroker(Broker):
         if held:
             self._spawn(self._restore_held(held, redelivered=False))
 
-    def _follow(
-        self, popped: _Held, queues: list[str], window: PrefetchWindow
-    ) -> asyncio.Task[list[_Held]]:
-        """Record a BRPOP'd message in ``unacked`` while its task starts, in the same script
-        call as the next claim: one write off the task's path instead of two on it. Every
-        settlement of the message waits for this first (see _holding)."""
-
-        async def follow() -> list[_Held]:
-            await _let_new_tasks_start()
-            return await until_done(
-                lambda: self._claim(queues, max(0, window.room), popped),
-                self._outage,
-                give_up=lambda: self._closed,
-            )
-
-        task = self._holds[popped.tag] = self._spawn(follow())
-        return task
+    async def _hold(self, popped: _Held, queues: list[str], more: int) -> list[_Held]:
+        """Record a BRPOP'd message in ``unacked`` before its task can start (a worker killed
+        from then on loses nothing), claiming up to ``more`` messages that came meanwhile in
+        the same script call. Returns the popped message first."""
+        claimed = await until_done(
+            lambda: self._claim(queues, max(0, more), popped),
+            self._outage,
+            give_up=lambda: self._closed,
+        )
+        return [popped, *claimed]
 
     async def _claim(
         self, queues: list[str], count: int, popped: _Held | None = None
     ) -> list[_Held]:
         """Claim up to ``count`` messages; also record ``popped`` in ``unacked`` if given."""
-        keys = kombu.consume_keys(queues)
-        routing = [json.dumps(q) for q in queues] * len(kombu.PRIORITY_STEPS)
-        hold = ["", ""]
+        keys, routing = self._claim_args(tuple(queues))
+        hold: list[str | bytes] = ["", ""]
         if popped is not None:
-            hold = [popped.tag, kombu.unacked_entry(popped.payload.decode(), popped.queue)]
+            hold = [popped.tag, kombu.unacked_entry(popped.payload, popped.queue)]
         reply = await self.client.run_script(
-            self._scripts["claim"],
-            [self._unacked, self._index, self._dead, *(self.prefix + k for k in keys)],
-            [repr(now()), count, *hold, *routing],
+            self._scripts["claim"], keys, [repr(now()), count, *hold, *routing]
         )
         buried = int(reply[0])
         if buried:
@@ -356,6 +346,16 @@ class RedisBroker(Broker):
             claimed.append(held)
         return claimed
 
+    def _claim_args(self, queues: tuple[str, ...]) -> tuple[list[str], list[str]]:
+        """``claim.lua``'s keys and routing keys for queues in this order (made once)."""
+        known = self._claim_cache.get(queues)
+        if known is None:
+            lists = [self.prefix + key for key in kombu.consume_keys(list(queues))]
+            keys = [self._unacked, self._index, self._dead, *lists]
+            routing = [json.dumps(q) for q in queues] * len(kombu.PRIORITY_STEPS)
+            known = self._claim_cache[queues] = (keys, routing)
+        return known
+
     async def _open(self, held: _Held) -> Delivery | None:
         """A held message as a delivery; one that cannot be read goes to the dead letters."""
         try:
@@ -365,7 +365,6 @@ class RedisBroker(Broker):
             log.error("moved a malformed message from %s to the dead letters: %s", held.queue, exc)
             self._windows.settle(held.tag)
             self._held.pop(held.tag, None)
-            await self._holding(held.tag)
             text = held.payload.decode("utf-8", "replace")
             record = _dead_record(held.queue, f"malformed message: {exc}", text)
             await self._settle(held.tag, held.queue, record, push="LPUSH", destination=self._dead)
@@ -383,8 +382,6 @@ class RedisBroker(Broker):
             await self._restore_held(held, redelivered=False)
 
     async def _restore_held(self, held: list[_Held], *, redelivered: bool) -> None:
-        for entry in held:
-            await self._holding(entry.tag)
         pipe = self.client.pipeline()
         for entry in reversed(held):  # RPUSH: the first one given back is the next out
             raw = entry.raw()
@@ -402,18 +399,10 @@ class RedisBroker(Broker):
     def _forget(self, delivery: Delivery) -> bool:
         return self._windows.settle(delivery.tag)
 
-    async def _holding(self, tag: str) -> None:
-        """Wait until a BRPOP'd message is recorded in ``unacked``, so that settling it can
-        never be overtaken by its own hold (which would leave it held forever)."""
-        hold = self._holds.pop(tag, None)
-        if hold is not None:
-            await asyncio.wait([hold])  # not cancelled with the caller; its errors are its own
-
     async def ack(self, delivery: Delivery) -> None:
         """Acks are pipelined: those made while one batch is in flight form the next."""
         if self._forget(delivery):
             self._held.pop(delivery.tag, None)
-            await self._holding(delivery.tag)
             await self._acks.add(delivery.tag)
 
     async def _flush_acks(self, tags: list[str]) -> None:
@@ -428,7 +417,6 @@ class RedisBroker(Broker):
     async def requeue(self, delivery: Delivery) -> None:
         if self._forget(delivery):
             entry = self._held.pop(delivery.tag)
-            await self._holding(delivery.tag)
             payload = kombu.redelivered(entry.raw(), delivery.tag)
             key = self.prefix + kombu.list_key(delivery.queue, delivery.priority)
             await self._settle(delivery.tag, delivery.queue, payload, push="RPUSH", destination=key)
@@ -437,7 +425,6 @@ class RedisBroker(Broker):
         if not self._forget(delivery):
             return
         self._held.pop(delivery.tag, None)
-        await self._holding(delivery.tag)
         score = eta - self.visibility_timeout
 
         async def park() -> Any:
@@ -456,7 +443,6 @@ class RedisBroker(Broker):
         if not self._forget(delivery):
             return
         entry = self._held.pop(delivery.tag)
-        await self._holding(delivery.tag)
         record = _dead_record(delivery.queue, reason, entry.payload.decode("utf-8", "replace"))
         await self._settle(
             delivery.tag, delivery.queue, record, push="LPUSH", destination=self._dead
@@ -699,18 +685,6 @@ class _Blocker:
             self.broker.client.forget(self._connection)
             self._connection = None
             self._client_id = None
-
-
-async def _let_new_tasks_start() -> None:
-    """Give the event loop a few turns, so that a task just handed to the worker starts (and
-    sends its first Redis command) before this consumer's next Redis write.
-
-    Only on the idle path, where one message at a time comes by BRPOP: there, recording the
-    message in ``unacked`` is a write on the same loop as the task, and a socket write can
-    cost 100 µs of CPU on a busy VM. Busy consumers never wait here.
-    """
-    for _ in range(3):  # the pop's task ends, the consumer yields, the worker starts the task
-        await asyncio.sleep(0)
 
 
 def _text(value: Any) -> str:

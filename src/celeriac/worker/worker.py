@@ -45,7 +45,12 @@ class Worker:
         threads: int | None = None,
         prefetch_multiplier: int | None = None,
         shutdown_timeout: float | None = None,
+        max_tasks: int | None = None,
+        max_memory_kib: int | None = None,
     ) -> None:
+        """``max_tasks`` / ``max_memory_kib``: stop gracefully after that many tasks, or once
+        the process's resident memory passes that many KiB (a pool's supervisor then starts
+        a fresh process: ``worker_max_tasks_per_child`` / ``worker_max_memory_per_child``)."""
         conf = app.conf
         self.app = app
         self.queues = list(queues or [conf.task_default_queue])
@@ -60,6 +65,8 @@ class Worker:
         self.accept = resolve_accept(conf.accept_content)
         self._running: set[asyncio.Task[None]] = set()
         self._stopping: asyncio.Event | None = None
+        self.max_tasks = max_tasks
+        self.max_memory_kib = max_memory_kib
         self._signals = 0
         self._failure: BaseException | None = None
         self.processed = 0
@@ -82,6 +89,9 @@ class Worker:
         slots = asyncio.Semaphore(self.concurrency)
         consumer = loop.create_task(self._consume(conn, execution, slots))
         consumer.add_done_callback(self._consumer_ended)
+        watching = None
+        if self.max_memory_kib:
+            watching = loop.create_task(self._watch_memory(self.max_memory_kib))
         logger.info(
             "%s ready: pid %d, queues %s, concurrency %d, broker %s",
             self.hostname,
@@ -93,6 +103,8 @@ class Worker:
         try:
             await self._stopping.wait()
         finally:
+            if watching is not None:
+                watching.cancel()
             consumer.cancel()
             await asyncio.gather(consumer, return_exceptions=True)
             await self._drain()
@@ -120,6 +132,7 @@ class Worker:
         self, conn: Connection, execution: Execution, slots: asyncio.Semaphore
     ) -> None:
         deliveries = conn.broker.consume(self.queues, prefetch=self.prefetch)
+        taken = 0
         try:
             async for delivery in deliveries:
                 try:
@@ -133,6 +146,16 @@ class Worker:
                 )
                 self._running.add(handler)
                 handler.add_done_callback(partial(self._finished, slot=slot))
+                taken += 1
+                if self.max_tasks and taken >= self.max_tasks:
+                    logger.info(
+                        "%s took %d tasks (worker_max_tasks_per_child): it stops once they"
+                        " end, to be replaced",
+                        self.hostname,
+                        taken,
+                    )
+                    self._retire()
+                    return
         finally:
             await deliveries.aclose()
 
@@ -144,6 +167,22 @@ class Worker:
         self.processed += 1
         if handler.exception() is not None:
             logger.error("worker bug while handling a message", exc_info=handler.exception())
+
+    async def _watch_memory(self, limit_kib: int) -> None:
+        """Stop gracefully once resident memory passes ``limit_kib`` (checked every second:
+        cheap, and a task's memory shows once it has run anyway)."""
+        while True:
+            await asyncio.sleep(1.0)
+            used = resident_kib()
+            if used is not None and used > limit_kib:
+                logger.info(
+                    "%s uses %d KiB, over worker_max_memory_per_child=%d: stopping to be replaced",
+                    self.hostname,
+                    used,
+                    limit_kib,
+                )
+                self._retire()
+                return
 
     async def _drain(self) -> None:
         if self._running and self._signals < 2:
@@ -158,6 +197,11 @@ class Worker:
             for handler in self._running:
                 handler.cancel()
             await asyncio.gather(*self._running, return_exceptions=True)
+
+    def _retire(self) -> None:
+        """Stop gracefully, without counting as a signal (a later SIGTERM still drains)."""
+        if self._stopping is not None:
+            self._stopping.set()
 
     def stop(self) -> None:
         """Ask for a graceful shutdown; a second call (or signal) stops at once."""
@@ -199,3 +243,13 @@ class _Slot:
         if self._slots is not None:
             self._slots.release()
             self._slots = None
+
+
+def resident_kib() -> int | None:
+    """This process's resident memory in KiB (Linux ``/proc``; None elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * (os.sysconf("SC_PAGE_SIZE") // 1024)

@@ -208,3 +208,12 @@ async def count_up(n: int, release: str) -> AsyncIterator[dict[str, int]]:
 def count_up_sync(n: int) -> Iterator[int]:
     yield from range(n)
     return n  # type: ignore[misc]  # the result
+
+
+@app.task
+async def pid_after(seconds: float, name: str = "") -> int:
+    """The pid of the process that ran it; leaves ``name`` + ``.start`` first if named."""
+    if name:
+        mark(name + ".start", str(os.getpid()))
+    await asyncio.sleep(seconds)
+    return os.getpid()

@@ -254,13 +254,17 @@ class Connection:
         """Send one command and wait for its reply. ``timeout`` (else ``socket_timeout``)
         bounds the wait; a connection that misses it is dropped, since it is either dead or
         stuck behind something that will not end."""
-        await self._room()
+        if self._protocol.writable is not None:
+            await self._room()
         (future,) = self._protocol.send([pack(args)], 1)
+        if timeout is None and self._socket_timeout is None:
+            return await future  # the common case, without a layer of coroutine
         return await self._reply(future, timeout)
 
     async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Reply | Exception]:
         """Send commands in one write; every reply or error reply, in order."""
-        await self._room()
+        if self._protocol.writable is not None:
+            await self._room()
         futures = self._protocol.send([pack(c) for c in commands], len(commands))
         replies: list[Reply | Exception] = []
         for future in futures:
@@ -470,14 +474,18 @@ class Client:
     # -- commands ----------------------------------------------------------------------------
 
     async def execute(self, *args: Arg) -> Reply:
-        connection = await self.shared()
+        connection = self._shared
+        if connection is None or not connection.usable or self.health_check_interval:
+            connection = await self.shared()
         return await connection.execute(*args)
 
     def pipeline(self) -> Pipeline:
         return Pipeline(self)
 
     async def run_script(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Reply:
-        connection = await self.shared()
+        connection = self._shared
+        if connection is None or not connection.usable or self.health_check_interval:
+            connection = await self.shared()
         try:
             return await connection.execute(*script.evalsha(keys, args))
         except ReplyError as exc:

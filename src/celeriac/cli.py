@@ -44,10 +44,10 @@ def load_app(spec: str | None) -> Celery:
         ) from exc
     if attribute:
         app = getattr(module, attribute, None)
-    else:
-        app = getattr(module, "app", None) or next(
-            (v for v in vars(module).values() if isinstance(v, Celery)), None
-        )
+    else:  # ``app`` may well be the web app of the same module: look for the Celery one
+        app = getattr(module, "app", None)
+        if not isinstance(app, Celery):
+            app = next((v for v in vars(module).values() if isinstance(v, Celery)), None)
     if not isinstance(app, Celery):
         raise ConfigurationError(
             f"-A {spec}: no Celery app found there; name it, e.g. -A {module_name}:app"
@@ -110,11 +110,31 @@ def _parser() -> argparse.ArgumentParser:
     purge.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
 
     commands.add_parser("status", parents=[level], help="queues, their lengths, dead letters")
+
+    run = commands.add_parser(
+        "run",
+        parents=[level],
+        help="the web app (uvicorn) and the worker pools under one supervisor",
+    )
+    run.add_argument("asgi", help="the ASGI app, as module:attribute (uvicorn's form)")
+    run.add_argument("--host", default="127.0.0.1", help="web server address (127.0.0.1)")
+    run.add_argument("--port", type=int, default=8000, help="web server port (8000)")
+    run.add_argument(
+        "--reload", action="store_true", help="restart the web server when its code changes"
+    )
+    run.add_argument("-Q", "--queues", help="comma-separated queues for the workers")
+    run.add_argument("-c", "--concurrency", type=int, help="tasks run at once per worker")
+    run.add_argument("-P", "--processes", type=int, help="worker processes (default 1)")
+    run.add_argument(
+        "--pool", action="append", default=[], help="a pool, as for 'worker' (repeatable)"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "run" and not args.app:
+        args.app = args.asgi.partition(":")[0]  # the Celery app beside the web app
     level = (args.loglevel or ("info" if args.command == "worker" else "warning")).upper()
     log_format = LOG_FORMAT
     if getattr(args, "child", None):  # a pool's process: its name instead of MainProcess
@@ -144,7 +164,13 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 async def _run(app: Celery, args: argparse.Namespace) -> int:
-    handler = {"worker": _worker, "result": _result, "purge": _purge, "status": _status}
+    handler = {
+        "worker": _worker,
+        "result": _result,
+        "purge": _purge,
+        "status": _status,
+        "run": _run_everything,
+    }
     return await handler[args.command](app, args)
 
 
@@ -168,8 +194,45 @@ async def _worker(app: Celery, args: argparse.Namespace) -> int:
 
 
 async def _supervise(app: Celery, args: argparse.Namespace, pools: list[Any]) -> int:
-    from celeriac.worker.supervisor import Supervisor
+    from celeriac.worker.supervisor import Supervisor, describe, worker_children
 
+    children = worker_children(args.app, pools, _worker_args(args))
+    return await Supervisor(children, describe(pools)).run()
+
+
+async def _run_everything(app: Celery, args: argparse.Namespace) -> int:
+    """``celeriac run``: uvicorn serving ``args.asgi`` and the app's worker pools, one
+    supervisor for all (see celeriac.worker.supervisor)."""
+    import importlib.util
+
+    from celeriac.worker.pools import resolve_pools
+    from celeriac.worker.supervisor import Child, Supervisor, describe, worker_children
+
+    if importlib.util.find_spec("uvicorn") is None:
+        raise ConfigurationError(
+            "celeriac run serves the web app with uvicorn: pip install 'celeriac[web]'"
+        )
+    queues = _split(args.queues) or [app.conf.task_default_queue]
+    pools = resolve_pools(
+        app.conf.worker_pools,
+        args.pool,
+        queues=queues,
+        processes=args.processes or app.conf.worker_processes,
+        concurrency=args.concurrency,
+    )
+    level = (args.loglevel or "info").lower()
+    web = [sys.executable, "-m", "uvicorn", args.asgi, "--host", args.host]
+    web += ["--port", str(args.port), "--log-level", level]
+    if args.reload:
+        web.append("--reload")
+    worker_args = ["-l", level]
+    children = [Child("web", tuple(web)), *worker_children(args.app, pools, worker_args)]
+    summary = f"web {args.asgi} on http://{args.host}:{args.port}; workers: {describe(pools)}"
+    return await Supervisor(children, summary).run()
+
+
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    """The options a pool's processes get from the command that supervises them."""
     passed: list[str] = ["-l", args.loglevel or "info"]
     for flag, value in (
         ("--threads", args.threads),
@@ -178,7 +241,7 @@ async def _supervise(app: Celery, args: argparse.Namespace, pools: list[Any]) ->
     ):
         if value is not None:
             passed += [flag, str(value)]
-    return await Supervisor(args.app, pools, passed).run()
+    return passed
 
 
 async def _one_worker(app: Celery, args: argparse.Namespace, queues: list[str]) -> int:

@@ -79,7 +79,7 @@ def test_processes_share_the_work_and_one_sigterm_drains_them(
     assert (marks / "drained.end").exists()
     assert running.get(timeout=10) == "drained"
     assert not any(alive(pid) for pid in children)
-    assert "all worker processes stopped" in supervisor.log()
+    assert "all processes stopped" in supervisor.log()
 
 
 def test_a_killed_child_is_replaced_and_its_tasks_run_elsewhere(

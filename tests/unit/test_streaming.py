@@ -189,3 +189,33 @@ def test_streaming_inside_a_task_is_refused() -> None:
             AsyncResult("x", app).stream()
     finally:
         inside_task.reset(token)
+
+
+async def test_sse_frames_carry_each_event_and_a_timeout_ends_the_stream() -> None:
+    from celeriac.web import sse_events
+
+    app = new_app()
+
+    @app.task
+    async def two() -> AsyncIterator[dict[str, int]]:
+        yield {"current": 1, "total": 2}
+        yield {"current": 2, "total": 2}
+
+    @app.task
+    async def broken() -> None:
+        raise KeyError("missing")
+
+    async def work() -> tuple[list[bytes], list[bytes], list[bytes]]:
+        ok = [frame async for frame in sse_events(await two.delay(), timeout=10)]
+        bad = [frame async for frame in sse_events(await broken.delay(), timeout=10)]
+        never = [frame async for frame in sse_events(app.AsyncResult("nobody"), timeout=0.2)]
+        return ok, bad, never
+
+    ok, bad, never = await run_worker(app, work)
+    assert ok[-1].startswith(b"event: SUCCESS\ndata: {") and ok[-1].endswith(b"\n\n")
+    assert b'"info": {"current": 2, "total": 2}' in ok[-1]
+    assert bad[-1].startswith(b"event: FAILURE\n")
+    assert b'"info": {"type": "KeyError", "message": "\'missing\'"}' in bad[-1]
+    assert never == [
+        b'event: timeout\ndata: {"task_id": "nobody", "state": "timeout", "info": null}\n\n'
+    ]

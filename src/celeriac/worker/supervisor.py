@@ -1,4 +1,5 @@
-"""The supervisor: runs a command's worker pools as child processes and keeps them running.
+"""The supervisor: runs a command's worker pools (and, for ``celeriac run``, its web server)
+as child processes and keeps them running.
 
 Each child is an ordinary ``celeriac worker`` process (started with ``--child``) on its
 pool's queues; it builds its own resources and connections, so nothing crosses a process
@@ -15,8 +16,9 @@ boundary. The supervisor:
   stop at once (their running tasks go back to the queue).
 
 Children run in their own session (process group), so a Ctrl-C in the terminal reaches only the
-supervisor (which forwards one SIGTERM), and they ask the kernel to send them SIGTERM if the
-supervisor dies, so they never outlive it.
+supervisor (which forwards one SIGTERM). On Linux they ask the kernel for a SIGTERM when the
+supervisor dies (``PR_SET_PDEATHSIG``), so none outlives it, the web server included; worker
+children elsewhere notice a new parent within a second and stop.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from celeriac.worker.pools import PoolSpec
 
@@ -38,24 +41,45 @@ STARTUP_GRACE = 5.0
 MAX_BACKOFF = 5.0
 
 
-class Supervisor:
-    """Keeps ``pools`` running as ``celeriac -A app worker --child`` processes."""
+@dataclass(frozen=True, slots=True)
+class Child:
+    """One process slot: its name (in logs) and the command that starts it."""
 
-    def __init__(self, app_spec: str, pools: Sequence[PoolSpec], child_args: Sequence[str]):
-        self.app_spec = app_spec
-        self.pools = list(pools)
-        self.child_args = list(child_args)
+    name: str
+    argv: tuple[str, ...]
+
+
+def worker_children(
+    app_spec: str, pools: Sequence[PoolSpec], child_args: Sequence[str]
+) -> list[Child]:
+    """A ``celeriac -A app worker --child`` slot for every process of every pool."""
+    children = []
+    for pool in pools:
+        for index in range(pool.processes):
+            name = f"{pool.name}-{index + 1}"
+            argv = [sys.executable, "-m", "celeriac.cli", "-A", app_spec, "worker"]
+            argv += ["--child", name, "-Q", ",".join(pool.queues)]
+            if pool.concurrency is not None:
+                argv += ["-c", str(pool.concurrency)]
+            children.append(Child(name, (*argv, *child_args)))
+    return children
+
+
+def describe(pools: Sequence[PoolSpec]) -> str:
+    return ", ".join(f"{p.name} ({p.processes}x {','.join(p.queues)})" for p in pools)
+
+
+class Supervisor:
+    """Keeps ``children`` running (see the module docstring)."""
+
+    def __init__(self, children: Sequence[Child], summary: str) -> None:
+        self.children = list(children)
+        self.summary = summary
         self._children: set[asyncio.subprocess.Process] = set()
         self._stopping = False
         self._signals = 0
         self._failure: str | None = None
-
-    def argv(self, pool: PoolSpec, index: int) -> list[str]:
-        argv = [sys.executable, "-m", "celeriac.cli", "-A", self.app_spec, "worker"]
-        argv += ["--child", f"{pool.name}-{index + 1}", "-Q", ",".join(pool.queues)]
-        if pool.concurrency is not None:
-            argv += ["-c", str(pool.concurrency)]
-        return argv + self.child_args
+        self._die_with_parent = _parent_death_signal()
 
     async def run(self) -> int:
         """Run until stopped; 0 after a graceful stop, 1 if a child failed at start."""
@@ -63,14 +87,8 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         try:
-            slots = [
-                loop.create_task(self._keep(pool, index))
-                for pool in self.pools
-                for index in range(pool.processes)
-            ]
-            total = len(slots)
-            names = ", ".join(f"{p.name} ({p.processes}x {','.join(p.queues)})" for p in self.pools)
-            log.info("supervising %d worker process(es): %s", total, names)
+            slots = [loop.create_task(self._keep(child)) for child in self.children]
+            log.info("supervising %d process(es): %s", len(slots), self.summary)
             await asyncio.gather(*slots)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -78,7 +96,7 @@ class Supervisor:
         if self._failure is not None:
             print(f"celeriac: error: {self._failure}", file=sys.stderr)
             return 1
-        log.info("all worker processes stopped")
+        log.info("all processes stopped")
         return 0
 
     def stop(self) -> None:
@@ -86,23 +104,24 @@ class Supervisor:
         self._signals += 1
         self._stopping = True
         if self._signals == 1:
-            log.info("stopping %d worker process(es) gracefully", len(self._children))
+            log.info("stopping %d process(es) gracefully", len(self._children))
         else:
-            log.warning("stopping the worker processes at once: running tasks are requeued")
+            log.warning("stopping the processes at once: running tasks are requeued")
         # A child counts the signals it gets: its second one stops it at once.
         sig = signal.SIGTERM if self._signals == 1 else signal.SIGINT
         for child in list(self._children):
             with contextlib.suppress(ProcessLookupError):
                 child.send_signal(sig)
 
-    async def _keep(self, pool: PoolSpec, index: int) -> None:
-        """One process slot of ``pool``: start a child, and another whenever one ends."""
+    async def _keep(self, slot: Child) -> None:
+        """One process slot: start a child, and another whenever one ends."""
         loop = asyncio.get_running_loop()
         quick_deaths = 0
+        name = slot.name
         while not self._stopping:
             started = loop.time()
             child = await asyncio.create_subprocess_exec(
-                *self.argv(pool, index), start_new_session=True
+                *slot.argv, start_new_session=True, preexec_fn=self._die_with_parent
             )
             self._children.add(child)
             if self._stopping:  # a signal came while it started
@@ -112,17 +131,16 @@ class Supervisor:
             if self._stopping:
                 return
             lived = loop.time() - started
-            name = f"{pool.name}-{index + 1}"
             if code > 0 and lived < STARTUP_GRACE:
                 self._failure = (
-                    f"worker process {name} (pid {child.pid}) exited with status {code}"
+                    f"process {name} (pid {child.pid}) exited with status {code}"
                     f" {lived:.1f} s after it started; see its error above"
                 )
                 self.stop()
                 return
             if code < 0:
                 log.warning(
-                    "worker process %s (pid %d) was killed by %s; starting another",
+                    "process %s (pid %d) was killed by %s; starting another",
                     name,
                     child.pid,
                     signal.Signals(-code).name,
@@ -134,3 +152,21 @@ class Supervisor:
             quick_deaths = quick_deaths + 1 if lived < STARTUP_GRACE else 0
             if quick_deaths:
                 await asyncio.sleep(min(MAX_BACKOFF, 0.1 * 2**quick_deaths))
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """What a child runs between fork and exec to get SIGTERM when its parent dies (Linux).
+    Looked up here, in the parent: a forked child must not import anything."""
+    if sys.platform != "linux":
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None).prctl
+
+    def die_with_parent() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return die_with_parent

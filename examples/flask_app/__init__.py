@@ -1,0 +1,1 @@
+"""The classic Celery pattern in a Flask (sync) app, on celeriac."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from celeriac import Celery, use
 from celeriac.errors import ResourceError
 from celeriac.worker.worker import Worker
+from inprocess import memory_app, run_worker
 
 
 class Pool:
@@ -31,19 +31,7 @@ class Pool:
 
 
 def new_app() -> Celery:
-    return Celery("resources", broker=f"memory://{uuid.uuid4().hex}")
-
-
-async def run_worker(app: Celery, work: Any) -> Any:
-    """Start a worker, await ``work()`` (which queues tasks and waits for them), stop it."""
-    async with app.setup():
-        worker = Worker(app, concurrency=20)
-        running = asyncio.get_running_loop().create_task(worker.run())
-        try:
-            return await work()
-        finally:
-            worker.stop()
-            await asyncio.wait_for(running, 10)
+    return memory_app("resources")
 
 
 async def test_each_resource_is_built_once_for_1000_tasks_and_torn_down_once() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -13,22 +12,11 @@ import pytest
 
 from celeriac import Celery, StreamingTask
 from celeriac.result import Event
-from celeriac.worker.worker import Worker
+from inprocess import memory_app, run_worker
 
 
 def new_app() -> Celery:
-    return Celery("streaming", broker=f"memory://{uuid.uuid4().hex}")
-
-
-async def run_worker(app: Celery, work: Any) -> Any:
-    async with app.setup():
-        worker = Worker(app, concurrency=10)
-        running = asyncio.get_running_loop().create_task(worker.run())
-        try:
-            return await work()
-        finally:
-            worker.stop()
-            await asyncio.wait_for(running, 10)
+    return memory_app("streaming")
 
 
 async def test_every_value_an_async_task_yields_reaches_the_caller_in_order() -> None:

@@ -174,18 +174,23 @@ async def _run(app: Celery, args: argparse.Namespace) -> int:
     return await handler[args.command](app, args)
 
 
-async def _worker(app: Celery, args: argparse.Namespace) -> int:
+def _pools(app: Celery, args: argparse.Namespace) -> list[Any]:
+    """The pools a ``worker`` or ``run`` command asks for (see celeriac.worker.pools)."""
     from celeriac.worker.pools import resolve_pools
 
+    return resolve_pools(
+        app.conf.worker_pools,
+        args.pool,
+        queues=_split(args.queues) or [app.conf.task_default_queue],
+        processes=args.processes or app.conf.worker_processes,
+        concurrency=args.concurrency,
+    )
+
+
+async def _worker(app: Celery, args: argparse.Namespace) -> int:
     queues = _split(args.queues) or [app.conf.task_default_queue]
     if args.child is None:
-        pools = resolve_pools(
-            app.conf.worker_pools,
-            args.pool,
-            queues=queues,
-            processes=args.processes or app.conf.worker_processes,
-            concurrency=args.concurrency,
-        )
+        pools = _pools(app, args)
         # Any pool or process count asked for means child processes under a supervisor
         # (even one: it is recycled and replaced); otherwise this process is the worker.
         if args.pool or app.conf.worker_pools or args.processes or pools[0].processes > 1:
@@ -205,21 +210,13 @@ async def _run_everything(app: Celery, args: argparse.Namespace) -> int:
     supervisor for all (see celeriac.worker.supervisor)."""
     import importlib.util
 
-    from celeriac.worker.pools import resolve_pools
     from celeriac.worker.supervisor import Child, Supervisor, describe, worker_children
 
     if importlib.util.find_spec("uvicorn") is None:
         raise ConfigurationError(
             "celeriac run serves the web app with uvicorn: pip install 'celeriac[web]'"
         )
-    queues = _split(args.queues) or [app.conf.task_default_queue]
-    pools = resolve_pools(
-        app.conf.worker_pools,
-        args.pool,
-        queues=queues,
-        processes=args.processes or app.conf.worker_processes,
-        concurrency=args.concurrency,
-    )
+    pools = _pools(app, args)
     level = (args.loglevel or "info").lower()
     web = [sys.executable, "-m", "uvicorn", args.asgi, "--host", args.host]
     web += ["--port", str(args.port), "--log-level", level]

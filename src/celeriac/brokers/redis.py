@@ -261,11 +261,8 @@ class RedisBroker(Broker):
                     if not drained:
                         claimed = await self._shielded(self._claim(order, window.room))
                     if not claimed and not self._closed:
-                        popped = await self._shielded(blocker.pop(order))
-                        if popped:
-                            claimed = await self._shielded(
-                                self._hold(popped[0], order, window.room - 1)
-                            )
+                        more = window.room - 1
+                        claimed = await self._shielded(self._pop_and_hold(blocker, order, more))
                     # The hold's claim took everything there was: another claim now would
                     # only find empty lists again (BRPOP returns at once if one filled).
                     drained = len(claimed) == 1
@@ -307,6 +304,11 @@ class RedisBroker(Broker):
         held = [h for h in task.result() if self._held.pop(h.tag, None) is not None]
         if held:
             self._spawn(self._restore_held(held, redelivered=False))
+
+    async def _pop_and_hold(self, blocker: _Blocker, queues: list[str], more: int) -> list[_Held]:
+        """BRPOP, then record what it popped (one task for both: no hop between them)."""
+        popped = await blocker.pop(queues)
+        return await self._hold(popped[0], queues, more) if popped else []
 
     async def _hold(self, popped: _Held, queues: list[str], more: int) -> list[_Held]:
         """Record a BRPOP'd message in ``unacked`` before its task can start (a worker killed

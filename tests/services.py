@@ -6,6 +6,7 @@ Locally, a test whose service is down is skipped with the command that starts it
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -89,3 +90,17 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+async def eventually(
+    condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition"
+) -> Any:
+    """``wait_until`` for async tests: polls without blocking the event loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)

@@ -10,6 +10,7 @@ import pytest
 
 from celeriac import errors
 from celeriac.backends.base import ResultBackend
+from services import eventually
 
 from .conftest import MakeBackend
 
@@ -153,10 +154,8 @@ async def test_a_stream_sees_every_event_in_order_then_the_final_record(
     streaming = asyncio.ensure_future(collect(reader.stream(tid, timeout=WAIT), seen))
     # Nothing stored yet (PENDING): the stream yields nothing until the first event.
     await worker.store_event(tid, meta(tid, "STARTED"), expires=60)
-    deadline = asyncio.get_running_loop().time() + WAIT
-    while not seen:  # attached before the burst below, whatever the transport's latency
-        assert asyncio.get_running_loop().time() < deadline, "the first event never came"
-        await asyncio.sleep(0.01)
+    # Attached before the burst below, whatever the transport's latency.
+    await eventually(lambda: seen, WAIT, "the first event")
     # A burst written back to back, faster than any reader re-reads: none may be lost.
     for i in range(200):
         await worker.store_event(tid, meta(tid, "PROGRESS", {"current": i}), expires=60)
@@ -175,10 +174,7 @@ async def test_a_late_stream_starts_from_the_latest_state(make_backend: MakeBack
         await worker.store_event(tid, meta(tid, "PROGRESS", {"current": i}), expires=60)
     seen: list[dict[str, Any]] = []
     streaming = asyncio.ensure_future(collect(reader.stream(tid, timeout=WAIT), seen))
-    deadline = asyncio.get_running_loop().time() + WAIT
-    while not seen:
-        assert asyncio.get_running_loop().time() < deadline, "the latest state never came"
-        await asyncio.sleep(0.01)
+    await eventually(lambda: seen, WAIT, "the latest state")
     await worker.store_event(tid, meta(tid, "PROGRESS", {"current": 5}), expires=60)
     await worker.store(tid, meta(tid, "FAILURE", {"exc_type": "ValueError"}), expires=60)
     events = await asyncio.wait_for(streaming, WAIT)

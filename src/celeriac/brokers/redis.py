@@ -286,12 +286,10 @@ class RedisBroker(Broker):
         if self._maintenance is None:
             self._maintenance = self._spawn(self._maintain())
 
-    async def _shielded(
-        self, job: Coroutine[Any, Any, list[_Held]] | asyncio.Task[list[_Held]]
-    ) -> list[_Held]:
+    async def _shielded(self, job: Coroutine[Any, Any, list[_Held]]) -> list[_Held]:
         """Run a claim so that, if the consumer is cancelled meanwhile, what it claimed goes
         straight back to its list instead of waiting out the visibility timeout."""
-        task = job if isinstance(job, asyncio.Task) else self._spawn(job)
+        task = self._spawn(job)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:

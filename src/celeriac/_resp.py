@@ -123,14 +123,17 @@ def _tls_context(url: str, query: dict[str, str]) -> ssl.SSLContext:
 def pack(args: Sequence[Arg]) -> bytes:
     """One command in RESP, the form Redis reads."""
     out = [b"*%d\r\n" % len(args)]
+    append = out.append
     for arg in args:
-        if isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, str):
+        if type(arg) is str:  # exact types first: the common cases, cheapest checks
             data = arg.encode()
+        elif type(arg) is bytes:
+            data = arg
+        elif isinstance(arg, bytes | str):
+            data = arg if isinstance(arg, bytes) else arg.encode()
         else:
             data = repr(arg).encode()
-        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+        append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(out)
 
 
@@ -222,9 +225,14 @@ class _Protocol(asyncio.Protocol):
         if self.lost is not None:
             raise self.lost
         loop = asyncio.get_running_loop()
-        if not self._outgoing:
-            loop.call_soon(self._write)
-        self._outgoing.extend(commands)
+        if self.waiting or self._outgoing:
+            # Busy: join the batch written at the end of this loop turn (one send for all).
+            if not self._outgoing:
+                loop.call_soon(self._write)
+            self._outgoing.extend(commands)
+        elif self.transport is not None:
+            # Idle: nothing to batch with, and a turn of the loop costs more than the send.
+            self.transport.write(b"".join(commands))
         futures = [loop.create_future() for _ in range(replies)]
         self.waiting.extend(futures)
         return futures
@@ -278,6 +286,12 @@ class Connection:
         """Send a command whose replies come as pushes (SUBSCRIBE, UNSUBSCRIBE)."""
         self._protocol.send([pack(args)], 0)
 
+    def submit(self, *args: Arg) -> asyncio.Future[Reply]:
+        """Send one command now and return its reply's future, for callers that must not
+        wait (a callback): no flow control, no ``socket_timeout``."""
+        (future,) = self._protocol.send([pack(args)], 1)
+        return future
+
     async def _room(self) -> None:
         writable = self._protocol.writable
         if writable is not None:
@@ -287,12 +301,19 @@ class Connection:
         timeout = timeout if timeout is not None else self._socket_timeout
         if timeout is None:
             return await future
+        # A timer rather than asyncio.wait_for, which costs a task's worth of bookkeeping on
+        # every BRPOP.
+        timer = asyncio.get_running_loop().call_later(timeout, self._expire, future, timeout)
         try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
+            return await future
+        finally:
+            timer.cancel()
+
+    def _expire(self, future: asyncio.Future[Reply], timeout: float) -> None:
+        if not future.done():
             exc = TimeoutError(f"Redis did not answer within {timeout} s")
+            future.set_exception(exc)
             self._protocol.abort(exc)
-            raise exc from None
 
     def close(self) -> None:
         self._protocol.abort(ConnectionError("the connection was closed"))
@@ -478,6 +499,14 @@ class Client:
         if connection is None or not connection.usable or self.health_check_interval:
             connection = await self.shared()
         return await connection.execute(*args)
+
+    def submit(self, *args: Arg) -> asyncio.Future[Reply] | None:
+        """Send one command now on the shared connection, if it is open and needs no health
+        check first (else None: use :meth:`execute`); returns its reply's future."""
+        connection = self._shared
+        if connection is None or not connection.usable or self.health_check_interval:
+            return None
+        return connection.submit(*args)
 
     def pipeline(self) -> Pipeline:
         return Pipeline(self)

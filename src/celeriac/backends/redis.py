@@ -277,7 +277,14 @@ class _Listener:
         if last is not None:  # seen on the subscription before this watcher came
             watcher.record(last)
         elif channel not in self._subscribed:
-            self._changed(channel)  # the runner subscribes (in a batch); confirmation reads it
+            connection = self._connection
+            if connection is not None and connection.usable and not self._dirty:
+                # The common case, at once (a turn of the runner costs as much as the send);
+                # its confirmation reads the key.
+                self._subscribed.add(channel)
+                connection.send("SUBSCRIBE", channel)
+            else:
+                self._changed(channel)  # the runner (re)connects and subscribes in a batch
 
     def unwatch(self, channel: bytes, watcher: Watcher) -> None:
         watchers = self._watchers.get(channel)
@@ -285,8 +292,15 @@ class _Listener:
             return
         with contextlib.suppress(ValueError):
             watchers.remove(watcher)
-        if not watchers:
-            del self._watchers[channel]
+        if watchers:
+            return
+        del self._watchers[channel]
+        if channel in self._subscribed and not self._dirty:
+            self._retiring.add(channel)  # unsubscribed with others, later (see _RETIRE_AFTER)
+            if self._retire_at is None:
+                self._retire_at = asyncio.get_running_loop().time() + _RETIRE_AFTER
+                self._changes.set()  # for the runner to wake up then
+        else:
             self._changed(channel)
 
     def _changed(self, channel: bytes) -> None:
@@ -339,7 +353,8 @@ class _Listener:
             retire_at = self._retire_at
             timeout = None if retire_at is None else max(0.0, retire_at - loop.time())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changes.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._changes.wait()
             if self._closing:
                 return
             self._changes.clear()
@@ -395,15 +410,32 @@ class _Listener:
         if kind == b"message":
             self._deliver(channel, reply[2])
         elif kind == b"subscribe" and channel not in self._confirmed:
-            self._spawn(self._check(channel))
+            reading = self.backend.client.submit("GET", channel)
+            if reading is None:  # the shared connection is not open yet
+                self._spawn(self._check(channel))
+            else:
+                reading.add_done_callback(lambda done: self._checked(channel, done))
 
     async def _check(self, channel: bytes) -> None:
         """GET the key after its subscription is confirmed: the record may predate it."""
         try:
             data = await self.backend.client.execute("GET", channel)
-        except UNREACHABLE as exc:
-            log.warning("could not read %s (%s); it is read again on reconnect", channel, exc)
+        except Exception as exc:
+            self._unread(channel, exc)
+        else:
+            self._read(channel, data)
+
+    def _checked(self, channel: bytes, reading: asyncio.Future[Reply]) -> None:
+        """``_check`` for a GET sent at once (from a callback, without a task)."""
+        if reading.cancelled():
             return
+        error = reading.exception()
+        if error is not None:
+            self._unread(channel, error)
+        else:
+            self._read(channel, reading.result())
+
+    def _read(self, channel: bytes, data: bytes | None) -> None:
         if channel not in self._subscribed:
             return
         self._confirmed.add(channel)
@@ -411,6 +443,13 @@ class _Listener:
             self._deliver(channel, data)
         for watcher in list(self._watchers.get(channel, ())):
             watcher.subscribed()
+
+    def _unread(self, channel: bytes, error: BaseException) -> None:
+        if isinstance(error, UNREACHABLE):
+            log.warning("could not read %s (%s); it is read again on reconnect", channel, error)
+            return
+        for watcher in list(self._watchers.get(channel, ())):  # not a string key, say
+            watcher.fail(error)
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
         if channel not in self._subscribed:

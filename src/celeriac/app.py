@@ -140,7 +140,7 @@ class Celery:
         self._context: dict[str, Any] | None = None
         self._connections: dict[asyncio.AbstractEventLoop, Connection] = {}
         self._connect_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Future[None]] = set()
         with _apps_lock:
             _apps.append(self)
             shared = list(_shared)
@@ -370,22 +370,27 @@ class Celery:
         )
         queue = queue or conf.task_default_queue
         when = eta.timestamp() if eta is not None else None
-        publishing = self._publish(queue, envelope, priority, when)
         result: AsyncResult[Any] = AsyncResult(task_id, self, task_name=name)
         if _bridge.in_async_context():
-            sending = asyncio.get_running_loop().create_task(publishing)
+            loop = asyncio.get_running_loop()
+            conn = self._connections.get(loop)
+            sending: asyncio.Future[None] | None = None
+            if conn is not None:
+                sending = conn.broker.publish_now(queue, envelope, priority=priority, eta=when)
+            if sending is None:
+                sending = loop.create_task(self._publish(queue, envelope, priority, when))
             self._sending.add(sending)
             sending.add_done_callback(self._sent)
             result._sending = sending
         else:
-            _bridge.run(publishing)
+            _bridge.run(self._publish(queue, envelope, priority, when))
         return result
 
     async def _publish(self, queue: str, envelope: Any, priority: int, eta: float | None) -> None:
         broker = (await self.connection()).broker
         await broker.publish(queue, envelope, priority=priority, eta=eta)
 
-    def _sent(self, sending: asyncio.Task[None]) -> None:
+    def _sent(self, sending: asyncio.Future[None]) -> None:
         self._sending.discard(sending)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:

@@ -544,3 +544,24 @@ def test_idle_worker_shutdown_wakes_its_blocking_pop_with_client_unblock(
         )
     finally:
         admin.close()
+
+
+# -- publishing while Redis is away --------------------------------------------------------
+
+
+async def test_a_publish_to_a_redis_that_went_away_fails_with_an_error_naming_it(
+    private_redis: PrivateRedis,
+) -> None:
+    """Once connected, ``delay()`` sends at once, without a task; when Redis has gone, the
+    caller still gets the broker's error, whether or not the drop was noticed yet."""
+    from celeriac import Celery
+    from celeriac.errors import BrokerError
+
+    app = Celery("gone", broker=private_redis.url(0), backend=private_redis.url(1))
+    async with app.setup():
+        await app.send_task("gone.noop")  # connected, and the queue bound
+        assert private_redis.stop() == 0  # meanwhile this loop has not run: drop unnoticed
+        with pytest.raises(BrokerError, match="Redis at .* is unreachable.*broker_url"):
+            await app.send_task("gone.noop")
+        with pytest.raises(BrokerError, match="Redis at .* is unreachable.*broker_url"):
+            await app.send_task("gone.noop")  # the drop is known now: it reconnects, fails

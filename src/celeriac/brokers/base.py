@@ -114,6 +114,15 @@ class Broker(ABC):
         """Store one message durably; returns once the broker has it."""
         await self.publish_many([PublishRequest(queue, envelope, priority, eta)])
 
+    def publish_now(
+        self, queue: str, envelope: Envelope, *, priority: int = 0, eta: float | None = None
+    ) -> asyncio.Future[None] | None:
+        """Start :meth:`publish` at once, without a task, where the transport can (a
+        connection is open, the queue known); the future ends as :meth:`publish` would.
+        None: it cannot here, use :meth:`publish`. Bad arguments raise at once either way."""
+        self._check(PublishRequest(queue, envelope, priority, eta))
+        return None
+
     async def publish_many(self, requests: Sequence[PublishRequest]) -> None:
         """Store many messages in as few round trips as the transport allows."""
         for request in requests:

@@ -94,6 +94,7 @@ class _Held:
     payload: bytes
     queue: str
     message: kombu.RedisMessage | None = None  # decoded already (BRPOP reads the tag)
+    recording: asyncio.Task[Any] | None = None  # a BRPOP'd message's claim (see _record)
 
     def raw(self) -> dict[str, Any]:
         """The envelope as a fresh dict (restoring it edits it)."""
@@ -208,10 +209,41 @@ class RedisBroker(Broker):
             await pipe.execute()
             self._bound.update(bound)
         except UNREACHABLE as exc:
-            raise BrokerError(
-                f"cannot publish: Redis at {redacted(self.url)} is unreachable ({exc}); check"
-                " that it runs and that broker_url points at it"
-            ) from exc
+            raise self._unreachable(exc) from exc
+
+    def publish_now(
+        self, queue: str, envelope: Envelope, *, priority: int = 0, eta: float | None = None
+    ) -> asyncio.Future[None] | None:
+        super().publish_now(queue, envelope, priority=priority, eta=eta)
+        if queue not in self._bound or self._client is None:
+            return None
+        payload = kombu.encode(envelope, queue, priority)
+        reply = self._client.submit("LPUSH", self.prefix + kombu.list_key(queue, priority), payload)
+        if reply is None:
+            return None
+        done = asyncio.get_running_loop().create_future()
+
+        def settle(reply: asyncio.Future[Any]) -> None:
+            if done.done():
+                return
+            if reply.cancelled():
+                done.cancel()
+            elif (error := reply.exception()) is not None:
+                unreachable = isinstance(error, UNREACHABLE)
+                done.set_exception(self._unreachable(error) if unreachable else error)
+            else:
+                done.set_result(None)
+
+        reply.add_done_callback(settle)
+        return done
+
+    def _unreachable(self, exc: BaseException) -> BrokerError:
+        error = BrokerError(
+            f"cannot publish: Redis at {redacted(self.url)} is unreachable ({exc}); check"
+            " that it runs and that broker_url points at it"
+        )
+        error.__cause__ = exc
+        return error
 
     def _bind(self, pipe: Pipeline, queues: Iterable[str]) -> set[str]:
         """Declare queues the way Celery does, once per broker (their ``_kombu.binding``);
@@ -243,6 +275,7 @@ class RedisBroker(Broker):
         buffered: deque[_Held] = deque()
         rotation = 0
         drained = False  # the last claim found every list empty: BRPOP next, no claim
+        recording: asyncio.Task[list[_Held]] | None = None  # a popped message's claim
         try:
             while not self._closed:
                 if buffered:
@@ -258,14 +291,19 @@ class RedisBroker(Broker):
                         continue
                     rotation = (rotation + 1) % len(names)
                     claimed = []
-                    if not drained:
+                    if recording is not None:
+                        # What the popped message's claim took besides: the next ones out.
+                        claimed = await self._shielded(recording)
+                        recording = None
+                        # It took everything there was: another claim now would only find
+                        # empty lists again (BRPOP returns at once if one filled).
+                        drained = not claimed
+                    elif not drained:
                         claimed = await self._shielded(self._claim(order, window.room))
                     if not claimed and not self._closed:
-                        more = window.room - 1
-                        claimed = await self._shielded(self._pop_and_hold(blocker, order, more))
-                    # The hold's claim took everything there was: another claim now would
-                    # only find empty lists again (BRPOP returns at once if one filled).
-                    drained = len(claimed) == 1
+                        claimed = await self._shielded(self._pop(blocker, order, window.room - 1))
+                        if claimed:
+                            recording = claimed[0].recording
                 except UNREACHABLE as exc:
                     await self._outage.wait(exc)
                     continue
@@ -286,10 +324,12 @@ class RedisBroker(Broker):
         if self._maintenance is None:
             self._maintenance = self._spawn(self._maintain())
 
-    async def _shielded(self, job: Coroutine[Any, Any, list[_Held]]) -> list[_Held]:
+    async def _shielded(
+        self, job: Coroutine[Any, Any, list[_Held]] | asyncio.Task[list[_Held]]
+    ) -> list[_Held]:
         """Run a claim so that, if the consumer is cancelled meanwhile, what it claimed goes
         straight back to its list instead of waiting out the visibility timeout."""
-        task = self._spawn(job)
+        task = job if isinstance(job, asyncio.Task) else self._spawn(job)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -302,22 +342,37 @@ class RedisBroker(Broker):
         held = [h for h in task.result() if self._held.pop(h.tag, None) is not None]
         if held:
             self._spawn(self._restore_held(held, redelivered=False))
+        for entry in held:  # a popped message: its claim may take more
+            if entry.recording is not None:
+                entry.recording.add_done_callback(self._give_back_claim)
 
-    async def _pop_and_hold(self, blocker: _Blocker, queues: list[str], more: int) -> list[_Held]:
-        """BRPOP, then record what it popped (one task for both: no hop between them)."""
+    async def _pop(self, blocker: _Blocker, queues: list[str], more: int) -> list[_Held]:
+        """BRPOP; a popped message comes back with its claim started (``_record``)."""
         popped = await blocker.pop(queues)
-        return await self._hold(popped[0], queues, more) if popped else []
+        if popped:
+            self._record(popped[0], queues, more)
+        return popped
 
-    async def _hold(self, popped: _Held, queues: list[str], more: int) -> list[_Held]:
-        """Record a BRPOP'd message in ``unacked`` before its task can start (a worker killed
-        from then on loses nothing), claiming up to ``more`` messages that came meanwhile in
-        the same script call. Returns the popped message first."""
-        claimed = await until_done(
-            lambda: self._claim(queues, max(0, more), popped),
-            self._outage,
-            give_up=lambda: self._closed,
+    def _record(self, popped: _Held, queues: list[str], more: int) -> asyncio.Task[list[_Held]]:
+        """Start recording a BRPOP'd message in ``unacked``, with a claim of up to ``more``
+        messages that came meanwhile in the same script call; the task returns those.
+
+        The script is sent before the popped message can reach a task: this task's first
+        step is scheduled ahead of anything the consumer does with it, and writes the
+        command then (see ``_resp``). Its reply is not waited for: Redis runs the commands
+        of one connection in order, so the message's ack, which takes the same connection,
+        comes after it (on a new connection, after a drop, the ack waits for the reply:
+        ``_Held.recording``). A worker killed once the script is sent loses nothing.
+        """
+        task = self._spawn(
+            until_done(
+                lambda: self._claim(queues, max(0, more), popped),
+                self._outage,
+                give_up=lambda: self._closed,
+            )
         )
-        return [popped, *claimed]
+        popped.recording = task
+        return task
 
     async def _claim(
         self, queues: list[str], count: int, popped: _Held | None = None
@@ -382,6 +437,8 @@ class RedisBroker(Broker):
             await self._restore_held(held, redelivered=False)
 
     async def _restore_held(self, held: list[_Held], *, redelivered: bool) -> None:
+        for entry in held:
+            await _recorded(entry)
         pipe = self.client.pipeline()
         for entry in reversed(held):  # RPUSH: the first one given back is the next out
             raw = entry.raw()
@@ -402,7 +459,7 @@ class RedisBroker(Broker):
     async def ack(self, delivery: Delivery) -> None:
         """Acks are pipelined: those made while one batch is in flight form the next."""
         if self._forget(delivery):
-            self._held.pop(delivery.tag, None)
+            await _recorded(self._held.pop(delivery.tag, None))
             await self._acks.add(delivery.tag)
 
     async def _flush_acks(self, tags: list[str]) -> None:
@@ -417,6 +474,7 @@ class RedisBroker(Broker):
     async def requeue(self, delivery: Delivery) -> None:
         if self._forget(delivery):
             entry = self._held.pop(delivery.tag)
+            await _recorded(entry)
             payload = kombu.redelivered(entry.raw(), delivery.tag)
             key = self.prefix + kombu.list_key(delivery.queue, delivery.priority)
             await self._settle(delivery.tag, delivery.queue, payload, push="RPUSH", destination=key)
@@ -424,7 +482,7 @@ class RedisBroker(Broker):
     async def defer(self, delivery: Delivery, eta: float) -> None:
         if not self._forget(delivery):
             return
-        self._held.pop(delivery.tag, None)
+        await _recorded(self._held.pop(delivery.tag, None))
         score = eta - self.visibility_timeout
 
         async def park() -> Any:
@@ -443,6 +501,7 @@ class RedisBroker(Broker):
         if not self._forget(delivery):
             return
         entry = self._held.pop(delivery.tag)
+        await _recorded(entry)
         record = _dead_record(delivery.queue, reason, entry.payload.decode("utf-8", "replace"))
         await self._settle(
             delivery.tag, delivery.queue, record, push="LPUSH", destination=self._dead
@@ -685,6 +744,15 @@ class _Blocker:
             self.broker.client.forget(self._connection)
             self._connection = None
             self._client_id = None
+
+
+async def _recorded(entry: _Held | None) -> None:
+    """Wait until a BRPOP'd message's claim has run, if it has not yet: settling it must come
+    after (commands on one connection run in order, but the claim may be retried on another)."""
+    recording = entry.recording if entry is not None else None
+    if recording is not None and not recording.done():
+        with contextlib.suppress(Exception):  # its own retries end only when closing
+            await asyncio.shield(recording)
 
 
 def _text(value: Any) -> str:

@@ -7,8 +7,10 @@ the same queues. What celeriac does differently, and why:
 * **Claims are atomic and batched.** One Lua script (``lua/claim.lua``) pops up to a prefetch
   window across the queue's lists and records every message in ``unacked`` in the same step.
   The consumer blocks in BRPOP only when every list is empty; the message it pops is recorded
-  in ``unacked`` (in one script call with a claim of whatever came meanwhile) before it is
-  handed out, so a task never starts unrecorded.
+  in ``unacked`` by one script call (which also claims whatever came meanwhile), written to
+  Redis before the message is handed out, so a task never starts before its record is on its
+  way. Its reply is not waited for: Redis runs one connection's commands in order, so the
+  message's ack comes after it.
 * **Holders stay fresh.** Held messages have their ``unacked_index`` score refreshed every
   quarter of the ``visibility_timeout``, so a long task is never restored (and run twice)
   while its worker lives. A worker that dies stops refreshing and its messages are restored

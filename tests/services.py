@@ -10,7 +10,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -26,9 +26,12 @@ FIXTURES_DIR = SHARED_DIR / "celery-protocol" / "fixtures"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 #: Redis databases the test suite may use (the benchmark harness owns 1, 2 and 5).
 REDIS_DB_BROKER, REDIS_DB_RESULTS = 14, 15
+AMQP_HOST, AMQP_PORT = "127.0.0.1", 5672
+AMQP_URL = f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}//"
 _START = {
     "redis": "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save ''"
     " --appendonly no",
+    "rabbitmq": "rabbitmq-server -detached",
 }
 
 
@@ -68,6 +71,24 @@ def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = 
 
 def require_redis() -> None:
     require("redis", REDIS_HOST, REDIS_PORT)
+
+
+def require_rabbitmq() -> None:
+    require("rabbitmq", AMQP_HOST, AMQP_PORT)
+
+
+async def delete_amqp_queues(names: Iterable[str]) -> None:
+    """Delete the queues and exchanges a test declared (by name: nothing else)."""
+    import aiormq
+
+    connection = await aiormq.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        for name in names:
+            await channel.queue_delete(name)
+            await channel.exchange_delete(name)
+    finally:
+        await connection.close()
 
 
 def delete_prefixed(prefix: str, *dbs: int) -> None:

@@ -275,6 +275,7 @@ class Celery:
             conf.effective_broker_url(),
             max_message_size=conf.broker_max_message_size,
             options=conf.broker_transport_options,
+            queue_max_priority=conf.task_queue_max_priority,
         )
         backend = backend_from_url(
             conf.effective_result_backend(), options=conf.result_backend_transport_options

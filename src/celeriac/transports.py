@@ -19,6 +19,8 @@ _BROKERS: dict[str, tuple[str, str, str | None]] = {
     "memory": ("celeriac.brokers.memory", "MemoryBroker", None),
     "redis": ("celeriac.brokers.redis", "RedisBroker", "redis"),
     "rediss": ("celeriac.brokers.redis", "RedisBroker", "redis"),
+    "amqp": ("celeriac.brokers.amqp", "AmqpBroker", "amqp"),
+    "amqps": ("celeriac.brokers.amqp", "AmqpBroker", "amqp"),
 }
 _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "sqlite": ("celeriac.backends.sqlite", "SQLiteBackend", None),
@@ -46,9 +48,20 @@ def _load(table: dict[str, tuple[str, str, str | None]], url: str, what: str) ->
     return getattr(module, class_name)
 
 
-def broker_from_url(url: str, *, max_message_size: int, options: dict[str, Any]) -> Broker:
+def broker_from_url(
+    url: str,
+    *,
+    max_message_size: int,
+    options: dict[str, Any],
+    queue_max_priority: int | None = None,
+) -> Broker:
     cls = _load(_BROKERS, url, "broker")
-    broker: Broker = cls(url, max_message_size=max_message_size, options=options)
+    broker: Broker = cls(
+        url,
+        max_message_size=max_message_size,
+        options=options,
+        queue_max_priority=queue_max_priority,
+    )
     return broker
 
 

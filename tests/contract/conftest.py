@@ -22,15 +22,19 @@ from celeriac.backends.base import ResultBackend
 from celeriac.backends.memory import MemoryBackend
 from celeriac.backends.redis import RedisBackend
 from celeriac.backends.sqlite import SQLiteBackend
+from celeriac.brokers.amqp import AmqpBroker
 from celeriac.brokers.base import Broker
 from celeriac.brokers.memory import MemoryBroker, reset_memory_transports
 from celeriac.brokers.redis import RedisBroker
 from celeriac.brokers.sqlite import SQLiteBroker
 from services import (
+    AMQP_URL,
     REDIS_DB_BROKER,
     REDIS_DB_RESULTS,
+    delete_amqp_queues,
     delete_prefixed,
     redis_url,
+    require_rabbitmq,
     require_redis,
 )
 
@@ -53,11 +57,23 @@ def _redis(db: int) -> Callable[[Path], Store]:
     return store
 
 
+def _amqp(tmp: Path) -> Store:
+    require_rabbitmq()
+    test = f"celeriac-test-{uuid.uuid4().hex}"
+    return AMQP_URL, {"dead_letter_queue": f"{test}.dead", "delay_queue_prefix": f"{test}.delay"}
+
+
+def _amqp_broker(url: str, **kwargs: Any) -> Broker:
+    # Priorities need queues declared with x-max-priority on RabbitMQ.
+    return AmqpBroker(url, queue_max_priority=9, **kwargs)
+
+
 # name -> (class, this test's store)
-BROKERS: dict[str, tuple[type[Broker], Callable[[Path], Store]]] = {
+BROKERS: dict[str, tuple[Callable[..., Broker], Callable[[Path], Store]]] = {
     "memory": (MemoryBroker, _memory),
     "sqlite": (SQLiteBroker, _sqlite),
     "redis": (RedisBroker, _redis(REDIS_DB_BROKER)),
+    "amqp": (_amqp_broker, _amqp),
 }
 BACKENDS: dict[str, tuple[type[ResultBackend], Callable[[Path], Store]]] = {
     "memory": (MemoryBackend, _memory),
@@ -95,6 +111,9 @@ async def make_broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
     for broker in reversed(made):
         await broker.close()
     _delete_prefixed(url, base)
+    declared = {name for b in made if isinstance(b, AmqpBroker) for name in b.declared}
+    if declared:
+        await delete_amqp_queues(declared)
 
 
 @pytest.fixture

@@ -561,7 +561,7 @@ async def test_a_publish_to_a_redis_that_went_away_fails_with_an_error_naming_it
     async with app.setup():
         await app.send_task("gone.noop")  # connected, and the queue bound
         assert private_redis.stop() == 0  # meanwhile this loop has not run: drop unnoticed
-        with pytest.raises(BrokerError, match="Redis at .* is unreachable.*broker_url"):
+        with pytest.raises(BrokerError, match=r"Redis at .* is unreachable.*broker_url"):
             await app.send_task("gone.noop")
-        with pytest.raises(BrokerError, match="Redis at .* is unreachable.*broker_url"):
+        with pytest.raises(BrokerError, match=r"Redis at .* is unreachable.*broker_url"):
             await app.send_task("gone.noop")  # the drop is known now: it reconnects, fails

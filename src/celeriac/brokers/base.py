@@ -92,11 +92,19 @@ class Broker(ABC):
     hides_eta: bool = True
 
     def __init__(
-        self, url: str, *, max_message_size: int = 0, options: dict[str, Any] | None = None
+        self,
+        url: str,
+        *,
+        max_message_size: int = 0,
+        options: dict[str, Any] | None = None,
+        queue_max_priority: int | None = None,
     ):
         self.url = url
         self.max_message_size = max_message_size
         self.options = dict(options or {})
+        #: ``task_queue_max_priority``: for transports whose queues are declared with a
+        #: priority range (AMQP's ``x-max-priority``); the others order priorities anyway.
+        self.queue_max_priority = queue_max_priority
 
     # -- life cycle ------------------------------------------------------------------------
 

@@ -120,9 +120,19 @@ class RedisBroker(Broker):
     hides_eta = False
 
     def __init__(
-        self, url: str, *, max_message_size: int = 0, options: dict[str, Any] | None = None
+        self,
+        url: str,
+        *,
+        max_message_size: int = 0,
+        options: dict[str, Any] | None = None,
+        queue_max_priority: int | None = None,
     ) -> None:
-        super().__init__(url, max_message_size=max_message_size, options=options)
+        super().__init__(
+            url,
+            max_message_size=max_message_size,
+            options=options,
+            queue_max_priority=queue_max_priority,
+        )
         opts = check_options(self.options, _OPTIONS, "broker_transport_options")
         self.visibility_timeout = float(opts["visibility_timeout"])
         self.restore_interval = float(opts["restore_interval"])

@@ -1,0 +1,696 @@
+"""``amqp://`` and ``amqps://``: RabbitMQ queues declared as Celery declares them.
+
+Tasks go to the default exchange with the queue's name as routing key, as Celery 5 publishes
+them, into durable queues with Celery's flags (``x-max-priority`` when
+``task_queue_max_priority`` is set), so real Celery workers and producers share them. Every
+publish waits for RabbitMQ's confirm and is persistent.
+
+What celeriac adds, and why:
+
+* **ETAs never sit unacknowledged.** RabbitMQ closes a channel that holds a message longer
+  than its ``consumer_timeout`` (30 min by default), which is how Celery's far-future ETAs
+  get redelivered in a loop. Here a message with a future ETA waits in a delay queue
+  instead: ``celeriac.delay.<queue>.<ms>``, one per power of four milliseconds, whose TTL
+  dead-letters it back to its queue. A message that comes back before its time (delays are
+  made of several such hops) is sent on to the next one; the ``x-celeriac-eta`` header says
+  when it is due. No plugin is needed, and whichever worker gets it runs it, once.
+* **Priorities across queues.** Each queue has a consumer of its own (prefetch per
+  consumer); what arrives waits in a local buffer that hands out the highest priority
+  first, up to the consumer's prefetch window.
+* **Dead letters** are copies in the durable queue ``celeriac.dead`` (option
+  ``dead_letter_queue``) with the reason, queue and time in ``x-celeriac-*`` headers; the
+  original is then acknowledged.
+
+A delivery is settled on the channel it came on. When that channel is gone (the connection
+dropped), RabbitMQ has already put the message back, so settling it does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import math
+import time
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import aiormq.exceptions as amqp_errors
+from aiormq import spec
+from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
+
+from celeriac import _amqp
+from celeriac._amqp import UNREACHABLE
+from celeriac.brokers.base import (
+    Broker,
+    DeadLetter,
+    Delivery,
+    Envelope,
+    PrefetchWindow,
+    PublishRequest,
+    check_consume,
+    now,
+)
+from celeriac.config import redacted
+from celeriac.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+_OPTIONS: dict[str, Any] = {
+    "dead_letter_queue": "celeriac.dead",
+    "delay_queue_prefix": "celeriac.delay",
+    "connect_timeout": 5.0,
+}
+ETA_HEADER = "x-celeriac-eta"
+REASON_HEADER = "x-celeriac-reason"
+QUEUE_HEADER = "x-celeriac-queue"
+DIED_AT_HEADER = "x-celeriac-died-at"
+#: Headers RabbitMQ or this transport add on the way: not part of the message handed out.
+_TRANSIT_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-celeriac-")
+#: Delay queues hold 4**k ms, k = 0..15 (the longest, about 12.4 days, fits x-message-ttl).
+_DELAY_LEVELS: list[int] = [int(4**k) for k in range(16)]
+#: AMQP basic properties, by the names celeriac's envelopes use (kombu's).
+_PROPERTIES = {
+    "delivery_mode": "delivery_mode",
+    "priority": "priority",
+    "correlation_id": "correlation_id",
+    "reply_to": "reply_to",
+    "expiration": "expiration",
+    "timestamp": "timestamp",
+    "type": "message_type",
+    "user_id": "user_id",
+    "app_id": "app_id",
+}
+_BACKOFF_MAX = 2.0
+
+
+def delay_level(milliseconds: float) -> int:
+    """The delay queue for a wait of ``milliseconds``: the longest level not beyond it."""
+    wanted = max(1, math.ceil(milliseconds))
+    return max(level for level in _DELAY_LEVELS if level <= wanted)
+
+
+def to_properties(envelope: Envelope, priority: int, headers: dict[str, Any]) -> Any:
+    """The AMQP properties of ``envelope`` (persistent unless it says otherwise)."""
+    fields: dict[str, Any] = {
+        "content_type": envelope.content_type,
+        "content_encoding": envelope.content_encoding,
+        "headers": headers,
+        "delivery_mode": 2,
+    }
+    for name, attribute in _PROPERTIES.items():
+        value = envelope.properties.get(name)
+        if value is not None:
+            fields[attribute] = value
+    fields["priority"] = priority
+    return spec.Basic.Properties(**fields)
+
+
+def to_envelope(message: DeliveredMessage) -> Envelope:
+    """A delivered message as an envelope, without the headers added in transit. (aiormq
+    stamps every publish with a ``message_id`` for its own bookkeeping: it is dropped.)"""
+    props = message.header.properties
+    headers = {
+        key: value
+        for key, value in (props.headers or {}).items()
+        if not key.startswith(_TRANSIT_HEADERS)
+    }
+    properties = {}
+    for name, attribute in _PROPERTIES.items():
+        value = getattr(props, attribute, None)
+        if value is not None:
+            properties[name] = value
+    return Envelope(
+        message.body, props.content_type or "", props.content_encoding or "", headers, properties
+    )
+
+
+@dataclass(eq=False, slots=True)
+class _Tag:
+    """What settles a delivery: the consumer and channel it came on, and its number there."""
+
+    consumer: _Consumer
+    channel: AbstractChannel
+    number: int
+    message: DeliveredMessage
+    queue: str
+
+
+@dataclass(order=True, slots=True)
+class _Buffered:
+    rank: tuple[int, int]  # (-priority, arrival): the most urgent, then the oldest, first
+    queue: str = field(compare=False)
+    channel: AbstractChannel = field(compare=False)
+    message: DeliveredMessage = field(compare=False)
+
+
+class AmqpBroker(Broker):
+    """Celery-compatible queues on RabbitMQ (AMQP 0-9-1), through aiormq.
+
+    Options (``broker_transport_options``): ``dead_letter_queue`` (``celeriac.dead``),
+    ``delay_queue_prefix`` (``celeriac.delay``), ``connect_timeout`` (5 s). A heartbeat
+    is set in the URL (``?heartbeat=30``), as aiormq reads it.
+    """
+
+    schemes = ("amqp", "amqps")
+    hides_eta = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_message_size: int = 0,
+        options: dict[str, Any] | None = None,
+        queue_max_priority: int | None = None,
+    ) -> None:
+        super().__init__(
+            url,
+            max_message_size=max_message_size,
+            options=options,
+            queue_max_priority=queue_max_priority,
+        )
+        unknown = sorted(set(self.options) - set(_OPTIONS))
+        if unknown:
+            raise BrokerError(
+                f"unknown broker_transport_options {', '.join(map(repr, unknown))}: the AMQP"
+                f" transport knows {', '.join(sorted(_OPTIONS))}"
+            )
+        opts = {**_OPTIONS, **self.options}
+        self.dead_letter_queue = str(opts["dead_letter_queue"])
+        self.delay_prefix = str(opts["delay_queue_prefix"])
+        self.connect_timeout = float(opts["connect_timeout"])
+        self._connection: AbstractConnection | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._publisher: AbstractChannel | None = None
+        self._declared: set[str] = set()  # on this connection
+        self.queues: set[str] = set()  # every task queue this broker used (queue_sizes)
+        self.declared: set[str] = set()  # every queue and exchange it ever declared
+        self._consumers: set[_Consumer] = set()
+        self._closed = False
+        self._outage_logged = False
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        self._connecting = asyncio.Lock()
+        await self._open()
+
+    async def close(self) -> None:
+        """Stop consuming; closing the connection puts back whatever was not settled."""
+        if self._closed:
+            return
+        self._closed = True
+        for consumer in list(self._consumers):
+            consumer.wake()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(*UNREACHABLE, RuntimeError):
+                await connection.close()
+
+    async def _open(self) -> AbstractConnection:
+        """The connection, (re)opened on demand; its loss closes every channel on it."""
+        if self._closed:
+            raise BrokerError(f"the broker {redacted(self.url)} is closed")
+        connection = self._connection
+        if connection is not None and not connection.is_closed:
+            return connection
+        assert self._connecting is not None, "connect() first"
+        async with self._connecting:
+            connection = self._connection
+            if connection is None or connection.is_closed:
+                try:
+                    connection = await _amqp.connect(self.url, timeout=self.connect_timeout)
+                except UNREACHABLE as exc:
+                    raise self._unreachable(exc) from exc
+                if self._outage_logged:
+                    log.warning("broker: RabbitMQ at %s is reachable again", redacted(self.url))
+                    self._outage_logged = False
+                self._connection = connection
+                self._publisher = None
+                self._declared.clear()
+            return connection
+
+    async def channel(self, *, confirms: bool = False) -> AbstractChannel:
+        """A new channel on the connection (consumers each get one; close it when done)."""
+        connection = await self._open()
+        return await connection.channel(publisher_confirms=confirms)
+
+    async def _publishing(self) -> AbstractChannel:
+        channel = self._publisher
+        if channel is None or channel.is_closed:
+            channel = self._publisher = await self.channel(confirms=True)
+        return channel
+
+    def _unreachable(self, exc: BaseException) -> BrokerError:
+        error = BrokerError(
+            f"RabbitMQ at {redacted(self.url)} is unreachable ({type(exc).__name__}: {exc});"
+            " check that it runs and that broker_url points at it"
+        )
+        error.__cause__ = exc
+        return error
+
+    async def _outage(self, exc: BaseException, attempt: int) -> None:
+        """Log once per outage, then back off before the next attempt."""
+        if not self._outage_logged:
+            self._outage_logged = True
+            log.warning(
+                "broker: RabbitMQ at %s is unreachable (%s); retrying with backoff",
+                redacted(self.url),
+                exc,
+            )
+        await asyncio.sleep(min(_BACKOFF_MAX, 0.05 * 2**attempt))
+
+    # -- declaring -------------------------------------------------------------------------
+
+    def _queue_arguments(self) -> dict[str, Any] | None:
+        if self.queue_max_priority is None:
+            return None
+        return {"x-max-priority": self.queue_max_priority}
+
+    async def _declare(self, channel: AbstractChannel, queue: str) -> int:
+        """Declare a task queue as Celery does; the number of messages ready in it."""
+        count = await _amqp.declare_queue(channel, queue, self._queue_arguments())
+        if queue not in self._declared:
+            await _amqp.declare_direct(channel, queue)
+            self._declared.add(queue)
+        self.queues.add(queue)
+        self.declared.add(queue)
+        return count
+
+    def _delay_queue(self, queue: str, level: int) -> tuple[str, dict[str, Any]]:
+        """The delay queue of ``queue`` that holds messages ``level`` ms, and its arguments."""
+        arguments = {
+            "x-message-ttl": level,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": queue,
+        }
+        return f"{self.delay_prefix}.{queue}.{level}", arguments
+
+    async def _declare_delay(self, channel: AbstractChannel, queue: str, level: int) -> str:
+        name, arguments = self._delay_queue(queue, level)
+        if name not in self._declared:
+            await _amqp.declare_queue(channel, name, arguments)
+            self._declared.add(name)
+            self.declared.add(name)
+        return name
+
+    # -- producing -------------------------------------------------------------------------
+
+    async def _publish(self, requests: Sequence[PublishRequest]) -> None:
+        """Every request at once, each confirmed; a lost connection is retried once (a
+        message whose confirm was lost with it may then be stored twice: at least once)."""
+        try:
+            await self._publish_all(requests)
+        except UNREACHABLE:
+            try:
+                await self._publish_all(requests)
+            except UNREACHABLE as exc:
+                raise self._unreachable(exc) from exc
+
+    async def _publish_all(self, requests: Sequence[PublishRequest]) -> None:
+        channel = await self._publishing()
+        for queue in {request.queue for request in requests} - self._declared:
+            await self._declare(channel, queue)
+        moment = now()
+        await asyncio.gather(
+            *(
+                self._send(
+                    channel,
+                    r.queue,
+                    r.envelope,
+                    r.priority,
+                    eta=r.eta if r.eta is not None and r.eta > moment else None,
+                )
+                for r in requests
+            )
+        )
+
+    async def _send(
+        self,
+        channel: AbstractChannel,
+        queue: str,
+        envelope: Envelope,
+        priority: int,
+        *,
+        eta: float | None = None,
+        extra_headers: dict[str, Any] | None = None,
+        routing_key: str | None = None,
+    ) -> None:
+        headers = {**envelope.headers, **(extra_headers or {})}
+        target = routing_key or queue
+        if eta is not None:
+            headers[ETA_HEADER] = repr(eta)
+            level = delay_level((eta - now()) * 1000)
+            target = await self._declare_delay(channel, queue, level)
+        properties = to_properties(envelope, priority, headers)
+        if eta is not None:
+            properties.expiration = None  # the delay queue's TTL, not the message's, applies
+        confirm = await channel.basic_publish(
+            envelope.body, exchange="", routing_key=target, properties=properties
+        )
+        if not isinstance(confirm, spec.Basic.Ack):
+            raise BrokerError(f"RabbitMQ did not take a message for {target!r}: {confirm!r}")
+
+    # -- consuming -------------------------------------------------------------------------
+
+    async def consume(
+        self, queues: Sequence[str], *, prefetch: int
+    ) -> AsyncGenerator[Delivery, None]:
+        check_consume(queues, prefetch)
+        if self._closed:
+            raise BrokerError(f"the broker {redacted(self.url)} is closed")
+        consumer = _Consumer(self, list(dict.fromkeys(queues)), prefetch)
+        self._consumers.add(consumer)
+        try:
+            while not self._closed:
+                delivery = await consumer.next()
+                if delivery is not None:
+                    yield delivery
+        finally:
+            self._consumers.discard(consumer)
+            await consumer.stop()
+
+    # -- settling --------------------------------------------------------------------------
+
+    async def ack(self, delivery: Delivery) -> None:
+        tag: _Tag = delivery.tag
+        if tag.consumer.settle(tag):
+            await _quietly(tag.channel.basic_ack(tag.number))
+
+    async def requeue(self, delivery: Delivery) -> None:
+        tag: _Tag = delivery.tag
+        if tag.consumer.settle(tag):
+            await _quietly(tag.channel.basic_reject(tag.number, requeue=True))
+
+    async def defer(self, delivery: Delivery, eta: float) -> None:
+        tag: _Tag = delivery.tag
+        if tag.consumer.settle(tag):
+            await self._move(tag, partial(self._delay, tag.queue, tag.message, eta))
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        tag: _Tag = delivery.tag
+        if not tag.consumer.settle(tag):
+            return
+        headers = {REASON_HEADER: reason, QUEUE_HEADER: tag.queue, DIED_AT_HEADER: repr(now())}
+        envelope = to_envelope(tag.message)
+
+        async def bury(channel: AbstractChannel) -> None:
+            if self.dead_letter_queue not in self._declared:
+                await _amqp.declare_queue(channel, self.dead_letter_queue)
+                self._declared.add(self.dead_letter_queue)
+                self.declared.add(self.dead_letter_queue)
+            await self._send(
+                channel,
+                tag.queue,
+                envelope,
+                _priority(tag.message),
+                extra_headers=headers,
+                routing_key=self.dead_letter_queue,
+            )
+
+        await self._move(tag, bury)
+
+    async def _delay(
+        self, queue: str, message: DeliveredMessage, eta: float, channel: AbstractChannel
+    ) -> None:
+        await self._send(channel, queue, to_envelope(message), _priority(message), eta=eta)
+
+    async def _move(self, tag: _Tag, publish: Any) -> None:
+        """Publish where the message goes next, then ack it. If its channel is gone,
+        RabbitMQ has put it back already: it is not published (that would duplicate it)."""
+        attempt = 0
+        while not tag.channel.is_closed:
+            try:
+                await publish(await self._publishing())
+                break
+            except UNREACHABLE as exc:
+                if self._closed:
+                    return
+                await self._outage(exc, attempt)
+                attempt += 1
+        else:
+            return
+        await _quietly(tag.channel.basic_ack(tag.number))
+
+    # -- administration --------------------------------------------------------------------
+
+    async def purge(self, queue: str) -> int:
+        channel = await self.channel()
+        try:
+            await self._declare(channel, queue)
+            purged = 0
+            for name in [queue, *[n for n, _ in await self._delay_counts(channel, queue)]]:
+                purged += int((await channel.queue_purge(name)).message_count or 0)
+            return purged
+        finally:
+            await _close(channel)
+
+    async def queue_sizes(self) -> dict[str, int]:
+        """Ready messages, plus those waiting in delay queues, plus those this broker's
+        consumers hold, for every queue this broker used (RabbitMQ does not count other
+        consumers' unacknowledged messages as ready)."""
+        channel = await self.channel()
+        sizes: dict[str, int] = {}
+        try:
+            for queue in sorted(self.queues):
+                size = await self._declare(channel, queue)
+                size += sum(count for _, count in await self._delay_counts(channel, queue))
+                size += sum(consumer.holding(queue) for consumer in self._consumers)
+                if size:
+                    sizes[queue] = size
+        finally:
+            await _close(channel)
+        return sizes
+
+    async def _delay_counts(self, channel: AbstractChannel, queue: str) -> list[tuple[str, int]]:
+        """Every delay queue of ``queue`` with the messages in it (declaring them is how to
+        know: a passive declaration of a missing queue would close the channel)."""
+        counts = []
+        for level in _DELAY_LEVELS:
+            name, arguments = self._delay_queue(queue, level)
+            counts.append((name, await _amqp.declare_queue(channel, name, arguments)))
+            self._declared.add(name)
+            self.declared.add(name)
+        return counts
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Reads the whole dead-letter queue (without taking anything: the channel is closed
+        before any ack, which puts every message back where it was) and keeps the newest."""
+        if limit <= 0:
+            return []
+        channel = await self.channel()
+        letters: list[DeadLetter] = []
+        try:
+            count = await _amqp.declare_queue(channel, self.dead_letter_queue)
+            self.declared.add(self.dead_letter_queue)
+            for _ in range(count):
+                message = await channel.basic_get(self.dead_letter_queue)
+                if not isinstance(message.delivery, spec.Basic.GetOk):
+                    break
+                letters.append(_dead_letter(message))
+        finally:
+            await _close(channel)
+        return letters[::-1][:limit]
+
+    async def dead_letter_count(self) -> int:
+        channel = await self.channel()
+        try:
+            count = await _amqp.declare_queue(channel, self.dead_letter_queue)
+            self.declared.add(self.dead_letter_queue)
+            return count
+        finally:
+            await _close(channel)
+
+
+class _Consumer:
+    """One ``consume()``: a channel with a consumer per queue, a buffer that hands out the
+    most urgent message first, and the window of deliveries handed out and not settled."""
+
+    def __init__(self, broker: AmqpBroker, queues: list[str], prefetch: int) -> None:
+        self.broker = broker
+        self.queues = queues
+        self.prefetch = prefetch
+        self.window = PrefetchWindow(prefetch)
+        self.channel: AbstractChannel | None = None
+        self._buffer: list[_Buffered] = []
+        self._arrivals = itertools.count()
+        self._arrived = asyncio.Event()
+        self._held: set[_Tag] = set()
+        self._stopped = False
+        self._consumer_tags: list[str] = []
+        self._tasks: set[asyncio.Future[None]] = set()  # re-delays, a closing
+
+    def wake(self) -> None:
+        self._arrived.set()
+        self.window.signal.set()
+
+    async def next(self) -> Delivery | None:
+        """The next delivery (None when the broker closed); reconnects as long as needed."""
+        attempt = 0
+        while not self.broker._closed:
+            if self.channel is None or self.channel.is_closed:
+                self._lost()
+                try:
+                    await self._start()
+                except UNREACHABLE as exc:
+                    await self.broker._outage(exc, attempt)
+                    attempt += 1
+                    continue
+                attempt = 0
+            if self.window.room <= 0:
+                self.window.signal.clear()
+                await self._wait(self.window.signal)
+                continue
+            if self._buffer:
+                return self._hand_out(heapq.heappop(self._buffer))
+            self._arrived.clear()
+            await self._wait(self._arrived)
+        return None
+
+    async def _wait(self, event: asyncio.Event) -> None:
+        """Until ``event``, or the channel closes (then it is reopened)."""
+        channel = self.channel
+        assert channel is not None
+        waiting = asyncio.ensure_future(event.wait())
+        closing = channel.closing  # an observer of its own, to drop afterwards
+        try:
+            await asyncio.wait([waiting, closing], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            if not closing.done():
+                closing.cancel()
+
+    async def _start(self) -> None:
+        channel = await self.broker.channel()
+        self.channel = channel
+        await channel.basic_qos(prefetch_count=self.prefetch)
+        self._consumer_tags = []
+        for queue in self.queues:
+            await self.broker._declare(channel, queue)
+            ok = await channel.basic_consume(queue, partial(self._arrive, queue, channel))
+            self._consumer_tags.append(str(ok.consumer_tag))
+
+    def _lost(self) -> None:
+        """The channel closed under us: RabbitMQ put back everything it had given it."""
+        self._buffer.clear()
+        for tag in [tag for tag in self._held if tag.channel is self.channel]:
+            self.settle(tag)
+        self.channel = None
+
+    async def _arrive(
+        self, queue: str, channel: AbstractChannel, message: DeliveredMessage
+    ) -> None:
+        if channel is not self.channel:
+            return  # from a channel since replaced: RabbitMQ puts it back
+        eta = _due(message)
+        if eta is not None and eta > now():
+            # Back from a delay queue before its time: on to the next hop.
+            task = asyncio.ensure_future(self._redelay(queue, channel, message, eta))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        rank = (-_priority(message), next(self._arrivals))
+        heapq.heappush(self._buffer, _Buffered(rank, queue, channel, message))
+        self._arrived.set()
+
+    async def _redelay(
+        self, queue: str, channel: AbstractChannel, message: DeliveredMessage, eta: float
+    ) -> None:
+        tag = _Tag(self, channel, _number(message), message, queue)
+        self._held.add(tag)
+        self.settle(tag)
+        await self.broker._move(tag, partial(self.broker._delay, queue, message, eta))
+
+    def _hand_out(self, entry: _Buffered) -> Delivery:
+        message = entry.message
+        tag = _Tag(self, entry.channel, _number(message), message, entry.queue)
+        self._held.add(tag)
+        self.window.tags.add(tag)
+        envelope = to_envelope(message)
+        priority = _priority(message)
+        envelope.properties["priority"] = priority
+        redelivered = bool(getattr(message.delivery, "redelivered", False))
+        return Delivery(envelope, entry.queue, tag, redelivered, priority)
+
+    def settle(self, tag: _Tag) -> bool:
+        """Forget a delivery; False if it was settled (or lost with its channel) already."""
+        if tag not in self._held:
+            return False
+        self._held.discard(tag)
+        self.window.tags.discard(tag)
+        self.window.signal.set()
+        if self._stopped and not self._held and self.channel is not None:
+            channel, self.channel = self.channel, None
+            closing = asyncio.ensure_future(_close(channel))
+            self._tasks.add(closing)  # kept until done, like the re-delays
+            closing.add_done_callback(self._tasks.discard)
+        return True
+
+    def holding(self, queue: str) -> int:
+        """Messages of ``queue`` this consumer has unacknowledged (handed out or buffered)."""
+        held = sum(1 for tag in self._held if tag.queue == queue)
+        return held + sum(1 for entry in self._buffer if entry.queue == queue)
+
+    async def stop(self) -> None:
+        """Stop consuming and give back what was not handed out; the channel closes once
+        what was handed out is settled (closing it earlier would put those back too)."""
+        self._stopped = True
+        channel = self.channel
+        if channel is None or channel.is_closed:
+            self.channel = None
+            return
+        buffered, self._buffer = self._buffer, []
+        with contextlib.suppress(*UNREACHABLE):
+            for consumer_tag in self._consumer_tags:
+                await channel.basic_cancel(consumer_tag)
+            for entry in sorted(buffered):
+                await channel.basic_reject(_number(entry.message), requeue=True)
+        if not self._held:
+            self.channel = None
+            await _close(channel)
+
+
+def _number(message: DeliveredMessage) -> int:
+    number = message.delivery_tag
+    assert number is not None
+    return number
+
+
+def _priority(message: DeliveredMessage) -> int:
+    return int(message.header.properties.priority or 0)
+
+
+def _due(message: DeliveredMessage) -> float | None:
+    value = (message.header.properties.headers or {}).get(ETA_HEADER)
+    if value is None:
+        return None
+    try:
+        return float(str(value))
+    except ValueError:
+        return None
+
+
+def _dead_letter(message: DeliveredMessage) -> DeadLetter:
+    headers = message.header.properties.headers or {}
+    died_at = headers.get(DIED_AT_HEADER)
+    return DeadLetter(
+        queue=str(headers.get(QUEUE_HEADER, "")),
+        envelope=to_envelope(message),
+        reason=str(headers.get(REASON_HEADER, "")),
+        died_at=float(str(died_at)) if died_at is not None else time.time(),
+    )
+
+
+async def _quietly(settling: Any) -> None:
+    """Settle on a channel that may have closed meanwhile (RabbitMQ put the message back)."""
+    with contextlib.suppress(*UNREACHABLE):
+        await settling
+
+
+async def _close(channel: AbstractChannel) -> None:
+    with contextlib.suppress(*UNREACHABLE, amqp_errors.AMQPError, RuntimeError):
+        await channel.close()

@@ -77,11 +77,32 @@ def require_rabbitmq() -> None:
     require("rabbitmq", AMQP_HOST, AMQP_PORT)
 
 
-async def delete_amqp_queues(names: Iterable[str]) -> None:
+def amqp_vhost_url(vhost: str) -> str:
+    return f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/{vhost}"
+
+
+def add_amqp_vhost(vhost: str) -> None:
+    """A virtual host of the tests' own (guest may use it): queue names there, such as
+    ``celery``, are nobody else's. ``rabbitmqctl`` runs on the same machine as RabbitMQ."""
+    import subprocess
+
+    for argv in (["add_vhost", vhost], ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]):
+        done = subprocess.run(["rabbitmqctl", *argv], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            unavailable(f"rabbitmqctl {' '.join(argv)} failed: {done.stderr.strip()}")
+
+
+def delete_amqp_vhost(vhost: str) -> None:
+    import subprocess
+
+    subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
+async def delete_amqp_queues(names: Iterable[str], url: str = AMQP_URL) -> None:
     """Delete the queues and exchanges a test declared (by name: nothing else)."""
     import aiormq
 
-    connection = await aiormq.connect(AMQP_URL)
+    connection = await aiormq.connect(url)
     try:
         channel = await connection.channel()
         for name in names:

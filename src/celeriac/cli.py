@@ -109,7 +109,15 @@ def _parser() -> argparse.ArgumentParser:
     purge.add_argument("-Q", "--queues", help="comma-separated queues (default: the default)")
     purge.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
 
-    commands.add_parser("status", parents=[level], help="queues, their lengths, dead letters")
+    status = commands.add_parser(
+        "status", parents=[level], help="queues, their lengths, dead letters"
+    )
+    status.add_argument(
+        "-Q",
+        "--queues",
+        help="comma-separated queues to show besides the default one and those the broker"
+        " lists (RabbitMQ lists none)",
+    )
 
     run = commands.add_parser(
         "run",
@@ -342,7 +350,8 @@ async def _purge(app: Celery, args: argparse.Namespace) -> int:
 async def _status(app: Celery, args: argparse.Namespace) -> int:
     async with app.setup():
         broker = (await app.connection()).broker
-        sizes = await broker.queue_sizes()
+        named = [app.conf.task_default_queue, *_split(args.queues)]
+        sizes = await broker.queue_sizes(named)
         dead = await broker.dead_letter_count()
         recent = await broker.dead_letters(limit=5)
     print(f"broker: {redacted(broker.url)}")

@@ -25,9 +25,7 @@ def envelope(body: bytes | str, **headers: Any) -> Envelope:
 def message(env: Envelope) -> Envelope:
     """``env`` without the properties that are the transport's to set: ``priority``, and
     ``delivery_mode`` (AMQP publishes every message persistent)."""
-    properties = {
-        k: v for k, v in env.properties.items() if k not in ("priority", "delivery_mode")
-    }
+    properties = {k: v for k, v in env.properties.items() if k not in ("priority", "delivery_mode")}
     return Envelope(env.body, env.content_type, env.content_encoding, env.headers, properties)
 
 

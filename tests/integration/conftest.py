@@ -7,6 +7,7 @@ Every wait has a timeout; nothing waits by sleeping.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -23,8 +24,13 @@ import pytest
 from services import (
     REDIS_DB_BROKER,
     REDIS_DB_RESULTS,
+    add_amqp_vhost,
+    amqp_vhost_url,
+    delete_amqp_queues,
+    delete_amqp_vhost,
     delete_prefixed,
     redis_url,
+    require_rabbitmq,
     require_redis,
 )
 
@@ -93,12 +99,32 @@ class WorkerProcess:
             self.proc.stdout.close()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+#: Every queue (and exchange) name the worker tests can make on RabbitMQ: deleted after each.
+AMQP_NAMES = [
+    "celery",
+    "other",
+    *(f"celeriac.delay.{q}.{4**k}" for q in ("celery", "other") for k in range(16)),
+    "celeriac.dead",
+]
+
+
+@pytest.fixture(scope="session")
+def amqp_vhost() -> Iterator[str]:
+    """This test session's own RabbitMQ virtual host (the tests' queue names are fixed)."""
+    require_rabbitmq()
+    vhost = f"celeriac-test-{uuid.uuid4().hex[:12]}"
+    add_amqp_vhost(vhost)
+    yield vhost
+    delete_amqp_vhost(vhost)
+
+
+@pytest.fixture(params=["sqlite", "redis", "amqp"])
 def broker_url(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[str]:
-    """A fresh broker for this test, set in the environment for both sides: a SQLite file,
-    or Redis (DBs 14/15) under a key prefix of its own, deleted afterwards."""
+    """A fresh broker for this test, set in the environment for both sides: a SQLite file;
+    Redis (DBs 14/15) under a key prefix of its own, deleted afterwards; or RabbitMQ in the
+    session's virtual host (queues deleted afterwards) with results in Redis."""
     marks = tmp_path / "marks"
     marks.mkdir()
     monkeypatch.setenv("CELERIAC_TEST_MARKS", str(marks))
@@ -111,9 +137,19 @@ def broker_url(
         return
     require_redis()
     prefix = f"celeriac-it-{uuid.uuid4().hex}:"
+    monkeypatch.setenv("CELERIAC_RESULT_BACKEND", redis_url(REDIS_DB_RESULTS))
+    if request.param == "amqp":
+        url = amqp_vhost_url(request.getfixturevalue("amqp_vhost"))
+        monkeypatch.setenv("CELERIAC_BROKER_URL", url)
+        monkeypatch.setenv("CELERIAC_TEST_TRANSPORT_OPTIONS", json.dumps({}))
+        monkeypatch.setenv("CELERIAC_TEST_RESULT_PREFIX", prefix)
+        monkeypatch.setenv("CELERIAC_TEST_MAX_PRIORITY", "9")
+        yield url
+        asyncio.run(delete_amqp_queues(AMQP_NAMES, url))
+        delete_prefixed(prefix, REDIS_DB_RESULTS)
+        return
     url = redis_url(REDIS_DB_BROKER)
     monkeypatch.setenv("CELERIAC_BROKER_URL", url)
-    monkeypatch.setenv("CELERIAC_RESULT_BACKEND", redis_url(REDIS_DB_RESULTS))
     options = {"global_keyprefix": prefix, "visibility_timeout": REDIS_VISIBILITY_TIMEOUT}
     monkeypatch.setenv("CELERIAC_TEST_TRANSPORT_OPTIONS", json.dumps(options))
     yield url

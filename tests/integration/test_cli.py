@@ -44,7 +44,7 @@ def test_every_command_has_help(command: str, tmp_path: Path) -> None:
 def test_status_result_and_purge(basic: Any, tmp_path: Path, start_worker: Any) -> None:
     waiting = [basic.add.delay(1, 2) for _ in range(3)]
     basic.add.apply_async((1, 1), queue="other")
-    status = celeriac("-A", "basic:app", "status", cwd=tmp_path)
+    status = celeriac("-A", "basic:app", "status", "-Q", "other", cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     assert "  celery: 3" in status.stdout and "  other: 1" in status.stdout
     assert "dead letters: 0" in status.stdout

@@ -107,6 +107,11 @@ def to_properties(envelope: Envelope, priority: int, headers: dict[str, Any]) ->
         if value is not None:
             fields[attribute] = value
     fields["priority"] = priority
+    expiration = str(fields.get("expiration", "1"))
+    if expiration.lstrip("-").isdigit() and int(expiration) <= 0:
+        # Expired already: RabbitMQ would drop it unseen, and its caller would wait for a
+        # result forever. A worker gets it instead and records it REVOKED.
+        del fields["expiration"]
     return spec.Basic.Properties(**fields)
 
 
@@ -449,14 +454,14 @@ class AmqpBroker(Broker):
         finally:
             await _close(channel)
 
-    async def queue_sizes(self) -> dict[str, int]:
+    async def queue_sizes(self, queues: Sequence[str] = ()) -> dict[str, int]:
         """Ready messages, plus those waiting in delay queues, plus those this broker's
-        consumers hold, for every queue this broker used (RabbitMQ does not count other
-        consumers' unacknowledged messages as ready)."""
+        consumers hold, for every queue this broker used and those named (RabbitMQ lists
+        neither its queues nor other consumers' unacknowledged messages)."""
         channel = await self.channel()
         sizes: dict[str, int] = {}
         try:
-            for queue in sorted(self.queues):
+            for queue in sorted({*self.queues, *queues}):
                 size = await self._declare(channel, queue)
                 size += sum(count for _, count in await self._delay_counts(channel, queue))
                 size += sum(consumer.holding(queue) for consumer in self._consumers)

@@ -196,8 +196,10 @@ class Broker(ABC):
         """Delete every waiting message of ``queue``; return how many were deleted."""
 
     @abstractmethod
-    async def queue_sizes(self) -> dict[str, int]:
-        """Messages waiting (or held) per known queue."""
+    async def queue_sizes(self, queues: Sequence[str] = ()) -> dict[str, int]:
+        """Messages waiting (or held) per known queue, and per queue of ``queues`` (a
+        transport that cannot list its queues, such as RabbitMQ, knows only those it used
+        and those named here); queues without messages are left out."""
 
     @abstractmethod
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:

@@ -295,7 +295,7 @@ class MemoryBroker(Broker):
     async def purge(self, queue: str) -> int:
         return self._transport.purge(queue)
 
-    async def queue_sizes(self) -> dict[str, int]:
+    async def queue_sizes(self, queues: Sequence[str] = ()) -> dict[str, int]:
         return self._transport.sizes()
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:

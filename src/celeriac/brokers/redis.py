@@ -633,11 +633,12 @@ class RedisBroker(Broker):
         )
         return int(deleted)
 
-    async def queue_sizes(self) -> dict[str, int]:
+    async def queue_sizes(self, queues: Sequence[str] = ()) -> dict[str, int]:
         """Waiting messages (lists) plus held and parked ones (``unacked``) per queue.
 
         Known queues are those with a ``_kombu.binding`` (declared by a Celery or celeriac
-        producer or worker) or a held message. This scans ``unacked``: an admin call.
+        producer or worker), a held message, or named in ``queues``. This scans
+        ``unacked``: an admin call.
         """
         counts: dict[str, int] = {}
         async for _, value in self.client.scan_hash(self._unacked):
@@ -646,9 +647,9 @@ class RedisBroker(Broker):
             except ValueError:
                 continue
             counts[queue] = counts.get(queue, 0) + 1
-        queues = set(counts) | await self._bound_queues()
+        known = set(counts) | await self._bound_queues() | set(queues)
         pipe = self.client.pipeline()
-        ordered = sorted(queues)
+        ordered = sorted(known)
         for queue in ordered:
             for key in kombu.consume_keys([queue]):
                 pipe.add("LLEN", self.prefix + key)

@@ -467,7 +467,7 @@ class SQLiteBroker(Broker):
 
         return await self._db.run(purge)
 
-    async def queue_sizes(self) -> dict[str, int]:
+    async def queue_sizes(self, queues: Sequence[str] = ()) -> dict[str, int]:
         def sizes(conn: sqlite3.Connection) -> dict[str, int]:
             rows = conn.execute("SELECT queue, COUNT(*) FROM celeriac_messages GROUP BY queue")
             return {queue: count for queue, count in rows}

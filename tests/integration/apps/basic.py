@@ -21,8 +21,10 @@ def configure_from_env() -> None:
     the test process calls this again for each test, since it imports this module once."""
     options = json.loads(os.environ.get("CELERIAC_TEST_TRANSPORT_OPTIONS") or "{}")
     app.conf.broker_transport_options = options
-    prefix = options.get("global_keyprefix")
+    prefix = options.get("global_keyprefix") or os.environ.get("CELERIAC_TEST_RESULT_PREFIX")
     app.conf.result_backend_transport_options = {"global_keyprefix": prefix} if prefix else {}
+    priority = os.environ.get("CELERIAC_TEST_MAX_PRIORITY")
+    app.conf.task_queue_max_priority = int(priority) if priority else None
 
 
 configure_from_env()

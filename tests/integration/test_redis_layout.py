@@ -135,6 +135,7 @@ async def test_a_dead_holder_is_restored_after_the_visibility_timeout(
         assert json.loads(restored)["headers"] == {"redelivered": True}
         assert await raw.zcard(prefix + "unacked_index") == 0
         task.cancel()
+        await asyncio.wait([task])  # the consumer ends its pop before the generator closes
     finally:
         await broker.close()
         await deliveries.aclose()

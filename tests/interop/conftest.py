@@ -8,18 +8,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from interop.harness import InteropRun
+from interop.harness import TRANSPORTS, InteropRun
 from services import require_redis
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=TRANSPORTS)
 def interop(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[InteropRun]:
-    """This module's run: its prefix, queues and marks, set in the environment meanwhile."""
+    """This module's run on one broker: its prefix, queues and marks, set in the environment
+    meanwhile."""
     require_redis()
     name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")
-    run = InteropRun(name, tmp_path_factory.mktemp(name))
+    run = InteropRun(name, tmp_path_factory.mktemp(name), request.param)
     with pytest.MonkeyPatch.context() as patch:
         for key, value in run.env().items():
             patch.setenv(key, value)

@@ -1,11 +1,13 @@
-"""The interop harness: real Celery and celeriac worker processes sharing one Redis.
+"""The interop harness: real Celery and celeriac worker processes sharing one broker, Redis
+or RabbitMQ (results in Redis either way).
 
 Each test module gets one :class:`InteropRun`: a key prefix of its own (``global_keyprefix`` on
 broker and result keys, both sides), a directory for marker files, and a pool of uniquely
 named queues. The module's worker (started once, module-scoped) consumes every queue of the
 pool and each test takes queues of its own from it, so tests never see each other's messages.
 Tests that must start a worker after publishing (priorities) start a private one on a queue
-outside the pool. Afterwards only keys under the run's prefix are deleted, in DBs 12 and 13.
+outside the pool. Afterwards only keys under the run's prefix are deleted, in DBs 12 and 13;
+on RabbitMQ the run has a virtual host of its own, deleted with everything in it.
 
 Workers are subprocesses; readiness and progress are read from their log lines
 (:class:`WorkerProcess` of the integration tests). Every wait has a timeout, and nothing
@@ -14,8 +16,10 @@ waits by sleeping: ``services.wait_until`` polls a condition until a deadline.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -24,7 +28,16 @@ from typing import Any
 import redis
 
 from integration.conftest import WorkerProcess
-from services import REDIS_HOST, REDIS_PORT, delete_prefixed, redis_url
+from services import (
+    REDIS_HOST,
+    REDIS_PORT,
+    add_amqp_vhost,
+    amqp_vhost_url,
+    delete_amqp_vhost,
+    delete_prefixed,
+    redis_url,
+    require_rabbitmq,
+)
 
 TESTS = Path(__file__).resolve().parents[1]
 #: Redis databases of the interop suite (the integration tests use 14/15).
@@ -40,10 +53,23 @@ CELERY_APP = "interop.peers.celery_app"
 CELERIAC_APP = "interop.peers.celeriac_app:app"
 
 
-class InteropRun:
-    """One test module's private corner of the shared Redis, and the workers it started."""
+#: The brokers the interop modules run on (results are in Redis on both).
+TRANSPORTS = ("redis", "amqp")
+#: ``task_queue_max_priority`` on RabbitMQ (both peers declare queues with it).
+AMQP_MAX_PRIORITY = 9
 
-    def __init__(self, name: str, tmp: Path) -> None:
+
+class InteropRun:
+    """One test module's private corner of the shared Redis (and, on RabbitMQ, a virtual
+    host of its own), and the workers it started."""
+
+    def __init__(self, name: str, tmp: Path, transport: str = "redis") -> None:
+        self.transport = transport
+        self.vhost: str | None = None
+        if transport == "amqp":
+            require_rabbitmq()
+            self.vhost = f"celeriac-interop-{name}-{uuid.uuid4().hex[:8]}"
+            add_amqp_vhost(self.vhost)
         self.prefix = f"interop-{name}-{uuid.uuid4().hex[:12]}:"
         self.marks = tmp / "marks"
         self.marks.mkdir()
@@ -63,7 +89,10 @@ class InteropRun:
     def env(self) -> dict[str, str]:
         """What both peers read (``peers/settings.py``), plus celeriac's URL overrides."""
         broker, backend = redis_url(INTEROP_DB_BROKER), redis_url(INTEROP_DB_RESULTS)
+        if self.vhost is not None:
+            broker = amqp_vhost_url(self.vhost)
         return {
+            "INTEROP_MAX_PRIORITY": str(AMQP_MAX_PRIORITY) if self.vhost is not None else "",
             "INTEROP_BROKER_URL": broker,
             "INTEROP_RESULT_BACKEND": backend,
             "INTEROP_KEYPREFIX": self.prefix,
@@ -134,7 +163,17 @@ class InteropRun:
         return None if raw is None else json.loads(raw)
 
     def held(self, task_id: str) -> bool:
-        """Whether a message of ``task_id`` is still in this run's ``unacked`` hash."""
+        """Whether a message of ``task_id`` is still held unacknowledged: in this run's
+        ``unacked`` hash on Redis; on RabbitMQ, whether any message of the run's virtual host
+        is (RabbitMQ reports counts, not messages)."""
+        if self.vhost is not None:
+            listed = subprocess.run(
+                ["rabbitmqctl", "list_queues", "-q", "-p", self.vhost, "messages_unacknowledged"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            return any(n.strip().isdigit() and int(n) > 0 for n in listed.stdout.splitlines())
         values = self.broker.hvals(f"{self.prefix}unacked")
         return any(task_id.encode() in value for value in values)
 
@@ -143,12 +182,43 @@ class InteropRun:
         return self.prefix + (queue if step == 0 else f"{queue}\x06\x16{step}")
 
     def queued(self, queue: str) -> list[dict[str, Any]]:
-        """The envelopes waiting on ``queue``'s lists (every priority step)."""
+        """The messages waiting on ``queue``, as kombu's Redis envelopes (``headers``,
+        ``properties.delivery_info.routing_key``): on Redis its lists (every priority step),
+        on RabbitMQ what a look at the queue finds (all put back)."""
+        if self.vhost is not None:
+            return asyncio.run(self._peek(queue))
         return [
             json.loads(item)
             for step in PRIORITY_STEPS
             for item in self.broker.lrange(self.list_key(queue, step), 0, -1)
         ]
+
+    async def _peek(self, queue: str) -> list[dict[str, Any]]:
+        import aiormq
+        from aiormq import spec
+
+        assert self.vhost is not None
+        connection = await aiormq.connect(amqp_vhost_url(self.vhost))
+        found = []
+        try:
+            channel = await connection.channel()
+            while True:
+                message = await channel.basic_get(queue)
+                if not isinstance(message.delivery, spec.Basic.GetOk):
+                    break
+                properties = message.header.properties
+                found.append(
+                    {
+                        "headers": dict(properties.headers or {}),
+                        "properties": {
+                            "priority": properties.priority,
+                            "delivery_info": {"routing_key": message.routing_key},
+                        },
+                    }
+                )
+        finally:
+            await connection.close()  # unacknowledged: every message goes back
+        return found
 
     def list_lengths(self, queue: str) -> dict[int, int]:
         """How many messages wait on each of ``queue``'s lists, by kombu priority step."""
@@ -163,3 +233,5 @@ class InteropRun:
         self.broker.close()
         self.results.close()
         delete_prefixed(self.prefix, INTEROP_DB_BROKER, INTEROP_DB_RESULTS)
+        if self.vhost is not None:
+            delete_amqp_vhost(self.vhost)

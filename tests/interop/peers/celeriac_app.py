@@ -22,6 +22,7 @@ def configure() -> None:
         broker_transport_options=settings.broker_transport_options(),
         result_backend_transport_options=settings.result_backend_transport_options(),
         task_default_queue=settings.default_queue(),
+        task_queue_max_priority=settings.max_priority(),
     )
 
 

@@ -5,6 +5,7 @@ Task names match ``celeriac_app`` exactly, so either side can call the other's t
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -17,13 +18,19 @@ app = Celery("interop_celery_peer")
 
 
 def configure() -> None:
-    """(Re)read the settings from the environment; call before the app first connects."""
+    """(Re)read the settings from the environment. Called again (the module's run on the
+    next broker), it first drops what Celery cached from the last run: its connections and
+    producers, its queue declarations and its result backend."""
+    app.close()
+    app.__dict__.pop("amqp", None)
+    app._local = threading.local()
     app.conf.update(
         broker_url=settings.broker_url(),
         result_backend=settings.result_backend(),
         broker_transport_options=settings.broker_transport_options(),
         result_backend_transport_options=settings.result_backend_transport_options(),
         task_default_queue=settings.default_queue(),
+        task_queue_max_priority=settings.max_priority(),
         broker_connection_retry_on_startup=True,
         task_serializer="json",
         result_serializer="json",

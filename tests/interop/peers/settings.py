@@ -3,8 +3,9 @@
 The test process sets these for the worker subprocesses (and for itself before it configures
 its client app): ``INTEROP_BROKER_URL``, ``INTEROP_RESULT_BACKEND``, ``INTEROP_KEYPREFIX``
 (the ``global_keyprefix`` of broker and result keys), ``INTEROP_VISIBILITY_TIMEOUT`` and
-``INTEROP_DEFAULT_QUEUE`` (``task_default_queue``, where ``delay()`` sends) and
-``INTEROP_MARKS`` (a directory where tasks leave files, and wait for them).
+``INTEROP_DEFAULT_QUEUE`` (``task_default_queue``, where ``delay()`` sends),
+``INTEROP_MAX_PRIORITY`` (``task_queue_max_priority``, on RabbitMQ) and ``INTEROP_MARKS``
+(a directory where tasks leave files, and wait for them).
 """
 
 from __future__ import annotations
@@ -37,7 +38,15 @@ def keyprefix() -> str:
     return os.environ.get("INTEROP_KEYPREFIX", "")
 
 
+def max_priority() -> int | None:
+    """``task_queue_max_priority``: set on RabbitMQ, where priorities need it."""
+    value = os.environ.get("INTEROP_MAX_PRIORITY")
+    return int(value) if value else None
+
+
 def broker_transport_options() -> dict[str, Any]:
+    if broker_url().startswith("amqp"):
+        return {}  # the key prefix and visibility timeout are Redis's
     options: dict[str, Any] = {
         "visibility_timeout": float(os.environ.get("INTEROP_VISIBILITY_TIMEOUT", "60"))
     }

@@ -1,0 +1,64 @@
+"""What the AMQP broker tells users when RabbitMQ is not as they configured it: a queue
+declared with other arguments, a refused login, nothing listening."""
+
+from __future__ import annotations
+
+import uuid
+
+import aiormq
+import pytest
+
+from celeriac.brokers.amqp import AmqpBroker
+from celeriac.brokers.base import Envelope
+from celeriac.errors import BrokerError, ConfigurationError
+from services import AMQP_HOST, AMQP_PORT, amqp_vhost_url, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def envelope() -> Envelope:
+    return Envelope(b"[[], {}, {}]", "application/json", "utf-8", {"task": "t", "id": "1"}, {})
+
+
+async def test_a_queue_declared_with_another_max_priority_names_the_argument_and_the_fix(
+    amqp_vhost: str,
+) -> None:
+    url = amqp_vhost_url(amqp_vhost)
+    queue = f"declared-{uuid.uuid4().hex}"
+    connection = await aiormq.connect(url)
+    try:
+        channel = await connection.channel()
+        await channel.queue_declare(queue, durable=True, arguments={"x-max-priority": 5})
+        broker = AmqpBroker(url, queue_max_priority=9)
+        await broker.connect()
+        try:
+            with pytest.raises(ConfigurationError) as info:
+                await broker.publish(queue, envelope())
+        finally:
+            await broker.close()
+        text = str(info.value)
+        assert f"queue {queue!r} already exists with a different 'x-max-priority'" in text
+        assert "task_queue_max_priority" in text and "rabbitmqctl delete_queue" in text
+
+        plain = AmqpBroker(url)  # no priority configured at all: the same mismatch
+        await plain.connect()
+        try:
+            with pytest.raises(ConfigurationError, match="x-max-priority"):
+                await plain.publish(queue, envelope())
+        finally:
+            await plain.close()
+    finally:
+        await (await connection.channel()).queue_delete(queue)
+        await connection.close()
+
+
+async def test_a_refused_login_is_a_configuration_error(amqp_vhost: str) -> None:
+    broker = AmqpBroker(f"amqp://guest:wrong-password@{AMQP_HOST}:{AMQP_PORT}/{amqp_vhost}")
+    with pytest.raises(ConfigurationError, match=r"refused the login.*user and password"):
+        await broker.connect()
+
+
+async def test_nothing_listening_is_a_broker_error_that_says_so() -> None:
+    broker = AmqpBroker(f"amqp://guest:guest@127.0.0.1:{free_port()}//")
+    with pytest.raises(BrokerError, match=r"unreachable.*check that it runs"):
+        await broker.connect()

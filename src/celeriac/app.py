@@ -23,7 +23,7 @@ from typing import Any, Literal, ParamSpec, Protocol, TypedDict, TypeVar, Unpack
 
 from celeriac import _bridge, protocol
 from celeriac.backends.base import ResultBackend
-from celeriac.brokers.base import Broker
+from celeriac.brokers.base import Broker, Envelope
 from celeriac.config import Settings
 from celeriac.errors import ResourceError
 from celeriac.resources import Resource
@@ -278,7 +278,9 @@ class Celery:
             queue_max_priority=conf.task_queue_max_priority,
         )
         backend = backend_from_url(
-            conf.effective_result_backend(), options=conf.result_backend_transport_options
+            conf.effective_result_backend(),
+            options=conf.result_backend_transport_options,
+            broker_url=conf.effective_broker_url(),
         )
         await broker.connect()
         try:
@@ -377,6 +379,7 @@ class Celery:
             conn = self._connections.get(loop)
             sending: asyncio.Future[None] | None = None
             if conn is not None:
+                _address(envelope, conn.backend)
                 sending = conn.broker.publish_now(queue, envelope, priority=priority, eta=when)
             if sending is None:
                 sending = loop.create_task(self._publish(queue, envelope, priority, when))
@@ -388,8 +391,9 @@ class Celery:
         return result
 
     async def _publish(self, queue: str, envelope: Any, priority: int, eta: float | None) -> None:
-        broker = (await self.connection()).broker
-        await broker.publish(queue, envelope, priority=priority, eta=eta)
+        conn = await self.connection()
+        _address(envelope, conn.backend)
+        await conn.broker.publish(queue, envelope, priority=priority, eta=eta)
 
     def _sent(self, sending: asyncio.Future[None]) -> None:
         self._sending.discard(sending)
@@ -409,17 +413,26 @@ class Celery:
         parent_id: str | None = None,
         group_id: str | None = None,
         event: bool = False,
+        reply_to: str | None = None,
     ) -> None:
         """Write a task's record in Celery's format to the result store; with ``event``, a
-        state that is not final also joins the task's event log (what ``stream()`` reads)."""
+        state that is not final also joins the task's event log (what ``stream()`` reads).
+        ``reply_to`` is the task message's (rpc:// sends the record there)."""
         meta = make_meta(
             task_id, state, result, traceback=traceback, parent_id=parent_id, group_id=group_id
         )
         backend = (await self.connection()).backend
+        expires = self.conf.result_expires
         if event and state not in READY_STATES:
-            await backend.store_event(task_id, meta, expires=self.conf.result_expires)
+            await backend.store_event(task_id, meta, expires=expires, reply_to=reply_to)
         else:
-            await backend.store(task_id, meta, expires=self.conf.result_expires)
+            await backend.store(task_id, meta, expires=expires, reply_to=reply_to)
+
+
+def _address(envelope: Envelope, backend: ResultBackend) -> None:
+    """Name the backend's reply queue in a task message that names none (rpc://)."""
+    if backend.reply_to and not envelope.properties.get("reply_to"):
+        envelope.properties["reply_to"] = backend.reply_to
 
 
 def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:

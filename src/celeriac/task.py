@@ -248,6 +248,7 @@ class Task(Generic[P, R]):
             event=True,
             parent_id=request.parent_id if request else None,
             group_id=request.group if request else None,
+            reply_to=request.reply_to if request and target == request.id else None,
         )
         return dual(stored)
 

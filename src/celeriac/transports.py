@@ -27,6 +27,7 @@ _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "memory": ("celeriac.backends.memory", "MemoryBackend", None),
     "redis": ("celeriac.backends.redis", "RedisBackend", "redis"),
     "rediss": ("celeriac.backends.redis", "RedisBackend", "redis"),
+    "rpc": ("celeriac.backends.rpc", "RpcBackend", "amqp"),
 }
 
 
@@ -65,7 +66,9 @@ def broker_from_url(
     return broker
 
 
-def backend_from_url(url: str, *, options: dict[str, Any]) -> ResultBackend:
+def backend_from_url(
+    url: str, *, options: dict[str, Any], broker_url: str | None = None
+) -> ResultBackend:
     cls = _load(_BACKENDS, url, "result backend")
-    backend: ResultBackend = cls(url, options=options)
+    backend: ResultBackend = cls(url, options=options, broker_url=broker_url)
     return backend

@@ -118,13 +118,27 @@ def amqp_vhost() -> Iterator[str]:
     delete_amqp_vhost(vhost)
 
 
-@pytest.fixture(params=["sqlite", "redis", "amqp"])
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """rpc:// results reach only the process that sent the task: tests run on it (the
+    ``rpc`` broker_url) only when they are marked ``rpc``, i.e. read results nowhere else."""
+    kept, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_rpc = callspec is not None and callspec.params.get("broker_url") == "rpc"
+        (dropped if on_rpc and item.get_closest_marker("rpc") is None else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.fixture(params=["sqlite", "redis", "amqp", "rpc"])
 def broker_url(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[str]:
     """A fresh broker for this test, set in the environment for both sides: a SQLite file;
     Redis (DBs 14/15) under a key prefix of its own, deleted afterwards; or RabbitMQ in the
-    session's virtual host (queues deleted afterwards) with results in Redis."""
+    session's virtual host (queues deleted afterwards) with results in Redis, or (``rpc``)
+    sent back over RabbitMQ by rpc://."""
     marks = tmp_path / "marks"
     marks.mkdir()
     monkeypatch.setenv("CELERIAC_TEST_MARKS", str(marks))
@@ -138,12 +152,16 @@ def broker_url(
     require_redis()
     prefix = f"celeriac-it-{uuid.uuid4().hex}:"
     monkeypatch.setenv("CELERIAC_RESULT_BACKEND", redis_url(REDIS_DB_RESULTS))
-    if request.param == "amqp":
+    if request.param in ("amqp", "rpc"):
         url = amqp_vhost_url(request.getfixturevalue("amqp_vhost"))
         monkeypatch.setenv("CELERIAC_BROKER_URL", url)
         monkeypatch.setenv("CELERIAC_TEST_TRANSPORT_OPTIONS", json.dumps({}))
-        monkeypatch.setenv("CELERIAC_TEST_RESULT_PREFIX", prefix)
         monkeypatch.setenv("CELERIAC_TEST_MAX_PRIORITY", "9")
+        if request.param == "rpc":
+            monkeypatch.setenv("CELERIAC_RESULT_BACKEND", "rpc://")
+            monkeypatch.delenv("CELERIAC_TEST_RESULT_PREFIX", raising=False)
+        else:
+            monkeypatch.setenv("CELERIAC_TEST_RESULT_PREFIX", prefix)
         yield url
         asyncio.run(delete_amqp_queues(AMQP_NAMES, url))
         delete_prefixed(prefix, REDIS_DB_RESULTS)

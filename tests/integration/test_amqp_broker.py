@@ -4,6 +4,7 @@ declared with other arguments, a refused login, nothing listening."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import aiormq
 import pytest
@@ -62,3 +63,37 @@ async def test_nothing_listening_is_a_broker_error_that_says_so() -> None:
     broker = AmqpBroker(f"amqp://guest:guest@127.0.0.1:{free_port()}//")
     with pytest.raises(BrokerError, match=r"unreachable.*check that it runs"):
         await broker.connect()
+
+
+async def test_rabbitmq_tasks_with_results_in_an_sqlite_file(
+    amqp_vhost: str, tmp_path: Path
+) -> None:
+    """The broker and the result store are independent: AMQP + the embedded store."""
+    from celeriac import Celery
+    from inprocess import run_worker
+
+    queue = f"sqlite-results-{uuid.uuid4().hex}"
+    app = Celery(
+        "combo",
+        broker=amqp_vhost_url(amqp_vhost),
+        backend=f"sqlite:///{tmp_path / 'results.db'}",
+        task_default_queue=queue,
+    )
+
+    @app.task(name="combo.add")
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    async def work() -> list[int]:
+        sent = [await add.delay(i, i) for i in range(20)]
+        return [await r.get(timeout=20) for r in sent]
+
+    try:
+        assert await run_worker(app, work) == [2 * i for i in range(20)]
+        assert (tmp_path / "results.db").exists()
+    finally:
+        connection = await aiormq.connect(amqp_vhost_url(amqp_vhost))
+        try:
+            await (await connection.channel()).queue_delete(queue)
+        finally:
+            await connection.close()

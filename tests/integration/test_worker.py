@@ -36,6 +36,7 @@ def wait_for_file(path: Path, lines: int = 1, timeout: float = 20.0) -> list[str
     raise AssertionError(f"{path.name} never got {lines} line(s)")
 
 
+@pytest.mark.rpc
 def test_sync_client_gets_results_of_async_and_sync_tasks(start_worker: Any, basic: Any) -> None:
     worker = start_worker()
     r1 = basic.add.delay(2, 3)
@@ -49,6 +50,7 @@ def test_sync_client_gets_results_of_async_and_sync_tasks(start_worker: Any, bas
     worker.wait_for(f"task basic.mul[{r2.id}] received")
 
 
+@pytest.mark.rpc
 async def test_async_client_awaits_many_results(start_worker: Any, abasic: Any) -> None:
     start_worker("-c", "50")
     results = [await abasic.add.delay(i, i) for i in range(200)]
@@ -58,6 +60,7 @@ async def test_async_client_awaits_many_results(start_worker: Any, abasic: Any) 
     assert results[0].state == states.SUCCESS
 
 
+@pytest.mark.rpc
 async def test_failure_reraises_the_tasks_exception(start_worker: Any, abasic: Any) -> None:
     start_worker()
     r = await abasic.boom.delay("it broke")
@@ -75,6 +78,7 @@ async def test_failure_reraises_the_tasks_exception(start_worker: Any, abasic: A
         await r2.get(timeout=20)
 
 
+@pytest.mark.rpc
 def test_retries_then_success_and_max_retries(start_worker: Any, basic: Any, marks: Path) -> None:
     worker = start_worker()
     ok = basic.flaky.delay(2)
@@ -91,6 +95,7 @@ def test_retries_then_success_and_max_retries(start_worker: Any, basic: Any, mar
     assert wait_for_file(marks / "auto", 3) == ["try"] * 3
 
 
+@pytest.mark.rpc
 def test_countdown_does_not_block_other_work(start_worker: Any, basic: Any) -> None:
     start_worker("-c", "2")
     sent = datetime.now(UTC)
@@ -103,6 +108,7 @@ def test_countdown_does_not_block_other_work(start_worker: Any, basic: Any) -> N
     assert later.date_done - sent >= timedelta(seconds=1.0)
 
 
+@pytest.mark.rpc
 def test_expired_task_is_revoked_without_running(
     start_worker: Any, basic: Any, marks: Path
 ) -> None:
@@ -140,6 +146,7 @@ def test_soft_time_limit_raises_inside_the_task(start_worker: Any, basic: Any, n
     assert getattr(basic, name).delay().get(timeout=20) == "cleaned up"
 
 
+@pytest.mark.rpc
 def test_update_state_is_visible_while_running(start_worker: Any, basic: Any, marks: Path) -> None:
     start_worker()
     r = basic.progress_then_wait.delay("release")
@@ -166,6 +173,7 @@ async def test_a_resource_is_built_once_per_process_and_torn_down_once(
     assert (marks / "resource-closed").read_text().split() == [str(worker.proc.pid)]
 
 
+@pytest.mark.rpc
 async def test_progress_streams_to_the_caller_while_the_task_runs(
     start_worker: Any, abasic: Any, marks: Path
 ) -> None:
@@ -179,6 +187,7 @@ async def test_progress_streams_to_the_caller_while_the_task_runs(
     assert events[-1].state == "SUCCESS" and events[-1].info == {"current": 100, "total": 100}
 
 
+@pytest.mark.rpc
 def test_sync_callers_iterate_the_stream_of_a_sync_generator_task(
     start_worker: Any, basic: Any
 ) -> None:
@@ -191,6 +200,7 @@ def test_sync_callers_iterate_the_stream_of_a_sync_generator_task(
     assert progress == list(range(30 - len(progress), 30))
 
 
+@pytest.mark.rpc
 def test_request_context(start_worker: Any, basic: Any) -> None:
     start_worker("-Q", "celery,other")
     r = basic.whoami.apply_async(queue="other")

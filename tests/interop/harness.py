@@ -63,8 +63,11 @@ class InteropRun:
     """One test module's private corner of the shared Redis (and, on RabbitMQ, a virtual
     host of its own), and the workers it started."""
 
-    def __init__(self, name: str, tmp: Path, transport: str = "redis") -> None:
+    def __init__(
+        self, name: str, tmp: Path, transport: str = "redis", results: str = "redis"
+    ) -> None:
         self.transport = transport
+        self.results_via = results  # "redis", or "rpc" (rpc://, on RabbitMQ only)
         self.vhost: str | None = None
         if transport == "amqp":
             require_rabbitmq()
@@ -91,6 +94,8 @@ class InteropRun:
         broker, backend = redis_url(INTEROP_DB_BROKER), redis_url(INTEROP_DB_RESULTS)
         if self.vhost is not None:
             broker = amqp_vhost_url(self.vhost)
+        if self.results_via == "rpc":
+            backend = "rpc://"
         return {
             "INTEROP_MAX_PRIORITY": str(AMQP_MAX_PRIORITY) if self.vhost is not None else "",
             "INTEROP_BROKER_URL": broker,

@@ -49,9 +49,17 @@ class ResultBackend(ABC):
 
     schemes: tuple[str, ...] = ()
 
-    def __init__(self, url: str, *, options: dict[str, Any] | None = None) -> None:
+    #: The queue results are delivered to, for a backend that sends them to the caller
+    #: (rpc://): the app names it as ``reply_to`` in every task it publishes.
+    reply_to: str | None = None
+
+    def __init__(
+        self, url: str, *, options: dict[str, Any] | None = None, broker_url: str | None = None
+    ) -> None:
         self.url = url
         self.options = dict(options or {})
+        #: The app's broker, for a backend that delivers through it (rpc://).
+        self.broker_url = broker_url
 
     async def connect(self) -> None:
         """Open connections; called once before any other method."""
@@ -59,8 +67,11 @@ class ResultBackend(ABC):
     async def close(self) -> None:
         """Release connections; wake every waiter with an error."""
 
-    async def store(self, task_id: str, meta: Meta, *, expires: float | None) -> None:
-        """Write the task's current record; ``expires`` is seconds to keep it (None: forever)."""
+    async def store(
+        self, task_id: str, meta: Meta, *, expires: float | None, reply_to: str | None = None
+    ) -> None:
+        """Write the task's current record; ``expires`` is seconds to keep it (None: forever).
+        ``reply_to`` is the task message's: where a backend that delivers results sends them."""
         # kombu's JSON, as Celery's backend: byte for byte its records, datetimes included.
         data = json_text(meta).encode()
         await self._set(task_id, data, meta["status"] in READY_STATES, expires)
@@ -82,7 +93,9 @@ class ResultBackend(ABC):
         """Delete the record (and the task's event log)."""
         await self._delete(task_id)
 
-    async def store_event(self, task_id: str, meta: Meta, *, expires: float | None) -> None:
+    async def store_event(
+        self, task_id: str, meta: Meta, *, expires: float | None, reply_to: str | None = None
+    ) -> None:
         """Store a state that is not final (PROGRESS, STARTED, ...) as the record, as
         :meth:`store` does, and append it to the task's event log."""
         if meta["status"] in READY_STATES:

@@ -121,8 +121,10 @@ class MemoryBackend(ResultBackend):
 
     schemes = ("memory",)
 
-    def __init__(self, url: str, *, options: dict[str, Any] | None = None) -> None:
-        super().__init__(url, options=options)
+    def __init__(
+        self, url: str, *, options: dict[str, Any] | None = None, broker_url: str | None = None
+    ) -> None:
+        super().__init__(url, options=options, broker_url=broker_url)
         self._results = _results_for(url)
         self._pending: set[asyncio.Future[bytes]] = set()
         self._closed = False

@@ -88,8 +88,10 @@ class RedisBackend(ResultBackend):
 
     schemes = ("redis", "rediss")
 
-    def __init__(self, url: str, *, options: dict[str, Any] | None = None) -> None:
-        super().__init__(url, options=options)
+    def __init__(
+        self, url: str, *, options: dict[str, Any] | None = None, broker_url: str | None = None
+    ) -> None:
+        super().__init__(url, options=options, broker_url=broker_url)
         opts = check_options(self.options, _OPTIONS, "result_backend_transport_options")
         self._client_options = opts
         prefix = _celery_prefix(str(opts["global_keyprefix"]))

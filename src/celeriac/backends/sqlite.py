@@ -54,8 +54,10 @@ class SQLiteBackend(ResultBackend):
 
     schemes = ("sqlite",)
 
-    def __init__(self, url: str, *, options: dict[str, Any] | None = None) -> None:
-        super().__init__(url, options=options)
+    def __init__(
+        self, url: str, *, options: dict[str, Any] | None = None, broker_url: str | None = None
+    ) -> None:
+        super().__init__(url, options=options, broker_url=broker_url)
         self.path = path_from_url(url)
         self.poll_interval = float(self.options.get("poll_interval", 1.0))
         self.cleanup_every = int(self.options.get("cleanup_every", 100))

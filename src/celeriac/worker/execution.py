@@ -316,6 +316,7 @@ class Execution:
                 parent_id=parent_id,
                 group_id=group_id,
                 event=event,
+                reply_to=message.reply_to,
             )
         except (TypeError, ValueError) as exc:
             if event:
@@ -325,7 +326,12 @@ class Execution:
             )
             fallback = exception_to_dict(TypeError(f"result not serializable: {exc}"))
             await self.app.store_state(
-                message.id, states.FAILURE, fallback, parent_id=parent_id, group_id=group_id
+                message.id,
+                states.FAILURE,
+                fallback,
+                parent_id=parent_id,
+                group_id=group_id,
+                reply_to=message.reply_to,
             )
 
     def _request(self, message: TaskMessage, delivery: Delivery) -> Request:

@@ -56,6 +56,8 @@ def broker_transport_options() -> dict[str, Any]:
 
 
 def result_backend_transport_options() -> dict[str, Any]:
+    if result_backend().startswith("rpc"):
+        return {}  # results travel as messages: no keys to prefix
     return {"global_keyprefix": keyprefix()} if keyprefix() else {}
 
 

@@ -10,7 +10,8 @@ as ``correlation_id``, the body being the record Celery's other backends store.
 Nothing is kept on the server: the caller keeps what it received (the latest record and the
 events of each task, for the last ``max_cached`` tasks). So, as with Celery, only the process
 that sent a task can read its result, and a record that arrived before it asked is still
-there. A worker stores a final state with a publisher confirm before the task's ack.
+there. A worker's every state is confirmed by RabbitMQ before it goes on (the final one
+before the task's ack).
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class RpcBackend(ResultBackend):
         expires: float | None,
         reply_to: str | None = None,
     ) -> None:
-        await self._send(task_id, json_text(meta).encode(), reply_to, confirm=True)
+        await self._send(task_id, json_text(meta).encode(), reply_to)
 
     async def store_event(
         self,
@@ -156,11 +157,12 @@ class RpcBackend(ResultBackend):
     ) -> None:
         if meta["status"] in READY_STATES:
             raise ValueError(f"{meta['status']} is a final state: store() it")
-        await self._send(task_id, json_text(meta).encode(), reply_to, confirm=False)
+        await self._send(task_id, json_text(meta).encode(), reply_to)
 
-    async def _send(self, task_id: str, data: bytes, reply_to: str | None, confirm: bool) -> None:
-        """One state to the caller's queue; a caller that gave no reply queue gets nothing
-        (it did not ask for results through rpc://). A lost connection is retried once."""
+    async def _send(self, task_id: str, data: bytes, reply_to: str | None) -> None:
+        """One state to the caller's queue, confirmed by RabbitMQ (so a task's ack comes
+        after its result is safe); a caller that gave no reply queue gets nothing (it did not
+        ask for results through rpc://). A lost connection is retried once."""
         if not reply_to:
             return
         properties = spec.Basic.Properties(

@@ -20,14 +20,8 @@ def interop(
     meanwhile."""
     require_redis()
     name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")
-    run = InteropRun(name, tmp_path_factory.mktemp(name), request.param)
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in run.env().items():
-            patch.setenv(key, value)
-        try:
-            yield run
-        finally:
-            run.close()
+    with InteropRun(name, tmp_path_factory.mktemp(name), request.param).active() as run:
+        yield run
 
 
 @pytest.fixture

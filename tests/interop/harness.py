@@ -17,14 +17,17 @@ waits by sleeping: ``services.wait_until`` polls a condition until a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from integration.conftest import WorkerProcess
@@ -108,6 +111,17 @@ class InteropRun:
             "CELERIAC_BROKER_URL": broker,
             "CELERIAC_RESULT_BACKEND": backend,
         }
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[InteropRun]:
+        """This run's settings in the environment (for both peers) until it is closed."""
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in self.env().items():
+                patch.setenv(key, value)
+            try:
+                yield self
+            finally:
+                self.close()
 
     # -- queues ----------------------------------------------------------------------------
 

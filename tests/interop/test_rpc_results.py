@@ -30,14 +30,8 @@ TIMEOUT = 20
 @pytest.fixture(scope="module")
 def interop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InteropRun]:
     require_redis()  # the harness keeps its marks beside a Redis prefix either way
-    run = InteropRun("rpc", tmp_path_factory.mktemp("rpc"), "amqp", results="rpc")
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in run.env().items():
-            patch.setenv(key, value)
-        try:
-            yield run
-        finally:
-            run.close()
+    with InteropRun("rpc", tmp_path_factory.mktemp("rpc"), "amqp", results="rpc").active() as run:
+        yield run
 
 
 @pytest.fixture(scope="module")

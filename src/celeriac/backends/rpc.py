@@ -157,7 +157,7 @@ class RpcBackend(ResultBackend):
     ) -> None:
         if meta["status"] in READY_STATES:
             raise ValueError(f"{meta['status']} is a final state: store() it")
-        await self._send(task_id, json_text(meta).encode(), reply_to)
+        await self.store(task_id, meta, expires=expires, reply_to=reply_to)  # one message too
 
     async def _send(self, task_id: str, data: bytes, reply_to: str | None) -> None:
         """One state to the caller's queue, confirmed by RabbitMQ (so a task's ack comes

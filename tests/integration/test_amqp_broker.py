@@ -3,6 +3,8 @@ declared with other arguments, a refused login, nothing listening."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -97,3 +99,58 @@ async def test_rabbitmq_tasks_with_results_in_an_sqlite_file(
             await (await connection.channel()).queue_delete(queue)
         finally:
             await connection.close()
+
+
+async def test_a_consumer_whose_connection_is_closed_by_rabbitmq_reconnects_and_loses_nothing(
+    amqp_vhost: str,
+) -> None:
+    """RabbitMQ drops the connection (as on a restart): a delivery held then comes back,
+    redelivered, to the same consumer once it has reconnected; settling the stale one does
+    nothing; new messages keep arriving."""
+    url = amqp_vhost_url(amqp_vhost)
+    queue = f"reconnect-{uuid.uuid4().hex}"
+    consumer, producer = AmqpBroker(url), AmqpBroker(url)
+    await consumer.connect()
+    await producer.connect()
+    try:
+        await producer.publish(queue, envelope())
+        deliveries = consumer.consume([queue], prefetch=1)
+        held = await anext(deliveries)
+        assert not held.redelivered
+        closed = _close_connections(amqp_vhost)
+        assert closed >= 1
+        again = await asyncio.wait_for(anext(deliveries), 30)
+        assert again.redelivered and again.envelope.body == held.envelope.body
+        await consumer.ack(held)  # on the channel that is gone: does nothing
+        await consumer.ack(again)
+        await producer.publish(queue, envelope())
+        after = await asyncio.wait_for(anext(deliveries), 30)
+        await consumer.ack(after)
+        await deliveries.aclose()
+        assert await producer.queue_sizes([queue]) == {}
+    finally:
+        await consumer.close()
+        await producer.close()
+        connection = await aiormq.connect(url)
+        try:
+            await (await connection.channel()).queue_delete(queue)
+        finally:
+            await connection.close()
+
+
+def _close_connections(vhost: str) -> int:
+    """Close every client connection of the tests' vhost from RabbitMQ's side."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "list_connections", "-q", "--no-table-headers", "-p", vhost, "pid"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    pids = [line.strip() for line in listed.stdout.splitlines() if line.strip().startswith("<")]
+    for pid in pids:
+        subprocess.run(
+            ["rabbitmqctl", "close_connection", pid, "test: as if RabbitMQ restarted"],
+            capture_output=True,
+            timeout=60,
+        )
+    return len(pids)

@@ -34,7 +34,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -202,7 +202,10 @@ class AmqpBroker(Broker):
 
     async def connect(self) -> None:
         self._connecting = asyncio.Lock()
-        await self._open()
+        try:
+            await self._open()
+        except UNREACHABLE as exc:
+            raise self._unreachable(exc) from exc
 
     async def close(self) -> None:
         """Stop consuming; closing the connection puts back whatever was not settled."""
@@ -217,7 +220,8 @@ class AmqpBroker(Broker):
                 await connection.close()
 
     async def _open(self) -> AbstractConnection:
-        """The connection, (re)opened on demand; its loss closes every channel on it."""
+        """The connection, (re)opened on demand; its loss closes every channel on it. While
+        RabbitMQ is away this raises one of ``UNREACHABLE`` (consumers wait and retry)."""
         if self._closed:
             raise BrokerError(f"the broker {redacted(self.url)} is closed")
         connection = self._connection
@@ -227,10 +231,7 @@ class AmqpBroker(Broker):
         async with self._connecting:
             connection = self._connection
             if connection is None or connection.is_closed:
-                try:
-                    connection = await _amqp.connect(self.url, timeout=self.connect_timeout)
-                except UNREACHABLE as exc:
-                    raise self._unreachable(exc) from exc
+                connection = await _amqp.connect(self.url, timeout=self.connect_timeout)
                 if self._outage_logged:
                     log.warning("broker: RabbitMQ at %s is reachable again", redacted(self.url))
                     self._outage_logged = False
@@ -405,9 +406,7 @@ class AmqpBroker(Broker):
 
         async def bury(channel: AbstractChannel) -> None:
             if self.dead_letter_queue not in self._declared:
-                await _amqp.declare_queue(channel, self.dead_letter_queue)
-                self._declared.add(self.dead_letter_queue)
-                self.declared.add(self.dead_letter_queue)
+                await self._declare_dead(channel)
             await self._send(
                 channel,
                 tag.queue,
@@ -443,32 +442,40 @@ class AmqpBroker(Broker):
 
     # -- administration --------------------------------------------------------------------
 
-    async def purge(self, queue: str) -> int:
-        channel = await self.channel()
+    @contextlib.asynccontextmanager
+    async def _admin(self) -> AsyncIterator[AbstractChannel]:
+        """A channel of its own for an administrative call, closed after it."""
         try:
+            channel = await self.channel()
+        except UNREACHABLE as exc:
+            raise self._unreachable(exc) from exc
+        try:
+            yield channel
+        except UNREACHABLE as exc:
+            raise self._unreachable(exc) from exc
+        finally:
+            await _close(channel)
+
+    async def purge(self, queue: str) -> int:
+        async with self._admin() as channel:
             await self._declare(channel, queue)
             purged = 0
             for name in [queue, *[n for n, _ in await self._delay_counts(channel, queue)]]:
                 purged += int((await channel.queue_purge(name)).message_count or 0)
             return purged
-        finally:
-            await _close(channel)
 
     async def queue_sizes(self, queues: Sequence[str] = ()) -> dict[str, int]:
         """Ready messages, plus those waiting in delay queues, plus those this broker's
         consumers hold, for every queue this broker used and those named (RabbitMQ lists
         neither its queues nor other consumers' unacknowledged messages)."""
-        channel = await self.channel()
         sizes: dict[str, int] = {}
-        try:
+        async with self._admin() as channel:
             for queue in sorted({*self.queues, *queues}):
                 size = await self._declare(channel, queue)
                 size += sum(count for _, count in await self._delay_counts(channel, queue))
                 size += sum(consumer.holding(queue) for consumer in self._consumers)
                 if size:
                     sizes[queue] = size
-        finally:
-            await _close(channel)
         return sizes
 
     async def _delay_counts(self, channel: AbstractChannel, queue: str) -> list[tuple[str, int]]:
@@ -487,28 +494,25 @@ class AmqpBroker(Broker):
         before any ack, which puts every message back where it was) and keeps the newest."""
         if limit <= 0:
             return []
-        channel = await self.channel()
         letters: list[DeadLetter] = []
-        try:
-            count = await _amqp.declare_queue(channel, self.dead_letter_queue)
-            self.declared.add(self.dead_letter_queue)
-            for _ in range(count):
+        async with self._admin() as channel:
+            for _ in range(await self._declare_dead(channel)):
                 message = await channel.basic_get(self.dead_letter_queue)
                 if not isinstance(message.delivery, spec.Basic.GetOk):
                     break
                 letters.append(_dead_letter(message))
-        finally:
-            await _close(channel)
         return letters[::-1][:limit]
 
     async def dead_letter_count(self) -> int:
-        channel = await self.channel()
-        try:
-            count = await _amqp.declare_queue(channel, self.dead_letter_queue)
-            self.declared.add(self.dead_letter_queue)
-            return count
-        finally:
-            await _close(channel)
+        async with self._admin() as channel:
+            return await self._declare_dead(channel)
+
+    async def _declare_dead(self, channel: AbstractChannel) -> int:
+        """Declare the dead-letter queue; how many messages are in it."""
+        count = await _amqp.declare_queue(channel, self.dead_letter_queue)
+        self._declared.add(self.dead_letter_queue)
+        self.declared.add(self.dead_letter_queue)
+        return count
 
 
 class _Consumer:

@@ -1,4 +1,5 @@
-"""Tasks for the Redis reliability tests: every run is recorded, so a test can count runs.
+"""Tasks for the reliability tests (Redis, RabbitMQ): every run is recorded, so a test can
+count runs.
 
 Each run appends ``start`` and ``end`` events (JSON: kind, task id, pid, time, ETA) to the
 list ``<record prefix>events`` and bumps ``<record prefix>ended`` on the *recording* Redis,
@@ -32,7 +33,7 @@ def configure_from_env() -> None:
     each test, since it imports this module once."""
     options = json.loads(os.environ.get("CELERIAC_TEST_TRANSPORT_OPTIONS") or "{}")
     app.conf.broker_transport_options = options
-    prefix = options.get("global_keyprefix")
+    prefix = options.get("global_keyprefix") or os.environ.get("CELERIAC_TEST_RESULT_PREFIX")
     app.conf.result_backend_transport_options = {"global_keyprefix": prefix} if prefix else {}
 
 

@@ -442,13 +442,9 @@ class Client:
         protocol = _Protocol(None)
         try:
             async with asyncio.timeout(self.socket_connect_timeout):
-                await loop.create_connection(
-                    lambda: protocol,
-                    address.host,
-                    address.port,
-                    ssl=address.tls,
-                    server_hostname=address.host if address.tls else None,
-                )
+                raw, _ = await loop.create_connection(lambda: protocol, address.host, address.port)
+                if address.tls is not None:
+                    await self._start_tls(raw, protocol, address.tls, address.host)
         except ssl.SSLCertVerificationError as exc:
             raise ConfigurationError(
                 f"Redis at {redacted(self.url)} has a certificate this client does not trust"
@@ -477,6 +473,33 @@ class Client:
             raise ConnectionError(f"the client of {redacted(self.url)} is closed")
         protocol.on_push = on_push
         return connection
+
+    @staticmethod
+    async def _start_tls(
+        raw: asyncio.Transport, protocol: _Protocol, context: ssl.SSLContext, host: str
+    ) -> None:
+        """TLS over a TCP connection already made. In two steps rather than
+        ``create_connection(ssl=...)``: when the handshake fails (an untrusted certificate),
+        the raw connection is closed here; asyncio's one-step path can leave its socket open."""
+        loop = asyncio.get_running_loop()
+        try:
+            secured = await loop.start_tls(raw, protocol, context, server_hostname=host)
+        except BaseException:
+            # asyncio made a TLS transport for us before the handshake and, when the
+            # handshake fails, may never mark it closed (CPython 3.11): it would warn
+            # "unclosed transport" whenever it is collected. After a failed handshake its
+            # close() only marks it closed.
+            tls_layer = raw.get_protocol()
+            if tls_layer is not protocol:
+                unused = getattr(tls_layer, "_app_transport", None)
+                if isinstance(unused, asyncio.BaseTransport):
+                    unused.close()
+            raw.abort()
+            raise
+        if secured is None:  # only a loop without TLS support returns None
+            raw.abort()
+            raise ConnectionError("this event loop cannot start TLS")
+        protocol.transport = secured
 
     def forget(self, connection: Connection) -> None:
         """Close a connection from :meth:`connection` or :meth:`subscriber`."""

@@ -207,3 +207,20 @@ async def test_sse_frames_carry_each_event_and_a_timeout_ends_the_stream() -> No
     assert never == [
         b'event: timeout\ndata: {"task_id": "nobody", "state": "timeout", "info": null}\n\n'
     ]
+
+
+async def test_rpc_keeps_the_states_of_a_task_someone_waits_on_beyond_its_cache_limit() -> None:
+    """rpc:// keeps the last ``max_cached`` tasks' states, but never drops one that a caller
+    is waiting on: its result would arrive in a fresh entry the waiter never sees."""
+    from celeriac.backends.rpc import RpcBackend
+
+    backend = RpcBackend(
+        "rpc://", broker_url="amqp://guest:guest@localhost//", options={"max_cached": 2}
+    )
+    waited = backend._task("waited")
+    with waited.watched():
+        for i in range(5):
+            backend._task(f"other-{i}")
+        assert backend._task("waited") is waited
+    backend._task("later")
+    assert "waited" in backend._tasks

@@ -231,6 +231,9 @@ class RpcBackend(ResultBackend):
         if task is None:
             task = self._tasks[task_id] = _Task()
             while len(self._tasks) > self._max_cached:
+                oldest = next(iter(self._tasks.values()))
+                if oldest.watchers:  # someone still waits on it: over the limit a while
+                    break
                 self._tasks.popitem(last=False)
         else:
             self._tasks.move_to_end(task_id)

@@ -164,20 +164,8 @@ class AmqpBroker(Broker):
     schemes = ("amqp", "amqps")
     hides_eta = True
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        max_message_size: int = 0,
-        options: dict[str, Any] | None = None,
-        queue_max_priority: int | None = None,
-    ) -> None:
-        super().__init__(
-            url,
-            max_message_size=max_message_size,
-            options=options,
-            queue_max_priority=queue_max_priority,
-        )
+    def __init__(self, url: str, **settings: Any) -> None:  # settings: see Broker
+        super().__init__(url, **settings)
         unknown = sorted(set(self.options) - set(_OPTIONS))
         if unknown:
             raise BrokerError(

@@ -206,20 +206,8 @@ class MemoryBroker(Broker):
 
     schemes = ("memory",)
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        max_message_size: int = 0,
-        options: dict[str, Any] | None = None,
-        queue_max_priority: int | None = None,
-    ) -> None:
-        super().__init__(
-            url,
-            max_message_size=max_message_size,
-            options=options,
-            queue_max_priority=queue_max_priority,
-        )
+    def __init__(self, url: str, **settings: Any) -> None:  # settings: see Broker
+        super().__init__(url, **settings)
         self._transport = _transport_for(url)
         self._owner = next(_OWNERS)
         self._windows = PrefetchWindows()

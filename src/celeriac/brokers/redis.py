@@ -119,20 +119,8 @@ class RedisBroker(Broker):
     #: Messages published with an ETA are pushed at once (the worker parks them).
     hides_eta = False
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        max_message_size: int = 0,
-        options: dict[str, Any] | None = None,
-        queue_max_priority: int | None = None,
-    ) -> None:
-        super().__init__(
-            url,
-            max_message_size=max_message_size,
-            options=options,
-            queue_max_priority=queue_max_priority,
-        )
+    def __init__(self, url: str, **settings: Any) -> None:  # settings: see Broker
+        super().__init__(url, **settings)
         opts = check_options(self.options, _OPTIONS, "broker_transport_options")
         self.visibility_timeout = float(opts["visibility_timeout"])
         self.restore_interval = float(opts["restore_interval"])

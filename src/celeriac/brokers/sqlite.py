@@ -154,20 +154,8 @@ class SQLiteBroker(Broker):
 
     schemes = ("sqlite",)
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        max_message_size: int = 0,
-        options: dict[str, Any] | None = None,
-        queue_max_priority: int | None = None,
-    ) -> None:
-        super().__init__(
-            url,
-            max_message_size=max_message_size,
-            options=options,
-            queue_max_priority=queue_max_priority,
-        )
+    def __init__(self, url: str, **settings: Any) -> None:  # settings: see Broker
+        super().__init__(url, **settings)
         self.path = path_from_url(url)
         self.visibility_timeout = float(self.options.get("visibility_timeout", 30.0))
         self.sweep_interval = float(self.options.get("sweep_interval", 2.0))

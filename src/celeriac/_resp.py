@@ -121,20 +121,11 @@ def _tls_context(url: str, query: dict[str, str]) -> ssl.SSLContext:
 
 
 def pack(args: Sequence[Arg]) -> bytes:
-    """One command in RESP, the form Redis reads."""
-    out = [b"*%d\r\n" % len(args)]
-    append = out.append
-    for arg in args:
-        if type(arg) is str:  # exact types first: the common cases, cheapest checks
-            data = arg.encode()
-        elif type(arg) is bytes:
-            data = arg
-        elif isinstance(arg, bytes | str):
-            data = arg if isinstance(arg, bytes) else arg.encode()
-        else:
-            data = repr(arg).encode()
-        append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(out)
+    """One command in RESP, the form Redis reads (hiredis writes it: in C, about three times
+    faster than building it in Python, and every task's result costs two commands)."""
+    # hiredis's stub types the argument as a 1-tuple; any length is accepted.
+    packed: bytes = hiredis.pack_command(tuple(args))  # type: ignore[arg-type]
+    return packed
 
 
 class _Protocol(asyncio.Protocol):
@@ -147,7 +138,8 @@ class _Protocol(asyncio.Protocol):
         self.on_push = on_push
         self.transport: asyncio.Transport | None = None
         self.lost: BaseException | None = None
-        self.closed = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()  # a connection belongs to the loop it opened on
+        self.closed = self._loop.create_future()
         self.last_reply = time.monotonic()
         # Set while the transport's buffer is over its high-water mark: senders wait on it, so
         # a producer faster than the network does not buffer without bound.
@@ -224,7 +216,7 @@ class _Protocol(asyncio.Protocol):
         """Queue commands for the next write; ``replies`` futures, one per expected reply."""
         if self.lost is not None:
             raise self.lost
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if self.waiting or self._outgoing:
             # Busy: join the batch written at the end of this loop turn (one send for all).
             if not self._outgoing:

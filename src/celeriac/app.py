@@ -414,14 +414,18 @@ class Celery:
         group_id: str | None = None,
         event: bool = False,
         reply_to: str | None = None,
+        backend: ResultBackend | None = None,
     ) -> None:
         """Write a task's record in Celery's format to the result store; with ``event``, a
         state that is not final also joins the task's event log (what ``stream()`` reads).
-        ``reply_to`` is the task message's (rpc:// sends the record there)."""
+        ``reply_to`` is the task message's (rpc:// sends the record there). ``backend`` is
+        this loop's, for a caller that holds it (the worker, for every task: finding the
+        loop's connection costs more than the rest of this method)."""
         meta = make_meta(
             task_id, state, result, traceback=traceback, parent_id=parent_id, group_id=group_id
         )
-        backend = (await self.connection()).backend
+        if backend is None:
+            backend = (await self.connection()).backend
         expires = self.conf.result_expires
         if event and state not in READY_STATES:
             await backend.store_event(task_id, meta, expires=expires, reply_to=reply_to)

@@ -94,6 +94,9 @@ class Task(Generic[P, R]):
             params = params[1:]
         #: What a message's args and kwargs must fit.
         self.signature = signature.replace(parameters=params)
+        # Shapes (number of args, keyword names) known to fit: binding depends on nothing
+        # else, and most tasks are sent with one or two shapes, so each is checked once.
+        self._fitting: set[tuple[int, frozenset[str]]] = set()
         #: Runs on the event loop (``async def``, with or without ``yield``).
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
         #: Yields progress (a generator or an async generator): see ``StreamingTask``.
@@ -131,6 +134,13 @@ class Task(Generic[P, R]):
     @property
     def soft_time_limit(self) -> float | None:
         return self.options.soft_time_limit or self.app.conf.task_soft_time_limit
+
+    def check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """Raise TypeError unless a call with these arguments fits the task's parameters."""
+        shape = (len(args), frozenset(kwargs))
+        if shape not in self._fitting:
+            self.signature.bind(*args, **kwargs)
+            self._fitting.add(shape)
 
     @property
     def request(self) -> Request:

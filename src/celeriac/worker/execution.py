@@ -129,7 +129,7 @@ class Execution:
         ran: Callable[[], None],
     ) -> bool:
         try:
-            task.signature.bind(*message.args, **message.kwargs)
+            task.check_arguments(message.args, message.kwargs)
         except TypeError as exc:
             reason = f"wrong arguments for {task.name}{task.signature}: {exc}"
             logger.error(
@@ -317,6 +317,7 @@ class Execution:
                 group_id=group_id,
                 event=event,
                 reply_to=message.reply_to,
+                backend=self.backend,
             )
         except (TypeError, ValueError) as exc:
             if event:
@@ -332,6 +333,7 @@ class Execution:
                 parent_id=parent_id,
                 group_id=group_id,
                 reply_to=message.reply_to,
+                backend=self.backend,
             )
 
     def _request(self, message: TaskMessage, delivery: Delivery) -> Request:

@@ -132,6 +132,7 @@ class Worker:
         self, conn: Connection, execution: Execution, slots: asyncio.Semaphore
     ) -> None:
         deliveries = conn.broker.consume(self.queues, prefetch=self.prefetch)
+        loop = asyncio.get_running_loop()
         taken = 0
         try:
             async for delivery in deliveries:
@@ -141,9 +142,7 @@ class Worker:
                     await conn.broker.requeue(delivery)
                     raise
                 slot = _Slot(slots)
-                handler = asyncio.get_running_loop().create_task(
-                    execution.handle(delivery, slot.release)
-                )
+                handler = loop.create_task(execution.handle(delivery, slot.release))
                 self._running.add(handler)
                 handler.add_done_callback(partial(self._finished, slot=slot))
                 taken += 1

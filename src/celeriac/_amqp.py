@@ -9,6 +9,7 @@ RabbitMQ's PRECONDITION_FAILED into a message that names the argument that diffe
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Any
 
@@ -28,6 +29,16 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
     amqp_errors.ChannelClosed,
     EOFError,
 )
+
+
+def _quiet_connection_noise(record: logging.LogRecord) -> bool:
+    """aiormq logs a lost connection as an error with a traceback, then an error per failed
+    reconnect; the broker reports the same outage itself, once, with what to check. Its
+    critical records still pass."""
+    return record.levelno >= logging.CRITICAL
+
+
+logging.getLogger("aiormq.connection").addFilter(_quiet_connection_noise)
 
 _INEQUIVALENT = re.compile(r"inequivalent arg '([^']+)' for (queue|exchange) '([^']*)'")
 

@@ -1,5 +1,6 @@
-"""The AMQP broker under failure: a worker killed with SIGKILL in the middle of 1,000
-``acks_late`` tasks, on RabbitMQ (results in Redis; runs recorded as in the Redis tests).
+"""The AMQP broker under failure (results in Redis; runs recorded as in the Redis tests): a
+worker killed with SIGKILL in the middle of 1,000 ``acks_late`` tasks, and RabbitMQ stopped
+and started again (``rabbitmqctl stop_app`` / ``start_app``, on a private node) mid-run.
 
 RabbitMQ puts back what a dead worker held, with no visibility timeout to wait out. Unlike
 Redis, it does not show which messages a consumer holds, so the test bounds reruns by what
@@ -11,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
 
+from celeriac.errors import BrokerError
 from services import (
     REDIS_DB_BROKER,
     REDIS_DB_RESULTS,
@@ -29,6 +33,7 @@ from services import (
 )
 
 from .conftest import AMQP_NAMES, WorkerProcess
+from .private_rabbitmq import PrivateRabbitMQ
 from .test_redis_reliability import Stores, assert_clean_stop, runs, start_reliable
 
 pytestmark = pytest.mark.integration
@@ -37,12 +42,11 @@ __all__ = ["start_reliable"]  # the fixture, used here too
 CONCURRENCY, PREFETCH_MULTIPLIER = 50, 4
 
 
-@pytest.fixture
-def rabbit(amqp_vhost: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stores]:
-    """Both sides on RabbitMQ (the session's vhost), results and records in Redis under this
-    test's own prefix."""
+@contextmanager
+def recorded_on_rabbitmq(url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stores]:
+    """Both sides on RabbitMQ at ``url``, results and records in Redis under this test's own
+    prefix."""
     require_redis()
-    url = amqp_vhost_url(amqp_vhost)
     prefix = f"celeriac-it-{uuid.uuid4().hex}:"
     env = {
         "CELERIAC_BROKER_URL": url,
@@ -56,10 +60,38 @@ def rabbit(amqp_vhost: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stores]
         monkeypatch.setenv(name, value)
     record = redis.Redis.from_url(redis_url(REDIS_DB_BROKER))
     stores = Stores(prefix, record, redis.Redis.from_url(redis_url(REDIS_DB_RESULTS)), record)
-    yield stores
-    stores.close()
-    delete_prefixed(prefix, REDIS_DB_BROKER, REDIS_DB_RESULTS)
-    asyncio.run(delete_amqp_queues(AMQP_NAMES, url))
+    try:
+        yield stores
+    finally:
+        stores.close()
+        delete_prefixed(prefix, REDIS_DB_BROKER, REDIS_DB_RESULTS)
+        asyncio.run(delete_amqp_queues(AMQP_NAMES, url))
+
+
+@pytest.fixture
+def rabbit(amqp_vhost: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stores]:
+    """On the shared RabbitMQ, in the session's vhost."""
+    with recorded_on_rabbitmq(amqp_vhost_url(amqp_vhost), monkeypatch) as stores:
+        yield stores
+
+
+@pytest.fixture(scope="module")
+def private_rabbitmq() -> Iterator[PrivateRabbitMQ]:
+    """A node of this module's own, which its tests may stop."""
+    node = PrivateRabbitMQ()
+    try:
+        node.start()
+        yield node
+    finally:
+        node.close()
+
+
+@pytest.fixture
+def private_rabbit(
+    private_rabbitmq: PrivateRabbitMQ, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Stores]:
+    with recorded_on_rabbitmq(private_rabbitmq.url, monkeypatch) as stores:
+        yield stores
 
 
 def test_kill_9_during_1000_acks_late_tasks_on_rabbitmq_loses_nothing(
@@ -107,4 +139,52 @@ def test_kill_9_during_1000_acks_late_tasks_on_rabbitmq_loses_nothing(
     print(
         f"\nA ended {len(ended_by_a)} task(s) before the kill, {len(interrupted)} running;"
         f" {len(twice)} task(s) ran twice: {sum(len(s) for s in starts.values())} runs in all"
+    )
+
+
+def test_rabbitmq_restart_mid_run_loses_nothing(
+    private_rabbit: Stores,
+    private_rabbitmq: PrivateRabbitMQ,
+    start_reliable: Callable[..., WorkerProcess],
+) -> None:
+    """300 tasks (50-100 ms each) while RabbitMQ stops (``stop_app``) and starts again: the
+    worker logs the outage and the recovery and never exits; a publish during the outage
+    fails with an error that names it, and the same producer publishes again once RabbitMQ is
+    back; every task ends SUCCESS, and only tasks started before RabbitMQ came back (held by
+    the worker, or acknowledged while it was away) may run twice."""
+    import reliable
+
+    stores = private_rabbit
+    reliable.configure_from_env()
+    total = 300
+    try:
+        ids = [reliable.work.apply_async((0.05 + (i % 6) * 0.01,)).id for i in range(total)]
+        worker = start_reliable("-c", "10")
+        wait_until(lambda: stores.ended() >= 60, 30, "60 tasks to end before the outage")
+        private_rabbitmq.stop_app()
+        ended_at_stop = stores.ended()
+        assert ended_at_stop < total, "the worker ran everything before RabbitMQ stopped"
+        down = worker.wait_for("is unreachable", timeout=15)
+        with pytest.raises(BrokerError, match="unreachable"):
+            reliable.work.apply_async((0.01,))
+
+        private_rabbitmq.start_app()
+        up_at = time.time()
+        more = [reliable.work.apply_async((0.01,)).id for _ in range(50)]
+        back = worker.wait_for("is reachable again", timeout=30)
+        stores.wait_all_succeeded(ids + more, timeout=60)
+    finally:
+        reliable.app.close()
+    assert worker.proc.poll() is None, "the worker exited:\n" + worker.log()
+    assert_clean_stop(worker)
+
+    starts = runs(stores.events())
+    assert set(starts) == set(ids + more), "some task never ran"
+    twice = {task_id for task_id, s in starts.items() if len(s) > 1}
+    started_before_up = {task_id for task_id, s in starts.items() if s[0]["at"] < up_at}
+    assert twice <= started_before_up, f"ran again though acknowledged: {sorted(twice)}"
+    assert all(len(s) <= 2 for s in starts.values()), "a task ran three times or more"
+    print(
+        f"\n{ended_at_stop} of {total} ended before RabbitMQ stopped; {len(twice)} task(s) ran"
+        f" twice;\nworker: {down}\nworker: {back}"
     )

@@ -154,3 +154,11 @@ def _close_connections(vhost: str) -> int:
             timeout=60,
         )
     return len(pids)
+
+
+@pytest.mark.parametrize("value", [0, -5, "soon"])
+def test_a_consumer_timeout_that_is_not_a_positive_number_of_seconds_says_so(
+    value: object,
+) -> None:
+    with pytest.raises(BrokerError, match=r"consumer_timeout.*in seconds"):
+        AmqpBroker("amqp://guest:guest@127.0.0.1//", options={"consumer_timeout": value})

@@ -1,6 +1,8 @@
 """The AMQP broker under failure (results in Redis; runs recorded as in the Redis tests): a
-worker killed with SIGKILL in the middle of 1,000 ``acks_late`` tasks, and RabbitMQ stopped
-and started again (``rabbitmqctl stop_app`` / ``start_app``, on a private node) mid-run.
+worker killed with SIGKILL in the middle of 1,000 ``acks_late`` tasks; RabbitMQ stopped and
+started again (``rabbitmqctl stop_app`` / ``start_app``) mid-run; tasks that run longer than
+RabbitMQ's ``consumer_timeout``. The last two use a private node whose ``consumer_timeout``
+is a few seconds (the shared node's is 30 minutes).
 
 RabbitMQ puts back what a dead worker held, with no visibility timeout to wait out. Unlike
 Redis, it does not show which messages a consumer holds, so the test bounds reruns by what
@@ -16,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import redis
@@ -40,18 +43,22 @@ pytestmark = pytest.mark.integration
 __all__ = ["start_reliable"]  # the fixture, used here too
 
 CONCURRENCY, PREFETCH_MULTIPLIER = 50, 4
+#: The private node's consumer_timeout (it checks every second), and the worker's setting.
+CONSUMER_TIMEOUT_S = 4
 
 
 @contextmanager
-def recorded_on_rabbitmq(url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stores]:
-    """Both sides on RabbitMQ at ``url``, results and records in Redis under this test's own
-    prefix."""
+def recorded_on_rabbitmq(
+    url: str, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any] | None = None
+) -> Iterator[Stores]:
+    """Both sides on RabbitMQ at ``url`` (with these transport options), results and records
+    in Redis under this test's own prefix."""
     require_redis()
     prefix = f"celeriac-it-{uuid.uuid4().hex}:"
     env = {
         "CELERIAC_BROKER_URL": url,
         "CELERIAC_RESULT_BACKEND": redis_url(REDIS_DB_RESULTS),
-        "CELERIAC_TEST_TRANSPORT_OPTIONS": json.dumps({}),
+        "CELERIAC_TEST_TRANSPORT_OPTIONS": json.dumps(options or {}),
         "CELERIAC_TEST_RESULT_PREFIX": prefix,
         "CELERIAC_TEST_RECORD_URL": redis_url(REDIS_DB_BROKER),
         "CELERIAC_TEST_RECORD_PREFIX": prefix + "record:",
@@ -78,7 +85,7 @@ def rabbit(amqp_vhost: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stores]
 @pytest.fixture(scope="module")
 def private_rabbitmq() -> Iterator[PrivateRabbitMQ]:
     """A node of this module's own, which its tests may stop."""
-    node = PrivateRabbitMQ()
+    node = PrivateRabbitMQ(consumer_timeout_ms=CONSUMER_TIMEOUT_S * 1000)
     try:
         node.start()
         yield node
@@ -90,7 +97,8 @@ def private_rabbitmq() -> Iterator[PrivateRabbitMQ]:
 def private_rabbit(
     private_rabbitmq: PrivateRabbitMQ, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Stores]:
-    with recorded_on_rabbitmq(private_rabbitmq.url, monkeypatch) as stores:
+    options = {"consumer_timeout": CONSUMER_TIMEOUT_S}
+    with recorded_on_rabbitmq(private_rabbitmq.url, monkeypatch, options) as stores:
         yield stores
 
 
@@ -142,6 +150,7 @@ def test_kill_9_during_1000_acks_late_tasks_on_rabbitmq_loses_nothing(
     )
 
 
+@pytest.mark.timeout(180)  # the private node starts in 10-30 s before the first of these
 def test_rabbitmq_restart_mid_run_loses_nothing(
     private_rabbit: Stores,
     private_rabbitmq: PrivateRabbitMQ,
@@ -188,3 +197,74 @@ def test_rabbitmq_restart_mid_run_loses_nothing(
         f"\n{ended_at_stop} of {total} ended before RabbitMQ stopped; {len(twice)} task(s) ran"
         f" twice;\nworker: {down}\nworker: {back}"
     )
+
+
+@pytest.mark.timeout(180)
+def test_tasks_longer_than_consumer_timeout_run_once(
+    private_rabbit: Stores,
+    private_rabbitmq: PrivateRabbitMQ,
+    start_reliable: Callable[..., WorkerProcess],
+) -> None:
+    """A task 2.5x RabbitMQ's consumer_timeout runs once, with short tasks waiting behind it
+    in the worker's buffer all that time (one slot, prefetch 4): the worker moves its holds
+    before the timeout, so RabbitMQ never closes its channel and nothing runs twice."""
+    import reliable
+
+    stores = private_rabbit
+    reliable.configure_from_env()
+    seconds = [2.5 * CONSUMER_TIMEOUT_S] + [0.01] * 20
+    try:
+        ids = [reliable.work.apply_async((s,)).id for s in seconds]
+        worker = start_reliable("-c", "1")
+        stores.wait_all_succeeded(ids, timeout=60)
+    finally:
+        reliable.app.close()
+    assert_clean_stop(worker)
+
+    starts = runs(stores.events())
+    assert {task_id: len(s) for task_id, s in starts.items()} == dict.fromkeys(ids, 1)
+    timed_out = "delivery acknowledgement on channel"
+    assert timed_out not in private_rabbitmq.log(), "RabbitMQ closed a channel at its timeout"
+    assert "could not renew" not in worker.log()
+    queues = _queue_table(private_rabbitmq)
+    parking = [name for name in queues if name.startswith("celeriac.parked.")]
+    assert parking, f"nothing was parked: {queues}"
+    assert all(count == 0 for count in queues.values()), queues
+
+
+@pytest.mark.timeout(180)
+def test_a_parked_task_whose_worker_dies_runs_again_elsewhere(
+    private_rabbit: Stores,
+    private_rabbitmq: PrivateRabbitMQ,
+    start_reliable: Callable[..., WorkerProcess],
+) -> None:
+    """A long task held as a parked copy when its worker is killed goes back to its queue
+    (the copy's short TTL ends at once and dead-letters it home), and another worker runs it."""
+    import reliable
+
+    stores = private_rabbit
+    reliable.configure_from_env()
+    try:
+        task_id = reliable.work.apply_async((3 * CONSUMER_TIMEOUT_S,)).id
+        a = start_reliable("-c", "1", "-n", "A@rabbit")
+        wait_until(lambda: _parked_and_held(private_rabbitmq), 30, "the task's hold to be parked")
+        a.kill()
+        b = start_reliable("-c", "1", "-n", "B@rabbit")
+        stores.wait_all_succeeded([task_id], timeout=60)
+    finally:
+        reliable.app.close()
+    assert_clean_stop(b)
+    starts = runs(stores.events())[task_id]
+    assert [s["pid"] for s in starts] == [a.proc.pid, b.proc.pid]
+    assert all(count == 0 for count in _queue_table(private_rabbitmq).values())
+
+
+def _queue_table(node: PrivateRabbitMQ, column: str = "messages") -> dict[str, int]:
+    lines = node.ctl("list_queues", "--quiet", "--no-table-headers", "name", column)
+    table = (line.split("\t") for line in lines.splitlines() if line.strip())
+    return {name: int(count) for name, count in table}
+
+
+def _parked_and_held(node: PrivateRabbitMQ) -> bool:
+    held = _queue_table(node, "messages_unacknowledged")
+    return any(n.startswith("celeriac.parked.") and count for n, count in held.items())

@@ -17,6 +17,11 @@ What celeriac adds, and why:
 * **Priorities across queues.** Each queue has a consumer of its own (prefetch per
   consumer); what arrives waits in a local buffer that hands out the highest priority
   first, up to the consumer's prefetch window.
+* **Long holds are renewed.** The same timeout would close the channel of a long
+  ``acks_late`` task (and put back every delivery on it): a delivery held for half of
+  ``consumer_timeout`` (option, seconds; RabbitMQ's 30 minutes unless set) moves to a parking
+  queue of this worker's own (see ``amqp_parking``), and one that waited that long in the
+  local buffer goes back to its queue.
 * **Dead letters** are copies in the durable queue ``celeriac.dead`` (option
   ``dead_letter_queue``) with the reason, queue and time in ``x-celeriac-*`` headers; the
   original is then acknowledged.
@@ -45,6 +50,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 
 from celeriac import _amqp
 from celeriac._amqp import UNREACHABLE
+from celeriac.brokers.amqp_parking import Parking
 from celeriac.brokers.base import (
     Broker,
     DeadLetter,
@@ -64,6 +70,7 @@ _OPTIONS: dict[str, Any] = {
     "dead_letter_queue": "celeriac.dead",
     "delay_queue_prefix": "celeriac.delay",
     "connect_timeout": 5.0,
+    "consumer_timeout": 1800.0,  # RabbitMQ's default, in seconds
 }
 ETA_HEADER = "x-celeriac-eta"
 REASON_HEADER = "x-celeriac-reason"
@@ -86,6 +93,13 @@ _PROPERTIES = {
     "app_id": "app_id",
 }
 _BACKOFF_MAX = 2.0
+#: What a failed renewal of a hold can raise: the hold stays as it was, to be tried again.
+_RENEWAL_ERRORS: tuple[type[BaseException], ...] = (
+    *UNREACHABLE,
+    TimeoutError,
+    amqp_errors.AMQPError,
+    BrokerError,
+)
 
 
 def delay_level(milliseconds: float) -> int:
@@ -143,6 +157,9 @@ class _Tag:
     number: int
     message: DeliveredMessage
     queue: str
+    since: float = 0.0  # when the holding delivery came (monotonic): consumer_timeout counts
+    parked: bool = False  # held as a copy in a parking queue
+    renewing: bool = False
 
 
 @dataclass(order=True, slots=True)
@@ -151,13 +168,15 @@ class _Buffered:
     queue: str = field(compare=False)
     channel: AbstractChannel = field(compare=False)
     message: DeliveredMessage = field(compare=False)
+    arrived: float = field(compare=False, default=0.0)
 
 
 class AmqpBroker(Broker):
     """Celery-compatible queues on RabbitMQ (AMQP 0-9-1), through aiormq.
 
     Options (``broker_transport_options``): ``dead_letter_queue`` (``celeriac.dead``),
-    ``delay_queue_prefix`` (``celeriac.delay``), ``connect_timeout`` (5 s). A heartbeat
+    ``delay_queue_prefix`` (``celeriac.delay``), ``connect_timeout`` (5 s),
+    ``consumer_timeout`` (the server's, in seconds: 1800 unless set there). A heartbeat
     is set in the URL (``?heartbeat=30``), as aiormq reads it.
     """
 
@@ -176,6 +195,18 @@ class AmqpBroker(Broker):
         self.dead_letter_queue = str(opts["dead_letter_queue"])
         self.delay_prefix = str(opts["delay_queue_prefix"])
         self.connect_timeout = float(opts["connect_timeout"])
+        try:
+            consumer_timeout = float(opts["consumer_timeout"])
+        except (TypeError, ValueError):
+            consumer_timeout = math.nan
+        if not consumer_timeout > 0:
+            raise BrokerError(
+                f"broker_transport_options consumer_timeout={opts['consumer_timeout']!r}: give"
+                " RabbitMQ's consumer_timeout in seconds (1800 unless its configuration says)"
+            )
+        #: A delivery held this long (seconds) is moved before RabbitMQ's timeout falls.
+        self.renew_after = consumer_timeout / 2
+        self._parking: Parking | None = None
         self._connection: AbstractConnection | None = None
         self._connecting: asyncio.Lock | None = None
         self._publisher: AbstractChannel | None = None
@@ -202,6 +233,9 @@ class AmqpBroker(Broker):
         self._closed = True
         for consumer in list(self._consumers):
             consumer.wake()
+        if self._parking is not None:
+            with contextlib.suppress(*UNREACHABLE, amqp_errors.AMQPError, RuntimeError):
+                await self._parking.close()
         connection, self._connection = self._connection, None
         if connection is not None:
             with contextlib.suppress(*UNREACHABLE, RuntimeError):
@@ -292,6 +326,19 @@ class AmqpBroker(Broker):
             self.declared.add(name)
         return name
 
+    def parking(self) -> Parking:
+        if self._parking is None:
+            self._parking = Parking(self.channel, self._publish_copy, "celeriac.parked")
+        return self._parking
+
+    async def _publish_copy(
+        self, queue: str, message: DeliveredMessage, headers: dict[str, Any]
+    ) -> None:
+        envelope = to_envelope(message)
+        await self._send(
+            await self._publishing(), queue, envelope, _priority(message), extra_headers=headers
+        )
+
     # -- producing -------------------------------------------------------------------------
 
     async def _publish(self, requests: Sequence[PublishRequest]) -> None:
@@ -359,6 +406,7 @@ class AmqpBroker(Broker):
             raise BrokerError(f"the broker {redacted(self.url)} is closed")
         consumer = _Consumer(self, list(dict.fromkeys(queues)), prefetch)
         self._consumers.add(consumer)
+        consumer.start_sweeping()
         try:
             while not self._closed:
                 delivery = await consumer.next()
@@ -378,7 +426,9 @@ class AmqpBroker(Broker):
     async def requeue(self, delivery: Delivery) -> None:
         tag: _Tag = delivery.tag
         if tag.consumer.settle(tag):
-            await _quietly(tag.channel.basic_reject(tag.number, requeue=True))
+            # A parked copy goes home by its parking queue's dead-letter route (put back, it
+            # would only wait there for its TTL first).
+            await _quietly(tag.channel.basic_reject(tag.number, requeue=not tag.parked))
 
     async def defer(self, delivery: Delivery, eta: float) -> None:
         tag: _Tag = delivery.tag
@@ -519,7 +569,58 @@ class _Consumer:
         self._held: set[_Tag] = set()
         self._stopped = False
         self._consumer_tags: list[str] = []
-        self._tasks: set[asyncio.Future[None]] = set()  # re-delays, a closing
+        self._tasks: set[asyncio.Future[None]] = set()  # re-delays, renewals, a closing
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start_sweeping(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Keep every delivery clear of RabbitMQ's consumer_timeout: one handed out and held
+        long is parked anew; one that waited long in the buffer goes back to its queue."""
+        renew_after = self.broker.renew_after
+        while True:
+            await asyncio.sleep(min(renew_after / 4, 30.0))
+            limit = time.monotonic() - renew_after
+            channel = self.channel
+            if channel is not None and any(e.arrived <= limit for e in self._buffer):
+                stale = [e for e in self._buffer if e.arrived <= limit]
+                self._buffer = [e for e in self._buffer if e.arrived > limit]
+                heapq.heapify(self._buffer)
+                for entry in stale:
+                    await _quietly(channel.basic_reject(_number(entry.message), requeue=True))
+            for tag in [tag for tag in self._held if tag.since <= limit and not tag.renewing]:
+                self._spawn(self._renew(tag))
+
+    async def _renew(self, tag: _Tag) -> None:
+        """Hold ``tag``'s message as a fresh parked copy, then let go of what held it."""
+        tag.renewing = True
+        try:
+            channel, copy = await self.broker.parking().take(tag.queue, tag.message)
+        except _RENEWAL_ERRORS as exc:
+            log.warning(
+                "could not renew the hold of a message from %r (%s: %s): RabbitMQ may take it"
+                " back at consumer_timeout; trying again shortly",
+                tag.queue,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        finally:
+            tag.renewing = False
+        if tag not in self._held or tag.channel.is_closed:
+            # Settled meanwhile, or already put back with its channel: the copy must go.
+            await _quietly(channel.basic_ack(_number(copy)))
+            return
+        held_on, number = tag.channel, tag.number
+        tag.channel, tag.number = channel, _number(copy)
+        tag.since, tag.parked = time.monotonic(), True
+        await _quietly(held_on.basic_ack(number))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def wake(self) -> None:
         self._arrived.set()
@@ -586,12 +687,10 @@ class _Consumer:
         eta = _due(message)
         if eta is not None and eta > now():
             # Back from a delay queue before its time: on to the next hop.
-            task = asyncio.ensure_future(self._redelay(queue, channel, message, eta))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._redelay(queue, channel, message, eta))
             return
         rank = (-_priority(message), next(self._arrivals))
-        heapq.heappush(self._buffer, _Buffered(rank, queue, channel, message))
+        heapq.heappush(self._buffer, _Buffered(rank, queue, channel, message, time.monotonic()))
         self._arrived.set()
 
     async def _redelay(
@@ -604,7 +703,7 @@ class _Consumer:
 
     def _hand_out(self, entry: _Buffered) -> Delivery:
         message = entry.message
-        tag = _Tag(self, entry.channel, _number(message), message, entry.queue)
+        tag = _Tag(self, entry.channel, _number(message), message, entry.queue, entry.arrived)
         self._held.add(tag)
         self.window.tags.add(tag)
         envelope = to_envelope(message)
@@ -636,6 +735,9 @@ class _Consumer:
         """Stop consuming and give back what was not handed out; the channel closes once
         what was handed out is settled (closing it earlier would put those back too)."""
         self._stopped = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         channel = self.channel
         if channel is None or channel.is_closed:
             self.channel = None

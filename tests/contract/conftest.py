@@ -8,6 +8,7 @@ the test's keys are deleted afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import uuid
@@ -21,12 +22,14 @@ from celeriac import _wakeup
 from celeriac.backends.base import ResultBackend
 from celeriac.backends.memory import MemoryBackend
 from celeriac.backends.redis import RedisBackend
+from celeriac.backends.rpc import RpcBackend
 from celeriac.backends.sqlite import SQLiteBackend
 from celeriac.brokers.amqp import AmqpBroker
 from celeriac.brokers.base import Broker
 from celeriac.brokers.memory import MemoryBroker, reset_memory_transports
 from celeriac.brokers.redis import RedisBroker
 from celeriac.brokers.sqlite import SQLiteBroker
+from celeriac.serialization import json_text
 from services import (
     AMQP_URL,
     REDIS_DB_BROKER,
@@ -68,6 +71,42 @@ def _amqp_broker(url: str, **kwargs: Any) -> Broker:
     return AmqpBroker(url, queue_max_priority=9, **kwargs)
 
 
+def _rpc(tmp: Path) -> Store:
+    require_rabbitmq()
+    return "rpc://", {}
+
+
+class _RpcToTheFirst(RpcBackend):
+    """rpc:// in the shared suite, whose tests make several backends on one store. With
+    rpc:// a caller's store is its reply queue: here the first backend a test makes is the
+    caller, and the others send it what they store, as a worker replies to its task's
+    ``reply_to``. rpc:// delivers asynchronously, so a store returns once the caller has the
+    state, and a test may read it at once, as it would from any other store."""
+
+    def __init__(self, url: str, *, options: dict[str, Any] | None = None) -> None:
+        super().__init__(url, options=options, broker_url=AMQP_URL)
+        self.caller: _RpcToTheFirst = self
+        self._seen: set[tuple[str, bytes]] = set()
+        self._arrival = asyncio.Condition()
+
+    async def store(
+        self, task_id: str, meta: Any, *, expires: float | None, reply_to: str | None = None
+    ) -> None:
+        caller = self.caller
+        await super().store(task_id, meta, expires=expires, reply_to=reply_to or caller.queue)
+        await caller.received(task_id, json_text(meta).encode())
+
+    async def received(self, task_id: str, data: bytes) -> None:
+        async with asyncio.timeout(5), self._arrival:
+            await self._arrival.wait_for(lambda: (task_id, data) in self._seen)
+
+    async def _arrived(self, message: Any) -> None:
+        await super()._arrived(message)
+        self._seen.add((str(message.header.properties.correlation_id), bytes(message.body)))
+        async with self._arrival:
+            self._arrival.notify_all()
+
+
 # name -> (class, this test's store)
 BROKERS: dict[str, tuple[Callable[..., Broker], Callable[[Path], Store]]] = {
     "memory": (MemoryBroker, _memory),
@@ -79,6 +118,14 @@ BACKENDS: dict[str, tuple[type[ResultBackend], Callable[[Path], Store]]] = {
     "memory": (MemoryBackend, _memory),
     "sqlite": (SQLiteBackend, _sqlite),
     "redis": (RedisBackend, _redis(REDIS_DB_RESULTS)),
+    "rpc": (_RpcToTheFirst, _rpc),
+}
+#: Contract tests a backend does not take part in, and why.
+NOT_FOR = {
+    "rpc": {
+        "test_records_expire": "rpc:// states live in the caller, as many as max_cached: no"
+        " time-based expiry (Celery's rpc backend has none either)",
+    },
 }
 
 MakeBroker = Callable[..., Awaitable[Broker]]
@@ -132,6 +179,8 @@ async def make_backend(
 
     async def make(*, options: dict[str, Any] | None = None) -> ResultBackend:
         backend = cls(url, options={**base, **(options or {})})
+        if isinstance(backend, _RpcToTheFirst) and made:
+            backend.caller = made[0]  # type: ignore[assignment]
         await backend.connect()
         made.append(backend)
         return backend
@@ -158,3 +207,13 @@ async def backend(make_backend: MakeBackend) -> ResultBackend:
 def queue() -> str:
     """A queue name no other test uses, so tests could share one server."""
     return f"q-{uuid.uuid4().hex}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Leave out the pairs of (contract test, backend) listed in ``NOT_FOR``."""
+    for item in list(items):
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("make_backend") if callspec else None
+        name = getattr(item, "originalname", item.name)
+        if backend in NOT_FOR and name in NOT_FOR[backend]:
+            items.remove(item)

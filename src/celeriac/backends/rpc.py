@@ -101,6 +101,7 @@ class RpcBackend(ResultBackend):
         self._listening: asyncio.Task[None] | None = None
         self._tasks: OrderedDict[str, _Task] = OrderedDict()
         self._lock = asyncio.Lock()
+        self._publisher_lock = asyncio.Lock()
         self._closed = False
 
     # -- connections -----------------------------------------------------------------------
@@ -187,10 +188,17 @@ class RpcBackend(ResultBackend):
                     ) from exc
 
     async def _publishing(self) -> AbstractChannel:
+        """The one publishing channel: states sent on one channel arrive in the order sent.
+        Made under a lock, so stores that start together share it (each making its own
+        would let a task's SUCCESS overtake its PROGRESS)."""
         channel = self._publisher
         if channel is None or channel.is_closed:
-            connection = await self._open()
-            channel = self._publisher = await connection.channel(publisher_confirms=True)
+            async with self._publisher_lock:
+                channel = self._publisher
+                if channel is None or channel.is_closed:
+                    connection = await self._open()
+                    channel = await connection.channel(publisher_confirms=True)
+                    self._publisher = channel
         return channel
 
     # -- the caller's side: receiving them -------------------------------------------------

@@ -210,6 +210,7 @@ class AmqpBroker(Broker):
         self._connection: AbstractConnection | None = None
         self._connecting: asyncio.Lock | None = None
         self._publisher: AbstractChannel | None = None
+        self._publisher_lock = asyncio.Lock()
         self._declared: set[str] = set()  # on this connection
         self.queues: set[str] = set()  # every task queue this broker used (queue_sizes)
         self.declared: set[str] = set()  # every queue and exchange it ever declared
@@ -268,9 +269,14 @@ class AmqpBroker(Broker):
         return await connection.channel(publisher_confirms=confirms)
 
     async def _publishing(self) -> AbstractChannel:
+        """The one publishing channel, made under a lock: publishes that start together
+        share it instead of each opening a channel of its own."""
         channel = self._publisher
         if channel is None or channel.is_closed:
-            channel = self._publisher = await self.channel(confirms=True)
+            async with self._publisher_lock:
+                channel = self._publisher
+                if channel is None or channel.is_closed:
+                    channel = self._publisher = await self.channel(confirms=True)
         return channel
 
     def _unreachable(self, exc: BaseException) -> BrokerError:

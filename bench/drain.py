@@ -3,7 +3,8 @@
 Publishes N no-op tasks, then runs one worker in this process and reports tasks/s from the
 first to the last completion, and the process's RSS after the drain. ``--profile`` writes a
 cProfile summary of the drain. ``--broker redis`` uses Redis DB 14 under a key prefix of its
-own, deleted afterwards.
+own, deleted afterwards; ``--broker amqp`` a queue of its own on the local RabbitMQ's default
+vhost (deleted afterwards), with results in Redis DB 14 as above.
 
     .venv/bin/python bench/drain.py --n 20000 [--broker redis] [--profile FILE]
 """
@@ -31,15 +32,18 @@ async def drain(
     n: int,
     concurrency: int,
     url: str,
+    backend_url: str | None,
     options: dict[str, Any],
+    backend_options: dict[str, Any],
     profile: str | None,
     counter: Any,
     profile_text: list[str],
     cpu_per_task: list[float],
 ) -> float:
-    app = Celery("drain", broker=url)
+    app = Celery("drain", broker=url, backend=backend_url)
     app.conf.broker_transport_options = options
-    app.conf.result_backend_transport_options = options
+    app.conf.result_backend_transport_options = backend_options
+    app.conf.task_default_queue = QUEUE
     done = asyncio.Event()
     finished = 0
     first = last = 0.0
@@ -92,7 +96,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--profile", default=None)
-    parser.add_argument("--broker", choices=["sqlite", "redis"], default="sqlite")
+    parser.add_argument("--broker", choices=["sqlite", "redis", "amqp"], default="sqlite")
     parser.add_argument(
         "--harness-counter",
         action="store_true",
@@ -106,11 +110,16 @@ def main() -> None:
 
         counter = common.adone
     options: dict[str, Any] = {}
+    backend_url: str | None = None
+    prefixed = {"global_keyprefix": f"celeriac-drain-{uuid.uuid4().hex}:"}
+    backend_options: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/drain.db"
         if args.broker == "redis":
             url = REDIS_URL
-            options = {"global_keyprefix": f"celeriac-drain-{uuid.uuid4().hex}:"}
+            options = backend_options = prefixed
+        elif args.broker == "amqp":
+            url, backend_url, backend_options = AMQP_URL, REDIS_URL, prefixed
         profile_text: list[str] = []
         cpu_per_task: list[float] = []
         try:
@@ -120,7 +129,9 @@ def main() -> None:
                         args.n,
                         args.concurrency,
                         url,
+                        backend_url,
                         options,
+                        backend_options,
                         args.profile,
                         counter,
                         profile_text,
@@ -128,8 +139,10 @@ def main() -> None:
                     )
                 )
         finally:
-            if options:
-                _delete_prefixed(options["global_keyprefix"])
+            if backend_options:
+                _delete_prefixed(backend_options["global_keyprefix"])
+            if args.broker == "amqp":
+                asyncio.run(_delete_amqp_queue(QUEUE))
     rss = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) // 1024
     if args.profile:
         Path(args.profile).parent.mkdir(parents=True, exist_ok=True)
@@ -142,6 +155,18 @@ def main() -> None:
 
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+QUEUE = f"celeriac-drain-{uuid.uuid4().hex[:12]}"
+
+
+async def _delete_amqp_queue(queue: str) -> None:
+    import aiormq
+
+    connection = await aiormq.connect(AMQP_URL)
+    channel = await connection.channel()
+    await channel.queue_delete(queue)
+    await channel.exchange_delete(queue)  # Celery declares a direct exchange per queue
+    await connection.close()
 
 
 def _delete_prefixed(prefix: str) -> None:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+#: Argument shapes a task remembers as fitting (see ``Task.check_arguments``).
+_SHAPES_KEPT = 64
 
 
 @dataclass(slots=True)
@@ -140,7 +142,8 @@ class Task(Generic[P, R]):
         shape = (len(args), frozenset(kwargs))
         if shape not in self._fitting:
             self.signature.bind(*args, **kwargs)
-            self._fitting.add(shape)
+            if len(self._fitting) < _SHAPES_KEPT:  # **kwargs tasks could see endless shapes
+                self._fitting.add(shape)
 
     @property
     def request(self) -> Request:

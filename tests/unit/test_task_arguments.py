@@ -35,3 +35,17 @@ def test_a_bound_task_s_self_is_not_one_of_its_arguments() -> None:
     bound.check_arguments([1], {})
     with pytest.raises(TypeError):
         bound.check_arguments([1, 2], {})
+
+
+def test_a_task_taking_any_keywords_remembers_a_bounded_number_of_shapes() -> None:
+    app = Celery("arguments-any", broker="memory://arguments-any")
+
+    @app.task(name="arguments.any")
+    def anything(**fields: int) -> int:
+        return len(fields)
+
+    for i in range(1000):
+        anything.check_arguments([], {f"field{i}": i})
+    assert len(anything._fitting) <= 64
+    with pytest.raises(TypeError):
+        anything.check_arguments([1], {})

@@ -595,8 +595,10 @@ class _Consumer:
                 heapq.heapify(self._buffer)
                 for entry in stale:
                     await _quietly(channel.basic_reject(_number(entry.message), requeue=True))
-            for tag in [tag for tag in self._held if tag.since <= limit and not tag.renewing]:
-                self._spawn(self._renew(tag))
+            for tag in self._held:
+                # A hold whose channel closed is lost already: RabbitMQ put the message back.
+                if tag.since <= limit and not tag.renewing and not tag.channel.is_closed:
+                    self._spawn(self._renew(tag))
 
     async def _renew(self, tag: _Tag) -> None:
         """Hold ``tag``'s message as a fresh parked copy, then let go of what held it."""

@@ -594,7 +594,7 @@ class _Consumer:
                 self._buffer = [e for e in self._buffer if e.arrived > limit]
                 heapq.heapify(self._buffer)
                 for entry in stale:
-                    await _quietly(channel.basic_reject(_number(entry.message), requeue=True))
+                    await _quietly(entry.channel.basic_reject(_number(entry.message), requeue=True))
             for tag in self._held:
                 # A hold whose channel closed is lost already: RabbitMQ put the message back.
                 if tag.since <= limit and not tag.renewing and not tag.channel.is_closed:

@@ -209,11 +209,14 @@ def queue() -> str:
     return f"q-{uuid.uuid4().hex}"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Leave out the pairs of (contract test, backend) listed in ``NOT_FOR``."""
-    for item in list(items):
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the pairs of (contract test, backend) listed in ``NOT_FOR``."""
+    kept, dropped = [], []
+    for item in items:
         callspec = getattr(item, "callspec", None)
         backend = callspec.params.get("make_backend") if callspec else None
         name = getattr(item, "originalname", item.name)
-        if backend in NOT_FOR and name in NOT_FOR[backend]:
-            items.remove(item)
+        (dropped if name in NOT_FOR.get(backend, {}) else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept

@@ -363,18 +363,20 @@ class AmqpBroker(Broker):
         for queue in {request.queue for request in requests} - self._declared:
             await self._declare(channel, queue)
         moment = now()
-        await asyncio.gather(
-            *(
-                self._send(
-                    channel,
-                    r.queue,
-                    r.envelope,
-                    r.priority,
-                    eta=r.eta if r.eta is not None and r.eta > moment else None,
-                )
-                for r in requests
+        sends = [
+            self._send(
+                channel,
+                r.queue,
+                r.envelope,
+                r.priority,
+                eta=r.eta if r.eta is not None and r.eta > moment else None,
             )
-        )
+            for r in requests
+        ]
+        if len(sends) == 1:
+            await sends[0]  # one delay(): no task to wrap it in
+        else:
+            await asyncio.gather(*sends)
 
     async def _send(
         self,

@@ -50,6 +50,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 
 from celeriac import _amqp
 from celeriac._amqp import UNREACHABLE
+from celeriac._amqp_properties import Properties
 from celeriac.brokers.amqp_parking import Parking
 from celeriac.brokers.base import (
     Broker,
@@ -126,7 +127,7 @@ def to_properties(envelope: Envelope, priority: int, headers: dict[str, Any]) ->
         # Expired already: RabbitMQ would drop it unseen, and its caller would wait for a
         # result forever. A worker gets it instead and records it REVOKED.
         del fields["expiration"]
-    return spec.Basic.Properties(**fields)
+    return Properties(**fields)
 
 
 def to_envelope(message: DeliveredMessage) -> Envelope:

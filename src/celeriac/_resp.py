@@ -410,8 +410,13 @@ class Client:
             else:
                 return connection
         if self._connecting is None or self._connecting.done():
-            self._connecting = asyncio.get_running_loop().create_task(self._open(None))
-        self._shared = await asyncio.shield(self._connecting)
+            self._connecting = asyncio.get_running_loop().create_task(self._open_shared())
+        return await asyncio.shield(self._connecting)
+
+    async def _open_shared(self) -> Connection:
+        # Kept here, not by whoever awaits this: a caller cancelled meanwhile must not leave
+        # the new connection with no one to close it.
+        self._shared = await self._open(None)
         return self._shared
 
     async def connection(self) -> Connection:

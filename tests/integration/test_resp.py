@@ -11,7 +11,7 @@ import pytest
 
 from celeriac._resp import Client, LoadingError, ReplyError, Script
 from celeriac.errors import ConfigurationError
-from services import REDIS_DB_BROKER, delete_prefixed, redis_url, require_redis
+from services import REDIS_DB_BROKER, delete_prefixed, eventually, redis_url, require_redis
 
 
 @pytest.fixture
@@ -155,3 +155,22 @@ async def test_scans_see_every_key_and_field(prefix: str, client: Client) -> Non
     assert len(fields) == 2500 and fields[b"f7"] == b"7"
     keys = {key async for key in client.scan_keys(f"{prefix}key:*")}
     assert keys == {f"{prefix}key:{i}".encode() for i in range(30)}
+
+
+async def test_a_caller_cancelled_while_the_connection_opens_leaves_it_to_the_client() -> None:
+    """The shared connection opens in a task of its own; a caller cancelled meanwhile must
+    not take it along: the client keeps it, uses it next, and closes it with the rest."""
+    require_redis()
+    client = Client(redis_url(REDIS_DB_BROKER))
+    try:
+        waiting = asyncio.ensure_future(client.execute("PING"))
+        await asyncio.sleep(0)  # it has started to connect
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        opened = await eventually(lambda: client._shared, 5, "the connection to open anyway")
+        assert await client.execute("PING") == b"PONG"
+        assert client._shared is opened  # the same connection, not a second one
+    finally:
+        await client.aclose()
+    assert not opened.usable

@@ -14,7 +14,7 @@ import pytest
 from celeriac.brokers.amqp import AmqpBroker
 from celeriac.brokers.base import Envelope
 from celeriac.errors import BrokerError, ConfigurationError
-from services import AMQP_HOST, AMQP_PORT, amqp_vhost_url, free_port
+from services import AMQP_HOST, AMQP_PORT, amqp_vhost_url, delete_amqp_queues, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -94,11 +94,7 @@ async def test_rabbitmq_tasks_with_results_in_an_sqlite_file(
         assert await run_worker(app, work) == [2 * i for i in range(20)]
         assert (tmp_path / "results.db").exists()
     finally:
-        connection = await aiormq.connect(amqp_vhost_url(amqp_vhost))
-        try:
-            await (await connection.channel()).queue_delete(queue)
-        finally:
-            await connection.close()
+        await delete_amqp_queues([queue], amqp_vhost_url(amqp_vhost))
 
 
 async def test_a_consumer_whose_connection_is_closed_by_rabbitmq_reconnects_and_loses_nothing(
@@ -131,11 +127,7 @@ async def test_a_consumer_whose_connection_is_closed_by_rabbitmq_reconnects_and_
     finally:
         await consumer.close()
         await producer.close()
-        connection = await aiormq.connect(url)
-        try:
-            await (await connection.channel()).queue_delete(queue)
-        finally:
-            await connection.close()
+        await delete_amqp_queues([queue], url)
 
 
 def _close_connections(vhost: str) -> int:

@@ -20,7 +20,7 @@ from aiormq import spec
 from celeriac.brokers.amqp import AmqpBroker
 from celeriac.protocol import parse_iso, parse_task_message
 from celeriac.serialization import JSON
-from services import FIXTURES_DIR, amqp_vhost_url
+from services import FIXTURES_DIR, amqp_vhost_url, delete_amqp_queues
 
 pytestmark = pytest.mark.integration
 
@@ -91,9 +91,5 @@ async def test_every_amqp_fixture_crosses_rabbitmq_and_parses(amqp_vhost: str) -
         assert await broker.queue_sizes([queue]) == {}
     finally:
         await broker.close()
-        channel_owner = await aiormq.connect(url)
-        try:
-            await (await channel_owner.channel()).queue_delete(queue)
-        finally:
-            await channel_owner.close()
+        await delete_amqp_queues([queue], url)
     assert len(seen) == len(FIXTURES)

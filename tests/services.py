@@ -7,6 +7,7 @@ Locally, a test whose service is down is skipped with the command that starts it
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import socket
 import time
@@ -137,10 +138,13 @@ def free_port() -> int:
 async def eventually(
     condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition"
 ) -> Any:
-    """``wait_until`` for async tests: polls without blocking the event loop."""
+    """``wait_until`` for async tests: polls without blocking the event loop. The condition
+    may be a coroutine function, for a state only the broker or backend can tell."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:

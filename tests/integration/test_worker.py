@@ -20,6 +20,7 @@ from celeriac.errors import (
     TaskRevokedError,
     TimeLimitExceeded,
 )
+from services import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -286,9 +287,15 @@ async def test_bad_input_is_dead_lettered_and_worker_keeps_running(
     with pytest.raises(TypeError, match=r"wrong arguments for basic\.add"):
         await wrong.get(timeout=20)
     assert await (await abasic.add.delay(1, 1)).get(timeout=20) == 2
+
+    async def three_letters() -> bool:
+        # The worker stores a rejected task's failure before it settles the message, so a
+        # caller can see the failure a moment before the dead letter lands (RabbitMQ).
+        return await broker.dead_letter_count() == 3
+
+    await eventually(three_letters, what="three dead letters")
     letters = await broker.dead_letters()
     reasons = " | ".join(letter.reason for letter in letters)
-    assert await broker.dead_letter_count() == 3
     assert "malformed message" in reasons
     assert "unregistered task" in reasons
     assert "wrong arguments" in reasons

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from celeriac import Celery
 from celeriac.backends.redis import RedisBackend
-from celeriac.brokers.base import Envelope, now
+from celeriac.brokers.base import Envelope, PublishRequest, now
 from celeriac.brokers.redis import RedisBroker
 from services import REDIS_DB_BROKER, REDIS_DB_RESULTS, delete_prefixed, redis_url, require_redis
 
@@ -113,6 +113,28 @@ async def test_held_message_is_in_unacked_and_refreshed_then_restored_on_close(
     assert restored["properties"]["delivery_info"]["redelivered"] is True
     assert restored["properties"]["delivery_tag"] == delivery.tag
     assert await raw.hlen(prefix + "unacked") == 0
+
+
+async def test_a_window_of_thousands_is_claimed_in_one_call(
+    prefix: str, raw: aioredis.Redis
+) -> None:
+    """-c 1000 holds 4,000 at once: the claim script records them all (Lua's unpack() takes
+    about 8,000 values, so it must not pass all 8,000 of a 4,000-message HSET at once)."""
+    broker = await broker_for(prefix)
+    try:
+        await broker.publish_many(
+            [PublishRequest("work", envelope(f"id-{i}")) for i in range(5000)]
+        )
+        deliveries = broker.consume(["work"], prefetch=5000)
+        seen = set()
+        async with asyncio.timeout(30):
+            while len(seen) < 5000:
+                seen.add((await anext(deliveries)).tag)
+        assert await raw.hlen(prefix + "unacked") == 5000
+        assert await raw.zcard(prefix + "unacked_index") == 5000
+        await deliveries.aclose()
+    finally:
+        await broker.close()
 
 
 async def _score_above(raw: aioredis.Redis, prefix: str, tag: str, score: float) -> bool:

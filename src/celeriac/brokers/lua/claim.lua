@@ -51,9 +51,13 @@ for i = 4, #KEYS do
         end
     end
 end
--- At most a prefetch window per call, so one HSET and one ZADD stay well inside Lua's limits.
-if #fields > 0 then
-    redis.call('HSET', unacked, unpack(fields))
-    redis.call('ZADD', index, unpack(scores))
+-- A prefetch window can be thousands (-c 1000 holds 4,000): unpack() passes at most about
+-- 8,000 values, so the pairs go in slices of a thousand.
+local function in_slices(command, key, pairs)
+    for first = 1, #pairs, 2000 do
+        redis.call(command, key, unpack(pairs, first, math.min(first + 1999, #pairs)))
+    end
 end
+in_slices('HSET', unacked, fields)
+in_slices('ZADD', index, scores)
 return out

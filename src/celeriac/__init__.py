@@ -4,7 +4,8 @@ The public names, nothing else; see README.md for a five-minute tour.
 """
 
 from celeriac import states
-from celeriac.app import Celery, shared_task, uuid
+from celeriac.app import Celery, shared_task
+from celeriac.ids import uuid
 from celeriac.resources import Resource, use
 from celeriac.result import AsyncResult
 from celeriac.task import AsyncTask, StreamingTask, SyncTask, Task

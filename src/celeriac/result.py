@@ -110,10 +110,12 @@ class AsyncResult(Generic[R]):
     """The state and result of one task, by id. ``await`` a freshly sent one to confirm it."""
 
     def __init__(self, id: str, app: Celery | None = None, *, task_name: str | None = None):
-        from celeriac.app import default_app
+        if app is None:
+            from celeriac.app import default_app
 
+            app = default_app()
         self.id = id
-        self.app = app or default_app()
+        self.app = app
         self.task_name = task_name
         self._meta: Meta | None = None
         self._sending: asyncio.Future[None] | None = None

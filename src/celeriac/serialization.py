@@ -106,7 +106,7 @@ def dumps(obj: Any, serializer: str = "json") -> tuple[bytes, str, str]:
     """
     content_type = content_type_for(serializer)
     if content_type == JSON:
-        return _JSON_ENCODER.encode(obj).encode("utf-8"), JSON, "utf-8"
+        return json_text(obj).encode("utf-8"), JSON, "utf-8"
     if content_type == MSGPACK:
         packed = _msgpack().packb(obj, use_bin_type=True, default=_encode_extra)
         return bytes(packed), MSGPACK, "binary"
@@ -227,17 +227,27 @@ def _preview(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-# Default separators (", ", ": ") and ensure_ascii: byte for byte what kombu sends.
-_JSON_ENCODER = json.JSONEncoder(default=_encode_json)
+# Default separators (", ", ": ") and ensure_ascii: byte for byte what kombu sends. The C
+# encoder is made once, not per call as JSONEncoder.encode makes it (half of a small
+# document's cost), and without the circular-reference bookkeeping, which a shared
+# encoder could not keep across threads: a cycle ends in RecursionError instead.
+_JSON_CHUNKS = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, _encode_json, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
+)
 _PLAIN_DECODER = json.JSONDecoder()
 _MARKER_DECODER = json.JSONDecoder(object_hook=_decode_marker)
 
 
 def json_text(obj: Any) -> str:
     """JSON as kombu writes it (markers for datetimes, UUIDs, Decimals, bytes; Celery's
-    spacing): for the other JSON documents on the wire, such as result records and Redis
-    envelopes."""
-    return _JSON_ENCODER.encode(obj)
+    spacing): for task bodies and the other JSON documents on the wire, such as result
+    records and Redis envelopes."""
+    try:
+        return "".join(_JSON_CHUNKS(obj, 0))
+    except RecursionError:
+        raise ValueError(
+            "cannot write JSON: the value contains itself (or is nested too deeply)"
+        ) from None
 
 
 def json_value(text: str | bytes) -> Any:

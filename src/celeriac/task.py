@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextvars
 import inspect
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
 
 from celeriac import resources
 from celeriac.errors import MaxRetriesExceededError, Retry
@@ -22,6 +22,7 @@ from celeriac.result import AsyncResult, dual
 
 if TYPE_CHECKING:
     from celeriac.app import Celery
+    from celeriac.sending import SendOptions
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -173,35 +174,44 @@ class Task(Generic[P, R]):
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         *,
-        countdown: float | None = None,
-        eta: datetime | None = None,
-        expires: float | datetime | None = None,
         task_id: str | None = None,
-        queue: str | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, Any] | None = None,
-        ignore_result: bool | None = None,
-        serializer: str | None = None,
-        time_limit: float | None = None,
-        soft_time_limit: float | None = None,
+        **options: Unpack[SendOptions],
     ) -> AsyncResult[R]:
         """Queue the task with Celery's options (see ``Celery.send_task``)."""
         return self.app.send_task(
-            self.name,
-            args,
-            kwargs,
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-            task_id=task_id,
-            queue=queue or self.options.queue,
-            priority=priority if priority is not None else self.options.priority,
-            headers=headers,
-            ignore_result=ignore_result if ignore_result is not None else self.ignore_result,
-            serializer=serializer or self.options.serializer,
-            time_limit=time_limit or self.options.time_limit,
-            soft_time_limit=soft_time_limit or self.options.soft_time_limit,
+            self.name, args, kwargs, task_id=task_id, **self._with_defaults(options)
         )
+
+    def delay_many(
+        self, calls: Iterable[Sequence[Any] | Mapping[str, Any]]
+    ) -> Awaitable[list[AsyncResult[R]]]:
+        """Queue the task once per call, in as few round trips as the broker allows: each
+        call a tuple of positional arguments or a dict of keyword arguments. Awaited in
+        async code, blocking in sync code; the results come in the calls' order."""
+        return self.apply_many(calls)
+
+    def apply_many(
+        self,
+        calls: Iterable[Sequence[Any] | Mapping[str, Any]],
+        **options: Unpack[SendOptions],
+    ) -> Awaitable[list[AsyncResult[R]]]:
+        """``delay_many`` with ``apply_async``'s options, the same for every message (see
+        ``Celery.send_many``)."""
+        return self.app.send_many(self.name, calls, **self._with_defaults(options))
+
+    def _with_defaults(self, options: SendOptions) -> SendOptions:
+        """The call's options, with this task's own where the call gives none."""
+        own = self.options
+        merged = options.copy()
+        merged["queue"] = options.get("queue") or own.queue
+        priority = options.get("priority")
+        merged["priority"] = priority if priority is not None else own.priority
+        ignore_result = options.get("ignore_result")
+        merged["ignore_result"] = ignore_result if ignore_result is not None else self.ignore_result
+        merged["serializer"] = options.get("serializer") or own.serializer
+        merged["time_limit"] = options.get("time_limit") or own.time_limit
+        merged["soft_time_limit"] = options.get("soft_time_limit") or own.soft_time_limit
+        return merged
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:
         return AsyncResult(task_id, self.app, task_name=self.name)

@@ -62,6 +62,19 @@ async def test_async_client_awaits_many_results(start_worker: Any, abasic: Any) 
 
 
 @pytest.mark.rpc
+async def test_delay_many_queues_a_batch_in_one_call(start_worker: Any, abasic: Any) -> None:
+    """More calls than one chunk (SEND_MANY_CHUNK): every one runs once, with its own
+    arguments, and its result comes back where its AsyncResult looks."""
+    calls: list[Any] = [(i, 1) for i in range(2500)]
+    calls.append({"x": 40, "y": 2})
+    results = await abasic.add.delay_many(calls)
+    start_worker("-c", "50")
+    values = await asyncio.gather(*(r.get(timeout=60) for r in results))
+    assert values == [i + 1 for i in range(2500)] + [42]
+    assert len({r.id for r in results}) == len(calls)
+
+
+@pytest.mark.rpc
 async def test_failure_reraises_the_tasks_exception(start_worker: Any, abasic: Any) -> None:
     start_worker()
     r = await abasic.boom.delay("it broke")

@@ -108,6 +108,19 @@ async def test_async_client(celeriac: ModuleType, queue: str) -> None:
         assert await first.successful()
 
 
+def test_a_batch_from_send_many_runs_on_celery(celeriac: ModuleType, queue: str) -> None:
+    """delay_many's messages (on Redis, many in one LPUSH, written from one template) are
+    what Celery's worker reads: each runs with its own arguments and id."""
+    calls: list[Any] = [(i, i) for i in range(250)]
+    calls.append({"x": 1, "y": 1000})
+    results = celeriac.add.apply_many(calls, queue=queue)
+    by_name = celeriac.app.send_many("interop.echo", [["a"], {"k": "v"}], queue=queue)
+    assert [r.get(timeout=TIMEOUT) for r in results] == [2 * i for i in range(250)] + [1001]
+    assert len({r.id for r in results}) == 251
+    assert by_name[0].get(timeout=TIMEOUT) == {"args": ["a"], "kwargs": {}}
+    assert by_name[1].get(timeout=TIMEOUT) == {"args": [], "kwargs": {"k": "v"}}
+
+
 def test_kombu_json_types_arrive_as_python_objects(celeriac: ModuleType, queue: str) -> None:
     """celeriac writes kombu's JSON markers, so Celery's task gets the Python objects."""
     values = settings.typed_values()

@@ -31,4 +31,6 @@ async def client() -> int:
     shouted: str = shout("x")
     again: str = await (await shout.delay("y")).get()
     listed: list[int] = await (await bound.delay(3)).get()
-    return value + inline + len(shouted) + len(again) + len(listed)
+    batch: list[AsyncResult[int]] = await add.delay_many([(1, 2), {"x": 3, "y": 4}])
+    sums: list[int] = [await each.get() for each in batch]
+    return value + inline + len(shouted) + len(again) + len(listed) + sum(sums)

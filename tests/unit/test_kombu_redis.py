@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -341,3 +342,39 @@ def test_constants_are_kombus() -> None:
         "unacked_mutex",
     )
     assert kombu_redis.BINDING_PREFIX == "_kombu.binding."
+
+
+def _batch(count: int, **options: Any) -> list[Envelope]:
+    from celeriac import protocol
+
+    calls = [(f"id-{i}", (i, "ünï"), {"k": i} if i % 2 else {}) for i in range(count)]
+    return protocol.build_task_messages("tasks.add", calls, **options)
+
+
+@pytest.mark.parametrize(
+    "envelopes",
+    [
+        _batch(5),
+        _batch(4, headers={"x_when": datetime(2030, 1, 1, tzinfo=UTC), "x_pct": "100%"}),
+        [*_batch(2), *_batch(2, serializer="msgpack")],  # two content types: one by one
+        [*_batch(2), Envelope(b"{}", "application/json", "utf-8", {"task": "t"})],  # other keys
+        _batch(1),
+    ],
+    ids=["batch", "marker-and-percent-headers", "mixed-content-types", "other-keys", "one"],
+)
+def test_encode_many_is_encode_one_by_one(envelopes: list[Envelope]) -> None:
+    tags = [f"tag-{i}" for i in range(len(envelopes))]
+    expected = [encode(e, "q", 7, tag) for e, tag in zip(envelopes, tags, strict=True)]
+    assert kombu_redis.encode_many(envelopes, "q", 7, tags) == expected
+
+
+def test_encode_many_sees_a_property_changed_after_building() -> None:
+    """rpc:// names its reply queue in each message after it is built: a changed value is
+    the message's own, even when it equals another message's."""
+    envelopes = _batch(3)
+    envelopes[1].properties["reply_to"] = "reply-queue"
+    envelopes[2].properties["reply_to"] = "".join(["reply-", "queue"])  # equal, not the same
+    tags = ["a", "b", "c"]
+    expected = [encode(e, "q", 0, tag) for e, tag in zip(envelopes, tags, strict=True)]
+    assert kombu_redis.encode_many(envelopes, "q", 0, tags) == expected
+    assert json.loads(expected[1])["properties"]["reply_to"] == "reply-queue"

@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -688,3 +688,58 @@ def test_iso_round_trip() -> None:
         parsed = parse_iso(text)
         assert parsed is not None
         assert format_iso(parsed) == text
+
+
+class _Point(NamedTuple):
+    x: int
+    y: int
+
+
+BATCH_CALLS: list[tuple[str, Any, Any]] = [
+    ("id-0", (1, 2), {}),
+    ("id-1", [3], {"y": 4}),
+    ("id-2", (), {"x": "ünï", "y": [1, {"z": None}]}),
+    ("id-3", ("x" * 2000,), {}),  # a repr cut to ARGSREPR_MAXSIZE
+    ("id-4", _Point(1, 2), {}),  # shown as a plain tuple, as Celery shows it
+]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"root_id": "root", "parent_id": "parent", "headers": {"x_tenant": "acme"}},
+        {
+            "eta": datetime(2030, 1, 2, tzinfo=UTC),
+            "expires": datetime(2030, 1, 1, 0, 5, tzinfo=UTC),
+            "time_limit": 30,
+            "soft_time_limit": 20,
+            "priority": 7,
+            "ignore_result": True,
+        },
+        {"serializer": "msgpack"},
+    ],
+    ids=["plain", "root-and-headers", "times-and-priority", "msgpack"],
+)
+def test_build_many_is_build_one_by_one(
+    options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(protocol, "_utcnow", lambda: datetime(2030, 1, 1, tzinfo=UTC))
+    many = protocol.build_task_messages("t", BATCH_CALLS, **options)
+    one_by_one = [
+        build_task_message("t", task_id, args, kwargs, **options)
+        for task_id, args, kwargs in BATCH_CALLS
+    ]
+    assert many == one_by_one
+    for built, expected in zip(many, one_by_one, strict=True):
+        assert list(built.headers) == list(expected.headers)
+        assert list(built.properties) == list(expected.properties)
+    # What the messages share is the same objects (what lets brokers write it once).
+    assert many[1].headers["timelimit"] is many[0].headers["timelimit"]
+    assert many[1].headers["id"] == "id-1"
+
+
+def test_build_many_of_nothing_and_bad_ids() -> None:
+    assert protocol.build_task_messages("t", []) == []
+    with pytest.raises(ValueError, match="task_id must be a non-empty string"):
+        protocol.build_task_messages("t", [("a", (), {}), ("", (), {})])

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from celeriac.brokers.base import MAX_PRIORITY, MIN_PRIORITY, Envelope
+from celeriac.ids import uuid as new_tag
 from celeriac.serialization import json_text, json_value
+from celeriac.similar_json import Template, differing_keys
 
 SEPARATOR = "\x06\x16"
 #: kombu's default ``priority_steps``: the list a message goes to is the largest step <= it.
@@ -77,22 +79,77 @@ def _step(celery_priority: int) -> int:
 
 def encode(envelope: Envelope, queue: str, priority: int, tag: str | None = None) -> str:
     """The JSON list element for ``envelope`` published to ``queue``, as kombu writes it."""
+    try:  # kombu's JSON: a datetime header travels as its marker
+        return json_text(_document(envelope, queue, priority, tag or new_tag()))
+    except (TypeError, ValueError) as exc:
+        raise _not_json(exc) from exc
+
+
+def encode_many(
+    envelopes: Sequence[Envelope], queue: str, priority: int, tags: Sequence[str]
+) -> list[str]:
+    """``encode`` of each envelope with its tag, for one queue and priority.
+
+    Envelopes built together (``protocol.build_task_messages``) share most of their header
+    and property values; those are written once, into a template (:mod:`similar_json`).
+    """
+    if len(envelopes) < 2:
+        return [encode(e, queue, priority, t) for e, t in zip(envelopes, tags, strict=True)]
+    first = envelopes[0]
+    varying_headers = differing_keys([e.headers for e in envelopes])
+    varying_properties = differing_keys([e.properties for e in envelopes])
+    if (
+        varying_headers is None
+        or varying_properties is None
+        or any(
+            e.content_type != first.content_type or e.content_encoding != first.content_encoding
+            for e in envelopes
+        )
+    ):
+        return [encode(e, queue, priority, t) for e, t in zip(envelopes, tags, strict=True)]
+    varying_properties = [k for k in varying_properties if k not in _TRANSPORT_PROPERTIES]
+    slots = [
+        ("body",),
+        *(("headers", key) for key in varying_headers),
+        *(("properties", key) for key in varying_properties),
+        ("properties", "delivery_tag"),
+    ]
+    try:
+        render = Template(_document(first, queue, priority, tags[0]), slots).render
+        texts = []
+        for envelope, tag in zip(envelopes, tags, strict=True):
+            values = [_base64(envelope.body)]
+            headers, properties = envelope.headers, envelope.properties
+            values += [headers[key] for key in varying_headers]
+            values += [properties[key] for key in varying_properties]
+            values.append(tag)
+            texts.append(render(values))
+        return texts
+    except (TypeError, ValueError) as exc:
+        raise _not_json(exc) from exc
+
+
+def _document(envelope: Envelope, queue: str, priority: int, tag: str) -> dict[str, Any]:
     properties = {k: v for k, v in envelope.properties.items() if k not in _TRANSPORT_PROPERTIES}
     properties["delivery_info"] = {"exchange": "", "routing_key": queue}
     properties["priority"] = celery_priority(priority)
     properties["body_encoding"] = "base64"
-    properties["delivery_tag"] = tag or str(uuid.uuid4())
-    document = {
-        "body": base64.b64encode(envelope.body).decode("ascii"),
+    properties["delivery_tag"] = tag
+    return {
+        "body": _base64(envelope.body),
         "content-encoding": envelope.content_encoding,
         "content-type": envelope.content_type,
         "headers": envelope.headers,
         "properties": properties,
     }
-    try:
-        return json_text(document)  # kombu's JSON: a datetime header travels as its marker
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"message headers or properties are not JSON: {exc}") from exc
+
+
+def _base64(body: bytes) -> str:
+    return binascii.b2a_base64(body, newline=False).decode("ascii")
+
+
+def _not_json(exc: Exception) -> TypeError:
+    return TypeError(f"message headers or properties are not JSON: {exc}")
 
 
 def decode(payload: str | bytes, tag: str) -> RedisMessage:

@@ -64,6 +64,7 @@ from celeriac.brokers.base import (
 )
 from celeriac.config import redacted
 from celeriac.errors import BrokerError
+from celeriac.ids import new_ids
 from celeriac.serialization import json_value
 
 log = logging.getLogger(__name__)
@@ -202,10 +203,14 @@ class RedisBroker(Broker):
                 return
             pipe = self.client.pipeline()
             bound = self._bind(pipe, {request.queue for request in requests})
+            by_list: dict[tuple[str, int], list[Envelope]] = {}
             for request in requests:
-                payload = kombu.encode(request.envelope, request.queue, request.priority)
-                key = self.prefix + kombu.list_key(request.queue, request.priority)
-                pipe.add("LPUSH", key, payload)
+                by_list.setdefault((request.queue, request.priority), []).append(request.envelope)
+            for (queue, priority), envelopes in by_list.items():
+                # One LPUSH of many values: popped from the right, they leave in this order.
+                tags = new_ids(len(envelopes))
+                payloads = kombu.encode_many(envelopes, queue, priority, tags)
+                pipe.add("LPUSH", self.prefix + kombu.list_key(queue, priority), *payloads)
             await pipe.execute()
             self._bound.update(bound)
         except UNREACHABLE as exc:

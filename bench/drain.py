@@ -19,9 +19,18 @@ import pstats
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
+
+from _local import (
+    AMQP_URL,
+    REDIS_URL,
+    delete_amqp_queue,
+    delete_prefixed,
+    loop_factory,
+    own_prefix,
+    own_queue,
+)
 
 from celeriac import Celery
 from celeriac.worker.process import prepare_worker_process
@@ -82,15 +91,6 @@ async def drain(
     return (n - 1) / (last - first)
 
 
-def _loop_factory() -> Any:
-    """The worker command's loop: uvloop when installed."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=20000)
@@ -111,7 +111,7 @@ def main() -> None:
         counter = common.adone
     options: dict[str, Any] = {}
     backend_url: str | None = None
-    prefixed = {"global_keyprefix": f"celeriac-drain-{uuid.uuid4().hex}:"}
+    prefixed = {"global_keyprefix": own_prefix("drain")}
     backend_options: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/drain.db"
@@ -123,7 +123,7 @@ def main() -> None:
         profile_text: list[str] = []
         cpu_per_task: list[float] = []
         try:
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            with asyncio.Runner(loop_factory=loop_factory()) as runner:
                 rate = runner.run(
                     drain(
                         args.n,
@@ -140,9 +140,9 @@ def main() -> None:
                 )
         finally:
             if backend_options:
-                _delete_prefixed(backend_options["global_keyprefix"])
+                delete_prefixed(backend_options["global_keyprefix"])
             if args.broker == "amqp":
-                asyncio.run(_delete_amqp_queue(QUEUE))
+                asyncio.run(delete_amqp_queue(QUEUE))
     rss = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) // 1024
     if args.profile:
         Path(args.profile).parent.mkdir(parents=True, exist_ok=True)
@@ -154,29 +154,7 @@ def main() -> None:
     )
 
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
-QUEUE = f"celeriac-drain-{uuid.uuid4().hex[:12]}"
-
-
-async def _delete_amqp_queue(queue: str) -> None:
-    import aiormq
-
-    connection = await aiormq.connect(AMQP_URL)
-    channel = await connection.channel()
-    await channel.queue_delete(queue)
-    await channel.exchange_delete(queue)  # Celery declares a direct exchange per queue
-    await connection.close()
-
-
-def _delete_prefixed(prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+QUEUE = own_queue("drain")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ thousand times.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import gc
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict, Unpack
@@ -107,6 +109,26 @@ def build_many(plan: Plan, task_ids: Sequence[str], calls: Sequence[object]) -> 
         for index, (task_id, call) in enumerate(zip(task_ids, calls, strict=True))
     ]
     return protocol.build_task_messages(plan.name, split, **_options(plan))
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Hold off Python's cyclic garbage collector while a batch is built.
+
+    A batch allocates a few containers per message and keeps them all, so the collector
+    runs again and again as the heap grows, and each full pass walks every message built so
+    far: a third of the cost of a 100,000-call batch. What a batch builds holds no cycles,
+    so nothing is left for the collector to find once it resumes. A collector already
+    disabled (by the application) is left as it is.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _options(plan: Plan) -> dict[str, Any]:

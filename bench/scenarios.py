@@ -109,6 +109,13 @@ def light(n: int) -> int:
 @app.task(name="scen.echo")
 async def echo(value):
     return value
+
+
+@app.task(name="scen.ticks")
+async def ticks(n: int, gap: float):
+    for i in range(n):
+        yield {"i": i, "at": time.time()}  # the wall-clock time just before the yield
+        await asyncio.sleep(gap)
 """
 READY = re.compile(r"ready: pid (\d+)")
 
@@ -374,6 +381,44 @@ def round_trip(ctx: Context, count: int = 1000) -> dict[str, float]:
         worker.stop()
 
 
+def stream(ctx: Context, events: int = 500, gap: float = 0.005) -> dict[str, float]:
+    """A task yields ``events`` values ``gap`` apart (each on its own, not in a burst); a
+    client process times each from just before its ``yield`` in the worker to its arrival in
+    ``result.stream()``."""
+    worker = Worker(ctx, "-c", "100")
+    code = (
+        "import asyncio, json, time, scen_app as a\n"
+        "async def main():\n"
+        "    out = []\n"
+        "    async with a.app.setup():\n"
+        "        for _ in range(3):\n"  # warm-up: connections, subscriptions, first task
+        "            async for _e in (await a.ticks.delay(2, 0.0)).stream(timeout=30):\n"
+        "                pass\n"
+        f"        result = await a.ticks.delay({events}, {gap})\n"
+        "        async for event in result.stream(timeout=120):\n"
+        "            if event.state == 'PROGRESS':\n"
+        "                out.append(time.time() - event.info['at'])\n"
+        "    print(json.dumps(out[1:]))\n"  # the first may come as the latest state on attach
+        "asyncio.run(main())\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            env=ctx.env,
+            cwd=ctx.cwd,
+            text=True,
+            check=True,
+            capture_output=True,
+        )
+        latencies = sorted(json.loads(done.stdout))
+        return {
+            "p50 ms": 1000 * latencies[len(latencies) // 2],
+            "p99 ms": 1000 * latencies[int(len(latencies) * 0.99)],
+        }
+    finally:
+        worker.stop()
+
+
 @dataclass
 class Context:
     env: dict[str, str]
@@ -394,6 +439,7 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, float]]] = {
     "payload-1MB": lambda c: drain(c, 1, 300, 1_000_000),
     "rss-100k": memory,  # idle, after 10k and after 100k no-op tasks
     "rtt": round_trip,  # delay().get() one at a time, warm worker
+    "stream": stream,  # a yield in the worker to the event at a caller's result.stream()
 }
 
 

@@ -364,19 +364,7 @@ def round_trip(ctx: Context, count: int = 1000) -> dict[str, float]:
         "asyncio.run(main())\n"
     )
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", code],
-            env=ctx.env,
-            cwd=ctx.cwd,
-            text=True,
-            check=True,
-            capture_output=True,
-        )
-        trips = sorted(json.loads(done.stdout))
-        return {
-            "p50 ms": 1000 * trips[len(trips) // 2],
-            "p99 ms": 1000 * trips[int(len(trips) * 0.99)],
-        }
+        return client_latencies(ctx, code)
     finally:
         worker.stop()
 
@@ -402,21 +390,26 @@ def stream(ctx: Context, events: int = 500, gap: float = 0.005) -> dict[str, flo
         "asyncio.run(main())\n"
     )
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", code],
-            env=ctx.env,
-            cwd=ctx.cwd,
-            text=True,
-            check=True,
-            capture_output=True,
-        )
-        latencies = sorted(json.loads(done.stdout))
-        return {
-            "p50 ms": 1000 * latencies[len(latencies) // 2],
-            "p99 ms": 1000 * latencies[int(len(latencies) * 0.99)],
-        }
+        return client_latencies(ctx, code)
     finally:
         worker.stop()
+
+
+def client_latencies(ctx: Context, code: str) -> dict[str, float]:
+    """Run ``code`` in a client process of its own; it prints a JSON list of seconds."""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=ctx.env,
+        cwd=ctx.cwd,
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    seconds = sorted(json.loads(done.stdout))
+    return {
+        "p50 ms": 1000 * seconds[len(seconds) // 2],
+        "p99 ms": 1000 * seconds[int(len(seconds) * 0.99)],
+    }
 
 
 @dataclass

@@ -331,17 +331,19 @@ def light(ctx: Context, n: int = 20000) -> dict[str, float]:
 
 
 def memory(ctx: Context, n: int = 100_000) -> dict[str, float]:
-    """RSS idle, after 10k no-op tasks and after ``n``: growth means a leak."""
+    """RSS idle, after 10k no-op tasks and after every 100k up to ``n``: growth that goes
+    on from one 100k to the next means a leak."""
     worker = Worker(ctx, "-c", "100", log_level="info")
     figures = {"idle MiB": worker.rss_mib()}
+    marks = [10_000, *range(100_000, n, 100_000)]
 
     def read(count: int) -> None:
-        if count >= 10_000 and "after 10k MiB" not in figures:
-            figures["after 10k MiB"] = worker.rss_mib()
+        while marks and count >= marks[0]:
+            figures[f"after {marks.pop(0) // 1000}k MiB"] = worker.rss_mib()
 
     try:
         queue_tasks(ctx.env, ctx.cwd, "noop", n, [])
-        ctx.tallies.wait(n, worker, 900, read)  # -l info: a line per task, no rate
+        ctx.tallies.wait(n, worker, 1800, read)  # -l info: a line per task, no rate
         figures[f"after {n // 1000}k MiB"] = worker.rss_mib()
         return figures
     finally:
@@ -434,6 +436,10 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, float]]] = {
     "rtt": round_trip,  # delay().get() one at a time, warm worker
     "stream": stream,  # a yield in the worker to the event at a caller's result.stream()
 }
+#: Run only when ``--only`` names them (minutes each on RabbitMQ).
+LONG_SCENARIOS: dict[str, Callable[[Context], dict[str, float]]] = {
+    "rss-300k": lambda c: memory(c, 300_000),  # RSS at 10k, 100k, 200k and 300k tasks
+}
 
 
 def main() -> None:
@@ -443,7 +449,11 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated scenario names")
     parser.add_argument("--out", default="bench-results")
     args = parser.parse_args()
-    names = [n for n in SCENARIOS if not args.only or n in args.only.split(",")]
+    every = SCENARIOS | LONG_SCENARIOS
+    names = args.only.split(",") if args.only else list(SCENARIOS)
+    unknown = [name for name in names if name not in every]
+    if unknown:
+        parser.error(f"no scenario {', '.join(unknown)}: choose from {', '.join(every)}")
     brokers = args.brokers.split(",")
     tallies = Tallies()
     out = Path(args.out)
@@ -465,7 +475,7 @@ def main() -> None:
                             SCEN_TALLY_PORT=str(tallies.port),
                         )
                         tallies.reset()
-                        figures = SCENARIOS[name](Context(env, tmp, tallies))
+                        figures = every[name](Context(env, tmp, tallies))
                         if broker_name == "sqlite":
                             for path in Path(tmp).glob("scen.db*"):
                                 path.unlink()

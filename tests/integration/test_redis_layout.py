@@ -239,3 +239,23 @@ async def test_many_waiters_share_one_pubsub_connection(prefix: str) -> None:
 async def _subscribers(raw: aioredis.Redis, channel: str) -> bool:
     counts = await raw.pubsub_numsub(channel)
     return bool(counts and counts[0][1])
+
+
+async def test_a_result_stored_already_is_read_with_the_subscribe(prefix: str) -> None:
+    """A caller who asks once the task is done is answered by the GET sent alongside the
+    SUBSCRIBE, before the subscription is confirmed (and its key read again)."""
+    url = redis_url(REDIS_DB_RESULTS)
+    backend = RedisBackend(url, options={"global_keyprefix": prefix})
+    await backend.connect()
+    try:
+        warm, done = uuid.uuid4().hex, uuid.uuid4().hex
+        for task_id in (warm, done):
+            await backend.store(task_id, {"status": "SUCCESS", "result": task_id}, expires=60)
+        await backend.wait(warm, timeout=WAIT)  # opens the subscription connection
+        record = await backend.wait(done, timeout=WAIT)
+        assert record["result"] == done
+        listener = backend._listener
+        assert listener is not None
+        assert backend.key(done).encode() not in listener._confirmed
+    finally:
+        await backend.close()

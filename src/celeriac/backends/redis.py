@@ -3,10 +3,11 @@
 A record is the key ``celery-task-meta-<id>`` (SETEX with ``result_expires``), and every
 store is also PUBLISHed on a channel of the same name, as Celery's backend does; PENDING is
 "no key". Waiting uses one pub/sub connection per backend, shared by every waiter, so
-thousands of concurrent ``await r.get()`` cost one connection. A waiter subscribes first
-and GETs the key once the subscription is confirmed, which closes the race with a result
-stored in between; after a reconnect every channel is confirmed (and checked) again, so a
-result published while the connection was down is not missed.
+thousands of concurrent ``await r.get()`` cost one connection. A waiter subscribes and
+GETs the key at once (a result stored already needs no more), and GETs it again once the
+subscription is confirmed, which closes the race with a result stored in between; after a
+reconnect every channel is confirmed (and checked) again, so a result published while the
+connection was down is not missed.
 """
 
 from __future__ import annotations
@@ -285,6 +286,7 @@ class _Listener:
                 # its confirmation reads the key.
                 self._subscribed.add(channel)
                 connection.send("SUBSCRIBE", channel)
+                self._peek(channel)
             else:
                 self._changed(channel)  # the runner (re)connects and subscribes in a batch
 
@@ -417,6 +419,21 @@ class _Listener:
                 self._spawn(self._check(channel))
             else:
                 reading.add_done_callback(lambda done: self._checked(channel, done))
+
+    def _peek(self, channel: bytes) -> None:
+        """GET the key alongside its SUBSCRIBE: a result stored already (a caller who asks
+        once the task is done) ends the wait a round trip sooner than the read after the
+        confirmation, which still closes the race for one stored in between."""
+        reading = self.backend.client.submit("GET", channel)
+        if reading is not None:
+            reading.add_done_callback(lambda done: self._peeked(channel, done))
+
+    def _peeked(self, channel: bytes, reading: asyncio.Future[Reply]) -> None:
+        if reading.cancelled() or reading.exception() is not None:
+            return  # the read after the confirmation reports it
+        data = reading.result()
+        if isinstance(data, bytes) and channel not in self._last and _is_ready(data):
+            self._deliver(channel, data)
 
     async def _check(self, channel: bytes) -> None:
         """GET the key after its subscription is confirmed: the record may predate it."""

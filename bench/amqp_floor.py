@@ -10,8 +10,14 @@ task message: twenty headers, a small JSON body) on the same RabbitMQ:
   acks each delivery as it arrives and does nothing else: a worker whose tasks cost
   nothing could drain no faster than this.
 
-It prints tasks/s and this process's CPU per message for each, so the figures can be set
-beside celeriac's (``bench/drain.py --broker amqp``, the shared harness):
+- ``confirm``: one persistent publish at a time, each awaiting its confirm. RabbitMQ
+  confirms a persistent message on a durable queue once it has written it to disk (with a
+  consumer that acks at once too, in measurements here), so a round trip that starts with
+  a confirmed publish (``await task.delay()``) takes at least this.
+
+It prints tasks/s and this process's CPU per message for the first two, the confirm's p50
+for the last, so the figures can be set beside celeriac's (``bench/drain.py --broker
+amqp``, the shared harness):
 
     .venv/bin/python bench/amqp_floor.py [--n 20000]
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import time
 
 import aiormq
@@ -43,6 +50,17 @@ async def publish(channel: aiormq.abc.AbstractChannel, queue: str, n: int) -> fl
     started = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(n)))
     return n / (time.perf_counter() - started)
+
+
+async def confirm_latency(channel: aiormq.abc.AbstractChannel, queue: str, n: int) -> float:
+    envelope = build_task_message("floor.noop", "0" * 36, [], {})
+    properties = to_properties(envelope, 0, dict(envelope.headers))
+    latencies = []
+    for _ in range(n):
+        started = time.perf_counter()
+        await channel.basic_publish(envelope.body, routing_key=queue, properties=properties)
+        latencies.append(time.perf_counter() - started)
+    return statistics.median(latencies)
 
 
 async def consume(channel: aiormq.abc.AbstractChannel, queue: str, n: int) -> float:
@@ -68,6 +86,7 @@ async def consume(channel: aiormq.abc.AbstractChannel, queue: str, n: int) -> fl
 
 async def main(n: int) -> None:
     queue = own_queue("amqp-floor")
+    confirmed = own_queue("amqp-floor-confirm")
     connection = await aiormq.connect(AMQP_URL)
     try:
         publishing = await connection.channel(publisher_confirms=True)
@@ -85,9 +104,13 @@ async def main(n: int) -> None:
             f"aiormq consume + ack, nothing else: {rate:,.0f} messages/s,"
             f" {(time.process_time() - cpu) / n * 1e6:.0f} us of CPU per message"
         )
+        await publishing.queue_declare(confirmed, durable=True)
+        p50 = await confirm_latency(publishing, confirmed, 500)
+        print(f"aiormq publish, one at a time, persistent: confirm p50 {p50 * 1e3:.2f} ms")
     finally:
         await connection.close()
         await delete_amqp_queue(queue)
+        await delete_amqp_queue(confirmed)
 
 
 if __name__ == "__main__":

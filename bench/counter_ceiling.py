@@ -4,7 +4,10 @@ that harness on this machine, whatever its own overhead.
 Every harness task ends with ``await bench.common.adone()`` (a redis-py pipeline of three
 commands on the harness's counter DB). This runs that call ``--n`` times, ``--concurrency``
 at a time, on uvloop in one process, as a worker with no cost of its own would; and then
-one at a time, as the round-trip figure's task does. Run it with the peers' venv:
+one at a time, as the round-trip figure's task does. It also prints this process's RSS
+after ``--n`` calls made ``--concurrency`` at a time: Python, uvloop, the harness's imports
+and its counter's connections, with no task queue, which is the floor under any worker's
+"RSS after drain" in that harness. Run it with the peers' venv:
 
     ~/.cache/celeriac-bench-peers/bin/python bench/counter_ceiling.py
 
@@ -26,7 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 from bench import common as C  # the harness, beside the checkout
 
 
-async def ceiling(n: int, concurrency: int) -> tuple[float, float]:
+async def ceiling(n: int, concurrency: int) -> tuple[float, float, float]:
+    # First as a worker would hold them: ``concurrency`` calls in flight and no more objects
+    # than that, for the RSS floor (the rate run below makes all n coroutines at once).
+    async def calls(count: int) -> None:
+        for _ in range(count):
+            await C.adone()
+
+    await asyncio.gather(*(calls(n // concurrency) for _ in range(concurrency)))
+    rss = resident_mib()
     slots = asyncio.Semaphore(concurrency)
 
     async def one() -> None:
@@ -42,7 +53,12 @@ async def ceiling(n: int, concurrency: int) -> tuple[float, float]:
         started = time.perf_counter()
         await C.adone()
         latencies.append(time.perf_counter() - started)
-    return rate, statistics.median(latencies)
+    return rate, statistics.median(latencies), rss
+
+
+def resident_mib() -> float:
+    with open("/proc/self/status") as status:
+        return int(status.read().split("VmRSS:")[1].split()[0]) / 1024
 
 
 def main() -> None:
@@ -50,10 +66,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=100)
     args = parser.parse_args()
-    rate, p50 = uvloop.run(ceiling(args.n, args.concurrency))
+    rate, p50, rss = uvloop.run(ceiling(args.n, args.concurrency))
     print(
         f"harness counter alone: {rate:,.0f} calls/s at concurrency {args.concurrency};"
-        f" one at a time, p50 {p50 * 1e6:.0f} us per call"
+        f" one at a time, p50 {p50 * 1e6:.0f} us per call; RSS after {args.n:,} calls"
+        f" {args.concurrency} at a time: {rss:.1f} MiB"
     )
 
 

@@ -4,9 +4,9 @@ Publishes N no-op tasks, then runs one worker in this process and reports tasks/
 first to the last completion, and the process's RSS after the drain. ``--profile`` writes a
 cProfile summary of the drain; ``--py-spy`` a sampling profile of it (py-spy, which must be
 installed, attached to this process: no tracing overhead), as shares of the samples by
-function, own time and with callees. ``--broker redis`` uses Redis DB 14 under a key prefix of its
-own, deleted afterwards; ``--broker amqp`` a queue of its own on the local RabbitMQ's default
-vhost (deleted afterwards), with results in Redis DB 14 as above.
+function, own time and with callees. ``--broker redis`` uses Redis DB 14 under a key prefix
+of its own, deleted afterwards; ``--broker amqp`` a queue of its own on the local RabbitMQ's
+default vhost (deleted afterwards), with results in Redis DB 14 as above.
 
     .venv/bin/python bench/drain.py --n 20000 [--broker redis] [--profile FILE]
 """

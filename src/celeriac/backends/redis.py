@@ -423,7 +423,8 @@ class _Listener:
     def _peek(self, channel: bytes) -> None:
         """GET the key alongside its SUBSCRIBE: a result stored already (a caller who asks
         once the task is done) ends the wait a round trip sooner than the read after the
-        confirmation, which still closes the race for one stored in between."""
+        confirmation, which still closes the race for one stored in between. A waiter whose
+        result is not there yet pays one GET more, on the shared connection."""
         reading = self.backend.client.submit("GET", channel)
         if reading is not None:
             reading.add_done_callback(lambda done: self._peeked(channel, done))

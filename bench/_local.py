@@ -20,6 +20,12 @@ def own_prefix(kind: str) -> str:
     return f"celeriac-{kind}-{uuid.uuid4().hex}:"
 
 
+def resident_mib() -> float:
+    """This process's resident memory (Linux ``/proc``), in MiB as the shared harness reports."""
+    with open("/proc/self/status") as status:
+        return int(status.read().split("VmRSS:")[1].split()[0]) / 1024
+
+
 def loop_factory() -> Any:
     """The worker command's loop: uvloop when installed."""
     try:

@@ -26,6 +26,7 @@ from pathlib import Path
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+from _local import resident_mib
 from bench import common as C  # the harness, beside the checkout
 
 
@@ -54,11 +55,6 @@ async def ceiling(n: int, concurrency: int) -> tuple[float, float, float]:
         await C.adone()
         latencies.append(time.perf_counter() - started)
     return rate, statistics.median(latencies), rss
-
-
-def resident_mib() -> float:
-    with open("/proc/self/status") as status:
-        return int(status.read().split("VmRSS:")[1].split()[0]) / 1024
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ from _local import (
     loop_factory,
     own_prefix,
     own_queue,
+    resident_mib,
 )
 
 from celeriac import Celery
@@ -210,14 +211,14 @@ def main() -> None:
                 delete_prefixed(backend_options["global_keyprefix"])
             if args.broker == "amqp":
                 asyncio.run(delete_amqp_queue(QUEUE))
-    rss = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) // 1024
+    rss = resident_mib()
     if args.profile:
         Path(args.profile).parent.mkdir(parents=True, exist_ok=True)
         Path(args.profile).write_text("".join(profile_text))
     print(
         f"drain on {args.broker}: {args.n} no-op tasks, concurrency {args.concurrency}:"
         f" {rate:,.0f} tasks/s, {cpu_per_task[0] * 1e6:.0f} us of CPU per task (this process,"
-        f" all threads); RSS after {rss} MiB"
+        f" all threads); RSS after {rss:.0f} MiB"
     )
 
 

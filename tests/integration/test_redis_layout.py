@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from celeriac import Celery
-from celeriac.backends.redis import RedisBackend
+from celeriac.backends.redis import RedisBackend, _Listener
 from celeriac.brokers.base import Envelope, PublishRequest, now
 from celeriac.brokers.redis import RedisBroker
 from services import REDIS_DB_BROKER, REDIS_DB_RESULTS, delete_prefixed, redis_url, require_redis
@@ -241,14 +241,31 @@ async def _subscribers(raw: aioredis.Redis, channel: str) -> bool:
     return bool(counts and counts[0][1])
 
 
-async def test_a_result_stored_already_is_read_with_the_subscribe(prefix: str) -> None:
+async def test_a_result_stored_already_is_read_with_the_subscribe(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A caller who asks once the task is done is answered by the GET sent alongside the
-    SUBSCRIBE, before the subscription is confirmed (and its key read again)."""
+    SUBSCRIBE, without waiting for the subscription's confirmation (and the read after it).
+
+    The confirmation is held back here: on a slow machine it can otherwise arrive, and be
+    read, in the same turn of the loop as the early GET's reply."""
     url = redis_url(REDIS_DB_RESULTS)
     backend = RedisBackend(url, options={"global_keyprefix": prefix})
+    warm, done = uuid.uuid4().hex, uuid.uuid4().hex
+    held: list[Any] = []
+    arrived = asyncio.Event()
+    pushed = _Listener._pushed
+
+    def holding_back(listener: _Listener, reply: Any) -> None:
+        if reply[0] == b"subscribe" and reply[1] == backend.key(done).encode():
+            held.append(reply)
+            arrived.set()
+        else:
+            pushed(listener, reply)
+
+    monkeypatch.setattr(_Listener, "_pushed", holding_back)
     await backend.connect()
     try:
-        warm, done = uuid.uuid4().hex, uuid.uuid4().hex
         for task_id in (warm, done):
             await backend.store(task_id, {"status": "SUCCESS", "result": task_id}, expires=60)
         await backend.wait(warm, timeout=WAIT)  # opens the subscription connection
@@ -256,6 +273,16 @@ async def test_a_result_stored_already_is_read_with_the_subscribe(prefix: str) -
         assert record["result"] == done
         listener = backend._listener
         assert listener is not None
-        assert backend.key(done).encode() not in listener._confirmed
+        channel = backend.key(done).encode()
+        assert channel not in listener._confirmed
+        async with asyncio.timeout(WAIT):
+            await arrived.wait()
+        pushed(listener, held[0])  # late, it reads the key again and delivers nothing twice
+
+        async def confirmed() -> bool:
+            return channel in listener._confirmed
+
+        await until(confirmed)
+        assert (await backend.wait(done, timeout=WAIT))["result"] == done
     finally:
         await backend.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -24,6 +26,28 @@ def resident_mib() -> float:
     """This process's resident memory (Linux ``/proc``), in MiB as the shared harness reports."""
     with open("/proc/self/status") as status:
         return int(status.read().split("VmRSS:")[1].split()[0]) / 1024
+
+
+class Completions:
+    """Counts ``n`` completions and times the first to the last: a drain's rate, which
+    leaves out the start-up before the first."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.count = 0
+        self.first = self.last = 0.0
+        self.done = asyncio.Event()
+
+    def mark(self) -> None:
+        self.count += 1
+        self.last = time.perf_counter()
+        if self.count == 1:
+            self.first = self.last
+        if self.count == self.n:
+            self.done.set()
+
+    def rate(self) -> float:
+        return (self.n - 1) / (self.last - self.first)
 
 
 def loop_factory() -> Any:

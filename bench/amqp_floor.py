@@ -32,7 +32,7 @@ import statistics
 import time
 
 import aiormq
-from _local import AMQP_URL, delete_amqp_queue, loop_factory, own_queue
+from _local import AMQP_URL, Completions, delete_amqp_queue, loop_factory, own_queue
 
 from celeriac.brokers.amqp import to_properties
 from celeriac.protocol import build_task_message
@@ -64,24 +64,16 @@ async def confirm_latency(channel: aiormq.abc.AbstractChannel, queue: str, n: in
 
 
 async def consume(channel: aiormq.abc.AbstractChannel, queue: str, n: int) -> float:
-    done = asyncio.Event()
-    count = 0
-    first = last = 0.0
+    completions = Completions(n)
 
     async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
-        nonlocal count, first, last
         await channel.basic_ack(message.delivery_tag)  # type: ignore[arg-type]
-        count += 1
-        last = time.perf_counter()
-        if count == 1:
-            first = last
-        if count == n:
-            done.set()
+        completions.mark()
 
     await channel.basic_qos(prefetch_count=400)
     await channel.basic_consume(queue, on_message)
-    await asyncio.wait_for(done.wait(), 300)
-    return (n - 1) / (last - first)
+    await asyncio.wait_for(completions.done.wait(), 300)
+    return completions.rate()
 
 
 async def main(n: int) -> None:

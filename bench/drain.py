@@ -31,6 +31,7 @@ from typing import Any
 from _local import (
     AMQP_URL,
     REDIS_URL,
+    Completions,
     delete_amqp_queue,
     delete_prefixed,
     loop_factory,
@@ -61,21 +62,13 @@ async def drain(
     app.conf.broker_transport_options = options
     app.conf.result_backend_transport_options = backend_options
     app.conf.task_default_queue = QUEUE
-    done = asyncio.Event()
-    finished = 0
-    first = last = 0.0
+    completions = Completions(n)
 
     @app.task(name="drain.noop")
     async def noop() -> None:
-        nonlocal finished, first, last
         if counter is not None:
             await counter()
-        finished += 1
-        last = time.perf_counter()
-        if finished == 1:
-            first = last
-        if finished == n:
-            done.set()
+        completions.mark()
 
     async with app.setup():
         for _ in range(n):
@@ -88,7 +81,7 @@ async def drain(
     sampler = start_py_spy(py_spy) if py_spy else None
     cpu_before = time.process_time()
     running = asyncio.get_running_loop().create_task(worker.run())
-    await asyncio.wait_for(done.wait(), 300)
+    await asyncio.wait_for(completions.done.wait(), 300)
     cpu_per_task.append((time.process_time() - cpu_before) / n)
     if sampler is not None:
         sampler.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
@@ -100,7 +93,7 @@ async def drain(
         profile_text.append(out.getvalue())
     worker.stop()
     await running
-    return (n - 1) / (last - first)
+    return completions.rate()
 
 
 def start_py_spy(raw: str) -> subprocess.Popen[bytes]:

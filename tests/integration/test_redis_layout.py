@@ -254,7 +254,12 @@ async def test_a_result_stored_already_is_read_with_the_subscribe(
     warm, done = uuid.uuid4().hex, uuid.uuid4().hex
     held: list[Any] = []
     arrived = asyncio.Event()
-    pushed = _Listener._pushed
+    pushed, deliver = _Listener._pushed, _Listener._deliver
+    delivered: list[bytes] = []
+
+    def counting(listener: _Listener, channel: bytes, data: bytes) -> None:
+        delivered.append(channel)
+        deliver(listener, channel, data)
 
     def holding_back(listener: _Listener, reply: Any) -> None:
         if reply[0] == b"subscribe" and reply[1] == backend.key(done).encode():
@@ -264,6 +269,7 @@ async def test_a_result_stored_already_is_read_with_the_subscribe(
             pushed(listener, reply)
 
     monkeypatch.setattr(_Listener, "_pushed", holding_back)
+    monkeypatch.setattr(_Listener, "_deliver", counting)
     await backend.connect()
     try:
         for task_id in (warm, done):
@@ -277,12 +283,13 @@ async def test_a_result_stored_already_is_read_with_the_subscribe(
         assert channel not in listener._confirmed
         async with asyncio.timeout(WAIT):
             await arrived.wait()
-        pushed(listener, held[0])  # late, it reads the key again and delivers nothing twice
+        pushed(listener, held[0])  # late, it reads the key again
 
         async def confirmed() -> bool:
             return channel in listener._confirmed
 
         await until(confirmed)
+        assert delivered.count(channel) == 1  # the late read delivered nothing twice
         assert (await backend.wait(done, timeout=WAIT))["result"] == done
     finally:
         await backend.close()

@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -47,10 +47,13 @@ class Worker:
         shutdown_timeout: float | None = None,
         max_tasks: int | None = None,
         max_memory_kib: int | None = None,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         """``max_tasks`` / ``max_memory_kib``: stop gracefully after that many tasks, or once
         the process's resident memory passes that many KiB (a pool's supervisor then starts
-        a fresh process: ``worker_max_tasks_per_child`` / ``worker_max_memory_per_child``)."""
+        a fresh process: ``worker_max_tasks_per_child`` / ``worker_max_memory_per_child``).
+        ``on_ready``: called once the consumer runs (a pool's process tells its supervisor
+        that a later death is a crash to restart from, not a failure to start)."""
         conf = app.conf
         self.app = app
         self.queues = list(queues or [conf.task_default_queue])
@@ -67,6 +70,7 @@ class Worker:
         self._stopping: asyncio.Event | None = None
         self.max_tasks = max_tasks
         self.max_memory_kib = max_memory_kib
+        self.on_ready = on_ready
         self._signals = 0
         self._failure: BaseException | None = None
         self.processed = 0
@@ -100,6 +104,8 @@ class Worker:
             self.concurrency,
             redacted(conn.broker.url),
         )
+        if self.on_ready is not None:
+            self.on_ready()
         try:
             await self._stopping.wait()
         finally:

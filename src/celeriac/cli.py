@@ -93,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
         help="a pool of worker processes (repeat for several); overrides worker_pools",
     )
     worker.add_argument("--child", help=argparse.SUPPRESS)  # set by the supervisor
+    # Set by the supervisor: the pipe its child reports on once it consumes.
+    worker.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
     result = commands.add_parser("result", parents=[level], help="show a task's state/result")
     result.add_argument("task_id")
@@ -231,7 +233,9 @@ async def _run_everything(app: Celery, args: argparse.Namespace) -> int:
     if args.reload:
         web.append("--reload")
     worker_args = ["-l", level]
-    children = [Child("web", tuple(web)), *worker_children(args.app, pools, worker_args)]
+    # uvicorn cannot report on a ready pipe: the supervisor judges its start by time instead.
+    web_child = Child("web", tuple(web), reports_ready=False)
+    children = [web_child, *worker_children(args.app, pools, worker_args)]
     summary = f"web {args.asgi} on http://{args.host}:{args.port}; workers: {describe(pools)}"
     return await Supervisor(children, summary).run()
 
@@ -257,6 +261,11 @@ async def _one_worker(app: Celery, args: argparse.Namespace, queues: list[str]) 
     hostname = args.hostname
     if child is not None:
         hostname = f"{child}@{socket.gethostname()}"
+    on_ready = None
+    if args.ready_fd is not None:
+        from celeriac.worker.supervisor import ready_reporter
+
+        on_ready = ready_reporter(args.ready_fd)
     conf = app.conf
     worker = Worker(
         app,
@@ -268,6 +277,7 @@ async def _one_worker(app: Celery, args: argparse.Namespace, queues: list[str]) 
         shutdown_timeout=args.shutdown_timeout,
         max_tasks=conf.worker_max_tasks_per_child if child else None,
         max_memory_kib=conf.worker_max_memory_per_child if child else None,
+        on_ready=on_ready,
     )
     if child is not None:
         asyncio.get_running_loop().create_task(_stop_with_parent(worker))
@@ -358,12 +368,18 @@ async def _status(app: Celery, args: argparse.Namespace) -> int:
     if not sizes:
         print("queues: none with messages")
     for queue, size in sorted(sizes.items()):
-        print(f"  {queue}: {size}")
+        print(f"  {_printable(queue)}: {size}")
     print(f"dead letters: {dead}")
     for letter in recent:
         name = letter.envelope.headers.get("task", "?")
-        print(f"  [{letter.queue}] {name}: {letter.reason}")
+        print(f"  [{_printable(letter.queue)}] {_printable(name)}: {_printable(letter.reason)}")
     return 0
+
+
+def _printable(value: object) -> str:
+    """Text as stdout can take it: a dead letter may name bytes that are not UTF-8 (held as
+    lone surrogates), which print() would refuse; they show as escapes instead."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 async def _stop_with_parent(worker: Any) -> None:

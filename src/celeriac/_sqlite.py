@@ -13,6 +13,11 @@ that gap for an fsync per commit, which a task queue on one machine rarely wants
 
 Every statement runs on the instance's own single-thread executor, so the event loop never
 blocks on the disk, and statements that belong together run as one job in one transaction.
+
+Permissions: the file holds task arguments and results, so a file this module creates is
+owner-only (0600) whatever the umask, and SQLite gives its ``-wal``, ``-shm`` and
+``-journal`` files the database file's mode. A file that already exists keeps its mode (its
+owner may have opened it to a group on purpose), and so does an existing directory.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
 import sqlite3
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, partial
 from typing import Any, ClassVar, Generic, TypeVar
@@ -33,6 +39,7 @@ from celeriac.brokers.base import Envelope
 from celeriac.errors import BrokerError, ConfigurationError
 
 T = TypeVar("T")
+P = TypeVar("P")
 
 #: The default database, relative to the working directory.
 DEFAULT_URL = "sqlite:///celeriac.db"
@@ -86,6 +93,8 @@ CREATE INDEX IF NOT EXISTS celeriac_events_expiry
 """
 
 _OPEN_ATTEMPTS = 5
+#: The mode of a database file this module creates: it holds task arguments and results.
+FILE_MODE = 0o600
 _HEADER_SIZE = struct.Struct(">I")
 _HEADER_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
@@ -157,6 +166,46 @@ class Database:
             return result
 
         return await self.run(job_then_notify)
+
+    async def transaction_in_parts(
+        self,
+        write: Callable[[sqlite3.Connection, P], None],
+        parts: Iterable[P],
+        *,
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        """Run ``write(conn, part)`` for each of ``parts`` in ONE transaction, then ``then()``.
+
+        The parts are made on the event loop (pausing between two, so other work goes on)
+        while the database thread writes the ones before: making and writing overlap, as
+        they would in one transaction per part, yet everything commits or nothing does. An
+        error while making a part, or a cancellation, rolls the whole transaction back.
+        """
+        pending: queue.SimpleQueue[P | _End] = queue.SimpleQueue()
+
+        def write_parts(conn: sqlite3.Connection) -> None:
+            while not isinstance(part := pending.get(), _End):
+                write(conn, part)
+            if not part.complete:
+                raise _Abandoned()
+
+        writing = asyncio.ensure_future(self.transaction(write_parts, then=then))
+        complete = False
+        try:
+            for part in parts:
+                pending.put(part)
+                if writing.done():
+                    break  # it failed: the error is raised below
+                await asyncio.sleep(0)
+            else:
+                complete = True
+        finally:
+            # Always sent, even on an error or a cancellation: the database thread waits
+            # for it, and a transaction not complete is rolled back.
+            pending.put(_End(complete))
+            if not complete:
+                writing.add_done_callback(_retrieve)
+        await writing
 
     def write(self, batch: WriteBatch[T], item: T) -> Awaitable[None]:
         """Add ``item`` to the file's next round of batched writes (at once, not when
@@ -234,6 +283,7 @@ class _Shared:
         try:
             directory = os.path.dirname(self.path)
             os.makedirs(directory, exist_ok=True)
+            create_private(self.path)
             conn = sqlite3.connect(
                 self.path,
                 timeout=self.busy_timeout,
@@ -351,6 +401,39 @@ class _Shared:
             conn.close()
 
 
+class _End:
+    """The last item of a transaction in parts; ``complete`` is False when it is abandoned."""
+
+    def __init__(self, complete: bool) -> None:
+        self.complete = complete
+
+
+class _Abandoned(Exception):
+    """Rolls back a transaction in parts whose maker failed (its own error is raised)."""
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()  # an abandoned transaction's _Abandoned: nobody awaits it
+
+
+def create_private(path: str) -> None:
+    """Create an empty database file at ``path``, mode :data:`FILE_MODE`, unless one exists.
+
+    SQLite would create it with 0644 under the usual umask: readable by every local user.
+    An existing file is left as it is, whatever its mode.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        return  # another process may have created it this instant: it made it private
+    try:
+        if hasattr(os, "fchmod"):  # the umask may have taken more than group and others
+            os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+
+
 def _commit_round(writes: dict[WriteBatch[Any], list[Any]], conn: sqlite3.Connection) -> None:
     """One transaction for every batch's items, then each batch's ``then`` (after commit)."""
 
@@ -421,10 +504,19 @@ def encode_envelope(envelope: Envelope) -> bytes:
 
 
 def decode_envelope(blob: bytes) -> Envelope:
-    """The inverse of :func:`encode_envelope`."""
+    """The inverse of :func:`encode_envelope`; raises (ValueError, mostly) on bytes it did
+    not make, so that a row written by hand never yields an envelope of the wrong types."""
     (size,) = _HEADER_SIZE.unpack_from(blob)
     start = _HEADER_SIZE.size
+    if start + size > len(blob):
+        raise ValueError(f"its header claims {size} bytes, past the end of {len(blob)}")
     header = json.loads(blob[start : start + size])
+    if not isinstance(header, dict):
+        raise ValueError(f"its header is a JSON {type(header).__name__}, not an object")
+    for name, kind in _HEADER_FIELDS:
+        if not isinstance(header.get(name), kind):
+            found = type(header.get(name)).__name__
+            raise ValueError(f"its {name} is a {found}, not a {kind.__name__}")
     return Envelope(
         bytes(blob[start + size :]),
         header["content_type"],
@@ -432,6 +524,15 @@ def decode_envelope(blob: bytes) -> Envelope:
         header["headers"],
         header["properties"],
     )
+
+
+#: What :func:`encode_envelope` writes in the header, and of which type.
+_HEADER_FIELDS: tuple[tuple[str, type], ...] = (
+    ("content_type", str),
+    ("content_encoding", str),
+    ("headers", dict),
+    ("properties", dict),
+)
 
 
 class WriteBatch(Generic[T]):

@@ -392,8 +392,9 @@ class Celery:
         queue, priority, eta = plan.queue, plan.priority, plan.visible_at
         loop = asyncio.get_running_loop()
         publishes: list[tuple[asyncio.Task[None], range]] = []
+        step = max(len(envelopes), 1) if conn.broker.whole_batches else SEND_MANY_CHUNK
         try:
-            for start in range(0, len(envelopes), SEND_MANY_CHUNK):
+            for start in range(0, len(envelopes), step):
                 if len(publishes) >= 2:
                     # One chunk in flight: the broker stores it while the next is encoded
                     # and written, so a batch costs the larger of the two, not their sum.
@@ -401,7 +402,7 @@ class Celery:
                     await asyncio.wait([before])
                     if before.exception() is not None:
                         break
-                span = range(start, min(start + SEND_MANY_CHUNK, len(envelopes)))
+                span = range(start, min(start + step, len(envelopes)))
                 with sending.collector_paused():
                     chunk = [PublishRequest(queue, envelopes[i], priority, eta) for i in span]
                 publishes.append((loop.create_task(conn.broker.publish_many(chunk)), span))

@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -24,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from celeriac import _wakeup
-from celeriac._sqlite import _Shared, path_from_url
+from celeriac import Celery, _wakeup
+from celeriac._sqlite import Database, _Shared, encode_envelope, path_from_url
 from celeriac.backends.sqlite import SQLiteBackend
 from celeriac.brokers.base import Broker, Delivery, Envelope
 from celeriac.brokers.sqlite import SQLiteBroker, pid_space, process_alive, process_identity
@@ -420,3 +421,199 @@ def test_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("sqlite://", "sqlite:///", "sqlite://host/q.db", "redis://x"):
         with pytest.raises(ConfigurationError):
             path_from_url(bad)
+
+
+# -- permissions -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def modes(path: Path) -> dict[str, int]:
+    """The permission bits of the database and of its WAL and shared-memory files."""
+    return {
+        suffix: stat.S_IMODE(os.stat(f"{path}{suffix}").st_mode) for suffix in ("", "-wal", "-shm")
+    }
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o277], ids=["022", "002", "277"])
+async def test_new_database_files_are_owner_only(tmp_path: Path, queue: str, mask: int) -> None:
+    """They hold task arguments and results: 0600 whatever the umask (even one that would
+    leave the owner unable to write)."""
+    path = tmp_path / "private.db"
+    url = f"sqlite:///{path}"
+    broker, backend = SQLiteBroker(url), SQLiteBackend(url)
+    with umask(mask):
+        await broker.connect()
+        await backend.connect()
+    try:
+        await broker.publish(queue, envelope("secret arguments"))
+        await backend.store("t", {"status": "SUCCESS", "result": "secret"}, expires=None)
+        assert modes(path) == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
+    finally:
+        await broker.close()
+        await backend.close()
+
+
+async def test_an_existing_database_keeps_its_mode(tmp_path: Path, queue: str) -> None:
+    """A file the user opened to a group on purpose stays so, and SQLite gives its WAL and
+    shared-memory files the same mode."""
+    path = tmp_path / "shared.db"
+    sqlite3.connect(path).close()
+    os.chmod(path, 0o640)
+    broker = SQLiteBroker(f"sqlite:///{path}")
+    with umask(0o022):
+        await broker.connect()
+    try:
+        await broker.publish(queue, envelope("x"))
+        assert modes(path) == {"": 0o640, "-wal": 0o640, "-shm": 0o640}
+    finally:
+        await broker.close()
+
+
+# -- batches -----------------------------------------------------------------------------
+
+BATCH = 20_000
+MIDDLE = 10_500  # the id of a message in the middle of the batch (ids start at 1)
+
+
+async def _prepared(url: str) -> Path:
+    """An empty database with the broker's tables."""
+    broker = SQLiteBroker(url)
+    await broker.connect()
+    await broker.close()
+    return Path(path_from_url(url))
+
+
+def _messages(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        (count,) = conn.execute("SELECT COUNT(*) FROM celeriac_messages").fetchone()
+        return int(count)
+
+
+async def test_a_batch_that_fails_midway_queues_nothing(url: str) -> None:
+    path = await _prepared(url)
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "CREATE TRIGGER fail_mid_batch AFTER INSERT ON celeriac_messages"
+            f" WHEN NEW.id = {MIDDLE} BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        )
+    app = Celery("batch", broker=url, backend="memory://")
+    async with app.setup():
+        with pytest.raises(BrokerError, match="injected failure") as raised:
+            await app.send_many("batch.noop", [(i,) for i in range(BATCH)])
+    assert f"queued 0 of these {BATCH} tasks" in "".join(raised.value.__notes__)
+    assert _messages(path) == 0
+
+
+STALLING_PRODUCER = """
+import sqlite3
+from celeriac import Celery
+connect = sqlite3.connect
+def stalling_connect(*args, **kwargs):
+    conn = connect(*args, **kwargs)
+    def stall():  # called by the test's trigger, on the database thread, mid-batch
+        say("stalled")
+        time.sleep(60)
+    conn.create_function("stall", 0, stall)
+    return conn
+sqlite3.connect = stalling_connect
+app = Celery("producer", broker=URL, backend="memory://")
+async def main():
+    async with app.setup():
+        await app.send_many("batch.noop", [(i,) for i in range(OPTIONS["batch"])])
+    say("sent")
+asyncio.run(main())
+"""
+
+
+async def test_a_producer_killed_mid_batch_queues_nothing(url: str, queue: str) -> None:
+    path = await _prepared(url)
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "CREATE TRIGGER stall_mid_batch AFTER INSERT ON celeriac_messages"
+            f" WHEN NEW.id = {MIDDLE} BEGIN SELECT stall(); END"
+        )
+    async with script(STALLING_PRODUCER, url, queue, {"batch": BATCH}) as proc:
+        assert await line(proc) == "stalled"
+        proc.kill()
+        await proc.wait()
+    assert _messages(path) == 0
+
+
+async def test_an_abandoned_transaction_in_parts_rolls_back(url: str) -> None:
+    """Making a part fails, or the maker is cancelled: nothing is written, and the
+    database thread is free for the next job."""
+    db = Database(path_from_url(url))
+    await db.open()
+
+    def insert(conn: sqlite3.Connection, part: list[int]) -> None:
+        conn.executemany(
+            "INSERT INTO celeriac_results (task_id, data, ready) VALUES (?, x'', 1)",
+            [(str(n),) for n in part],
+        )
+
+    def failing_parts() -> Iterator[list[int]]:
+        yield [1, 2]
+        yield [3, 4]
+        raise ValueError("cannot make the third part")
+
+    def cancelled_parts() -> Iterator[list[int]]:
+        yield [5, 6]
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        yield [7, 8]
+
+    def count(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT COUNT(*) FROM celeriac_results").fetchone()[0])
+
+    try:
+        with pytest.raises(ValueError, match="third part"):
+            await db.transaction_in_parts(insert, failing_parts())
+        assert await asyncio.wait_for(db.run(count), WAIT) == 0
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.create_task(db.transaction_in_parts(insert, cancelled_parts()))
+        assert await asyncio.wait_for(db.run(count), WAIT) == 0
+        await db.transaction_in_parts(insert, iter([[9], [10, 11]]))
+        assert await db.run(count) == 3
+    finally:
+        await db.close()
+
+
+async def test_a_consumer_rides_out_a_write_lock_held_past_its_busy_timeout(
+    url: str, queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A long batch holds the file's write lock: a claim that times out waiting for it is
+    retried, and the consumer gets the batch once it commits."""
+    broker = SQLiteBroker(url, options={"busy_timeout": 0.1, "poll_interval": 0.1})
+    await broker.connect()
+    try:
+        async with consuming(broker, queue) as it:
+            await broker.publish(queue, envelope("first"))
+            await broker.ack(await asyncio.wait_for(anext(it), WAIT))  # consuming from here
+            waiting = asyncio.ensure_future(anext(it))
+            with contextlib.closing(sqlite3.connect(path_from_url(url))) as other:
+                other.execute("BEGIN IMMEDIATE")  # the batch of another producer, in progress
+                other.execute(
+                    "INSERT INTO celeriac_messages (queue, priority, visible_at, envelope)"
+                    " VALUES (?, 0, 0, ?)",
+                    (queue, encode_envelope(envelope("batched"))),
+                )
+                deadline = time.monotonic() + WAIT
+                while "claiming from queue(s)" not in caplog.text:
+                    assert time.monotonic() < deadline, "no claim timed out"
+                    assert not waiting.done(), waiting
+                    await asyncio.sleep(0.02)  # polling the log, with a deadline
+                other.execute("COMMIT")
+            delivery = await asyncio.wait_for(waiting, WAIT)
+            assert delivery.envelope.body == b"batched"
+            await broker.ack(delivery)
+    finally:
+        await broker.close()

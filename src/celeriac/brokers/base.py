@@ -90,6 +90,10 @@ class Broker(ABC):
     #: shared with Celery (Redis) pushes it at once instead, as Celery does: the ETA is in
     #: its headers, and the worker that receives it early ``defer``s it.
     hides_eta: bool = True
+    #: Whether ``send_many`` hands :meth:`publish_many` a whole batch in one call rather
+    #: than in chunks: a transport that stores one call in one transaction (SQLite) then
+    #: queues a batch all or nothing.
+    whole_batches: bool = False
 
     def __init__(
         self,

@@ -15,6 +15,14 @@ stored with the pid, and so is the pid namespace, since containers may share a h
 The messages of a dead holder go back to their queue, marked redelivered. A broker that
 closes cleanly gives back what it holds itself.
 
+Poison rows. Another program can write anything into the table: a row that does not read
+as a message (an envelope that does not decode, a column of the wrong type) is moved to the
+dead letters, with the reason and its envelope's raw bytes, by the consumer that claims it,
+which goes on with the rest; ``dead_letters()`` shows such a letter's raw bytes as its body.
+
+Batches. ``publish_many`` stores all its messages in one transaction, and ``send_many``
+hands it a whole batch (``whole_batches``): a producer killed mid-batch queues none of it.
+
 Wake-ups. Every change that makes a message visible (publish, requeue, defer, release)
 notifies the ``tasks`` channel of :mod:`celeriac._wakeup` after its commit; an idle consumer
 sleeps until a wake-up, the earliest future ``visible_at`` among its queues, or the
@@ -32,6 +40,7 @@ import socket
 import sqlite3
 from collections import deque
 from collections.abc import AsyncGenerator, Coroutine, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 from celeriac._sqlite import (
@@ -46,9 +55,12 @@ from celeriac._sqlite import (
 )
 from celeriac._wakeup import Listener, Notifier, channel_directory, wait_for_signal
 from celeriac.brokers.base import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
     Broker,
     DeadLetter,
     Delivery,
+    Envelope,
     PrefetchWindow,
     PrefetchWindows,
     PublishRequest,
@@ -62,18 +74,43 @@ log = logging.getLogger(__name__)
 _HOSTNAME = socket.gethostname()
 _EPSILON = 0.001  # sleep just past an eta, so the claim after it finds the message visible
 
-_CLAIM = """
+#: Messages per part of a batch's transaction: the loop encodes one part while the database
+#: thread inserts the one before.
+_ROWS_PER_PART = 1000
+_INSERT = (
+    "INSERT INTO celeriac_messages (queue, priority, visible_at, envelope) VALUES (?, ?, ?, ?)"
+)
+
+
+def _fetchable(column: str) -> str:
+    """``column`` as SQLite can always hand it over: text comes back as its raw bytes, since
+    text that is not UTF-8 (a row written by hand) would fail the fetch of every row."""
+    return f"CASE typeof({column}) WHEN 'text' THEN CAST({column} AS BLOB) ELSE {column} END"
+
+
+# A visible_at that is not a number (written by hand) never compares as due: such a row is
+# claimed at once, and goes to the dead letters, rather than sit in the queue forever.
+_CLAIM = f"""
 UPDATE celeriac_messages SET holder = ?
 WHERE id IN (
     SELECT id FROM celeriac_messages
-    WHERE holder IS NULL AND queue IN ({marks}) AND visible_at <= ?
+    WHERE holder IS NULL AND queue IN ({{marks}})
+    AND (visible_at <= ? OR typeof(visible_at) NOT IN ('real', 'integer'))
     ORDER BY priority DESC, id LIMIT ?
 )
-RETURNING id, queue, priority, envelope, redelivered
+RETURNING id, queue, {_fetchable("priority")}, {_fetchable("envelope")},
+    {_fetchable("redelivered")}, {_fetchable("visible_at")}
 """
 _NEXT_ETA = """
 SELECT MIN(visible_at) FROM celeriac_messages
 WHERE holder IS NULL AND queue IN ({marks}) AND visible_at > ?
+AND typeof(visible_at) IN ('real', 'integer')
+"""
+# In SQL, so that the envelope's bytes are kept exactly as they are, whatever their type.
+_BURY_POISON = """
+INSERT INTO celeriac_dead_letters (queue, envelope, reason, died_at)
+SELECT queue, CAST(IFNULL(envelope, x'') AS BLOB), ?, ? FROM celeriac_messages
+WHERE id = ? AND holder = ?
 """
 _RELEASE_ORPHANS = """
 UPDATE celeriac_messages SET holder = NULL, redelivered = 1
@@ -153,6 +190,7 @@ class SQLiteBroker(Broker):
     """
 
     schemes = ("sqlite",)
+    whole_batches = True  # publish_many is one transaction: a batch is all or nothing
 
     def __init__(self, url: str, **settings: Any) -> None:  # settings: see Broker
         super().__init__(url, **settings)
@@ -211,19 +249,17 @@ class SQLiteBroker(Broker):
     # -- producing -------------------------------------------------------------------------
 
     async def _publish(self, requests: Sequence[PublishRequest]) -> None:
-        rows = [
-            (r.queue, r.priority, r.eta if r.eta is not None else 0.0, encode_envelope(r.envelope))
-            for r in requests
-        ]
-
-        def insert(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "INSERT INTO celeriac_messages (queue, priority, visible_at, envelope)"
-                " VALUES (?, ?, ?, ?)",
-                rows,
-            )
-
-        await self._db.transaction(insert, then=self._notifier.notify)
+        """One transaction for all of ``requests``; a big batch is encoded part by part
+        while the parts before are inserted."""
+        if len(requests) <= _ROWS_PER_PART:
+            rows = _rows(requests)
+            await self._db.transaction(lambda conn: _insert(conn, rows), then=self._notifier.notify)
+            return
+        parts = (
+            _rows(requests[start : start + _ROWS_PER_PART])
+            for start in range(0, len(requests), _ROWS_PER_PART)
+        )
+        await self._db.transaction_in_parts(_insert, parts, then=self._notifier.notify)
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -245,7 +281,20 @@ class SQLiteBroker(Broker):
                 window.signal.clear()
                 timeout = None
                 if window.room > 0:
-                    claimed, next_eta = await self._claim(names, window.room)
+                    try:
+                        claimed, next_eta = await self._claim(names, window.room)
+                    except BrokerError as exc:
+                        if self._closed:
+                            break
+                        # The file is busy (a long batch holds its write lock) or failing:
+                        # the consumer rides it out, as every transport does an outage.
+                        log.warning(
+                            "claiming from queue(s) %s failed, retrying in %g s: %s",
+                            ",".join(names),
+                            self.poll_interval,
+                            exc,
+                        )
+                        claimed, next_eta = [], None
                     self._windows.track(window, (d.tag for d in claimed))
                     buffered.extend(claimed)
                     if claimed:
@@ -289,12 +338,21 @@ class SQLiteBroker(Broker):
         claim_sql = _CLAIM.format(marks=marks(len(queues)))
         next_eta_sql = _NEXT_ETA.format(marks=marks(len(queues)))
 
+        def take(conn: sqlite3.Connection, at: float) -> tuple[int, list[Delivery]]:
+            rows = conn.execute(claim_sql, (self._holder, *queues, at, count)).fetchall()
+            return len(rows), self._deliveries(conn, rows)
+
         def claim(conn: sqlite3.Connection) -> tuple[list[Delivery], float | None]:
             at = now()
-            rows = conn.execute(claim_sql, (self._holder, *queues, at, count))
-            claimed = sorted(rows.fetchall(), key=lambda row: (-row[2], row[0]))
-            if claimed:
-                return [_delivery(row) for row in claimed], None
+            while True:
+                # One transaction with the burial of poison rows: if that fails, no row
+                # stays held.
+                taken, claimed = atomically(conn, partial(take, at=at))
+                if not taken:
+                    break
+                if claimed:  # else every row taken was poison, buried by now: take again
+                    claimed.sort(key=lambda d: (-d.priority, d.tag))
+                    return claimed, None
             (next_eta,) = conn.execute(next_eta_sql, (*queues, at)).fetchone()
             return [], next_eta
 
@@ -307,6 +365,35 @@ class SQLiteBroker(Broker):
             job.add_done_callback(self._give_back_claim)
             raise
         return result
+
+    def _deliveries(self, conn: sqlite3.Connection, rows: list[_Row]) -> list[Delivery]:
+        """The claimed rows as deliveries; the rows that are not messages are moved to the
+        dead letters (database thread, inside the claim's transaction)."""
+        deliveries: list[Delivery] = []
+        poison: list[tuple[int, str, str]] = []
+        for row in rows:
+            try:
+                deliveries.append(_delivery(row))
+            except Exception as exc:  # anything a hand-written row can throw: it is data
+                poison.append((row[0], row[1], f"unreadable message row: {_describe(exc)}"))
+        if poison:
+            self._bury_poison(conn, poison)
+        return deliveries
+
+    def _bury_poison(self, conn: sqlite3.Connection, poison: list[tuple[int, str, str]]) -> None:
+        at = now()
+        for tag, queue, reason in poison:
+            conn.execute(_BURY_POISON, (reason, at, tag, self._holder))
+            conn.execute(
+                "DELETE FROM celeriac_messages WHERE id = ? AND holder = ?", (tag, self._holder)
+            )
+            log.error(
+                "moved message row %d of queue %s to the dead letters, raw bytes kept (%s):"
+                " see them with `celeriac status`, and fix the program that wrote it",
+                tag,
+                queue,
+                reason,
+            )
 
     def _give_back_claim(self, job: asyncio.Task[tuple[list[Delivery], float | None]]) -> None:
         if job.cancelled() or job.exception() is not None or self._closed:
@@ -457,19 +544,25 @@ class SQLiteBroker(Broker):
 
     async def queue_sizes(self, queues: Sequence[str] = ()) -> dict[str, int]:
         def sizes(conn: sqlite3.Connection) -> dict[str, int]:
-            rows = conn.execute("SELECT queue, COUNT(*) FROM celeriac_messages GROUP BY queue")
-            return {queue: count for queue, count in rows}
+            rows = conn.execute(
+                f"SELECT {_fetchable('queue')}, COUNT(*) FROM celeriac_messages GROUP BY queue"
+            )
+            found: dict[str, int] = {}
+            for queue, count in rows:
+                name = _queue_name(queue)
+                found[name] = found.get(name, 0) + count
+            return found
 
         return await self._db.run(sizes)
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         def letters(conn: sqlite3.Connection) -> list[DeadLetter]:
             rows = conn.execute(
-                "SELECT queue, envelope, reason, died_at FROM celeriac_dead_letters"
+                "SELECT queue, CAST(envelope AS BLOB), reason, died_at FROM celeriac_dead_letters"
                 " ORDER BY id DESC LIMIT ?",
                 (max(limit, 0),),
             )
-            return [DeadLetter(q, decode_envelope(e), reason, at) for q, e, reason, at in rows]
+            return [DeadLetter(q, _letter_envelope(e), reason, at) for q, e, reason, at in rows]
 
         return await self._db.run(letters)
 
@@ -481,9 +574,57 @@ class SQLiteBroker(Broker):
         return await self._db.run(count)
 
 
-def _delivery(row: tuple[int, str, int, bytes, int]) -> Delivery:
-    tag, queue, priority, blob, redelivered = row
+#: A claimed row as :data:`_CLAIM` returns it: any column but the first two may hold any
+#: type when another program wrote the row.
+_Row = tuple[int, str, Any, Any, Any, Any]
+
+
+def _delivery(row: _Row) -> Delivery:
+    """Raises on a row that is not a message (see :meth:`SQLiteBroker._deliveries`)."""
+    tag, queue, priority, blob, redelivered, visible_at = row
+    if type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ValueError(
+            f"priority {priority!r:.40} is not an integer {MIN_PRIORITY}-{MAX_PRIORITY}"
+        )
+    if not isinstance(visible_at, int | float):
+        raise ValueError(f"visible_at {visible_at!r:.40} is not a number")
+    if not isinstance(blob, bytes):
+        found = "NULL" if blob is None else f"a {type(blob).__name__}"
+        raise ValueError(f"its envelope is {found}, not a blob")
     return Delivery(decode_envelope(blob), queue, tag, bool(redelivered), priority)
+
+
+def _queue_name(value: object) -> str:
+    """A queue name as stored; a row written by another program may name its queue with
+    bytes, or text that is not UTF-8 (no consumer takes it, but it is counted)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _describe(exc: Exception) -> str:
+    """A poison row's reason: its error, kept to one short line."""
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _letter_envelope(blob: bytes) -> Envelope:
+    """A dead letter's envelope; one that does not decode (a poison row's) is shown as its
+    raw bytes in the body, with empty headers, as the other transports show theirs."""
+    try:
+        return decode_envelope(blob)
+    except Exception:
+        return Envelope(bytes(blob), "", "")
+
+
+def _rows(requests: Sequence[PublishRequest]) -> list[tuple[str, int, float, bytes]]:
+    return [
+        (r.queue, r.priority, r.eta if r.eta is not None else 0.0, encode_envelope(r.envelope))
+        for r in requests
+    ]
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple[str, int, float, bytes]]) -> None:
+    conn.executemany(_INSERT, rows)
 
 
 def _release_dead(conn: sqlite3.Connection, dead: list[tuple[str, float]]) -> int:

@@ -12,6 +12,10 @@ and Redis answers in order, so replies are matched first in, first out. A blocki
 (BRPOP) or a subscription must not hold up everyone else: they get a connection of their own
 (:meth:`Client.connection`, :meth:`Client.subscriber`). Replies are parsed by hiredis.
 
+Text: replies are bytes; a ``str`` argument is sent as UTF-8, except that a lone surrogate
+from ``surrogateescape`` stands for the byte it was decoded from (see :func:`pack`), so
+callers can hold non-UTF-8 keys, fields and values as ``str`` and send them back unchanged.
+
 Errors: anything that means "Redis cannot be reached right now" (refused, reset, timed out,
 still loading its data) is an :class:`OSError`, and a command that may or may not have run
 when its connection dropped is never retried here: whether it is safe to send again is the
@@ -122,10 +126,22 @@ def _tls_context(url: str, query: dict[str, str]) -> ssl.SSLContext:
 
 def pack(args: Sequence[Arg]) -> bytes:
     """One command in RESP, the form Redis reads (hiredis writes it: in C, about three times
-    faster than building it in Python, and every task's result costs two commands)."""
-    # hiredis's stub types the argument as a 1-tuple; any length is accepted.
-    packed: bytes = hiredis.pack_command(tuple(args))  # type: ignore[arg-type]
+    faster than building it in Python, and every task's result costs two commands).
+
+    A ``str`` goes as UTF-8, and a lone surrogate in it as the byte ``surrogateescape``
+    made it from: bytes Redis handed out that are not UTF-8 (a hash field, a delivery tag),
+    decoded with ``surrogateescape``, go back exactly as they came.
+    """
+    try:
+        # hiredis's stub types the argument as a 1-tuple; any length is accepted.
+        packed: bytes = hiredis.pack_command(tuple(args))  # type: ignore[arg-type]
+    except UnicodeEncodeError:  # rare: only then is each argument looked at
+        packed = hiredis.pack_command(tuple(_escaped(arg) for arg in args))  # type: ignore[arg-type]
     return packed
+
+
+def _escaped(arg: Arg) -> Arg:
+    return arg.encode("utf-8", "surrogateescape") if isinstance(arg, str) else arg
 
 
 class _Protocol(asyncio.Protocol):

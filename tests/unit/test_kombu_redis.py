@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from celeriac.brokers import kombu_redis
 from celeriac.brokers.base import Envelope
@@ -22,6 +24,7 @@ from celeriac.brokers.kombu_redis import (
     celery_priority,
     consume_keys,
     decode,
+    delivery_tag,
     encode,
     list_key,
     priority_of,
@@ -290,6 +293,98 @@ def test_decode_errors(payload: str, message: str) -> None:
 
 def test_envelope_error_is_a_value_error() -> None:
     assert issubclass(EnvelopeError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        # A delivery tag that is not UTF-8 (claim.lua's cjson takes it; Python must not crash).
+        (b'{"body":"","headers":{},"properties":{"delivery_tag":"\xff"}}', "not UTF-8 \\(byte 54"),
+        # A kombu marker in the headers that does not decode (the serializer's ProtocolError).
+        (
+            b'{"body":"","content-type":"application/json","headers":{"x":{"__type__":'
+            b'"datetime","__value__":"yesterday"}},"properties":{}}',
+            "a type marker in its headers or properties does not decode: malformed 'datetime'",
+        ),
+        (b'{"body":"","headers":{},"properties":{"x":{"__type__":"uuid","__value__":7}}}', "uuid"),
+    ],
+)
+def test_decode_turns_the_reported_poison_into_envelope_errors(
+    payload: bytes, message: str
+) -> None:
+    with pytest.raises(EnvelopeError, match=message):
+        decode(payload, "t")
+
+
+_markers = st.fixed_dictionaries(
+    {
+        "__type__": st.sampled_from(
+            ["datetime", "date", "time", "decimal", "uuid", "bytes", "base64"]
+        ),
+        "__value__": st.none() | st.integers() | st.text(max_size=8) | st.just({"hex": "zz"}),
+    }
+)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8) | _markers,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+_envelopes = st.fixed_dictionaries(
+    {},
+    optional={
+        "body": _json,
+        "content-type": _json,
+        "content-encoding": _json,
+        "headers": _json,
+        "properties": st.dictionaries(
+            st.sampled_from(["delivery_tag", "priority", "body_encoding", "delivery_info", "x"]),
+            _json,
+            max_size=4,
+        ),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_envelopes)
+def test_decode_raises_only_envelope_error_on_any_json_envelope(raw: dict[str, Any]) -> None:
+    payload = json.dumps(raw)
+    try:
+        message = decode(payload, "t")
+    except EnvelopeError as exc:
+        assert str(exc), "an EnvelopeError without its reason"
+    else:
+        assert isinstance(message.envelope.body, bytes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(min_value=0, max_value=200))
+def test_decode_raises_only_envelope_error_on_any_bytes(noise: bytes, at: int) -> None:
+    valid = encode(plain_envelope(), "q", 0, "t").encode()
+    for payload in (noise, valid[:at] + noise + valid[at:]):
+        try:
+            message = decode(payload, "t")
+        except EnvelopeError as exc:
+            assert str(exc), "an EnvelopeError without its reason"
+        else:
+            assert isinstance(message.envelope.body, bytes)
+
+
+@pytest.mark.parametrize(
+    ("properties", "tag"),
+    [
+        ({"delivery_tag": "abc"}, "abc"),
+        ({"delivery_tag": "\udcff"}, "\udcff"),  # surrogateescape's: goes back as b"\xff"
+        ({"delivery_tag": "\ud800"}, None),  # no bytes stand for it: cannot be sent back
+        ({"delivery_tag": ""}, None),
+        ({"delivery_tag": 7}, None),
+        ({}, None),
+    ],
+)
+def test_delivery_tag_is_one_redis_can_be_sent_back(properties: dict[str, Any], tag: Any) -> None:
+    assert delivery_tag({"properties": properties}) == tag
 
 
 # -- restoring and holding ---------------------------------------------------------------------

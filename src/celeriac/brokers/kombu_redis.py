@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celeriac.brokers.base import MAX_PRIORITY, MIN_PRIORITY, Envelope
+from celeriac.errors import ProtocolError
 from celeriac.ids import uuid as new_tag
 from celeriac.serialization import json_text, json_value
 from celeriac.similar_json import Template, differing_keys
@@ -153,9 +154,33 @@ def _not_json(exc: Exception) -> TypeError:
 
 
 def decode(payload: str | bytes, tag: str) -> RedisMessage:
-    """Read a list element; ``tag`` is the one it is held under (the transport chose it)."""
+    """Read a list element; ``tag`` is the one it is held under (the transport chose it).
+
+    The one place where broker bytes become a message, so it is total: whatever Redis hands
+    over (bytes that are not UTF-8 or not JSON, wrong types anywhere, kombu type markers
+    that do not decode), it returns a message or raises :class:`EnvelopeError` with the
+    reason, never anything else. The transport dead-letters on that one exception.
+    """
+    try:
+        return _decode(payload, tag)
+    except EnvelopeError:
+        raise
+    except Exception as exc:  # a check below missed a case: still data, never a crash
+        raise EnvelopeError(f"unreadable envelope ({type(exc).__name__}: {exc})") from None
+
+
+def _decode(payload: str | bytes, tag: str) -> RedisMessage:
     try:
         raw = json_value(payload)
+    except UnicodeDecodeError as exc:
+        raise EnvelopeError(
+            f"not a JSON envelope: not UTF-8 (byte {exc.start}: {exc.reason})"
+        ) from None
+    except ProtocolError as exc:  # a kombu marker ({"__type__": ...}) that does not decode
+        detail = str(exc).removeprefix("body has a ")  # the serializer speaks of bodies
+        raise EnvelopeError(
+            f"a type marker in its headers or properties does not decode: {detail}"
+        ) from None
     except (ValueError, RecursionError) as exc:
         raise EnvelopeError(f"not a JSON envelope: {exc}") from None
     if not isinstance(raw, dict):
@@ -191,6 +216,21 @@ def decode(payload: str | bytes, tag: str) -> RedisMessage:
         properties=message_properties,
     )
     return RedisMessage(envelope, tag, priority, redelivered, raw)
+
+
+def delivery_tag(raw: dict[str, Any]) -> str | None:
+    """The envelope's ``properties.delivery_tag`` if the message can be held under it: a
+    non-empty string that can go back to Redis (a lone surrogate other than
+    ``surrogateescape``'s cannot, see :func:`celeriac._resp.pack`); else None."""
+    properties = raw.get("properties")
+    tag = properties.get("delivery_tag") if isinstance(properties, dict) else None
+    if not isinstance(tag, str) or not tag:
+        return None
+    try:
+        tag.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return None
+    return tag
 
 
 def redelivered(raw: dict[str, Any], tag: str) -> str:

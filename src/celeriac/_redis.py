@@ -61,9 +61,21 @@ def client_from_url(url: str, options: dict[str, Any]) -> Client:
     return Client(url, **kwargs)
 
 
+#: The first retry comes this soon after a failure; each later one twice as late, up to the cap.
+BACKOFF_START = 0.05
+BACKOFF_CAP = 5.0
+
+
 class Outage:
     """Backoff while Redis is unreachable, with one log line when it goes and one when it
-    comes back (not one per failed attempt)."""
+    comes back (not one per failed attempt).
+
+    Everything one component (the broker, say) does with Redis shares one ``Outage``: the
+    first failure logs, every failure waits and doubles the delay (from ``BACKOFF_START`` to
+    ``BACKOFF_CAP``, with jitter so that many workers do not retry in step), and only an
+    answer from Redis ends it: call :meth:`over` after a command succeeded, never after an
+    error was swallowed, or each retry would log a false recovery and reset the backoff.
+    """
 
     def __init__(self, url: str, what: str) -> None:
         self.url = redacted(url)
@@ -75,14 +87,19 @@ class Outage:
         if not self.down:
             self.down = True
             log.warning(
-                "%s: Redis at %s is unreachable (%s: %s); retrying with backoff",
+                "%s: Redis at %s is unreachable (%s: %s); retrying with backoff up to %g s",
                 self.what,
                 self.url,
                 type(exc).__name__,
                 exc,
+                BACKOFF_CAP,
             )
-        self._delay = min(max(self._delay * 2, 0.05), 2.0)
-        await asyncio.sleep(self._delay * random.uniform(0.75, 1.25))
+        await asyncio.sleep(self.next_delay())
+
+    def next_delay(self) -> float:
+        """How long to wait before the next attempt: twice the last delay, capped, jittered."""
+        self._delay = min(max(self._delay * 2, BACKOFF_START), BACKOFF_CAP)
+        return self._delay * random.uniform(0.75, 1.25)
 
     def over(self) -> None:
         if self.down:

@@ -22,8 +22,24 @@ the same queues. What celeriac does differently, and why:
 * **Sweeps are frequent and cheap.** Every consumer looks for due entries at most
   ``restore_interval`` seconds apart (sooner when the next one is due sooner), and restores
   each with one conditional script (``lua/settle.lua``), so racing sweepers never duplicate.
-* **Outages are ridden out.** Consumers, acks and sweeps retry with backoff until Redis is
-  back; a consumer never stops silently.
+* **Outages are ridden out.** Consumers, acks and sweeps retry with backoff (doubling up
+  to 5 s) until Redis is back, and the outage is logged once when it starts and once when
+  it ends; a consumer never stops silently.
+* **Poison is data, never a crash.** Whatever a list holds (bytes that are not UTF-8 or not
+  JSON, wrong types, kombu markers that do not decode, a delivery tag that is not text) is
+  read by one total function, :func:`kombu_redis.decode`, on both ways in (a claim and the
+  blocking pop); what it refuses goes to the ``celeriac.dead`` list with the reason, and the
+  consumer goes on. Sweeps move ``unacked`` entries they cannot restore there too.
+
+Bytes that are not UTF-8. Redis hands out bytes; tags, fields and keys are held as ``str``
+decoded with ``surrogateescape`` and sent back by ``_resp`` as the very same bytes, so a
+message held under a tag that is not UTF-8 can still be acked, restored or dead-lettered.
+A dead-letter record is a JSON object ``{"queue", "reason", "died_at", "envelope"}`` whose
+``envelope`` string holds the message's bytes exactly: ``claim.lua`` (cjson) writes bytes
+that are not UTF-8 raw inside the string, Python writes them as ``\\udcXX`` escapes (the
+surrogates of ``surrogateescape``, so its records are plain ASCII JSON). Either way a reader
+recovers the bytes one way: decode the record with ``surrogateescape``, parse it, and encode
+``envelope`` back with ``surrogateescape`` (:func:`_dead_letter` does so).
 
 Publishing with an ETA pushes the message at once, as Celery does: the ETA travels in its
 headers and the worker that receives it early parks it (``hides_eta`` is False).
@@ -309,10 +325,10 @@ class RedisBroker(Broker):
                         claimed = await self._shielded(self._pop(blocker, order, window.room - 1))
                         if claimed:
                             recording = claimed[0].recording
-                except UNREACHABLE as exc:
+                except UNREACHABLE as exc:  # the claim's or the blocking pop's
                     await self._outage.wait(exc)
                     continue
-                self._outage.over()
+                self._outage.over()  # Redis answered (a BRPOP timing out is an answer too)
                 self._windows.track(window, (held.tag for held in claimed))
                 buffered.extend(claimed)
         finally:
@@ -399,8 +415,9 @@ class RedisBroker(Broker):
             )
         claimed = []
         for i in range(1, len(reply), 3):
+            # A tag is any string the element held: kept as text that goes back byte for byte.
             held = _Held(
-                reply[i].decode(), reply[i + 1], queues[(int(reply[i + 2]) - 1) % len(queues)]
+                _text(reply[i]), reply[i + 1], queues[(int(reply[i + 2]) - 1) % len(queues)]
             )
             self._held[held.tag] = held
             claimed.append(held)
@@ -422,11 +439,9 @@ class RedisBroker(Broker):
             message = held.message or kombu.decode(held.payload, held.tag)
             held.message = None  # kept in _held until settled: no need for a second copy
         except kombu.EnvelopeError as exc:
-            log.error("moved a malformed message from %s to the dead letters: %s", held.queue, exc)
             self._windows.settle(held.tag)
             self._held.pop(held.tag, None)
-            text = held.payload.decode("utf-8", "replace")
-            record = _dead_record(held.queue, f"malformed message: {exc}", text)
+            record = _malformed(held.queue, held.payload, exc)
             await self._settle(held.tag, held.queue, record, push="LPUSH", destination=self._dead)
             return None
         return Delivery(
@@ -446,9 +461,13 @@ class RedisBroker(Broker):
             await _recorded(entry)
         pipe = self.client.pipeline()
         for entry in reversed(held):  # RPUSH: the first one given back is the next out
-            raw = entry.raw()
-            payload = kombu.redelivered(raw, entry.tag) if redelivered else entry.payload
-            key = self.prefix + kombu.list_key(entry.queue, kombu.priority_of(raw))
+            try:
+                raw = entry.raw()
+                payload = kombu.redelivered(raw, entry.tag) if redelivered else entry.payload
+                key = self.prefix + kombu.list_key(entry.queue, kombu.priority_of(raw))
+            except Exception:  # claimed, never read: back as it came, its reader dead-letters it
+                payload = entry.payload
+                key = self.prefix + kombu.list_key(entry.queue, kombu.priority_of({}))
             pipe.run_script(
                 self._scripts["settle"],
                 [self._unacked, self._index, key, self._deferred_key(entry.queue)],
@@ -507,7 +526,7 @@ class RedisBroker(Broker):
             return
         entry = self._held.pop(delivery.tag)
         await _recorded(entry)
-        record = _dead_record(delivery.queue, reason, entry.payload.decode("utf-8", "replace"))
+        record = _dead_record(delivery.queue, reason, entry.payload)
         await self._settle(
             delivery.tag, delivery.queue, record, push="LPUSH", destination=self._dead
         )
@@ -589,11 +608,14 @@ class RedisBroker(Broker):
                 raw, queue = _unacked_value(value)
                 payload = kombu.redelivered(raw, tag)
                 priority = kombu.priority_of(raw)
-            except ValueError as exc:
-                log.error("unreadable unacked entry %s moved to the dead letters: %s", tag, exc)
-                record = _dead_record(
-                    "", f"unreadable unacked entry: {exc}", value.decode("utf-8", "replace")
+            except Exception as exc:  # anything a peer left there: never stop the sweep
+                log.error(
+                    "moved unacked entry %r to the dead letters: it cannot be restored (%s);"
+                    " its bytes are kept in the record",
+                    tag,
+                    exc,
                 )
+                record = _dead_record("", f"unreadable unacked entry: {exc}", value)
                 pipe.run_script(
                     self._scripts["settle"],
                     [self._unacked, self._index, self._dead, self._deferred_key("")],
@@ -657,7 +679,7 @@ class RedisBroker(Broker):
         pattern = f"{self.prefix}{kombu.BINDING_PREFIX}*"
         async for key in self.client.scan_keys(pattern):
             for member in await self.client.execute("SMEMBERS", key):
-                parts = member.decode("utf-8", "replace").split(kombu.SEPARATOR)
+                parts = _text(member).split(kombu.SEPARATOR)
                 if len(parts) == 3 and parts[2]:
                     queues.add(parts[2])
         return queues
@@ -684,6 +706,13 @@ class _Blocker:
         self._popping: asyncio.Task[Any] | None = None
 
     async def pop(self, queues: list[str]) -> list[_Held]:
+        """BRPOP one message and hold it (its claim is the caller's, see ``_record``); a
+        message that cannot be read goes to the dead letters (it was never held).
+
+        An unreachable Redis raises, for the consumer to wait the outage out: swallowed
+        here, the consumer would take the empty answer for Redis answering, and log the
+        outage over and reset its backoff after every failed attempt.
+        """
         broker = self.broker
         self._popping = asyncio.current_task()
         keys = [broker.prefix + k for k in kombu.consume_keys(queues)]
@@ -702,30 +731,25 @@ class _Blocker:
                 )
             finally:
                 self._waiting = False
-            if popped is None:
-                return []
-        except UNREACHABLE as exc:
+        except UNREACHABLE:
             self._drop()
-            await broker._outage.wait(exc)
+            raise
+        if popped is None:
             return []
-        broker._outage.over()
         key, payload = _text(popped[0]), popped[1]
         queue = queues[keys.index(key) % len(queues)]
         try:
             message = kombu.decode(payload, "")
         except kombu.EnvelopeError as exc:
-            log.error("moved a malformed message from %s to the dead letters: %s", queue, exc)
-            record = _dead_record(
-                queue, f"malformed message: {exc}", payload.decode("utf-8", "replace")
-            )
+            record = _malformed(queue, payload, exc)
             await until_done(
                 lambda: broker.client.execute("LPUSH", broker._dead, record),
                 broker._outage,
                 give_up=lambda: broker._closed,
             )
             return []
-        tag = message.raw["properties"].get("delivery_tag")
-        if not isinstance(tag, str) or not tag:
+        tag = kombu.delivery_tag(message.raw)
+        if tag is None or tag in broker._held:  # none, or another held message has it
             tag = f"celeriac-untagged-{id(payload):x}-{now()!r}"
         held = broker._held[tag] = _Held(tag, payload, queue, message)
         return [held]
@@ -762,7 +786,9 @@ async def _recorded(entry: _Held | None) -> None:
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """Text from Redis; bytes that are not UTF-8 become lone surrogates, which ``_resp``
+    sends back as the same bytes (see the module docstring)."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
 def _routing_key(raw: dict[str, Any]) -> str:
@@ -772,28 +798,68 @@ def _routing_key(raw: dict[str, Any]) -> str:
 
 
 def _unacked_value(value: bytes) -> tuple[dict[str, Any], str]:
-    """``(envelope, queue)`` from an ``unacked`` hash value ``[envelope, exchange, key]``."""
+    """``(envelope, queue)`` from an ``unacked`` hash value ``[envelope, exchange, key]``;
+    ValueError for anything else (not UTF-8, not JSON, a type marker that does not decode)."""
     try:
         entry = json_value(value)
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"not JSON: {exc}") from None
+    except Exception as exc:  # any bytes a peer left there
+        raise ValueError(f"cannot be decoded: {exc}") from None
     if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], dict)):
         raise ValueError("not [envelope, exchange, routing_key]")
     queue = entry[2] if isinstance(entry[2], str) and entry[2] else _routing_key(entry[0])
     return entry[0], queue
 
 
-def _dead_record(queue: str, reason: str, payload: str) -> str:
-    return json.dumps({"queue": queue, "reason": reason, "died_at": now(), "envelope": payload})
+def _malformed(queue: str, payload: bytes, exc: kombu.EnvelopeError) -> str:
+    """Log the one line for a message that cannot be read; its dead-letter record."""
+    log.error(
+        "moved a malformed message from %s to the dead letters: %s (its bytes are kept there)",
+        queue,
+        exc,
+    )
+    return _dead_record(queue, f"malformed message: {exc}", payload)
+
+
+def _dead_record(queue: str, reason: str, payload: bytes) -> str:
+    """A dead-letter record: JSON that keeps ``payload`` byte for byte (module docstring)."""
+    envelope = payload.decode("utf-8", "surrogateescape")
+    return json.dumps({"queue": queue, "reason": reason, "died_at": now(), "envelope": envelope})
 
 
 def _dead_letter(record: bytes) -> DeadLetter:
-    data = json.loads(record)
-    payload = data.get("envelope", "")
+    """A dead-letter record read back, whoever wrote it (Python, ``claim.lua``, a peer):
+    never raises. A message that cannot be decoded comes back as its bytes, as the body."""
     try:
-        envelope = kombu.decode(payload, "").envelope
+        data = json.loads(_text(record))
+    except (ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict):  # not a record at all: keep what is there, as the body
+        return DeadLetter("", Envelope(record, "", ""), "not a dead-letter record", 0.0)
+    payload = data.get("envelope", "")
+    raw = _bytes(payload if isinstance(payload, str) else json.dumps(payload))
+    try:
+        envelope = kombu.decode(raw, "").envelope
     except kombu.EnvelopeError:
-        envelope = Envelope(payload.encode("utf-8", "replace"), "", "")
+        envelope = Envelope(raw, "", "")
+    queue, reason, died_at = data.get("queue"), data.get("reason"), data.get("died_at")
     return DeadLetter(
-        data.get("queue", ""), envelope, data.get("reason", ""), data.get("died_at", 0.0)
+        queue if isinstance(queue, str) else "",
+        envelope,
+        reason if isinstance(reason, str) else repr(reason),
+        _seconds(died_at),
     )
+
+
+def _bytes(text: str) -> bytes:
+    """The bytes a dead-letter record's text stands for (see the module docstring)."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # an escaped surrogate that no bytes decode to: left escaped
+        return text.encode("utf-8", "backslashreplace")
+
+
+def _seconds(value: object) -> float:
+    try:
+        return float(value) if isinstance(value, int | float) else 0.0
+    except OverflowError:  # an integer too large for a float
+        return 0.0

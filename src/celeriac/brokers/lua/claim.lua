@@ -11,13 +11,36 @@
 -- Returns {buried, tag1, envelope1, list1, tag2, ...}: `buried` counts elements that were not
 -- JSON envelopes; they go to the dead-letter list here, so nothing is lost and nothing
 -- unreadable is ever held in `unacked` (where a Celery worker's restore would choke on it).
+-- cjson is lenient where Python is not (bytes that are not UTF-8 pass, in a tag too): what it
+-- takes, Python reads afterwards and dead-letters if it must. A record keeps the element's
+-- bytes as they are inside its JSON string (see the module docstring of brokers/redis.py).
 local unacked, index, dead = KEYS[1], KEYS[2], KEYS[3]
 local now, want = ARGV[1], tonumber(ARGV[2])
 local out = {0}
 local fields, scores = {}, {}
+local taken = {}  -- tags this call holds messages under
 if ARGV[3] ~= '' then
     fields[1], fields[2] = ARGV[3], ARGV[4]
     scores[1], scores[2] = now, ARGV[3]
+    taken[ARGV[3]] = true
+end
+-- The tag to hold a message under: its own delivery tag, unless it has none or another held
+-- message has it already (a peer that reuses tags, a message pushed twice), in which case
+-- one made up for it: two messages under one tag would share one `unacked` record, and
+-- settling one would drop the other's.
+local function hold_tag(tag, payload, k)
+    if type(tag) == 'string' and tag ~= '' and not taken[tag]
+        and redis.call('HEXISTS', unacked, tag) == 0 then
+        return tag
+    end
+    local made = 'celeriac-untagged-' .. redis.sha1hex(payload) .. '-' .. now .. '-' .. k
+    tag = made
+    local extra = 0
+    while taken[tag] or redis.call('HEXISTS', unacked, tag) == 1 do
+        extra = extra + 1
+        tag = made .. '-' .. extra
+    end
+    return tag
 end
 for i = 4, #KEYS do
     if want <= 0 then break end
@@ -28,10 +51,8 @@ for i = 4, #KEYS do
         for n, payload in ipairs(got) do
             local ok, message = pcall(cjson.decode, payload)
             if ok and type(message) == 'table' and type(message.properties) == 'table' then
-                local tag = message.properties.delivery_tag
-                if type(tag) ~= 'string' or tag == '' then
-                    tag = 'celeriac-untagged-' .. redis.sha1hex(payload) .. '-' .. now .. '-' .. n
-                end
+                local tag = hold_tag(message.properties.delivery_tag, payload, #out)
+                taken[tag] = true
                 fields[#fields + 1] = tag
                 fields[#fields + 1] = '[' .. payload .. ', "", ' .. routing_key .. ']'
                 scores[#scores + 1] = now

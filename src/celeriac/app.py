@@ -282,6 +282,7 @@ class Celery:
             options=conf.result_backend_transport_options,
             broker_url=conf.effective_broker_url(),
         )
+        backend.max_size = conf.result_max_size
         await broker.connect()
         try:
             await backend.connect()

@@ -47,6 +47,12 @@ class Settings:
     task_default_retry_delay: float = 180.0
     task_max_retries: int | None = 3
     result_expires: float | None = 86400.0
+    #: Largest encoded result record stored, in bytes (celeriac's; Celery has no limit); a
+    #: larger one is stored as a FAILURE that says so. 0: no limit of celeriac's own. The
+    #: default equals ``broker_max_message_size`` and RabbitMQ 4's default
+    #: ``max_message_size`` (an rpc:// result is a RabbitMQ message), and stays far under
+    #: Redis's 512 MB ``proto-max-bulk-len``: every waiter reads a result whole.
+    result_max_size: int = 16 * 1024 * 1024
 
     #: Tasks run at once per worker process (async tasks on the loop; celeriac's default).
     worker_concurrency: int = 100

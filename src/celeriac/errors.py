@@ -5,6 +5,9 @@
     CeleriacError
      ├── ConfigurationError        a setting, URL or app path is wrong, or a driver is missing
      ├── BrokerError               the broker or result store could not be reached or failed
+     │    ├── BackendUnreachable   the result store is out of reach now: storing again may work
+     │    └── ResultRejected       the result store refused a record: storing again never will
+     │         └── ResultTooLarge  the record is bigger than ``result_max_size``
      ├── ProtocolError             a message is not a valid Celery protocol v2 task message
      │    ├── ContentDisallowed    its content type is not in ``accept_content``
      │    └── MessageTooLarge      it is bigger than ``broker_max_message_size``
@@ -39,6 +42,25 @@ class ConfigurationError(CeleriacError):
 
 class BrokerError(CeleriacError):
     """The broker or the result store could not be reached, or refused an operation."""
+
+
+class BackendUnreachable(BrokerError):
+    """The result store cannot be reached right now (down, restarting, a dropped connection).
+
+    A backend raises it from a store that may work if tried again later; the worker then
+    keeps the task's outcome and stores it again with backoff (its message stays held), so
+    an outage never makes a task run twice.
+    """
+
+
+class ResultRejected(BrokerError):
+    """The result store refused this record (too large for it, out of memory, a wrong key
+    type): storing it again would fail the same way, so the worker stores a FAILURE that
+    says why instead, and later results do not wait behind it."""
+
+
+class ResultTooLarge(ResultRejected):
+    """The encoded result record is bigger than ``result_max_size``."""
 
 
 class ProtocolError(CeleriacError):

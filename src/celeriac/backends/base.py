@@ -11,6 +11,13 @@ so :meth:`ResultBackend.stream` can hand a caller every event, in order, however
 come. The log expires with the record.
 
 Public methods encode and validate here; transports implement the ``_`` primitives.
+
+Storing can fail two ways, and a backend says which (see :mod:`celeriac.errors`):
+:class:`~celeriac.errors.BackendUnreachable` when the store is out of reach now (the worker
+keeps the outcome and stores it again with backoff), :class:`~celeriac.errors.ResultRejected`
+when it refused this record (the worker stores a FAILURE that says why instead). Every record
+is checked against ``result_max_size`` here, in :meth:`ResultBackend.encode`, before any
+backend sees it.
 """
 
 from __future__ import annotations
@@ -60,6 +67,8 @@ class ResultBackend(ABC):
         self.options = dict(options or {})
         #: The app's broker, for a backend that delivers through it (rpc://).
         self.broker_url = broker_url
+        #: ``result_max_size``: the largest encoded record stored (0: no limit of ours).
+        self.max_size = 0
 
     async def connect(self) -> None:
         """Open connections; called once before any other method."""
@@ -72,9 +81,21 @@ class ResultBackend(ABC):
     ) -> None:
         """Write the task's current record; ``expires`` is seconds to keep it (None: forever).
         ``reply_to`` is the task message's: where a backend that delivers results sends them."""
+        data = self.encode(task_id, meta)
+        await self._set(task_id, data, meta["status"] in READY_STATES, expires)
+
+    def encode(self, task_id: str, meta: Meta) -> bytes:
+        """The record as stored, checked against ``result_max_size`` (every store of every
+        backend goes through here): a record no store should keep fails fast, with the fix."""
         # kombu's JSON, as Celery's backend: byte for byte its records, datetimes included.
         data = json_text(meta).encode()
-        await self._set(task_id, data, meta["status"] in READY_STATES, expires)
+        if self.max_size and len(data) > self.max_size:
+            raise errors.ResultTooLarge(
+                f"the {meta['status']} record of task {task_id} is {len(data)} bytes, over"
+                f" result_max_size={self.max_size}: return large data by reference (a path"
+                " or URL), or raise result_max_size"
+            )
+        return data
 
     async def get(self, task_id: str) -> Meta | None:
         """The stored record, or None while nothing is stored (PENDING)."""
@@ -100,7 +121,7 @@ class ResultBackend(ABC):
         :meth:`store` does, and append it to the task's event log."""
         if meta["status"] in READY_STATES:
             raise ValueError(f"{meta['status']} is a final state: store() it")
-        await self._append(task_id, json_text(meta).encode(), expires)
+        await self._append(task_id, self.encode(task_id, meta), expires)
 
     async def stream(self, task_id: str, timeout: float | None) -> AsyncIterator[Meta]:
         """The task's latest state (if it has one), then every later event in order, then

@@ -3,6 +3,20 @@
 Bad input never reaches the task and never stops the worker: a malformed message, an
 unregistered name or arguments that do not fit the function each give one log line and a
 dead letter (plus a FAILURE record when the task id is known, so callers stop waiting).
+
+An outcome the result store cannot take now is no reason to run a task again. A store that
+raises :class:`~celeriac.errors.BackendUnreachable` is tried again with backoff (doubling,
+capped at ``STORE_RETRY_MAX_DELAY``) while the task's message stays held; the worker logs one
+line when storing starts failing and one when it works again. A graceful stop waits for such
+stores as for running tasks, up to ``worker_shutdown_timeout``; one still not stored then is
+given up with a log line, and its message goes back to the queue unacknowledged (at-least-once:
+the task runs again). A record the store refuses (:class:`~celeriac.errors.ResultRejected`:
+over ``result_max_size``, too large for the store, out of memory) is not retried: a FAILURE
+that says why is stored instead, or, if even that is refused, the task is logged.
+
+When the broker loses a held message with its connection (RabbitMQ puts it back, the outage
+that keeps the result store away may be the same one), the copy it redelivers is not run
+again by this worker: it waits for the first run's outcome to be stored, then is acked.
 """
 
 from __future__ import annotations
@@ -11,8 +25,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
@@ -20,7 +36,15 @@ from typing import TYPE_CHECKING, Any
 from celeriac import protocol, states
 from celeriac.app import Connection
 from celeriac.brokers.base import Delivery
-from celeriac.errors import NotRegistered, ProtocolError, Retry, TaskRevokedError
+from celeriac.config import redacted
+from celeriac.errors import (
+    BackendUnreachable,
+    NotRegistered,
+    ProtocolError,
+    ResultRejected,
+    Retry,
+    TaskRevokedError,
+)
 from celeriac.protocol import TaskMessage
 from celeriac.result import inside_task
 from celeriac.resultmeta import exception_to_dict
@@ -39,6 +63,20 @@ PROGRESS = states.PROGRESS
 #: An ETA this close is run now rather than deferred (clock skew, rounding).
 ETA_SLACK = 0.005
 
+#: Backoff between stores of an outcome the result store could not take: from the first
+#: delay, doubling, up to the cap (each with +-25% jitter, so held results spread out).
+STORE_RETRY_FIRST_DELAY = 0.05
+STORE_RETRY_MAX_DELAY = 5.0
+#: Tasks whose outcome was stored only after an outage, remembered (up to this many) so a
+#: copy of their message the broker redelivers is acked, not run again.
+REMEMBERED_LATE_STORES = 10_000
+
+#: A task run, as its redelivered copies know it: the message's id and retry count.
+_RunKey = tuple[str, int]
+#: What storing a state can fail with, short of an outage: the state cannot be encoded, or the
+#: store refused it.
+_NOT_STORABLE = (TypeError, ValueError, ResultRejected)
+
 
 class Execution:
     """Handles deliveries for one worker: the per-message half of the worker."""
@@ -49,6 +87,12 @@ class Execution:
         self.broker = conn.broker
         self.backend = conn.backend
         self.executor = executor
+        self._outage = _StoreOutage(conn.backend.url)
+        #: Tasks running here (or storing their outcome), each with the futures of the
+        #: redelivered copies waiting for it (None until one comes).
+        self._runs: dict[_RunKey, list[asyncio.Future[bool]] | None] = {}
+        #: Tasks whose outcome was stored after an outage (see REMEMBERED_LATE_STORES).
+        self._stored_late: OrderedDict[_RunKey, None] = OrderedDict()
 
     async def handle(self, delivery: Delivery, ran: Callable[[], None]) -> None:
         """Settle ``delivery`` exactly once, whatever happens (cancelled: requeued).
@@ -138,6 +182,66 @@ class Execution:
             await self._store(message, states.FAILURE, exception_to_dict(TypeError(reason)), None)
             await self.broker.dead_letter(delivery, reason)
             return True
+        key = (message.id, message.retries)
+        if delivery.redelivered and await self._ran_here(key, task, message, ran):
+            await self.broker.ack(delivery)
+            return True
+        if key in self._runs:  # the same message published twice: the first run owns it
+            return await self._run_once(task, message, delivery, ran)
+        self._runs[key] = None
+        stored = False
+        try:
+            stored = await self._run_once(task, message, delivery, ran)
+        finally:
+            self._ended(key, stored)
+        return stored
+
+    async def _ran_here(
+        self, key: _RunKey, task: Task[Any, Any], message: TaskMessage, ran: Callable[[], None]
+    ) -> bool:
+        """Whether a redelivered message is a copy of a run of this worker that stored (or
+        is storing) its outcome: the broker put it back when the connection it came on
+        dropped, while the task ran or its outcome waited for the result store. The copy
+        waits for that outcome; it is not run again."""
+        if key in self._stored_late:
+            self._stored_late.move_to_end(key)
+        elif key in self._runs:
+            ran()  # the copy runs nothing: its slot is free at once
+            waiting: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            copies = self._runs[key]
+            if copies is None:
+                copies = self._runs[key] = []
+            copies.append(waiting)
+            logger.debug(
+                "task %s[%s]: a redelivered copy waits for the outcome of its run here",
+                task.name,
+                message.id,
+            )
+            if not await waiting:
+                return False  # the first run ended without its outcome: this copy runs it
+        else:
+            return False
+        logger.info(
+            "task %s[%s]: a redelivered copy of a run of this worker whose outcome is stored:"
+            " acknowledged, not run again",
+            task.name,
+            message.id,
+        )
+        return True
+
+    def _ended(self, key: _RunKey, stored: bool) -> None:
+        """Tell the redelivered copies waiting for this run whether its outcome is stored."""
+        for waiting in self._runs.pop(key, None) or ():
+            if not waiting.done():
+                waiting.set_result(stored)
+
+    async def _run_once(
+        self,
+        task: Task[Any, Any],
+        message: TaskMessage,
+        delivery: Delivery,
+        ran: Callable[[], None],
+    ) -> bool:
         acks_late = task.acks_late
         if not acks_late:
             await self.broker.ack(delivery)
@@ -304,37 +408,95 @@ class Execution:
         *,
         event: bool = False,
     ) -> None:
+        """Store a state of the task, through outages (see the module doc). One that cannot
+        be stored ever fails the task if it is a PROGRESS value; a final one is replaced by
+        a FAILURE that says why, so callers stop waiting; any other is logged."""
         if message.ignore_result and state in _NOT_STORED_WHEN_IGNORED:
             return
-        parent_id, group_id = message.parent_id, message.group
         try:
-            await self.app.store_state(
+            await self._until_stored(message, state, result, tb, event)
+        except _NOT_STORABLE as exc:
+            if state == PROGRESS:
+                raise  # a progress value that cannot be stored fails the task
+            await self._store_instead(message, state, exc)
+
+    async def _store_instead(self, message: TaskMessage, state: str, exc: Exception) -> None:
+        if state not in states.READY_STATES:
+            logger.error(
+                "task %s[%s]: its %s state could not be stored: %s",
+                message.task,
                 message.id,
                 state,
-                result,
-                traceback=tb,
-                parent_id=parent_id,
-                group_id=group_id,
-                event=event,
-                reply_to=message.reply_to,
-                backend=self.backend,
+                exc,
             )
-        except (TypeError, ValueError) as exc:
-            if event:
-                raise  # a progress value that cannot be stored fails the task
+            return
+        logger.error(
+            "task %s[%s]: its %s could not be stored (%s: %s): storing a FAILURE that says why",
+            message.task,
+            message.id,
+            state,
+            type(exc).__name__,
+            exc,
+        )
+        why = (
+            exc if isinstance(exc, ResultRejected) else TypeError(f"result not serializable: {exc}")
+        )
+        try:
+            await self._until_stored(message, states.FAILURE, exception_to_dict(why), None, False)
+        except _NOT_STORABLE as again:
             logger.error(
-                "task %s[%s]: result could not be stored: %s", message.task, message.id, exc
-            )
-            fallback = exception_to_dict(TypeError(f"result not serializable: {exc}"))
-            await self.app.store_state(
+                "task %s[%s]: its FAILURE could not be stored either (%s: %s): callers waiting"
+                " for it will time out",
+                message.task,
                 message.id,
-                states.FAILURE,
-                fallback,
-                parent_id=parent_id,
-                group_id=group_id,
-                reply_to=message.reply_to,
-                backend=self.backend,
+                type(again).__name__,
+                again,
             )
+
+    async def _until_stored(
+        self, message: TaskMessage, state: str, result: Any, tb: str | None, event: bool
+    ) -> None:
+        """``store_state``, again and again while the store is unreachable (see the module
+        doc); a cancellation (the worker stopping) gives up, with a line if it had failed."""
+        failures = 0
+        while True:
+            try:
+                await self.app.store_state(
+                    message.id,
+                    state,
+                    result,
+                    traceback=tb,
+                    parent_id=message.parent_id,
+                    group_id=message.group,
+                    event=event,
+                    reply_to=message.reply_to,
+                    backend=self.backend,
+                )
+            except BackendUnreachable as exc:
+                failures += 1
+                self._outage.failed(message, state, exc)
+                delay = STORE_RETRY_FIRST_DELAY * 2 ** min(failures - 1, 16)
+                delay = min(delay * random.uniform(0.75, 1.25), STORE_RETRY_MAX_DELAY)
+                try:
+                    await asyncio.sleep(delay)
+                except asyncio.CancelledError:
+                    _given_up(message, state)
+                    raise
+                continue
+            except asyncio.CancelledError:
+                if failures:
+                    _given_up(message, state)
+                raise
+            if self._outage.since is not None:
+                self._outage.stored(message)
+            if failures:
+                self._remember_late(message)
+            return
+
+    def _remember_late(self, message: TaskMessage) -> None:
+        self._stored_late[(message.id, message.retries)] = None
+        if len(self._stored_late) > REMEMBERED_LATE_STORES:
+            self._stored_late.popitem(last=False)
 
     def _request(self, message: TaskMessage, delivery: Delivery) -> Request:
         return Request(
@@ -362,6 +524,55 @@ class Execution:
             time_limit=message.time_limit,
             soft_time_limit=message.soft_time_limit,
         )
+
+
+class _StoreOutage:
+    """The worker's view of its result store being out of reach: one line when storing
+    starts failing and one when a store works again, whatever the number of held outcomes
+    and attempts in between."""
+
+    def __init__(self, url: str) -> None:
+        self.url = redacted(url)
+        self.since: float | None = None
+
+    def failed(self, message: TaskMessage, state: str, exc: BaseException) -> None:
+        if self.since is not None:
+            return
+        self.since = time.monotonic()
+        logger.warning(
+            "cannot store the %s state of task %s[%s] in the result store %s (%s): the worker"
+            " keeps it (and any other it cannot store) and stores it again with backoff; the"
+            " task's message stays held and the task does not run again",
+            state,
+            message.task,
+            message.id,
+            self.url,
+            exc,
+        )
+
+    def stored(self, message: TaskMessage) -> None:
+        assert self.since is not None
+        logger.warning(
+            "stored results in the result store %s again, after %.1f s of failures (task"
+            " %s[%s] first); held outcomes follow as their backoff ends",
+            self.url,
+            time.monotonic() - self.since,
+            message.task,
+            message.id,
+        )
+        self.since = None
+
+
+def _given_up(message: TaskMessage, state: str) -> None:
+    """A held outcome dropped by the worker's stop (after ``worker_shutdown_timeout``)."""
+    logger.warning(
+        "task %s[%s]: its %s state was not stored before the worker stopped (the result store"
+        " is still unreachable): given up; its message, unless acked before the task ran, goes"
+        " back to the queue and the task runs again (at-least-once)",
+        message.task,
+        message.id,
+        state,
+    )
 
 
 def _custom_headers(message: TaskMessage) -> dict[str, Any]:

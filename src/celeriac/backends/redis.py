@@ -8,6 +8,12 @@ GETs the key at once (a result stored already needs no more), and GETs it again 
 subscription is confirmed, which closes the race with a result stored in between; after a
 reconnect every channel is confirmed (and checked) again, so a result published while the
 connection was down is not missed.
+
+Storing rides an outage out (the write is sent again until Redis answers); what Redis refuses
+fails that store alone with :class:`~celeriac.errors.ResultRejected` and delays no other: an
+error reply (``OOM``, ``WRONGTYPE``) to one record of a pipelined batch, or a record longer
+than the server's ``proto-max-bulk-len`` (Redis would drop the connection on it, which looks
+like an outage and was retried forever: such a record is checked before it is sent).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from celeriac._redis import (
     client_from_url,
     until_done,
 )
-from celeriac._resp import Client, Connection, Reply
+from celeriac._resp import Client, Connection, Reply, ReplyError
 from celeriac.backends.base import Changes, EventLog, Log, ResultBackend
 from celeriac.config import redacted
 from celeriac.states import READY_STATES
@@ -37,14 +43,33 @@ from celeriac.states import READY_STATES
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "celery-task-meta-"
-#: key, JSON, seconds to keep, and the event log to append it to (None: not an event)
-_Record = tuple[str, bytes, float | None, str | None]
 EVENTS_PREFIX = "celeriac-task-events-"
 _OPTIONS: dict[str, Any] = {"global_keyprefix": ""}
 _CLOSE_TIMEOUT = 2.0
+#: Redis's smallest ``proto-max-bulk-len``: a shorter record needs no check of the server's.
+_SMALLEST_BULK_LIMIT = 1024 * 1024
+#: Redis's default ``proto-max-bulk-len``, assumed where ``CONFIG GET`` is not allowed.
+_DEFAULT_BULK_LIMIT = 512 * 1024 * 1024
+#: Error replies that mean "not now" rather than "never" (a replica being promoted, a busy
+#: script): the store is tried again later.
+_TRANSIENT_REPLIES = ("READONLY", "MASTERDOWN", "BUSY", "TRYAGAIN", "CLUSTERDOWN")
 #: Unsubscribing waits this long (or for this many channels) to go in one command.
 _RETIRE_AFTER = 0.25
 _RETIRE_BATCH = 200
+
+
+class _Record:
+    """One store in a pipelined batch: key, JSON, seconds to keep, the event log to append
+    it to (None: not an event), and the error reply Redis gave it, if any."""
+
+    __slots__ = ("data", "events", "expires", "key", "refused")
+
+    def __init__(self, key: str, data: bytes, expires: float | None, events: str | None) -> None:
+        self.key = key
+        self.data = data
+        self.expires = expires
+        self.events = events
+        self.refused: ReplyError | None = None
 
 
 class Watcher(Protocol):
@@ -131,32 +156,93 @@ class RedisBackend(ResultBackend):
 
     async def _set(self, task_id: str, data: bytes, ready: bool, expires: float | None) -> None:
         """Stores are pipelined like acks, in the order they were made (same id: last wins)."""
-        await self._stores.add((self.key(task_id), data, expires, None))
+        await self._store(task_id, _Record(self.key(task_id), data, expires, None))
 
     async def _append(self, task_id: str, data: bytes, expires: float | None) -> None:
         # Through the same ordered batches as records: an event never lands after the final
         # record of its task.
-        await self._stores.add((self.key(task_id), data, expires, self.events_prefix + task_id))
+        record = _Record(self.key(task_id), data, expires, self.events_prefix + task_id)
+        await self._store(task_id, record)
+
+    async def _store(self, task_id: str, record: _Record) -> None:
+        if len(record.data) > _SMALLEST_BULK_LIMIT:
+            await self._check_bulk_limit(task_id, record.data)
+        try:
+            await self._stores.add(record)
+        except UNREACHABLE as exc:  # only once the backend is closing
+            raise errors.BackendUnreachable(
+                f"the result backend {redacted(self.url)} closed before Redis came back"
+                f" ({type(exc).__name__}: {exc})"
+            ) from exc
+        refused = record.refused
+        if refused is None:
+            return
+        text = str(refused)
+        if text.startswith(_TRANSIENT_REPLIES):
+            raise errors.BackendUnreachable(
+                f"Redis at {redacted(self.url)} cannot store the result of task {task_id} now:"
+                f" {text}"
+            )
+        raise errors.ResultRejected(
+            f"Redis at {redacted(self.url)} refused the result of task {task_id}"
+            f" ({len(record.data)} bytes): {text}"
+        )
+
+    async def _check_bulk_limit(self, task_id: str, data: bytes) -> None:
+        """Refuse a record longer than the server's ``proto-max-bulk-len`` before sending
+        it: Redis answers one with a protocol error and drops the connection, which the
+        write would take for an outage and send again forever, every later store behind it.
+        The setting is read each time (it can change, and such records are rare and slow)."""
+        try:
+            reply = await self.client.execute("CONFIG", "GET", "proto-max-bulk-len")
+        except ReplyError:  # CONFIG renamed or not allowed (a managed Redis): its default
+            limit = _DEFAULT_BULK_LIMIT
+        except UNREACHABLE as exc:
+            raise errors.BackendUnreachable(
+                f"Redis at {redacted(self.url)} is unreachable ({type(exc).__name__}: {exc})"
+            ) from exc
+        else:
+            limit = int(reply[1]) if isinstance(reply, list) and len(reply) == 2 else 0
+            limit = limit or _DEFAULT_BULK_LIMIT
+        if len(data) > limit:
+            raise errors.ResultRejected(
+                f"Redis at {redacted(self.url)} refuses the result of task {task_id}: it is"
+                f" {len(data)} bytes, over the server's proto-max-bulk-len of {limit} bytes;"
+                " return large data by reference (a path or URL), or lower result_max_size"
+                " under that limit"
+            )
 
     async def _write(self, records: list[_Record]) -> None:
-        async def write() -> None:
-            pipe = self.client.pipeline()
-            for key, data, expires, events in records:
-                if events is not None:  # before the record: a reader that sees it sees this
-                    pipe.add("RPUSH", events, data)
-                    if expires is not None:
-                        pipe.add("PEXPIRE", events, max(1, round(expires * 1000)))
-                if expires is None:
-                    pipe.add("SET", key, data)
-                elif expires == int(expires) and expires >= 1:
-                    pipe.add("SETEX", key, int(expires), data)  # Celery's command
-                else:
-                    pipe.add("PSETEX", key, max(1, round(expires * 1000)), data)
-                pipe.add("PUBLISH", key, data)
-            await pipe.execute()
+        commands: list[list[Any]] = []
+        spans: list[tuple[_Record, int, int]] = []
+        for record in records:
+            start = len(commands)
+            key, data, expires = record.key, record.data, record.expires
+            if record.events is not None:  # before the record: a reader that sees it sees this
+                commands.append(["RPUSH", record.events, data])
+                if expires is not None:
+                    commands.append(["PEXPIRE", record.events, max(1, round(expires * 1000))])
+            if expires is None:
+                commands.append(["SET", key, data])
+            elif expires == int(expires) and expires >= 1:
+                commands.append(["SETEX", key, int(expires), data])  # Celery's command
+            else:
+                commands.append(["PSETEX", key, max(1, round(expires * 1000)), data])
+            commands.append(["PUBLISH", key, data])
+            spans.append((record, start, len(commands)))
+
+        async def write() -> list[Reply | Exception]:
+            connection = await self.client.shared()
+            return await connection.execute_many(commands)
 
         # A worker must not drop a result because Redis restarted: ride the outage out.
-        await until_done(write, self._outage, give_up=lambda: self._closed)
+        # An error reply belongs to its record alone (the others in the batch are stored).
+        replies = await until_done(write, self._outage, give_up=lambda: self._closed)
+        for record, start, end in spans:
+            for reply in replies[start:end]:
+                if isinstance(reply, ReplyError):
+                    record.refused = reply
+                    break
 
     async def _get(self, task_id: str) -> bytes | None:
         data: bytes | None = await self.client.execute("GET", self.key(task_id))

@@ -12,6 +12,17 @@ events of each task, for the last ``max_cached`` tasks). So, as with Celery, onl
 that sent a task can read its result, and a record that arrived before it asked is still
 there. A worker's every state is confirmed by RabbitMQ before it goes on (the final one
 before the task's ack).
+
+Outages: the caller's reply queue is subscribed again after every outage, by a keeper task
+with backoff, so a caller waiting in ``get()`` keeps waiting (until its own timeout) while
+RabbitMQ is away. A worker's store raises :class:`~celeriac.errors.BackendUnreachable` while
+RabbitMQ cannot be reached, and the worker stores again later. States are published
+``mandatory``: RabbitMQ deletes a reply queue (auto-delete) when its caller's connection
+drops, so just after an outage a state may find no queue until its caller has declared it
+again; for ``_REDECLARE_GRACE`` seconds after this backend reconnected that is "unreachable,
+try again" too. Later, a missing reply queue means its caller has gone, and its results are
+dropped as Celery drops them, with one log line per queue. A state RabbitMQ refuses (over its
+``max_message_size``) raises :class:`~celeriac.errors.ResultRejected`.
 """
 
 from __future__ import annotations
@@ -19,12 +30,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiormq.exceptions as amqp_errors
 from aiormq import spec
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 
@@ -32,7 +45,6 @@ from celeriac import _amqp, errors
 from celeriac._amqp import UNREACHABLE
 from celeriac.backends.base import Changes, EventLog, Log, Meta, ResultBackend
 from celeriac.config import redacted
-from celeriac.serialization import json_text
 from celeriac.states import READY_STATES
 
 log = logging.getLogger(__name__)
@@ -42,6 +54,21 @@ _OPTIONS: dict[str, Any] = {
     "max_cached": 10000,
     "connect_timeout": 5.0,
 }
+#: Seconds after a reconnect during which a missing reply queue is waited for: its caller may
+#: not have declared it again yet (RabbitMQ deleted it with the caller's dropped connection).
+_REDECLARE_GRACE = 30.0
+#: Longest pause between two attempts to subscribe again to the reply queue.
+_RESUBSCRIBE_MAX_DELAY = 2.0
+#: What RabbitMQ answers a publish it will never take (over ``max_message_size``, say): it
+#: closes the channel with this, and sending the same state again would fail the same way.
+_REFUSED: tuple[type[BaseException], ...] = (
+    amqp_errors.ChannelPreconditionFailed,
+    amqp_errors.ChannelAccessRefused,
+)
+#: What subscribing again during an outage raises: wait and try again.
+_OUTAGE: tuple[type[BaseException], ...] = (*UNREACHABLE, errors.BackendUnreachable)
+#: Reply queues found gone, remembered (up to this many) to log each once.
+_GONE_REMEMBERED = 1000
 
 
 class _Task:
@@ -98,10 +125,13 @@ class RpcBackend(ResultBackend):
         self._connect_timeout = float(opts["connect_timeout"])
         self._connection: AbstractConnection | None = None
         self._publisher: AbstractChannel | None = None
-        self._listening: asyncio.Task[None] | None = None
+        self._listening: asyncio.Task[None] | None = None  # keeps the reply queue subscribed
         self._tasks: OrderedDict[str, _Task] = OrderedDict()
         self._lock = asyncio.Lock()
         self._publisher_lock = asyncio.Lock()
+        self._listen_lock = asyncio.Lock()
+        self._reconnected_at: float | None = None  # loop time a lost connection was replaced
+        self._gone: OrderedDict[str, None] = OrderedDict()  # reply queues found missing
         self._closed = False
 
     # -- connections -----------------------------------------------------------------------
@@ -115,10 +145,12 @@ class RpcBackend(ResultBackend):
                 try:
                     connection = await _amqp.connect(self.amqp_url, timeout=self._connect_timeout)
                 except UNREACHABLE as exc:
-                    raise errors.BrokerError(
+                    raise errors.BackendUnreachable(
                         f"rpc:// results: RabbitMQ at {redacted(self.amqp_url)} is unreachable"
                         f" ({exc}); check that it runs and that broker_url points at it"
                     ) from exc
+                if self._connection is not None:  # it was lost: an outage, or a restart
+                    self._reconnected_at = asyncio.get_running_loop().time()
                 self._connection, self._publisher = connection, None
             return connection
 
@@ -146,7 +178,8 @@ class RpcBackend(ResultBackend):
         expires: float | None,
         reply_to: str | None = None,
     ) -> None:
-        await self._send(task_id, json_text(meta).encode(), reply_to)
+        if reply_to:  # else its caller did not ask for results through rpc://
+            await self._send(task_id, self.encode(task_id, meta), reply_to)
 
     async def store_event(
         self,
@@ -160,12 +193,10 @@ class RpcBackend(ResultBackend):
             raise ValueError(f"{meta['status']} is a final state: store() it")
         await self.store(task_id, meta, expires=expires, reply_to=reply_to)  # one message too
 
-    async def _send(self, task_id: str, data: bytes, reply_to: str | None) -> None:
+    async def _send(self, task_id: str, data: bytes, reply_to: str) -> None:
         """One state to the caller's queue, confirmed by RabbitMQ (so a task's ack comes
-        after its result is safe); a caller that gave no reply queue gets nothing (it did not
-        ask for results through rpc://). A lost connection is retried once."""
-        if not reply_to:
-            return
+        after its result is safe). A lost connection is retried once at once; then
+        :class:`~celeriac.errors.BackendUnreachable` says "store it again later"."""
         properties = spec.Basic.Properties(
             content_type="application/json",
             content_encoding="utf-8",
@@ -176,16 +207,55 @@ class RpcBackend(ResultBackend):
         for attempt in (1, 2):
             try:
                 channel = await self._publishing()
-                await channel.basic_publish(
-                    data, exchange="", routing_key=reply_to, properties=properties
+                confirm = await channel.basic_publish(
+                    data, exchange="", routing_key=reply_to, properties=properties, mandatory=True
                 )
+            except amqp_errors.PublishError:  # returned: no queue by that name
+                self._unroutable(task_id, reply_to)
                 return
+            except _REFUSED as exc:
+                raise errors.ResultRejected(
+                    f"rpc:// results: RabbitMQ at {redacted(self.amqp_url)} refused the state"
+                    f" of task {task_id} ({len(data)} bytes): {exc}"
+                ) from exc
             except UNREACHABLE as exc:
                 if attempt == 2:
-                    raise errors.BrokerError(
+                    raise errors.BackendUnreachable(
                         f"rpc:// results: cannot reach RabbitMQ at {redacted(self.amqp_url)}"
-                        f" ({exc})"
+                        f" ({type(exc).__name__}: {exc})"
                     ) from exc
+                continue
+            if not isinstance(confirm, spec.Basic.Ack):
+                raise errors.BackendUnreachable(
+                    f"rpc:// results: RabbitMQ did not take the state of task {task_id}"
+                    f" ({confirm!r})"
+                )
+            return
+
+    def _unroutable(self, task_id: str, reply_to: str) -> None:
+        """A state came back: its reply queue does not exist. Just after an outage its
+        caller may not have declared it again yet (unreachable: try again); otherwise the
+        caller has gone, and the state is dropped, as Celery drops it, with a line per queue."""
+        reconnected = self._reconnected_at
+        if reconnected is not None:
+            since = asyncio.get_running_loop().time() - reconnected
+            if since < _REDECLARE_GRACE:
+                raise errors.BackendUnreachable(
+                    f"rpc:// results: the reply queue {reply_to} of task {task_id} does not"
+                    f" exist yet, {since:.1f} s after the connection to RabbitMQ came back: its"
+                    " caller may still be declaring it again"
+                )
+        if reply_to in self._gone:
+            return
+        self._gone[reply_to] = None
+        if len(self._gone) > _GONE_REMEMBERED:
+            self._gone.popitem(last=False)
+        log.warning(
+            "rpc:// results: the reply queue %s does not exist, so its caller has gone: the"
+            " state of task %s and any later sent there are dropped, as Celery drops them",
+            reply_to,
+            task_id,
+        )
 
     async def _publishing(self) -> AbstractChannel:
         """The one publishing channel: states sent on one channel arrive in the order sent.
@@ -204,24 +274,63 @@ class RpcBackend(ResultBackend):
     # -- the caller's side: receiving them -------------------------------------------------
 
     async def _listen(self) -> None:
-        """Declare the reply queue (Celery's flags) and consume it, before anything waits."""
+        """Subscribe to the reply queue before anything waits, and keep it subscribed: the
+        first time raises what went wrong; after that a keeper subscribes again after every
+        outage, and waiters never see it."""
         if self._listening is not None and not self._listening.done():
             return
+        async with self._listen_lock:
+            if self._listening is not None and not self._listening.done():
+                return
+            channel = await self._subscribe()
+            self._listening = asyncio.ensure_future(self._keep_listening(channel))
+
+    async def _subscribe(self) -> AbstractChannel:
+        """Declare the reply queue (Celery's flags) and consume it."""
         connection = await self._open()
         channel = await connection.channel(publisher_confirms=False)
         arguments: dict[str, Any] = {"x-expires": max(1, round(self._queue_expires * 1000))}
         await channel.queue_declare(self.queue, durable=True, auto_delete=True, arguments=arguments)
         await channel.basic_consume(self.queue, self._arrived, no_ack=True)
-        self._listening = asyncio.ensure_future(self._watch(channel))
+        return channel
 
-    async def _watch(self, channel: AbstractChannel) -> None:
-        """When the channel goes, wake every waiter: they read the error or listen again."""
-        with contextlib.suppress(Exception):
-            await channel.closing
-        if not self._closed:
-            log.warning("rpc:// results: the reply queue's channel closed; listening again")
-        for task in self._tasks.values():
-            task.changed()
+    async def _keep_listening(self, channel: AbstractChannel) -> None:
+        """Whenever the channel goes (RabbitMQ restarted, the network dropped), subscribe
+        again with backoff until it works: states sent meanwhile wait in the queue, or are
+        sent again by their worker (see ``_unroutable``). One line when it goes, one when
+        it is back."""
+        while True:
+            with contextlib.suppress(Exception):
+                await channel.closing
+            if self._closed:
+                return
+            log.warning(
+                "rpc:// results: lost the reply queue %s on RabbitMQ at %s; subscribing again"
+                " with backoff (waiting callers keep waiting)",
+                self.queue,
+                redacted(self.amqp_url),
+            )
+            try:
+                channel = await self._subscribe_again()
+            except Exception as exc:  # not an outage (a refused declaration, say)
+                log.error(
+                    "rpc:// results: cannot subscribe to the reply queue %s again (%s: %s);"
+                    " the next wait tries again and reports it",
+                    self.queue,
+                    type(exc).__name__,
+                    exc,
+                )
+                return
+            log.warning("rpc:// results: subscribed to the reply queue %s again", self.queue)
+
+    async def _subscribe_again(self) -> AbstractChannel:
+        delay = 0.0
+        while True:
+            try:
+                return await self._subscribe()
+            except _OUTAGE:
+                delay = min(max(delay * 2, 0.05), _RESUBSCRIBE_MAX_DELAY)
+                await asyncio.sleep(delay * random.uniform(0.75, 1.25))
 
     async def _arrived(self, message: DeliveredMessage) -> None:
         task_id = message.header.properties.correlation_id
@@ -276,9 +385,8 @@ class RpcBackend(ResultBackend):
                     while not _is_ready(task.record):
                         if self._closed:
                             raise errors.BrokerError("the rpc:// result backend was closed")
-                        await changed.wait()
+                        await changed.wait()  # through outages: the keeper listens again
                         changed.clear()
-                        await self._listen()  # again, if its channel was lost meanwhile
         except TimeoutError as exc:
             raise errors.TimeoutError(f"task {task_id} was not ready after {timeout} s") from exc
         assert task.record is not None

@@ -14,6 +14,7 @@ every ``cleanup_every`` stores.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +27,8 @@ from celeriac._sqlite import Database, WriteBatch, chunks, marks, path_from_url
 from celeriac._wakeup import Listener, Notifier, channel_directory, wait_for_signal
 from celeriac.backends.base import Changes, EventLog, Log, ResultBackend
 from celeriac.brokers.base import now
+
+log = logging.getLogger(__name__)
 
 _Row = tuple[str, bytes, bool, float | None, bool]  # id, data, ready, expires_at, is an event
 
@@ -67,6 +70,7 @@ class SQLiteBackend(ResultBackend):
         self._waiters: dict[str, list[asyncio.Future[bytes]]] = {}
         self._fresh: set[str] = set()  # ids whose waiters have not been checked yet
         self._notified = False  # a wake-up came: every waited id may be ready
+        self._unreadable = False  # the last read of waited ids failed (logged once)
         self._signal = asyncio.Event()
         self._streams: set[asyncio.Event] = set()
         self._watcher: asyncio.Task[None] | None = None
@@ -101,12 +105,26 @@ class SQLiteBackend(ResultBackend):
     async def _set(self, task_id: str, data: bytes, ready: bool, expires: float | None) -> None:
         """Stores are batched like acks: a busy worker commits many results at once."""
         expires_at = None if expires is None else now() + expires
-        await self._writes.add((task_id, data, ready, expires_at, False))
+        await self._commit((task_id, data, ready, expires_at, False))
 
     async def _append(self, task_id: str, data: bytes, expires: float | None) -> None:
         # The same batches as records: an event and the final record commit in call order.
         expires_at = None if expires is None else now() + expires
-        await self._writes.add((task_id, data, False, expires_at, True))
+        await self._commit((task_id, data, False, expires_at, True))
+
+    async def _commit(self, row: _Row) -> None:
+        """Add ``row`` to the next round; a round that failed says whether waiting can help:
+        SQLite's operational errors (the write lock held past ``busy_timeout``, a full disk,
+        an I/O error) can pass, its other errors would come again."""
+        try:
+            await self._writes.add(row)
+        except errors.BrokerError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, sqlite3.OperationalError):
+                raise errors.BackendUnreachable(str(exc)) from exc
+            if isinstance(cause, sqlite3.Error):
+                raise errors.ResultRejected(str(exc)) from exc
+            raise
 
     def _write(self, conn: sqlite3.Connection, rows: list[_Row]) -> None:
         # One statement per chunk; rows for the same id apply in order, the last one wins.
@@ -226,11 +244,15 @@ class SQLiteBackend(ResultBackend):
         try:
             found = await self._db.run(partial(_read_ready, ids=ids))
         except errors.BrokerError as exc:
-            for task_id in ids:
-                for future in self._waiters.pop(task_id, []):
-                    if not future.done():
-                        future.set_exception(exc)
+            # The file cannot be read now (locked, an I/O error): the waiters keep waiting,
+            # until their own timeouts, and the next wake-up or safety poll reads again.
+            if not self._unreadable:
+                self._unreadable = True
+                log.warning("results: %s; waiting callers keep waiting and it is read again", exc)
             return
+        if self._unreadable:
+            self._unreadable = False
+            log.warning("results: the SQLite file %r can be read again", self.path)
         for task_id, data in found.items():
             for future in self._waiters.pop(task_id, []):
                 if not future.done():

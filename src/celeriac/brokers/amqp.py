@@ -28,6 +28,14 @@ What celeriac adds, and why:
 
 A delivery is settled on the channel it came on. When that channel is gone (the connection
 dropped), RabbitMQ has already put the message back, so settling it does nothing.
+
+**Closing waits for the acks.** A channel closes only once every ack (reject, move) begun on
+it has been written: closing it as soon as the last delivery was *settled in the books* let
+its ``Channel.Close`` overtake acks still waiting for room in aiormq's writer queue (ten
+frames; a frame woken for a freed slot can lose it to a newcomer, so order is not kept under
+a burst). RabbitMQ then put back tasks that had run, and the late acks, arriving on a closed
+channel, made it close the whole connection, stranding every frame still waiting: a graceful
+stop under a deep backlog ran finished tasks again and could hang.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -94,6 +102,15 @@ _PROPERTIES = {
     "app_id": "app_id",
 }
 _BACKOFF_MAX = 2.0
+#: The longest each step of closing waits: the acks in flight, a channel's or the
+#: connection's closing handshake. What is not acknowledged by then goes back to its queue.
+_CLOSE_TIMEOUT = 5.0
+#: What closing something already gone raises (RabbitMQ put back what it held).
+_GONE_ERRORS: tuple[type[BaseException], ...] = (
+    *UNREACHABLE,
+    amqp_errors.AMQPError,
+    RuntimeError,
+)
 #: What a failed renewal of a hold can raise: the hold stays as it was, to be tried again.
 _RENEWAL_ERRORS: tuple[type[BaseException], ...] = (
     *UNREACHABLE,
@@ -147,6 +164,44 @@ def to_envelope(message: DeliveredMessage) -> Envelope:
     return Envelope(
         message.body, props.content_type or "", props.content_encoding or "", headers, properties
     )
+
+
+class _Cutoffs:
+    """Writes on a channel, cut short when the channel closes.
+
+    aiormq hands every frame to its connection's writer through a queue of ten; a frame
+    waiting for room there is never woken once the connection is gone. An ack caught in a
+    burst when the connection drops would wait forever, and a worker's stop with it, though
+    RabbitMQ has put the message back already: giving up on it loses nothing.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[AbstractChannel, set[asyncio.Timeout]] = {}
+
+    async def run(self, channel: AbstractChannel, writing: Awaitable[Any]) -> None:
+        """Await ``writing``; a ``TimeoutError`` (one of ``UNREACHABLE``) if ``channel`` closes
+        first."""
+        waiting = self._waiting.get(channel)
+        if waiting is None:
+            waiting = self._waiting[channel] = set()
+            channel.closing.add_done_callback(partial(self._closed, channel))
+        cutoff = asyncio.timeout(None)
+        waiting.add(cutoff)
+        try:
+            async with cutoff:
+                await writing
+        finally:
+            waiting.discard(cutoff)
+
+    async def settle(self, channel: AbstractChannel, settling: Awaitable[Any]) -> None:
+        """An ack or reject on a channel that may close meanwhile (RabbitMQ then put the
+        message back)."""
+        with contextlib.suppress(*UNREACHABLE):
+            await self.run(channel, settling)
+
+    def _closed(self, channel: AbstractChannel, _: object) -> None:
+        for cutoff in self._waiting.pop(channel, ()):
+            cutoff.reschedule(0.0)  # at once
 
 
 @dataclass(eq=False, slots=True)
@@ -215,7 +270,9 @@ class AmqpBroker(Broker):
         self._declared: set[str] = set()  # on this connection
         self.queues: set[str] = set()  # every task queue this broker used (queue_sizes)
         self.declared: set[str] = set()  # every queue and exchange it ever declared
+        #: Consumers until their channel is closed (a stopped one waits for its acks).
         self._consumers: set[_Consumer] = set()
+        self._cutoffs = _Cutoffs()
         self._closed = False
         self._outage_logged = False
 
@@ -229,19 +286,39 @@ class AmqpBroker(Broker):
             raise self._unreachable(exc) from exc
 
     async def close(self) -> None:
-        """Stop consuming; closing the connection puts back whatever was not settled."""
+        """Stop consuming, let every ack already begun reach RabbitMQ, then close: whatever
+        is still unsettled goes back to its queue. Each step waits ``_CLOSE_TIMEOUT`` at most."""
         if self._closed:
             return
         self._closed = True
-        for consumer in list(self._consumers):
+        consumers = list(self._consumers)
+        for consumer in consumers:
             consumer.wake()
+        await self._within(
+            "closing the consumers' channels", asyncio.gather(*(c.close() for c in consumers))
+        )
         if self._parking is not None:
-            with contextlib.suppress(*UNREACHABLE, amqp_errors.AMQPError, RuntimeError):
-                await self._parking.close()
+            await self._within("closing the parking channel", self._parking.close())
         connection, self._connection = self._connection, None
         if connection is not None:
-            with contextlib.suppress(*UNREACHABLE, RuntimeError):
-                await connection.close()
+            await self._within("closing the connection", connection.close())
+
+    async def _within(self, step: str, closing: Awaitable[Any]) -> None:
+        """One step of ``close()``, bounded: a broker that stopped answering must not hold
+        up a worker's exit."""
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await closing
+        except TimeoutError:
+            log.warning(
+                "broker: %s took over %g s; going on (RabbitMQ puts back what was not"
+                " acknowledged): check that RabbitMQ at %s answers",
+                step,
+                _CLOSE_TIMEOUT,
+                redacted(self.url),
+            )
+        except _GONE_ERRORS:
+            pass
 
     async def _open(self) -> AbstractConnection:
         """The connection, (re)opened on demand; its loss closes every channel on it. While
@@ -422,31 +499,44 @@ class AmqpBroker(Broker):
                 if delivery is not None:
                     yield delivery
         finally:
-            self._consumers.discard(consumer)
-            await consumer.stop()
+            await consumer.stop()  # it leaves self._consumers once its channel is closed
 
     # -- settling --------------------------------------------------------------------------
 
     async def ack(self, delivery: Delivery) -> None:
         tag: _Tag = delivery.tag
-        if tag.consumer.settle(tag):
-            await _quietly(tag.channel.basic_ack(tag.number))
+        consumer = tag.consumer
+        if consumer.settle(tag):
+            try:
+                await self._cutoffs.settle(tag.channel, tag.channel.basic_ack(tag.number))
+            finally:
+                consumer.settled()
 
     async def requeue(self, delivery: Delivery) -> None:
         tag: _Tag = delivery.tag
-        if tag.consumer.settle(tag):
+        consumer = tag.consumer
+        if consumer.settle(tag):
             # A parked copy goes home by its parking queue's dead-letter route (put back, it
             # would only wait there for its TTL first).
-            await _quietly(tag.channel.basic_reject(tag.number, requeue=not tag.parked))
+            rejecting = tag.channel.basic_reject(tag.number, requeue=not tag.parked)
+            try:
+                await self._cutoffs.settle(tag.channel, rejecting)
+            finally:
+                consumer.settled()
 
     async def defer(self, delivery: Delivery, eta: float) -> None:
         tag: _Tag = delivery.tag
-        if tag.consumer.settle(tag):
-            await self._move(tag, partial(self._delay, tag.queue, tag.message, eta))
+        consumer = tag.consumer
+        if consumer.settle(tag):
+            try:
+                await self._move(tag, partial(self._delay, tag.queue, tag.message, eta))
+            finally:
+                consumer.settled()
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         tag: _Tag = delivery.tag
-        if not tag.consumer.settle(tag):
+        consumer = tag.consumer
+        if not consumer.settle(tag):
             return
         headers = {REASON_HEADER: reason, QUEUE_HEADER: tag.queue, DIED_AT_HEADER: repr(now())}
         envelope = to_envelope(tag.message)
@@ -463,7 +553,10 @@ class AmqpBroker(Broker):
                 routing_key=self.dead_letter_queue,
             )
 
-        await self._move(tag, bury)
+        try:
+            await self._move(tag, bury)
+        finally:
+            consumer.settled()
 
     async def _delay(
         self, queue: str, message: DeliveredMessage, eta: float, channel: AbstractChannel
@@ -476,7 +569,8 @@ class AmqpBroker(Broker):
         attempt = 0
         while not tag.channel.is_closed:
             try:
-                await publish(await self._publishing())
+                channel = await self._publishing()
+                await self._cutoffs.run(channel, publish(channel))
                 break
             except UNREACHABLE as exc:
                 if self._closed:
@@ -485,7 +579,7 @@ class AmqpBroker(Broker):
                 attempt += 1
         else:
             return
-        await _quietly(tag.channel.basic_ack(tag.number))
+        await self._cutoffs.settle(tag.channel, tag.channel.basic_ack(tag.number))
 
     # -- administration --------------------------------------------------------------------
 
@@ -564,7 +658,12 @@ class AmqpBroker(Broker):
 
 class _Consumer:
     """One ``consume()``: a channel with a consumer per queue, a buffer that hands out the
-    most urgent message first, and the window of deliveries handed out and not settled."""
+    most urgent message first, and the window of deliveries handed out and not settled.
+
+    Once stopped, its channel closes when nothing handed out is held any more *and* every
+    settle begun has been written (``settle()``/``settled()``), never before: closing the
+    channel puts back whatever it has not acknowledged.
+    """
 
     def __init__(self, broker: AmqpBroker, queues: list[str], prefetch: int) -> None:
         self.broker = broker
@@ -576,6 +675,9 @@ class _Consumer:
         self._arrivals = itertools.count()
         self._waiter: asyncio.Future[None] | None = None  # next() waiting for news
         self._held: set[_Tag] = set()
+        self._settling = 0  # settles begun and not yet written: the channel stays open
+        self._idle: asyncio.Future[None] | None = None  # close() waiting for them
+        self._closing: asyncio.Future[None] | None = None  # the channel's, once begun
         self._stopped = False
         self._consumer_tags: list[str] = []
         self._tasks: set[asyncio.Future[None]] = set()  # re-delays, renewals, a closing
@@ -597,15 +699,25 @@ class _Consumer:
                 self._buffer = [e for e in self._buffer if e.arrived > limit]
                 heapq.heapify(self._buffer)
                 for entry in stale:
-                    await _quietly(entry.channel.basic_reject(_number(entry.message), requeue=True))
+                    await self._give_back(entry.channel, entry.message)
             for tag in self._held:
                 # A hold whose channel closed is lost already: RabbitMQ put the message back.
                 if tag.since <= limit and not tag.renewing and not tag.channel.is_closed:
                     self._spawn(self._renew(tag))
 
     async def _renew(self, tag: _Tag) -> None:
-        """Hold ``tag``'s message as a fresh parked copy, then let go of what held it."""
+        """Hold ``tag``'s message as a fresh parked copy, then let go of what held it (a
+        settle in flight: the channel must not close between the two)."""
         tag.renewing = True
+        self._settling += 1
+        try:
+            await self._swap_for_parked_copy(tag)
+        finally:
+            tag.renewing = False
+            self.settled()
+
+    async def _swap_for_parked_copy(self, tag: _Tag) -> None:
+        cutoffs = self.broker._cutoffs
         try:
             channel, copy = await self.broker.parking().take(tag.queue, tag.message)
         except _RENEWAL_ERRORS as exc:
@@ -617,16 +729,14 @@ class _Consumer:
                 exc,
             )
             return
-        finally:
-            tag.renewing = False
         if tag not in self._held or tag.channel.is_closed:
             # Settled meanwhile, or already put back with its channel: the copy must go.
-            await _quietly(channel.basic_ack(_number(copy)))
+            await cutoffs.settle(channel, channel.basic_ack(_number(copy)))
             return
         held_on, number = tag.channel, tag.number
         tag.channel, tag.number = channel, _number(copy)
         tag.since, tag.parked = time.monotonic(), True
-        await _quietly(held_on.basic_ack(number))
+        await cutoffs.settle(held_on, held_on.basic_ack(number))
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -690,14 +800,18 @@ class _Consumer:
         """The channel closed under us: RabbitMQ put back everything it had given it."""
         self._buffer.clear()
         for tag in [tag for tag in self._held if tag.channel is self.channel]:
-            self.settle(tag)
+            self._forget(tag)
         self.channel = None
 
     async def _arrive(
         self, queue: str, channel: AbstractChannel, message: DeliveredMessage
     ) -> None:
         if channel is not self.channel:
-            return  # from a channel since replaced: RabbitMQ puts it back
+            return  # from a channel since replaced or closing: RabbitMQ puts it back
+        if self._stopped:
+            # Sent before RabbitMQ took the consumer's cancel: it goes back at once.
+            self._spawn(self._give_back(channel, message))
+            return
         eta = _due(message)
         if eta is not None and eta > now():
             # Back from a delay queue before its time: on to the next hop.
@@ -713,7 +827,10 @@ class _Consumer:
         tag = _Tag(self, channel, _number(message), message, queue)
         self._held.add(tag)
         self.settle(tag)
-        await self.broker._move(tag, partial(self.broker._delay, queue, message, eta))
+        try:
+            await self.broker._move(tag, partial(self.broker._delay, queue, message, eta))
+        finally:
+            self.settled()
 
     def _hand_out(self, entry: _Buffered) -> Delivery:
         message = entry.message
@@ -727,18 +844,58 @@ class _Consumer:
         return Delivery(envelope, entry.queue, tag, redelivered, priority)
 
     def settle(self, tag: _Tag) -> bool:
-        """Forget a delivery; False if it was settled (or lost with its channel) already."""
+        """Forget a delivery as its ack (reject, move) begins; False if it was settled (or
+        lost with its channel) already. On True the caller writes it, then calls
+        ``settled()``: until then the channel stays open, even once nothing is held."""
+        if not self._forget(tag):
+            return False
+        self._settling += 1
+        return True
+
+    def settled(self) -> None:
+        """A settle begun by ``settle()`` is written (or its channel is gone)."""
+        self._settling -= 1
+        if self._settling:
+            return
+        idle = self._idle
+        if idle is not None and not idle.done():
+            idle.set_result(None)
+        self._close_if_done()
+
+    def _forget(self, tag: _Tag) -> bool:
         if tag not in self._held:
             return False
         self._held.discard(tag)
         self.window.tags.discard(tag)
         self._wake_if_ready()
-        if self._stopped and not self._held and self.channel is not None:
-            channel, self.channel = self.channel, None
-            closing = asyncio.ensure_future(_close(channel))
-            self._tasks.add(closing)  # kept until done, like the re-delays
-            closing.add_done_callback(self._tasks.discard)
         return True
+
+    async def _give_back(self, channel: AbstractChannel, message: DeliveredMessage) -> None:
+        """Put back a delivery never handed out (a settle in flight like any other)."""
+        self._settling += 1
+        try:
+            rejecting = channel.basic_reject(_number(message), requeue=True)
+            await self.broker._cutoffs.settle(channel, rejecting)
+        finally:
+            self.settled()
+
+    def _close_if_done(self) -> None:
+        if self._stopped and not self._held and not self._settling:
+            self._close_channel()
+
+    def _close_channel(self) -> asyncio.Future[None]:
+        """Close the channel (once): what it has not acknowledged goes back to its queue."""
+        if self._closing is None:
+            channel, self.channel = self.channel, None
+            self._closing = asyncio.ensure_future(self._leave(channel))
+        return self._closing
+
+    async def _leave(self, channel: AbstractChannel | None) -> None:
+        try:
+            if channel is not None:
+                await _close(channel)
+        finally:
+            self.broker._consumers.discard(self)
 
     def holding(self, queue: str) -> int:
         """Messages of ``queue`` this consumer has unacknowledged (handed out or buffered)."""
@@ -746,25 +903,44 @@ class _Consumer:
         return held + sum(1 for entry in self._buffer if entry.queue == queue)
 
     async def stop(self) -> None:
-        """Stop consuming and give back what was not handed out; the channel closes once
-        what was handed out is settled (closing it earlier would put those back too)."""
+        """Stop consuming and give back what was not handed out. The channel closes once
+        what was handed out is settled and written (closing it earlier would put those
+        back too, tasks that ran included)."""
+        if self._stopped:
+            return
         self._stopped = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
         channel = self.channel
         if channel is None or channel.is_closed:
-            self.channel = None
+            self._buffer.clear()  # put back with their channel
+            self._close_if_done()
             return
-        buffered, self._buffer = self._buffer, []
-        with contextlib.suppress(*UNREACHABLE):
-            for consumer_tag in self._consumer_tags:
-                await channel.basic_cancel(consumer_tag)
+        self._settling += 1  # the give-backs below
+        try:
+            with contextlib.suppress(*UNREACHABLE):
+                for consumer_tag in self._consumer_tags:
+                    await channel.basic_cancel(consumer_tag, timeout=_CLOSE_TIMEOUT)
+            # Deliveries keep coming until RabbitMQ has the cancel (a deep backlog refills
+            # each slot an ack frees): what came so far is given back here, later ones as
+            # they arrive.
+            buffered, self._buffer = self._buffer, []
             for entry in sorted(buffered):
-                await channel.basic_reject(_number(entry.message), requeue=True)
-        if not self._held:
-            self.channel = None
-            await _close(channel)
+                await self._give_back(entry.channel, entry.message)
+        finally:
+            self.settled()
+
+    async def close(self) -> None:
+        """The broker is closing: stop, wait for the settles in flight to be written, then
+        close the channel; what is still held (a task cut off) goes back to its queue."""
+        await self.stop()
+        if self._settling:
+            self._idle = asyncio.get_running_loop().create_future()
+            await self._idle
+        await self._close_channel()
+        for task in list(self._tasks):
+            task.cancel()  # re-delays and renewals: their channel is gone
 
 
 def _number(message: DeliveredMessage) -> int:
@@ -798,12 +974,9 @@ def _dead_letter(message: DeliveredMessage) -> DeadLetter:
     )
 
 
-async def _quietly(settling: Any) -> None:
-    """Settle on a channel that may have closed meanwhile (RabbitMQ put the message back)."""
-    with contextlib.suppress(*UNREACHABLE):
-        await settling
-
-
 async def _close(channel: AbstractChannel) -> None:
-    with contextlib.suppress(*UNREACHABLE, amqp_errors.AMQPError, RuntimeError):
-        await channel.close()
+    """Close a channel; RabbitMQ's answer is awaited ``_CLOSE_TIMEOUT`` at most (aiormq
+    would wait up to a heartbeat interval, then for good)."""
+    with contextlib.suppress(*_GONE_ERRORS):
+        async with asyncio.timeout(_CLOSE_TIMEOUT):
+            await channel.close()

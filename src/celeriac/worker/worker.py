@@ -30,6 +30,11 @@ from celeriac.serialization import resolve_accept
 from celeriac.worker.execution import Execution
 
 logger = logging.getLogger("celeriac.worker")
+#: The longest a shutdown waits on the broker at each step besides the drain: the consumer
+#: giving back what it had not handed out, cancelled tasks being requeued. A broker that
+#: stopped answering must not keep the worker from exiting; closing the connection puts
+#: back whatever is left.
+BROKER_STEP_TIMEOUT = 10.0
 
 
 class Worker:
@@ -112,13 +117,16 @@ class Worker:
             if watching is not None:
                 watching.cancel()
             consumer.cancel()
-            await asyncio.gather(consumer, return_exceptions=True)
+            await self._within("stop consuming", {consumer})
             await self._drain()
             await resources.close()  # after the last task
             _bridge.use_loop(None)
             self._remove_signal_handlers(loop)
             executor.shutdown(wait=False, cancel_futures=True)
-            await self.app._close()
+            await self.app._close()  # the broker writes every ack begun before it closes
+            if not consumer.done():  # still stuck on a broker that never answered
+                consumer.cancel()
+                await self._within("stop consuming", {consumer})
             logger.info("%s stopped after %d tasks", self.hostname, self.processed)
         if self._failure is not None:
             raise self._failure
@@ -201,7 +209,19 @@ class Worker:
             logger.warning("requeueing %d unfinished task(s)", len(self._running))
             for handler in self._running:
                 handler.cancel()
-            await asyncio.gather(*self._running, return_exceptions=True)
+            await self._within("requeue the unfinished tasks", set(self._running))
+
+    async def _within(self, step: str, tasks: set[asyncio.Task[None]]) -> None:
+        """Wait for ``tasks``, ``BROKER_STEP_TIMEOUT`` at most (then log one line and go on)."""
+        _, pending = await asyncio.wait(tasks, timeout=BROKER_STEP_TIMEOUT)
+        if pending:
+            logger.warning(
+                "%s: could not %s within %gs (is the broker answering?); going on: closing"
+                " the connection puts back what was not acknowledged",
+                self.hostname,
+                step,
+                BROKER_STEP_TIMEOUT,
+            )
 
     def _retire(self) -> None:
         """Stop gracefully, without counting as a signal (a later SIGTERM still drains)."""

@@ -157,10 +157,10 @@ def test_rabbitmq_restart_mid_run_loses_nothing(
     start_reliable: Callable[..., WorkerProcess],
 ) -> None:
     """300 tasks (50-100 ms each) while RabbitMQ stops (``stop_app``) and starts again: the
-    worker logs the outage and the recovery and never exits; a publish during the outage
-    fails with an error that names it, and the same producer publishes again once RabbitMQ is
-    back; every task ends SUCCESS, and only tasks started before RabbitMQ came back (held by
-    the worker, or acknowledged while it was away) may run twice."""
+    worker logs the outage and the recovery, one line each, and never exits; a publish during
+    the outage fails with an error that names it, and the same producer publishes again once
+    RabbitMQ is back; every task ends SUCCESS, and only tasks started before RabbitMQ came
+    back (held by the worker, or acknowledged while it was away) may run twice."""
     import reliable
 
     stores = private_rabbit
@@ -186,6 +186,8 @@ def test_rabbitmq_restart_mid_run_loses_nothing(
         reliable.app.close()
     assert worker.proc.poll() is None, "the worker exited:\n" + worker.log()
     assert_clean_stop(worker)
+    outage_lines = [line for line in worker.log().splitlines() if "RabbitMQ at" in line]
+    assert [_outage_state(line) for line in outage_lines] == ["down", "up"], outage_lines
 
     starts = runs(stores.events())
     assert set(starts) == set(ids + more), "some task never ran"
@@ -257,6 +259,13 @@ def test_a_parked_task_whose_worker_dies_runs_again_elsewhere(
     starts = runs(stores.events())[task_id]
     assert [s["pid"] for s in starts] == [a.proc.pid, b.proc.pid]
     assert all(count == 0 for count in _queue_table(private_rabbitmq).values())
+
+
+def _outage_state(line: str) -> str:
+    """What a worker's log line about RabbitMQ says: it went ("down") or came back ("up")."""
+    if "is unreachable" in line:
+        return "down"
+    return "up" if "is reachable again" in line else line
 
 
 def _queue_table(node: PrivateRabbitMQ, column: str = "messages") -> dict[str, int]:

@@ -101,7 +101,9 @@ _PROPERTIES = {
     "user_id": "user_id",
     "app_id": "app_id",
 }
-_BACKOFF_MAX = 2.0
+#: Reconnection backoff: this doubled on each failed attempt, up to _BACKOFF_MAX (seconds).
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 5.0
 #: The longest each step of closing waits: the acks in flight, a channel's or the
 #: connection's closing handshake. What is not acknowledged by then goes back to its queue.
 _CLOSE_TIMEOUT = 5.0
@@ -118,6 +120,12 @@ _RENEWAL_ERRORS: tuple[type[BaseException], ...] = (
     amqp_errors.AMQPError,
     BrokerError,
 )
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (0, 1, ...) to reach RabbitMQ.
+    The exponent stops growing at the cap: an outage of hours must not overflow a float."""
+    return min(_BACKOFF_MAX, _BACKOFF_FIRST * 2.0 ** min(attempt, 16))
 
 
 def delay_level(milliseconds: float) -> int:
@@ -374,7 +382,7 @@ class AmqpBroker(Broker):
                 redacted(self.url),
                 exc,
             )
-        await asyncio.sleep(min(_BACKOFF_MAX, 0.05 * 2**attempt))
+        await asyncio.sleep(backoff(attempt))
 
     # -- declaring -------------------------------------------------------------------------
 

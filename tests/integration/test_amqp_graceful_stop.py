@@ -9,6 +9,9 @@ stays full) take turns on a backlog of 4,000 tasks and each gets SIGTERM while i
 run. The tasks (``ticking``) end on the same wall-clock tick, so a worker's running tasks
 end, and are acknowledged, together: a burst of a hundred acks right before the channel
 closes, which is what lost acknowledgements. Every run is written to a file by task id.
+
+The last test pins down the hang: acks waiting for room in aiormq's writer queue when their
+connection goes must end, not wait forever.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from celeriac.brokers.amqp import AmqpBroker
+from celeriac.brokers.base import Envelope, PublishRequest
 from services import amqp_vhost_url, delete_amqp_queues, wait_until
 
 from .conftest import APPS, READY, WorkerProcess
@@ -151,3 +156,28 @@ def test_sigterm_under_a_full_prefetch_window_reruns_nothing_that_finished(
     assert set(ends) == set(ids), "some task never ran"
     assert starts == ends, "a task was cut off mid-run by a graceful stop"
     assert max(durations) < STOP_BOUND_S, f"a stop took {max(durations):.1f} s"
+
+
+async def test_acks_caught_in_a_burst_end_when_the_connection_closes(amqp_vhost: str) -> None:
+    """A hundred acks at once fill aiormq's writer queue (ten frames) and wait for room;
+    the connection then closes under them. Every ack ends within seconds (RabbitMQ puts the
+    messages back, nothing to do) instead of waiting forever on a queue no one reads."""
+    url = amqp_vhost_url(amqp_vhost)
+    queue = f"burst-{uuid.uuid4().hex[:12]}"
+    broker = AmqpBroker(url)
+    await broker.connect()
+    deliveries = broker.consume([queue], prefetch=100)
+    try:
+        envelope = Envelope(b"{}", "application/json", "utf-8")
+        await broker.publish_many([PublishRequest(queue, envelope) for _ in range(100)])
+        held = [await anext(deliveries) for _ in range(100)]
+        acks = {asyncio.ensure_future(broker.ack(delivery)) for delivery in held}
+        connection = broker._connection
+        assert connection is not None
+        await connection.close()
+        _, waiting = await asyncio.wait(acks, timeout=5)
+        assert not waiting, f"{len(waiting)} of 100 acks still wait on a closed connection"
+    finally:
+        await deliveries.aclose()
+        await broker.close()
+        await delete_amqp_queues([queue], url)

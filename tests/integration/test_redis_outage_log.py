@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from celeriac import Celery
 from celeriac._redis import Outage
 from celeriac.brokers.redis import RedisBroker
 from celeriac.worker.worker import Worker
-from services import eventually, free_port, unavailable, wait_until
+from services import eventually
+
+from .private_redis import PrivateRedis
 
 pytestmark = pytest.mark.integration
 
@@ -34,55 +33,8 @@ OUTAGE = 5.0  # seconds Redis stays down
 WAIT = 20.0
 
 
-class PrivateRedis:
-    """``redis-server --port N --save '' --appendonly no``: nothing persists, nobody else
-    uses it, so it can be stopped and started again at will."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def url(self, db: int) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def start(self) -> None:
-        argv = [
-            *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
-        ]
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-
-        def answers() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, "redis-server exited"
-            try:
-                return bool(client.ping())
-            except redis.exceptions.ConnectionError:
-                return False
-
-        try:
-            wait_until(answers, 15, f"redis-server on port {self.port}")
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.terminate()
-        self.proc.wait(15)
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        unavailable("redis-server is not installed (apt-get install redis-server)")
     private = PrivateRedis(tmp_path)
     private.start()
     yield private

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -37,14 +35,13 @@ from services import (
     REDIS_DB_BROKER,
     REDIS_DB_RESULTS,
     delete_prefixed,
-    free_port,
     redis_url,
     require_redis,
-    unavailable,
     wait_until,
 )
 
 from .conftest import APPS, READY, WorkerProcess
+from .private_redis import PrivateRedis
 
 pytestmark = pytest.mark.integration
 
@@ -366,64 +363,11 @@ def _ended(stores: Stores, task_id: str) -> bool:
 # -- 3. Redis restarted under a running worker ---------------------------------------------
 
 
-class PrivateRedis:
-    """A redis-server of this test's own (the shared one is never restarted), persisting
-    every write to an append-only file in ``directory`` so its data survives a restart."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def url(self, db: int) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def start(self) -> None:
-        argv = [
-            *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
-            *("--dir", str(self.directory), "--logfile", str(self.directory / "redis.log")),
-        ]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-
-        def answers() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"redis-server exited: {self.log()}")
-            try:
-                return bool(client.ping())  # BusyLoadingError while it loads the AOF
-            except redis.exceptions.ConnectionError:
-                return False
-
-        try:
-            wait_until(answers, 15, f"redis-server on port {self.port}")
-        finally:
-            client.close()
-
-    def stop(self) -> int:
-        """SIGTERM (Redis writes what it has and exits) and wait; the exit code."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(15)
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def log(self) -> str:
-        path = self.directory / "redis.log"
-        return path.read_text() if path.exists() else ""
-
-
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        unavailable("redis-server is not installed (apt-get install redis-server)")
     directory = tmp_path / "redis"
     directory.mkdir()
-    server = PrivateRedis(directory)
+    server = PrivateRedis(directory, persist=True)
     server.start()
     yield server
     server.close()

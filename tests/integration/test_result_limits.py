@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-import redis
 
 from celeriac import Celery
 from celeriac.errors import ResultRejected, ResultTooLarge
 from celeriac.worker.worker import Worker
-from services import eventually, free_port, unavailable, wait_until
+from services import eventually
+
+from .private_redis import PrivateRedis
 
 pytestmark = pytest.mark.integration
 
@@ -37,44 +36,10 @@ WAIT = 20.0
 PROMPT = 5.0
 
 
-class LimitedRedis:
-    """``redis-server --proto-max-bulk-len 1mb`` on a free port; nothing persists."""
-
-    def __init__(self, directory: Path) -> None:
-        if shutil.which("redis-server") is None:
-            unavailable("redis-server is not installed (apt-get install redis-server)")
-        self.port = free_port()
-        argv = [
-            *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "no", "--dir", str(directory)),
-            *("--proto-max-bulk-len", "1mb"),
-        ]
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        self.client = redis.Redis(port=self.port, socket_connect_timeout=1)
-
-        def answers() -> bool:
-            assert self.proc.poll() is None, "redis-server exited"
-            try:
-                return bool(self.client.ping())
-            except redis.exceptions.ConnectionError:
-                return False
-
-        wait_until(answers, 15, f"redis-server on port {self.port}")
-
-    def url(self, db: int) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def close(self) -> None:
-        self.client.close()
-        self.proc.kill()
-        self.proc.wait(10)
-
-
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[LimitedRedis]:
-    private = LimitedRedis(tmp_path)
+def server(tmp_path: Path) -> Iterator[PrivateRedis]:
+    private = PrivateRedis(tmp_path, options=("--proto-max-bulk-len", "1mb"))
+    private.start()
     try:
         assert private.client.config_get("proto-max-bulk-len") == {
             "proto-max-bulk-len": str(1024 * 1024)
@@ -84,7 +49,7 @@ def server(tmp_path: Path) -> Iterator[LimitedRedis]:
         private.close()
 
 
-def make_app(server: LimitedRedis, **settings: object) -> Celery:
+def make_app(server: PrivateRedis, **settings: object) -> Celery:
     app = Celery("limits", broker=f"memory://{uuid.uuid4().hex}", backend=server.url(1), **settings)
 
     @app.task(name="limits.text")
@@ -95,7 +60,7 @@ def make_app(server: LimitedRedis, **settings: object) -> Celery:
 
 
 @pytest.fixture
-async def running(server: LimitedRedis) -> AsyncIterator[Celery]:
+async def running(server: PrivateRedis) -> AsyncIterator[Celery]:
     """An app whose worker runs in this loop (default settings); stopped afterwards."""
     async with worker_for(make_app(server)) as app:
         yield app
@@ -125,7 +90,7 @@ async def later_task_is_prompt(app: Celery) -> None:
 
 
 async def test_a_result_over_result_max_size_is_a_failure_naming_the_setting(
-    server: LimitedRedis, caplog: pytest.LogCaptureFixture
+    server: PrivateRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with worker_for(make_app(server, result_max_size=64 * 1024)) as app:
         with caplog.at_level(logging.INFO, logger="celeriac"):
@@ -138,7 +103,7 @@ async def test_a_result_over_result_max_size_is_a_failure_naming_the_setting(
 
 
 async def test_a_result_over_redis_bulk_limit_is_a_failure_naming_it(
-    server: LimitedRedis, running: Celery, caplog: pytest.LogCaptureFixture
+    server: PrivateRedis, running: Celery, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``result_max_size`` (16 MiB) lets the 2 MB result through; Redis's 1 MiB would not."""
     with caplog.at_level(logging.INFO, logger="celeriac"):
@@ -150,7 +115,7 @@ async def test_a_result_over_redis_bulk_limit_is_a_failure_naming_it(
 
 
 async def test_an_error_reply_is_not_an_outage(
-    server: LimitedRedis, running: Celery, caplog: pytest.LogCaptureFixture
+    server: PrivateRedis, running: Celery, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Under ``maxmemory`` Redis answers every write ``OOM``: the result and the FAILURE
     that would replace it are both refused and logged, once each, not retried; once memory

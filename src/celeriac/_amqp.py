@@ -17,6 +17,7 @@ import aiormq
 import aiormq.exceptions as amqp_errors
 from aiormq.abc import AbstractChannel, AbstractConnection
 
+from celeriac._amqp_properties import read_text_leniently
 from celeriac.config import redacted
 from celeriac.errors import ConfigurationError
 
@@ -39,6 +40,7 @@ def _quiet_connection_noise(record: logging.LogRecord) -> bool:
 
 
 logging.getLogger("aiormq.connection").addFilter(_quiet_connection_noise)
+read_text_leniently()  # one message with a header name that is not UTF-8 must not end a connection
 
 _INEQUIVALENT = re.compile(r"inequivalent arg '([^']+)' for (queue|exchange) '([^']*)'")
 

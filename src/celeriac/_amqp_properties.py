@@ -6,15 +6,25 @@ writes the same bytes directly for the values task messages carry (strings, inte
 booleans, nulls, and lists and tables of them) and hands anything else to pamqp, so the
 wire format stays pamqp's: ``tests/unit/test_amqp_properties.py`` compares the two on
 generated properties.
+
+Text that is not UTF-8. AMQP's short strings (``content_type``, ``correlation_id``,
+``reply_to``, header names...) are bytes on the wire, and RabbitMQ passes on whatever a peer
+sent. pamqp decodes them as strict UTF-8 while it reads a frame, so one such message used to
+end the whole connection (aiormq's ``InvalidFrameError``), and RabbitMQ then handed it to the
+next connection, and the next. :func:`read_text_leniently` makes pamqp decode them with
+``surrogateescape`` instead: the message arrives, the worker rejects it as any bad message
+(dead letter with its reason), and :class:`Properties` writes the escaped text back as the
+exact bytes it came as. Long strings need nothing: pamqp gives bytes for those.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from aiormq import spec
-from pamqp import encode
+from pamqp import decode, encode
 
 _LENGTH = struct.Struct(">I")
 _SIGNED = (
@@ -42,7 +52,7 @@ class Properties(spec.Basic.Properties):
             flags |= self.flags[name]
             kind = _KINDS[name]
             if kind == "shortstr" and type(value) is str:
-                data = value.encode()
+                data = value.encode("utf-8", "surrogateescape")
                 if len(data) > 255:
                     return bytes(super().marshal())  # pamqp's error
                 parts.append(bytes((len(data),)) + data)
@@ -69,7 +79,7 @@ def _table(value: Any) -> bytes:
     for key, item in sorted(value.items()):
         name = _NAMES.get(key)
         if name is None:
-            data = key.encode()
+            data = key.encode("utf-8", "surrogateescape")
             if len(data) > 128:  # pamqp truncates (and warns): leave the whole table to it
                 return bytes(encode.field_table(value))
             name = bytes((len(data),)) + data
@@ -84,7 +94,7 @@ def _table(value: Any) -> bytes:
 def _value(item: Any) -> bytes:
     kind = type(item)
     if kind is str:
-        data: bytes = item.encode()
+        data: bytes = item.encode("utf-8", "surrogateescape")
         return b"S" + _LENGTH.pack(len(data)) + data
     if item is None:
         return b"V"
@@ -100,3 +110,57 @@ def _value(item: Any) -> bytes:
         body = b"".join(_value(element) for element in item)
         return b"A" + _LENGTH.pack(len(body)) + body
     return bytes(encode.encode_table_value(item))
+
+
+# -- reading -------------------------------------------------------------------------------
+
+_Decoder = Callable[[bytes], tuple[int, Any]]
+
+
+def _short_text(value: bytes) -> tuple[int, str]:
+    """A short string (length byte, then bytes), as text even when it is not UTF-8."""
+    if not value:
+        raise ValueError("Could not unpack short string value")
+    end = value[0] + 1
+    if end > len(value):
+        raise ValueError("Short string length exceeds available data")
+    return end, value[1:end].decode("utf-8", "surrogateescape")
+
+
+def _table_with_any_names(strict: _Decoder) -> _Decoder:
+    """pamqp's table decoder, with names that are not UTF-8 read as escaped text (it reads
+    the names itself); tables whose names are UTF-8, all of them in practice, take pamqp's
+    own path unchanged."""
+
+    def table(value: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            return strict(value)
+        except UnicodeDecodeError:
+            pass
+        (length,) = _LENGTH.unpack_from(value)
+        end = 4 + length
+        if end > len(value):
+            raise ValueError("Field table length exceeds available data")
+        offset, data = 4, {}
+        while offset < end:
+            used, name = _short_text(value[offset:end])
+            used_by_value, item = decode.embedded_value(value[offset + used : end])
+            data[name] = item
+            offset += used + used_by_value
+        return end, data
+
+    return table
+
+
+def read_text_leniently() -> None:
+    """Make pamqp read short strings and table names that are not UTF-8 as escaped text
+    (see the module docstring). Process-wide, as pamqp's decoders are; installed once, when
+    :mod:`celeriac._amqp` is imported."""
+    if decode.METHODS["shortstr"] is _short_text:
+        return
+    table = _table_with_any_names(decode.field_table)
+    decode.METHODS["shortstr"] = _short_text
+    decode.METHODS["table"] = table
+    decode.TABLE_MAPPING[b"F"] = table
+    decode.short_str = _short_text
+    decode.field_table = table  # type: ignore[assignment]  # same shape, any names

@@ -73,3 +73,32 @@ def test_the_same_bytes_as_pamqp_for_every_captured_celery_message() -> None:
         assert marshalled(Properties, fields) == marshalled(spec.Basic.Properties, fields)
         checked += 1
     assert checked >= 10, f"expected captured AMQP messages in {FIXTURES_DIR}"
+
+
+escaped = st.binary(max_size=20).map(lambda b: b.decode("utf-8", "surrogateescape"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    content_type=escaped,
+    correlation_id=escaped,
+    names=st.lists(escaped.filter(bool), max_size=4, unique=True),
+)
+def test_text_that_is_not_utf8_is_read_and_written_byte_for_byte(
+    content_type: str, correlation_id: str, names: list[str]
+) -> None:
+    """Short strings and header names that are not UTF-8 read as escaped text (pamqp's
+    strict decoding raised, which ended the connection) and are written back as the bytes
+    they came as."""
+    import celeriac._amqp  # noqa: F401  # installs the lenient decoding
+
+    headers = {name: "v" for name in names}
+    written = Properties(
+        content_type=content_type, correlation_id=correlation_id, headers=headers
+    ).marshal()
+    read = spec.Basic.Properties()
+    read.unmarshal(struct.unpack_from(">H", written)[0], written[2:])
+    assert read.content_type == (content_type or None)
+    assert read.correlation_id == (correlation_id or None)
+    assert (read.headers or {}) == headers
+    assert Properties(**{k: getattr(read, k) for k in read.__slots__}).marshal() == written

@@ -238,11 +238,11 @@ class RedisBackend(ResultBackend):
         # A worker must not drop a result because Redis restarted: ride the outage out.
         # An error reply belongs to its record alone (the others in the batch are stored).
         replies = await until_done(write, self._outage, give_up=lambda: self._closed)
-        for record, start, end in spans:
-            for reply in replies[start:end]:
-                if isinstance(reply, ReplyError):
-                    record.refused = reply
-                    break
+        if any(isinstance(reply, ReplyError) for reply in replies):  # rare: match them up
+            for record, start, end in spans:
+                record.refused = next(
+                    (r for r in replies[start:end] if isinstance(r, ReplyError)), None
+                )
 
     async def _get(self, task_id: str) -> bytes | None:
         data: bytes | None = await self.client.execute("GET", self.key(task_id))

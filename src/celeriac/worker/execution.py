@@ -29,7 +29,7 @@ import random
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
@@ -414,7 +414,13 @@ class Execution:
         if message.ignore_result and state in _NOT_STORED_WHEN_IGNORED:
             return
         try:
-            await self._until_stored(message, state, result, tb, event)
+            try:  # the common case first, without the retry loop's coroutine
+                await self._store_state(message, state, result, tb, event)
+            except BackendUnreachable as exc:
+                await self._until_stored(message, state, result, tb, event, exc)
+            else:
+                if self._outage.since is not None:
+                    self._outage.stored(message)
         except _NOT_STORABLE as exc:
             if state == PROGRESS:
                 raise  # a progress value that cannot be stored fails the task
@@ -441,8 +447,12 @@ class Execution:
         why = (
             exc if isinstance(exc, ResultRejected) else TypeError(f"result not serializable: {exc}")
         )
+        failure = exception_to_dict(why)
         try:
-            await self._until_stored(message, states.FAILURE, exception_to_dict(why), None, False)
+            try:
+                await self._store_state(message, states.FAILURE, failure, None, False)
+            except BackendUnreachable as exc:
+                await self._until_stored(message, states.FAILURE, failure, None, False, exc)
         except _NOT_STORABLE as again:
             logger.error(
                 "task %s[%s]: its FAILURE could not be stored either (%s: %s): callers waiting"
@@ -453,44 +463,52 @@ class Execution:
                 again,
             )
 
-    async def _until_stored(
+    def _store_state(
         self, message: TaskMessage, state: str, result: Any, tb: str | None, event: bool
+    ) -> Coroutine[Any, Any, None]:
+        """The store of one state of the task (its coroutine, not awaited here)."""
+        return self.app.store_state(
+            message.id,
+            state,
+            result,
+            traceback=tb,
+            parent_id=message.parent_id,
+            group_id=message.group,
+            event=event,
+            reply_to=message.reply_to,
+            backend=self.backend,
+        )
+
+    async def _until_stored(
+        self,
+        message: TaskMessage,
+        state: str,
+        result: Any,
+        tb: str | None,
+        event: bool,
+        error: BackendUnreachable,
     ) -> None:
-        """``store_state``, again and again while the store is unreachable (see the module
-        doc); a cancellation (the worker stopping) gives up, with a line if it had failed."""
+        """After a store failed with ``error``: the store again and again, with backoff,
+        while the store is unreachable (see the module doc); a cancellation (the worker
+        stopping) gives up, with a line."""
         failures = 0
         while True:
+            failures += 1
+            self._outage.failed(message, state, error)
+            delay = STORE_RETRY_FIRST_DELAY * 2 ** min(failures - 1, 16)
+            delay = min(delay * random.uniform(0.75, 1.25), STORE_RETRY_MAX_DELAY)
             try:
-                await self.app.store_state(
-                    message.id,
-                    state,
-                    result,
-                    traceback=tb,
-                    parent_id=message.parent_id,
-                    group_id=message.group,
-                    event=event,
-                    reply_to=message.reply_to,
-                    backend=self.backend,
-                )
+                await asyncio.sleep(delay)
+                await self._store_state(message, state, result, tb, event)
             except BackendUnreachable as exc:
-                failures += 1
-                self._outage.failed(message, state, exc)
-                delay = STORE_RETRY_FIRST_DELAY * 2 ** min(failures - 1, 16)
-                delay = min(delay * random.uniform(0.75, 1.25), STORE_RETRY_MAX_DELAY)
-                try:
-                    await asyncio.sleep(delay)
-                except asyncio.CancelledError:
-                    _given_up(message, state)
-                    raise
+                error = exc
                 continue
             except asyncio.CancelledError:
-                if failures:
-                    _given_up(message, state)
+                _given_up(message, state)
                 raise
-            if self._outage.since is not None:
+            if self._outage.since is not None:  # else another store said so already
                 self._outage.stored(message)
-            if failures:
-                self._remember_late(message)
+            self._remember_late(message)
             return
 
     def _remember_late(self, message: TaskMessage) -> None:

@@ -3,12 +3,20 @@
 The public names, nothing else; see README.md for a five-minute tour.
 """
 
+from importlib import metadata as _metadata
+
 from celeriac import states
 from celeriac.app import Celery, shared_task
 from celeriac.ids import uuid
 from celeriac.resources import Resource, use
 from celeriac.result import AsyncResult
 from celeriac.task import AsyncTask, StreamingTask, SyncTask, Task
+
+try:
+    # pyproject.toml's version, as the installed distribution records it: the one source.
+    __version__ = _metadata.version("celeriac")
+except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AsyncResult",
@@ -18,6 +26,7 @@ __all__ = [
     "StreamingTask",
     "SyncTask",
     "Task",
+    "__version__",
     "shared_task",
     "states",
     "use",

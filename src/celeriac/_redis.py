@@ -1,6 +1,6 @@
 """What the Redis broker and the Redis result backend share: clients, options, outages.
 
-Both talk to Redis through :mod:`celeriac._resp` (``pip install 'celeriac[redis]'`` brings
+Both talk to Redis through :mod:`celeriac._resp` (celeriac's ``redis`` extra brings
 hiredis, its parser). Options come from ``broker_transport_options`` /
 ``result_backend_transport_options``; an unknown one is an error that lists the known ones,
 since a misspelt ``visibility_timeout`` silently left at its default is the kind of bug that

@@ -17,7 +17,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from celeriac import states
+from celeriac import __version__, states
+from celeriac._install import install_hint
 from celeriac.app import Celery
 from celeriac.config import redacted
 from celeriac.errors import CeleriacError, ConfigurationError
@@ -58,6 +59,7 @@ def load_app(spec: str | None) -> Celery:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="celeriac", description=__doc__.splitlines()[0])
     parser.add_argument("-A", "--app", help="the application, as module:attribute")
+    parser.add_argument("--version", action="version", version=f"celeriac {__version__}")
     level = argparse.ArgumentParser(add_help=False)
     level.add_argument(
         "-l",
@@ -164,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when installed (``pip install 'celeriac[uvloop]'``): a faster event loop."""
+    """uvloop when installed (celeriac's ``uvloop`` extra): a faster event loop."""
     try:
         import uvloop
     except ImportError:
@@ -224,7 +226,7 @@ async def _run_everything(app: Celery, args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("uvicorn") is None:
         raise ConfigurationError(
-            "celeriac run serves the web app with uvicorn: pip install 'celeriac[web]'"
+            f"celeriac run serves the web app with uvicorn: {install_hint('web')}"
         )
     pools = _pools(app, args)
     level = (args.loglevel or "info").lower()

@@ -43,6 +43,7 @@ from datetime import date, datetime, time
 from types import ModuleType
 from typing import Any
 
+from celeriac._install import install_hint
 from celeriac.errors import ConfigurationError, ContentDisallowed, ProtocolError
 
 JSON = "application/json"
@@ -339,5 +340,5 @@ def _msgpack() -> ModuleType:
         return importlib.import_module("msgpack")
     except ImportError:
         raise ConfigurationError(
-            "the msgpack serializer needs the msgpack package: pip install 'celeriac[msgpack]'"
+            f"the msgpack serializer needs the msgpack package: {install_hint('msgpack')}"
         ) from None

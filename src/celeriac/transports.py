@@ -9,6 +9,7 @@ import importlib
 from typing import Any
 from urllib.parse import urlsplit
 
+from celeriac._install import install_hint
 from celeriac.backends.base import ResultBackend
 from celeriac.brokers.base import Broker
 from celeriac.errors import ConfigurationError
@@ -42,9 +43,10 @@ def _load(table: dict[str, tuple[str, str, str | None]], url: str, what: str) ->
     except ImportError as exc:
         if extra is None:
             raise
+        # The driver's package, not the submodule that failed (aiormq, not aiormq.exceptions).
+        driver = (exc.name or "?").partition(".")[0]
         raise ConfigurationError(
-            f"{what} {scheme}:// needs an optional driver ({exc.name}): "
-            f"pip install 'celeriac[{extra}]'"
+            f"{what} {scheme}:// needs an optional driver ({driver}): {install_hint(extra)}"
         ) from exc
     return getattr(module, class_name)
 

@@ -20,11 +20,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, Protocol, TypedDict, TypeVar, Unpack, cast, overload
 
-from celeriac import _bridge, sending
+from celeriac import _bridge, config, sending
 from celeriac.backends.base import ResultBackend
 from celeriac.brokers.base import Broker, Envelope, PublishRequest
 from celeriac.config import Settings
-from celeriac.errors import ResourceError
+from celeriac.errors import ConfigurationError, ResourceError
 from celeriac.ids import new_ids, uuid
 from celeriac.resources import Resource
 from celeriac.result import AsyncResult, dual
@@ -149,6 +149,55 @@ class Celery:
 
     def __repr__(self) -> str:
         return f"<Celery {self.main or '__main__'}>"
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def config_from_object(
+        self, obj: object | str, *, silent: bool = False, namespace: str | None = None
+    ) -> None:
+        """Read settings from a module, class or object, or a dotted name of one
+        (``"proj.celeryconfig"``, ``"django.conf:settings"``), as Celery does.
+
+        Its public attributes are given to ``conf.update``: Celery's old upper-case names are
+        read, a near-miss of a setting is an error, other names are kept and ignored. With
+        ``namespace="CELERY"`` (Django), only ``CELERY_``-prefixed names are read, and what
+        follows the prefix names the setting (``CELERY_BROKER_URL`` is ``broker_url``).
+        Unlike Celery, the settings are read at once, not when the app is first used.
+        ``silent`` ignores a module that cannot be imported, as in Celery.
+        """
+        if isinstance(obj, str):
+            try:
+                obj = config.import_object(obj)
+            except ImportError:
+                if silent:
+                    return
+                raise
+        self.conf.update(config.values_of(obj, namespace))
+
+    def autodiscover_tasks(
+        self,
+        packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+        related_name: str | None = "tasks",
+    ) -> list[str]:
+        """Import ``<package>.tasks`` of each package (a Django app's tasks), registering the
+        tasks they define; a package without such a module is skipped, as in Celery. An error
+        inside one is raised. Returns the names of the modules imported.
+
+        Unlike Celery, which waits until the app is first used, the modules are imported at
+        once: call it after the packages can be imported (after ``django.setup()``).
+        """
+        if packages is None:
+            # Celery reads Django's INSTALLED_APPS here; they are not loaded yet where
+            # proj/celery.py calls this, and importing at once needs them.
+            raise ConfigurationError(
+                "autodiscover_tasks() needs the packages to search: celeriac imports them at"
+                " once and does not read Django's INSTALLED_APPS; pass"
+                " autodiscover_tasks(['app1', 'app2']), or call it after django.setup() with"
+                " [c.name for c in django.apps.apps.get_app_configs()]"
+            )
+        names = packages() if callable(packages) else packages
+        found = [config.related_module(package, related_name) for package in names]
+        return [module.__name__ for module in found if module is not None]
 
     # -- tasks ---------------------------------------------------------------------------------
 

@@ -1,17 +1,23 @@
 """Settings, with Celery's lower-case names and celeriac's defaults.
 
-Only names listed in :class:`Settings` exist: an unknown name is an error that suggests the
-closest known one, so a typo never silently falls back to a default. Where celeriac's default
-differs from Celery's, the field says so.
+Only names listed in :class:`Settings` are read. A name close to one of them is an error that
+suggests it, so a typo never silently falls back to a default; a name far from every setting
+(a Flask or Django key in a shared config) is kept and ignored, as Celery does. A value of the
+wrong type is an error that names the setting and the type. Celery's old upper-case names and
+Django's ``CELERY_``-prefixed ones are read as the lower-case settings they stand for. Where
+celeriac's default differs from Celery's, the field says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import timedelta
+from typing import Any, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit, urlunsplit
 
 from celeriac.errors import ConfigurationError
@@ -19,6 +25,47 @@ from celeriac.errors import ConfigurationError
 DEFAULT_BROKER_URL = "sqlite:///celeriac.db"
 BROKER_URL_ENV = "CELERIAC_BROKER_URL"
 RESULT_BACKEND_ENV = "CELERIAC_RESULT_BACKEND"
+
+logger = logging.getLogger("celeriac.config")
+
+#: Celery's old upper-case names (``celery/app/defaults.py``) of the settings celeriac reads.
+#: Celery still reads them; so does celeriac, as the setting they stand for.
+OLD_NAMES: dict[str, str] = {
+    "BROKER_URL": "broker_url",
+    "BROKER_TRANSPORT_OPTIONS": "broker_transport_options",
+    "CELERY_RESULT_BACKEND": "result_backend",
+    "CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS": "result_backend_transport_options",
+    "CELERY_DEFAULT_QUEUE": "task_default_queue",
+    "CELERY_DEFAULT_PRIORITY": "task_default_priority",
+    "CELERY_QUEUE_MAX_PRIORITY": "task_queue_max_priority",
+    "CELERY_TASK_SERIALIZER": "task_serializer",
+    "CELERY_RESULT_SERIALIZER": "result_serializer",
+    "CELERY_ACCEPT_CONTENT": "accept_content",
+    "CELERY_ACKS_LATE": "task_acks_late",
+    "CELERY_IGNORE_RESULT": "task_ignore_result",
+    "CELERY_TRACK_STARTED": "task_track_started",
+    "CELERYD_TASK_TIME_LIMIT": "task_time_limit",
+    "CELERYD_TASK_SOFT_TIME_LIMIT": "task_soft_time_limit",
+    "CELERY_TASK_RESULT_EXPIRES": "result_expires",
+    "CELERYD_CONCURRENCY": "worker_concurrency",
+    "CELERYD_PREFETCH_MULTIPLIER": "worker_prefetch_multiplier",
+    "CELERYD_MAX_TASKS_PER_CHILD": "worker_max_tasks_per_child",
+    "CELERYD_MAX_MEMORY_PER_CHILD": "worker_max_memory_per_child",
+    "CELERY_TIMEZONE": "timezone",
+    "ENABLE_UTC": "enable_utc",
+}
+
+#: How alike (difflib's ratio) an unknown name must be to a setting to be taken for a typo of
+#: it, and refused; a less alike name is someone else's key (Flask's ``SECRET_KEY``) and is
+#: kept. ``task_acks_lat`` scores 0.96 against ``task_acks_late``.
+NEAR_MISS_RATIO = 0.85
+
+#: Beginnings of Celery's own setting names: such a name that celeriac does not read (Celery's
+#: ``task_routes``) is ignored with a warning, since its author expects it to do something.
+CELERY_LOOKING = (
+    "broker_", "result_", "task_", "worker_", "beat_", "event_", "control_", "database_",
+    "redis_", "security_", "cassandra_", "mongodb_", "imports", "include", "celery",
+)  # fmt: skip
 
 
 @dataclass
@@ -74,27 +121,66 @@ class Settings:
     timezone: str | None = None
     enable_utc: bool = True
 
+    _foreign: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        #: Names that are not settings (a Flask config's ``SECRET_KEY``): kept, never read.
+        object.__setattr__(self, "_foreign", {})
+
     def __setattr__(self, name: str, value: Any) -> None:
-        if name not in _FIELD_NAMES:
-            raise unknown_setting(name)
-        object.__setattr__(self, name, value)
+        self.update({name: value})
 
     def update(self, values: Mapping[str, Any] | None = None, /, **more: Any) -> None:
-        """Set several settings at once; every name is checked before any is set."""
-        merged = {**(values or {}), **more}
-        for name in merged:
-            if name not in _FIELD_NAMES:
+        """Set several settings at once; every name and value is checked before any is set.
+
+        Celery's old upper-case names (``CELERYD_CONCURRENCY``) and Django's ``CELERY_``
+        names (``CELERY_BROKER_URL``) set the setting they stand for. A name close to a
+        setting is an error that suggests it; any other name is kept and ignored.
+        """
+        settings: dict[str, Any] = {}
+        foreign: dict[str, Any] = {}
+        for name, value in {**(values or {}), **more}.items():
+            setting = setting_name(name)
+            if setting is not None:
+                settings[setting] = checked(setting, value)
+            elif near_miss(name) is not None:
                 raise unknown_setting(name)
-        for name, value in merged.items():
-            setattr(self, name, value)
+            else:
+                foreign[name] = value
+        for setting, value in settings.items():
+            object.__setattr__(self, setting, value)
+        if foreign:
+            self._keep(foreign)
+
+    def _keep(self, foreign: Mapping[str, Any]) -> None:
+        """Keep names that are not settings; warn once about each that looks like Celery's
+        (its author expects it to do something), never about a Flask or Django key."""
+        for name in foreign:
+            if name.lower().startswith(CELERY_LOOKING) and name not in self._foreign:
+                logger.warning(
+                    "setting %r is not one celeriac reads and is ignored"
+                    " (docs/configuration.md lists the settings)",
+                    name,
+                )
+        self._foreign.update(foreign)
 
     def __getitem__(self, name: str) -> Any:
-        if name not in _FIELD_NAMES:
-            raise unknown_setting(name)
-        return getattr(self, name)
+        setting = setting_name(name)
+        if setting is not None:
+            return getattr(self, setting)
+        if name in self._foreign:
+            return self._foreign[name]
+        raise unknown_setting(name)
 
     def __setitem__(self, name: str, value: Any) -> None:
-        setattr(self, name, value)
+        self.update({name: value})
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """A setting or a kept foreign key, else ``default`` (as a dict's ``get``)."""
+        setting = setting_name(name)
+        if setting is not None:
+            return getattr(self, setting)
+        return self._foreign.get(name, default)
 
     def effective_broker_url(self) -> str:
         """The broker URL in force: the environment wins over code, then the embedded default."""
@@ -115,7 +201,92 @@ class Settings:
         return self.worker_threads or max(1, min(32, self.worker_concurrency))
 
 
-_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Settings))
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Settings) if f.init)
+_FIELD_TYPES = {name: get_type_hints(Settings)[name] for name in _FIELD_NAMES}
+#: Every name that sets a setting: its own, Celery's old one, and Django's ``CELERY_`` one.
+_ALIASES = {
+    **{name: name for name in _FIELD_NAMES},
+    **OLD_NAMES,
+    **{f"CELERY_{name.upper()}": name for name in _FIELD_NAMES},
+}
+
+
+def setting_name(name: str) -> str | None:
+    """The setting ``name`` sets (itself, or the one an old or Django name stands for)."""
+    return _ALIASES.get(name)
+
+
+def near_miss(name: str) -> str | None:
+    """The name ``name`` is most likely a typo of, if it is that close to one."""
+    import difflib  # only for a name that is not a setting
+
+    close = difflib.get_close_matches(name, sorted(_ALIASES), n=1, cutoff=NEAR_MISS_RATIO)
+    return close[0] if close else None
+
+
+def checked(setting: str, value: Any) -> Any:
+    """``value`` if it has the setting's type (a ``timedelta`` for seconds becomes a number,
+    a tuple for a list a list, as Celery takes them), else an error naming both."""
+    expected = _FIELD_TYPES[setting]
+    if isinstance(value, timedelta) and _allows(expected, float):
+        return value.total_seconds()
+    if isinstance(value, tuple) and _allows(expected, list):
+        value = list(value)
+    if _matches(expected, value):
+        return value
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    raise ConfigurationError(
+        f"setting {setting!r} must be {_describe(expected)}, not {type(value).__name__} {shown}"
+    )
+
+
+def _alternatives(expected: Any) -> tuple[Any, ...]:
+    if get_origin(expected) in (Union, types.UnionType):
+        return get_args(expected)
+    return (expected,)
+
+
+def _allows(expected: Any, kind: type) -> bool:
+    return any((get_origin(t) or t) is kind for t in _alternatives(expected))
+
+
+def _matches(expected: Any, value: Any) -> bool:
+    for kind in _alternatives(expected):
+        origin = get_origin(kind) or kind
+        if kind is type(None):
+            ok = value is None
+        elif origin is bool:
+            ok = isinstance(value, bool)
+        elif origin is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif origin is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif origin is list:
+            (item,) = get_args(kind)
+            ok = isinstance(value, list) and all(_matches(item, v) for v in value)
+        elif origin is dict:
+            ok = isinstance(value, Mapping)
+        else:
+            ok = isinstance(value, origin)
+        if ok:
+            return True
+    return False
+
+
+def _describe(expected: Any) -> str:
+    words = {bool: "a bool (True or False)", int: "an int", float: "a number of seconds"}
+    named = []
+    for kind in _alternatives(expected):
+        origin = get_origin(kind) or kind
+        if kind is type(None):
+            named.append("None")
+        elif origin is list:
+            named.append(f"a list of {get_args(kind)[0].__name__}")
+        elif origin is dict:
+            named.append("a dict")
+        else:
+            named.append(words.get(origin, f"a {origin.__name__}"))
+    return " or ".join(named)
 
 
 def redacted(url: str) -> str:
@@ -128,8 +299,73 @@ def redacted(url: str) -> str:
 
 
 def unknown_setting(name: str) -> ConfigurationError:
-    import difflib  # only for a misspelt setting
+    close = near_miss(name)
+    if close is None:
+        import difflib  # only for a misspelt setting
 
-    close = difflib.get_close_matches(name, sorted(_FIELD_NAMES), n=1, cutoff=0.5)
-    hint = f": did you mean {close[0]!r}?" if close else ": see docs/configuration.md"
+        matches = difflib.get_close_matches(name, sorted(_FIELD_NAMES), n=1, cutoff=0.5)
+        close = matches[0] if matches else None
+    hint = f": did you mean {close!r}?" if close else ": see docs/configuration.md"
     return ConfigurationError(f"unknown setting {name!r}{hint}")
+
+
+def import_object(name: str) -> object:
+    """The module or attribute a dotted name names, as Celery reads its config name:
+    ``"proj.celeryconfig"``, ``"proj.settings:Config"`` or ``"proj.settings.Config"``."""
+    import importlib
+
+    module_name, _, attribute = name.partition(":")
+    try:
+        found: object = importlib.import_module(module_name)
+    except ModuleNotFoundError as missing:
+        parent, _, last = module_name.rpartition(".")
+        if attribute or not parent or missing.name != module_name:
+            raise
+        found, attribute = importlib.import_module(parent), last
+        if not hasattr(found, last):
+            raise
+    return getattr(found, attribute) if attribute else found
+
+
+def values_of(source: object, namespace: str | None) -> dict[str, Any]:
+    """The settings a config object holds: a mapping's items, or an object's public
+    attributes other than modules, classes and functions (a config module's imports and
+    helpers). With a namespace, only its names, without the prefix: ``CELERY_BROKER_URL``
+    is ``broker_url``, as Celery reads Django's settings."""
+    import inspect
+
+    if isinstance(source, Mapping):
+        values = {str(name): value for name, value in source.items()}
+    else:
+        values = {}
+        for name in dir(source):
+            if name.startswith("_"):
+                continue
+            value = getattr(source, name)
+            if not (inspect.ismodule(value) or inspect.isclass(value) or callable(value)):
+                values[name] = value
+    if namespace is None:
+        return values
+    prefix = f"{namespace}_"
+    return {
+        name.removeprefix(prefix).lower(): value
+        for name, value in values.items()
+        if name.startswith(prefix)
+    }
+
+
+def related_module(package: str, related_name: str | None) -> types.ModuleType | None:
+    """``<package>.<related_name>`` imported, or None when the package has no such module
+    (Celery's ``find_related_module``): an import error from inside the module is raised."""
+    import importlib
+
+    module = importlib.import_module(package)
+    if not related_name:
+        return module
+    module_name = f"{package}.{related_name}"
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as missing:
+        if missing.name == module_name:
+            return None
+        raise

@@ -6,7 +6,10 @@ command) in a throw-away directory; calls a few endpoints, printing each as a cu
 its answer; then stops everything with one SIGTERM. ``--serve`` leaves it running (Ctrl-C
 stops it) so you can try the curl lines yourself.
 
-    scripts/demo [--serve] [--port 8000]
+    scripts/demo [--serve] [--port 8000]     # or CELERIAC_DEMO_PORT=8001 scripts/demo
+
+A port that something already listens on, or a server that exits before it answers, stops
+the demo at once with one line saying so.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -50,11 +54,44 @@ def call(http: httpx.Client, method: str, path: str, body: dict[str, Any] | None
     print()
 
 
+def port_in_use(port: int) -> bool:
+    """Something already accepts connections on ``port`` (another server, an earlier demo)."""
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_until_up(run: subprocess.Popen[bytes], base: str, timeout: float) -> str | None:
+    """Until the server answers /health; or why it never will (it exited, or time ran out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = run.poll()
+        if status is not None:
+            return f"the example server exited with status {status} before answering on {base}"
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                return None
+        except httpx.HTTPError:
+            pass  # not listening yet
+        if time.monotonic() > deadline:
+            return f"the example server did not answer on {base} within {timeout:.0f} s"
+        time.sleep(0.2)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", action="store_true", help="keep running until Ctrl-C")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("CELERIAC_DEMO_PORT", "8000"))
+    )
     args = parser.parse_args()
+    if port_in_use(args.port):
+        print(
+            f"scripts/demo: port {args.port} is already in use (another server, or a demo still"
+            " running); stop it, or pick a free port with --port or CELERIAC_DEMO_PORT",
+            file=sys.stderr,
+        )
+        return 1
     inbox = Inbox()
     smtp = Controller(inbox, hostname="127.0.0.1", port=8025)
     smtp.start()
@@ -78,16 +115,10 @@ def main() -> int:
         run = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
         try:
             base = f"http://127.0.0.1:{args.port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(base + "/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    if time.monotonic() > deadline or run.poll() is not None:
-                        print("the example did not start", file=sys.stderr)
-                        return 1
-                    time.sleep(0.2)
+            problem = wait_until_up(run, base, 60)
+            if problem is not None:
+                print(f"scripts/demo: {problem}", file=sys.stderr)
+                return 1
             print(f"serving on {base} (API docs at {base}/docs)\n")
             with httpx.Client(base_url=base, timeout=60) as http:
                 call(http, "GET", "/health")

@@ -156,7 +156,7 @@ class Settings:
         """Keep names that are not settings; warn once about each that looks like Celery's
         (its author expects it to do something), never about a Flask or Django key."""
         for name in foreign:
-            if name.lower().startswith(CELERY_LOOKING) and name not in self._foreign:
+            if str(name).lower().startswith(CELERY_LOOKING) and name not in self._foreign:
                 logger.warning(
                     "setting %r is not one celeriac reads and is ignored"
                     " (docs/configuration.md lists the settings)",
@@ -220,6 +220,8 @@ def near_miss(name: str) -> str | None:
     """The name ``name`` is most likely a typo of, if it is that close to one."""
     import difflib  # only for a name that is not a setting
 
+    if not isinstance(name, str):  # a foreign mapping's key may be anything hashable
+        return None
     close = difflib.get_close_matches(name, sorted(_ALIASES), n=1, cutoff=NEAR_MISS_RATIO)
     return close[0] if close else None
 

@@ -54,6 +54,8 @@ def test_a_flask_config_with_foreign_keys_updates_the_settings(
     assert app.conf.get("DEBUG") is False
     assert app.conf.get("NOT_THERE", "fallback") == "fallback"
     assert caplog.records == []  # Flask's own keys are none of celeriac's business
+    app.conf.update({1: "a key that is not even a string"})
+    assert app.conf.get(1) == "a key that is not even a string"  # type: ignore[arg-type]
 
 
 def test_a_celery_looking_name_celeriac_does_not_read_is_ignored_with_a_warning(

@@ -26,7 +26,7 @@ generator that returns nothing), so a stream opened after the task ended sends n
 
 Browsers read either with ``new EventSource(url)``. ``sse_events`` is the same stream as
 bytes, for any other framework. Starlette is imported only by ``sse_response``
-(``pip install 'celeriac[web]'``).
+(celeriac's ``web`` extra).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from celeriac import errors, states
+from celeriac._install import install_hint
 from celeriac.result import AsyncResult, Event
 
 if TYPE_CHECKING:
@@ -67,7 +68,12 @@ def sse_response(
 
     ``wrap=False`` sends each yielded value exactly as yielded (see the module docstring).
     """
-    from starlette.responses import StreamingResponse
+    try:
+        from starlette.responses import StreamingResponse
+    except ImportError:
+        raise errors.ConfigurationError(
+            f"sse_response needs Starlette: {install_hint('web')}"
+        ) from None
 
     return StreamingResponse(
         sse_events(result, timeout=timeout, wrap=wrap),

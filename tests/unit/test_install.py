@@ -166,6 +166,12 @@ except ConfigurationError as exc:
             "result backend rpc:// needs an optional driver (aiormq): pip install 'aiormq>=6.8' ",
         ),
         (
+            "starlette",
+            "from celeriac.web import sse_response; from celeriac import AsyncResult",
+            "sse_response(AsyncResult('id'))",
+            "sse_response needs Starlette: pip install 'starlette>=0.37' 'uvicorn>=0.30' ",
+        ),
+        (
             "msgpack",
             "from celeriac.serialization import dumps",
             "dumps([1], 'msgpack')",

@@ -17,12 +17,9 @@ from typing import Any, NoReturn
 
 import pytest
 
-#: ``shared/`` beside the checkout (``CELERIAC_SHARED_DIR`` points elsewhere): the captured
-#: Celery messages the protocol tests use as vectors.
-SHARED_DIR = Path(
-    os.environ.get("CELERIAC_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared"
-)
-FIXTURES_DIR = SHARED_DIR / "celery-protocol" / "fixtures"
+#: The Celery messages and result records the protocol tests use as vectors, captured from
+#: the real Celery by ``scripts/capture_celery_fixtures.py`` (run it again to refresh them).
+FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures" / "celery"
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 #: Redis databases the test suite may use (the benchmark harness owns 1, 2 and 5).

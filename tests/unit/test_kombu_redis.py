@@ -1,7 +1,6 @@
 """kombu's Redis layout (``celeriac.brokers.kombu_redis``): pure functions, checked against
-what real Celery 5.7 / kombu 5.7 wrote to Redis (``shared/celery-protocol/fixtures``).
-
-Set ``CELERIAC_SHARED_DIR`` to use another copy of ``shared``.
+what real Celery 5.7 / kombu 5.7 wrote to Redis (``tests/fixtures/celery``, captured by
+``scripts/capture_celery_fixtures.py``).
 """
 
 from __future__ import annotations

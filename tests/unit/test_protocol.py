@@ -1,8 +1,8 @@
 """Protocol v2 task messages, checked against messages captured from real Celery 5.7.
 
-Every task message in ``shared/celery-protocol/fixtures`` must parse, and rebuilding it
-from the parsed fields must give back Celery's headers (values and key order), body bytes
-and properties. Set ``CELERIAC_SHARED_DIR`` to use another copy of ``shared``.
+Every task message in ``tests/fixtures/celery`` must parse, and rebuilding it from the
+parsed fields must give back Celery's headers (values and key order), body bytes and
+properties. ``scripts/capture_celery_fixtures.py`` captures them again.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ VECTORS = [_load_vector(p) for p in _task_fixture_paths()]
 
 
 def test_the_fixtures_are_there() -> None:
-    assert FIXTURES_DIR.is_dir(), f"fixtures not found at {FIXTURES_DIR}: set CELERIAC_SHARED_DIR"
+    assert FIXTURES_DIR.is_dir(), f"fixtures not found at {FIXTURES_DIR}"
     assert len(VECTORS) > 20
     assert {v.transport for v in VECTORS} == {"amqp", "redis"}
 

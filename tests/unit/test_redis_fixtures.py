@@ -4,7 +4,8 @@ Each fixture's ``value_raw`` is the list element exactly as Celery LPUSHed it (k
 the restored one). It goes through ``kombu_redis.decode`` (what the Redis broker does with a
 popped element) and ``parse_task_message`` (what the worker does with the envelope), and
 then through a real worker on ``memory://``, with tasks registered under the fixtures' names.
-No Redis server is needed. Set ``CELERIAC_SHARED_DIR`` to use another copy of ``shared``.
+No Redis server is needed. The fixtures are ``tests/fixtures/celery``
+(``scripts/capture_celery_fixtures.py`` captures them again).
 
 celeriac runs each message as one task: chains, chords and link callbacks carried in the
 embed are parsed and kept, but not acted on (see docs/celery-compatibility.md).
@@ -45,11 +46,19 @@ FIXTURE_NAMES = [
 ]
 ACCEPT = frozenset({JSON})
 
-CHAIN_ID = "74a22a43-660c-4a41-9e01-9904d481ae0b"
-CHAIN_STEP_2 = "2c15ddbe-fea2-4a94-a2e4-f1f7569f6cb4"
-CHAIN_STEP_3 = "fb60d29d-aa67-48e9-92b7-c7395f0032a3"
-CHORD_GROUP = "7f4969c6-222b-45f3-8211-6d6ea4b67c26"
-CHORD_BODY = "066123af-b3de-4248-8412-e0a7393db67a"
+
+def _client_ids(name: str) -> dict[str, Any]:
+    """The ids Celery's client returned for the call that produced fixture ``name`` (kept
+    beside the message at capture), which the messages must carry."""
+    ids: dict[str, Any] = json.loads((FIXTURES_DIR / name).read_text())["client_ids"]
+    return ids
+
+
+CHAIN_ID, CHAIN_STEP_2, CHAIN_STEP_3 = _client_ids("redis-canvas-chain-first.json")["chain"]
+_CHORD = _client_ids("redis-canvas-chord-body.json")
+CHORD_GROUP, CHORD_BODY, CHORD_HEADERS = _CHORD["group"], _CHORD["body"], _CHORD["header"]
+GROUP = _client_ids("redis-canvas-group-child.json")["group"]
+RETRIED = _client_ids("redis-task-retry-republished.json")["id"]
 
 #: What each captured message must parse to, written out by hand from the Celery call that
 #: produced it (the fixture's ``description``). Keys are :class:`TaskMessage` attributes,
@@ -58,20 +67,13 @@ CHORD_BODY = "066123af-b3de-4248-8412-e0a7393db67a"
 EXPECTED: dict[str, dict[str, Any]] = {
     "redis-task-delay.json": {"task": "protoapp.add", "args": [2, 3], "kwargs": {}},
     "redis-task-apply_async-kwargs.json": {"args": [], "kwargs": {"x": 1, "y": 2}},
-    "redis-task-apply_async-countdown.json": {
-        "args": [1, 1],
-        "eta": datetime(2026, 11, 21, 11, 22, 6, 717594, tzinfo=UTC),
-    },
+    "redis-task-apply_async-countdown.json": {"args": [1, 1]},  # eta: test_countdown_...
     "redis-task-apply_async-eta.json": {
         "args": [1, 2],
         "eta": datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC),
         "expires": None,
     },
-    "redis-task-apply_async-expires.json": {
-        "args": [1, 3],
-        "eta": None,
-        "expires": datetime(2026, 11, 21, 11, 23, 36, 722748, tzinfo=UTC),
-    },
+    "redis-task-apply_async-expires.json": {"args": [1, 3], "eta": None},  # expires: below
     "redis-task-apply_async-headers.json": {"args": [1, 7]},
     "redis-task-apply_async-link.json": {
         "args": [1, 8],
@@ -104,9 +106,14 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "kwargs": {"b": 1},
         "queue": "proto_remote",
     },
-    # Captured as the worker's LPUSH on self.retry(), but what was captured is the original
-    # message (retries 0, no eta, no parent_id): see the report that came with this file.
-    "redis-task-retry-republished.json": {"task": "protoapp.flaky", "args": [5], "retries": 0},
+    # The worker's LPUSH on self.retry(): the same task id, its parent is itself.
+    "redis-task-retry-republished.json": {
+        "task": "protoapp.flaky",
+        "id": RETRIED,
+        "args": [5],
+        "retries": 1,
+        "parent_id": RETRIED,
+    },
     "redis-canvas-chain-first.json": {
         "id": CHAIN_ID,
         "args": [1, 2],
@@ -127,6 +134,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
     },
     "redis-canvas-chord-header.json": {
         "args": [1, 1],
+        "id": CHORD_HEADERS[0],
         "group": CHORD_GROUP,
         "group_index": 0,
         "signatures": {"chord": [("protoapp.tsum", [], CHORD_BODY)]},
@@ -137,11 +145,11 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "args": [[2, 4]],  # the header's results, in header order
         "group": CHORD_GROUP,
         "group_index": None,
-        "parent_id": "7ea4d6a2-77e9-4d74-9036-5d11fda27b7f",
+        "parent_id": CHORD_HEADERS[-1],  # the header task that finished last
     },
     "redis-canvas-group-child.json": {
         "args": [1, 1],
-        "group": "152ad177-5f28-493c-b24a-a7e777f39386",
+        "group": GROUP,
         "group_index": 1,
     },
     RESTORED: {
@@ -303,6 +311,23 @@ def test_eta_and_expires_are_aware_utc() -> None:
     )
     assert countdown.eta is not None and countdown.eta.tzinfo is UTC
     assert expires.expires is not None and expires.expires.tzinfo is UTC
+
+
+@pytest.mark.parametrize(
+    ("name", "header", "seconds"),
+    [
+        ("redis-task-apply_async-countdown.json", "eta", 30),
+        ("redis-task-apply_async-expires.json", "expires", 120),
+    ],
+)
+def test_relative_times_become_absolute_from_the_send(name: str, header: str, seconds: int) -> None:
+    # countdown=30 and expires=120 travel as absolute times: that many seconds after the call
+    # (``sent_at``, taken just before it at capture).
+    sent_at = datetime.fromisoformat(json.loads((FIXTURES_DIR / name).read_text())["sent_at"])
+    message = parse_task_message(decode(load(name)).envelope, ACCEPT)
+    when = getattr(message, header)
+    assert when is not None
+    assert timedelta(seconds=seconds) <= when - sent_at < timedelta(seconds=seconds + 1)
 
 
 def test_expires_keeps_the_expiration_property() -> None:

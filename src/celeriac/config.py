@@ -114,6 +114,9 @@ class Settings:
     worker_max_memory_per_child: int | None = None
     #: Processes ``celeriac worker`` runs on its ``-Q`` queues (1: no supervisor).
     worker_processes: int = 1
+    #: Seconds the event loop may stay blocked (an ``async def`` task calling ``time.sleep``)
+    #: before the worker logs a warning naming the task (celeriac's); 0 or None: no check.
+    worker_loop_block_warning: float | None = 1.0
     #: Several pools in one command: name -> {"queues": [...], "processes": N,
     #: "concurrency": N} (see celeriac.worker.pools).
     worker_pools: dict[str, dict[str, Any]] | None = None

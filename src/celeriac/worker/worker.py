@@ -24,10 +24,13 @@ from functools import partial
 
 from celeriac import _bridge
 from celeriac.app import Celery, Connection
+from celeriac.brokers.base import Delivery
+from celeriac._sqlite import absolute_url
 from celeriac.config import redacted
 from celeriac.resources import Resources
 from celeriac.serialization import resolve_accept
 from celeriac.worker.execution import Execution
+from celeriac.worker.loop_watch import LoopWatch
 
 logger = logging.getLogger("celeriac.worker")
 #: The longest a shutdown waits on the broker at each step besides the drain: the consumer
@@ -71,7 +74,8 @@ class Worker:
             shutdown_timeout if shutdown_timeout is not None else conf.worker_shutdown_timeout
         )
         self.accept = resolve_accept(conf.accept_content)
-        self._running: set[asyncio.Task[None]] = set()
+        #: The handler of each delivery being handled (read by the loop watch).
+        self._running: dict[asyncio.Task[None], Delivery] = {}
         self._stopping: asyncio.Event | None = None
         self.max_tasks = max_tasks
         self.max_memory_kib = max_memory_kib
@@ -101,13 +105,14 @@ class Worker:
         watching = None
         if self.max_memory_kib:
             watching = loop.create_task(self._watch_memory(self.max_memory_kib))
+        watch = self._watch_loop(loop)
         logger.info(
             "%s ready: pid %d, queues %s, concurrency %d, broker %s",
             self.hostname,
             os.getpid(),
             ",".join(self.queues),
             self.concurrency,
-            redacted(conn.broker.url),
+            redacted(absolute_url(conn.broker.url)),
         )
         if self.on_ready is not None:
             self.on_ready()
@@ -116,6 +121,8 @@ class Worker:
         finally:
             if watching is not None:
                 watching.cancel()
+            if watch is not None:
+                watch.stop()
             consumer.cancel()
             await self._within("stop consuming", {consumer})
             await self._drain()
@@ -157,7 +164,7 @@ class Worker:
                     raise
                 slot = _Slot(slots)
                 handler = loop.create_task(execution.handle(delivery, slot.release))
-                self._running.add(handler)
+                self._running[handler] = delivery
                 handler.add_done_callback(partial(self._finished, slot=slot))
                 taken += 1
                 if self.max_tasks and taken >= self.max_tasks:
@@ -173,13 +180,31 @@ class Worker:
             await deliveries.aclose()
 
     def _finished(self, handler: asyncio.Task[None], *, slot: _Slot) -> None:
-        self._running.discard(handler)
+        self._running.pop(handler, None)
         slot.release()
         if handler.cancelled():
             return
         self.processed += 1
         if handler.exception() is not None:
             logger.error("worker bug while handling a message", exc_info=handler.exception())
+
+    def _watch_loop(self, loop: asyncio.AbstractEventLoop) -> LoopWatch | None:
+        """Report an event loop blocked longer than ``worker_loop_block_warning``."""
+        threshold = self.app.conf.worker_loop_block_warning
+        if not threshold:
+            return None
+        watch = LoopWatch(loop, threshold, self._running, self._async_task_of)
+        watch.start()
+        return watch
+
+    def _async_task_of(self, delivery: Delivery) -> str | None:
+        """``name[id]`` of the ``async def`` task of ``delivery`` (None for another)."""
+        headers = delivery.envelope.headers
+        name = headers.get("task")
+        task = self.app.tasks.get(name) if isinstance(name, str) else None
+        if task is None or not task.is_async:
+            return None
+        return f"{name}[{headers.get('id')}]"
 
     async def _watch_memory(self, limit_kib: int) -> None:
         """Stop gracefully once resident memory passes ``limit_kib`` (checked every second:

@@ -1,0 +1,145 @@
+"""Reports an event loop that a task blocks: the top cause of "tasks hang".
+
+An ``async def`` task that calls ``time.sleep`` or ``requests.get`` stops every other task of
+the worker, its acks and its broker heartbeats, and nothing in the loop can notice while it
+happens. So the check runs in a thread of its own: the loop refreshes a timestamp every
+``tick`` seconds with a timer callback, and the thread, waking as often, logs one warning
+once that timestamp is older than the threshold, while the loop is still blocked. It names
+the task the loop is running at that moment (``asyncio.current_task`` of the loop, looked up
+in the worker's running handlers) and the line the loop's thread is on, with the fix.
+
+The only cost on the loop is the timer callback, a few times a second: nothing per task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from types import FrameType
+from typing import Any
+
+logger = logging.getLogger("celeriac.worker")
+
+#: The longest time between two refreshes of the timestamp (shorter for a small threshold,
+#: so that an ordinary wait between refreshes never looks like a block).
+MAX_TICK = 0.25
+#: celeriac's own source files begin with this.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+#: Tasks named at most in one warning when the blocking one is not known.
+MAX_NAMED = 5
+
+#: A running task as the warning names it: ``name[id]``, or None for one that is not an
+#: ``async def`` task (a plain ``def`` runs in a thread and cannot block the loop).
+Describe = Callable[[Any], "str | None"]
+
+
+class LoopWatch:
+    """Watches ``loop`` from a thread; ``running`` maps the worker's handler tasks to what
+    ``describe`` turns into a task's name (read only when a block is reported)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        threshold: float,
+        running: Mapping[asyncio.Task[None], Any],
+        describe: Describe,
+    ) -> None:
+        self.loop = loop
+        self.threshold = threshold
+        self.tick = min(MAX_TICK, threshold / 4)
+        self._running = running
+        self._describe = describe
+        self._beat = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop_thread = threading.get_ident()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="celeriac-loop-watch", daemon=True)
+
+    def start(self) -> None:
+        """Start refreshing and watching (call it on the loop's thread)."""
+        self._loop_thread = threading.get_ident()
+        self._refresh()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop both (on the loop's thread); the thread ends at once."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=1.0)
+
+    def _refresh(self) -> None:
+        self._beat = time.monotonic()
+        self._timer = self.loop.call_later(self.tick, self._refresh)
+
+    def _watch(self) -> None:
+        reported: float | None = None  # the timestamp of the block already reported
+        while not self._stopped.wait(self.tick):
+            beat = self._beat
+            blocked = time.monotonic() - beat
+            if blocked > self.threshold and beat != reported:
+                reported = beat
+                self._report(blocked)
+            elif reported is not None and beat != reported:
+                logger.info(
+                    "the event loop runs again, after about %.1f s blocked", beat - reported
+                )
+                reported = None
+
+    def _report(self, blocked: float) -> None:
+        culprit = self._culprit()
+        logger.warning(
+            "the event loop has been blocked for %.1f s (worker_loop_block_warning=%g) %s%s:"
+            " no other task, ack or broker heartbeat runs meanwhile; await the blocking call"
+            " (asyncio.sleep, an async client, await asyncio.to_thread(...)) or make the task"
+            " a plain def, which runs in a thread",
+            blocked,
+            self.threshold,
+            culprit,
+            self._where(),
+        )
+
+    def _culprit(self) -> str:
+        """The task the loop is running now, else every async task running."""
+        try:
+            current = asyncio.current_task(self.loop)
+            running = dict(self._running)  # one C-level copy: the loop may change it
+            described = [(task, self._describe(value)) for task, value in running.items()]
+        except Exception as exc:  # the warning still goes out, without the names
+            return f"(its tasks could not be listed: {exc})"
+        names = {task: name for task, name in described if name is not None}
+        if current in names:
+            return f"by task {names[current]}"
+        if not names:
+            return "by no async task (worker code or a callback)"
+        listed = ", ".join(list(names.values())[:MAX_NAMED])
+        more = f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else ""
+        return f"while these async tasks run: {listed}{more}"
+
+    def _where(self) -> str:
+        """The line of the task's own code the loop's thread is on: the first frame, from
+        the outermost, that follows celeriac's own (a blocking library call is named by the
+        task's line that made it); the innermost frame when no celeriac frame is there."""
+        frame: FrameType | None = sys._current_frames().get(self._loop_thread)
+        stack: list[FrameType] = []
+        while frame is not None:
+            stack.append(frame)
+            frame = frame.f_back
+        if not stack:
+            return ""
+        chosen = stack[0]
+        inside_celeriac = False
+        for outer in reversed(stack):
+            if outer.f_code.co_filename.startswith(_PACKAGE_DIR):
+                inside_celeriac = True
+            elif inside_celeriac:
+                chosen = outer
+                break
+        code = chosen.f_code
+        return f", at {code.co_filename}:{chosen.f_lineno} in {code.co_name}"

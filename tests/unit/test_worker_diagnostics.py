@@ -1,0 +1,108 @@
+"""What the worker logs to diagnose tasks: a blocked event loop, a failure's traceback, a
+result that could not be stored (memory://, one process)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from celeriac import Celery
+from celeriac.worker.worker import Worker
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[Celery]:
+    app = Celery("diag", broker=f"memory://{uuid.uuid4().hex}")
+    async with app.setup():
+        yield app
+
+
+async def run_worker(app: Celery, **options: Any) -> tuple[Worker, asyncio.Task[None]]:
+    worker = Worker(app, **options)
+    return worker, asyncio.get_running_loop().create_task(worker.run())
+
+
+async def stop(worker: Worker, running: asyncio.Task[None]) -> None:
+    worker.stop()
+    await asyncio.wait_for(running, 10)
+
+
+def block_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "event loop has been blocked" in r.getMessage()
+    ]
+
+
+async def test_an_async_task_that_blocks_the_loop_is_named_while_it_blocks(
+    app: Celery, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.conf.worker_loop_block_warning = 0.5
+    logged_while_blocked: list[bool] = []
+
+    @app.task(name="diag.blocks")
+    async def blocks() -> str:
+        time.sleep(1.5)  # noqa: ASYNC251 - the mistake the warning is for
+        logged_while_blocked.append(bool(block_warnings(caplog)))
+        return "done"
+
+    caplog.set_level(logging.INFO, logger="celeriac")
+    worker, running = await run_worker(app)
+    try:
+        result = await blocks.delay()
+        assert await result.get(timeout=10) == "done"
+    finally:
+        await stop(worker, running)
+    [warning] = block_warnings(caplog)
+    text = warning.getMessage()
+    assert f"by task diag.blocks[{result.id}]" in text
+    assert "worker_loop_block_warning=0.5" in text
+    assert "test_worker_diagnostics.py" in text and "in blocks" in text  # the blocking line
+    assert "await the blocking call" in text and "plain def" in text
+    assert logged_while_blocked == [True]  # from the watch thread, before the loop ran again
+
+
+async def test_a_task_that_awaits_is_not_reported(
+    app: Celery, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.conf.worker_loop_block_warning = 0.5
+
+    @app.task(name="diag.awaits")
+    async def awaits() -> str:
+        await asyncio.sleep(1.5)
+        return "fine"
+
+    caplog.set_level(logging.INFO, logger="celeriac")
+    worker, running = await run_worker(app)
+    try:
+        assert await (await awaits.delay()).get(timeout=10) == "fine"
+    finally:
+        await stop(worker, running)
+    assert block_warnings(caplog) == []
+
+
+async def test_the_check_is_off_with_zero(app: Celery, caplog: pytest.LogCaptureFixture) -> None:
+    app.conf.worker_loop_block_warning = 0
+
+    @app.task(name="diag.blocks")
+    async def blocks() -> str:
+        time.sleep(0.3)  # noqa: ASYNC251
+        return "done"
+
+    caplog.set_level(logging.INFO, logger="celeriac")
+    worker, running = await run_worker(app)
+    try:
+        assert await (await blocks.delay()).get(timeout=10) == "done"
+        threads = {t.name for t in threading.enumerate()}
+        assert "celeriac-loop-watch" not in threads
+    finally:
+        await stop(worker, running)
+    assert block_warnings(caplog) == []

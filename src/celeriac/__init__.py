@@ -6,7 +6,7 @@ The public names, nothing else; see README.md for a five-minute tour.
 from importlib import metadata as _metadata
 
 from celeriac import states
-from celeriac.app import Celery, shared_task
+from celeriac.app import Celery, current_app, shared_task
 from celeriac.ids import uuid
 from celeriac.resources import Resource, use
 from celeriac.result import AsyncResult
@@ -27,6 +27,7 @@ __all__ = [
     "SyncTask",
     "Task",
     "__version__",
+    "current_app",
     "shared_task",
     "states",
     "use",

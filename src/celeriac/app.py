@@ -48,12 +48,61 @@ _shared: list[Callable[[Celery], None]] = []
 SEND_MANY_CHUNK = 1000
 
 
-def default_app() -> Celery:
-    """The most recently created app (Celery's ``current_app``); one is made if none exists."""
+#: The app ``app.set_current()`` made current in this thread.
+_thread_current = threading.local()
+#: The app ``app.set_default()`` made the process's default.
+_default: Celery | None = None
+#: The last app created with ``set_as_current=True`` (Celery's default).
+_latest: Celery | None = None
+
+
+def get_current_app() -> Celery:
+    """The app a shared task, ``current_app`` and ``AsyncResult(id)`` use, as in Celery: the
+    one set current in this thread (``app.set_current()``, or created here with
+    ``set_as_current=True``), else the default (``app.set_default()``), else the last app
+    created with ``set_as_current=True``.
+
+    With no app at all this is an error: Celery would make a hidden default app, whose
+    broker is not the one the workers read, and tasks sent there are never run.
+    """
+    current: Celery | None = getattr(_thread_current, "app", None)
+    if current is not None:
+        return current
     with _apps_lock:
-        if _apps:
-            return _apps[-1]
-    return Celery()
+        found = _default or _latest
+    if found is None:
+        raise ConfigurationError(
+            "no Celery app is configured, so there is no broker to send to: create the app"
+            " (Celery('proj', broker=...)) before calling a @shared_task or using"
+            " current_app, or pass app= (AsyncResult(id, app=app))"
+        )
+    return found
+
+
+class _CurrentApp:
+    """``current_app``: stands for :func:`get_current_app`'s answer at each use, as Celery's
+    ``celery.current_app`` proxy does (so a module can import it before the app exists)."""
+
+    __slots__ = ()
+
+    def _get_current_object(self) -> Celery:
+        return get_current_app()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(get_current_app(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(get_current_app(), name, value)
+
+    def __repr__(self) -> str:
+        try:
+            return f"<current_app: {get_current_app()!r}>"
+        except ConfigurationError:
+            return "<current_app: no app configured>"
+
+
+#: The current app (see :func:`get_current_app`), resolved at each attribute access.
+current_app: Celery = cast("Celery", _CurrentApp())
 
 
 class TaskKwargs(TypedDict, total=False):
@@ -124,6 +173,7 @@ class Celery:
         *,
         broker: str | None = None,
         backend: str | None = None,
+        set_as_current: bool = True,
         **settings: Any,
     ) -> None:
         self.main = main
@@ -146,9 +196,25 @@ class Celery:
             shared = list(_shared)
         for register in shared:
             register(self)
+        if set_as_current:
+            self.set_current()
 
     def __repr__(self) -> str:
         return f"<Celery {self.main or '__main__'}>"
+
+    def set_current(self) -> None:
+        """Make this the current app of this thread (and the last one made current, which
+        other threads use when they have none of their own and no default is set)."""
+        global _latest
+        _thread_current.app = self
+        with _apps_lock:
+            _latest = self
+
+    def set_default(self) -> None:
+        """Make this the app of every thread that set no current app of its own."""
+        global _default
+        with _apps_lock:
+            _default = self
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -236,17 +302,8 @@ class Celery:
     def register(
         self, fn: Callable[..., Any], *, bind: bool = False, **options: Any
     ) -> Task[Any, Any]:
-        name = options.pop("name", None) or f"{fn.__module__}.{fn.__qualname__}"
-        task_options = TaskOptions(name=name, bind=bind, **options)
-        cls: type[Task[Any, Any]]
-        if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
-            cls = StreamingTask
-        elif asyncio.iscoroutinefunction(fn):
-            cls = AsyncTask
-        else:
-            cls = SyncTask
-        task = cls(self, fn, task_options)
-        self.tasks[name] = task
+        task = _make_task(self, fn, bind=bind, **options)
+        self.tasks[task.name] = task
         return task
 
     # -- resources -----------------------------------------------------------------------------
@@ -515,20 +572,39 @@ def _address(envelope: Envelope, backend: ResultBackend) -> None:
         envelope.properties["reply_to"] = backend.reply_to
 
 
+def _make_task(
+    app: Celery | None, fn: Callable[..., Any], *, bind: bool = False, **options: Any
+) -> Task[Any, Any]:
+    """The task ``fn`` makes, bound to ``app`` (None: to the current app at each call)."""
+    name = options.pop("name", None) or f"{fn.__module__}.{fn.__qualname__}"
+    task_options = TaskOptions(name=name, bind=bind, **options)
+    cls: type[Task[Any, Any]]
+    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+        cls = StreamingTask
+    elif asyncio.iscoroutinefunction(fn):
+        cls = AsyncTask
+    else:
+        cls = SyncTask
+    return cls(app, fn, task_options)
+
+
 def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
-    """Like ``@app.task``, for reusable modules: the task is registered on every app."""
+    """Like ``@app.task``, for reusable modules: the task is registered on every app, made
+    before or after it, and the task returned sends through the current app at each call
+    (see :func:`get_current_app`), as Celery's does. Calling ``delay()`` with no app made
+    yet is an error, never a send to some default broker no worker reads."""
 
     def decorate(function: Callable[..., Any]) -> Task[Any, Any]:
         def register(app: Celery) -> None:
             app.register(function, **dict(options))
 
+        unbound = _make_task(None, function, **dict(options))  # checks the options first
         with _apps_lock:
             _shared.append(register)
             apps = list(_apps)
         for app in apps:
             register(app)
-        target = default_app()
-        return target.tasks[options.get("name") or f"{function.__module__}.{function.__qualname__}"]
+        return unbound
 
     return decorate(fn) if fn is not None else decorate
 

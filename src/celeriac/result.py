@@ -111,9 +111,9 @@ class AsyncResult(Generic[R]):
 
     def __init__(self, id: str, app: Celery | None = None, *, task_name: str | None = None):
         if app is None:
-            from celeriac.app import default_app
+            from celeriac.app import get_current_app  # the app module imports this one
 
-            app = default_app()
+            app = get_current_app()
         self.id = id
         self.app = app
         self.task_name = task_name
@@ -161,6 +161,15 @@ class AsyncResult(Generic[R]):
                 "pass disable_sync_subtasks=False if you know the wait is safe."
             )
         return dual(self._get(timeout, propagate))
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        disable_sync_subtasks: bool = True,
+    ) -> Awaitable[R]:
+        """Celery's other name for :meth:`get`, with the same arguments."""
+        return self.get(timeout, propagate, disable_sync_subtasks)
 
     async def _get(self, timeout: float | None, propagate: bool) -> R:
         await self

@@ -84,8 +84,9 @@ class TaskOptions:
 class Task(Generic[P, R]):
     """A registered task. Call it to run inline; ``delay``/``apply_async`` to queue it."""
 
-    def __init__(self, app: Celery, fn: Callable[..., Any], options: TaskOptions) -> None:
-        self.app = app
+    def __init__(self, app: Celery | None, fn: Callable[..., Any], options: TaskOptions) -> None:
+        #: None for a ``@shared_task``: it uses the current app at each call.
+        self._app = app
         self.fn = fn
         self.options = options
         self.name = options.name
@@ -107,6 +108,16 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<@task: {self.name}>"
+
+    @property
+    def app(self) -> Celery:
+        """The app this task sends through: its own, or for a ``@shared_task`` the current
+        one (an error when no app exists, rather than a hidden default broker)."""
+        if self._app is not None:
+            return self._app
+        from celeriac.app import get_current_app  # the app module imports this one
+
+        return get_current_app()
 
     # -- settings resolved against the app's configuration --------------------------------
 

@@ -60,9 +60,36 @@ class SendOptions(TypedDict, total=False):
     soft_time_limit: float | None
 
 
+#: The option names ``SendOptions`` lists: what a send call accepts besides ``task_id``.
+OPTION_NAMES = frozenset(SendOptions.__optional_keys__)
+
+#: Celery's options that need its canvas (callbacks, chains, chords, groups).
+_CANVAS_OPTIONS = frozenset({"link", "link_error", "chain", "chord", "group_id", "group_index"})
+
+
+def check_options(options: Mapping[str, object]) -> None:
+    """Raise TypeError naming the first option celeriac does not support: one accepted and
+    ignored would leave the caller believing its callback, route or policy is in place."""
+    if OPTION_NAMES.issuperset(options):
+        return
+    name = sorted(set(options) - OPTION_NAMES)[0]
+    if name in _CANVAS_OPTIONS:
+        why = (
+            "it needs Celery's canvas (callbacks, chains, chords, groups), which celeriac does"
+            " not have yet: send the next task from the end of this one, or await this"
+            " result and send it"
+        )
+    else:
+        why = "celeriac does not support it"
+    supported = ", ".join(["task_id", *sorted(OPTION_NAMES)])
+    raise TypeError(f"unsupported task option {name!r}: {why}. The options are: {supported}")
+
+
 def plan(conf: Settings, name: str, **options: Unpack[SendOptions]) -> Plan:
     """Celery's defaults and conversions for one send call (``countdown`` becomes an ETA,
-    numeric ``expires`` counts from now, a naive ``eta`` is UTC)."""
+    numeric ``expires`` counts from now, a naive ``eta`` is UTC). An option that is not one
+    of ``SendOptions`` is a TypeError (see :func:`check_options`)."""
+    check_options(options)
     now = datetime.now(UTC)
     eta = options.get("eta")
     countdown = options.get("countdown")

@@ -10,7 +10,9 @@ One rule per kind of block, decided by its language tag and its first line:
 - ``python`` starting ``# from <path>``: an excerpt of a file of this repository (whose own
   tests run it); each of its lines must be in that file, in the same order.
 - ``python`` starting ``>>>``: a doctest, run in that directory.
-- any other ``python``: a script, run in that directory with this interpreter; it must exit 0.
+- any other ``python``: a script, run in that directory with this interpreter; it must exit 0,
+  and a ``print(...)`` line's trailing comment (``# [3, 7, 11]``) is a line it prints (one
+  that ends `` ...``: the first of several lines).
 - no tag, lines starting ``$ celeriac ... worker``: the worker, started in that directory on
   the embedded SQLite broker and kept running for the blocks after it; the lines below the
   command are its shown output and must match what it logs.
@@ -44,6 +46,7 @@ FILE_BLOCK = re.compile(r"# (?:add to )?(\w+\.py)$")
 EXCERPT = re.compile(r"# from (\S+)")
 WORKER_COMMAND = re.compile(r"\$ (celeriac -A \S+ worker\b.*)$")
 SCRIPT_TIMEOUT = 60.0
+PRINT_WITH_OUTPUT = re.compile(r"^\s*print\(.*\)\s+# (.+)$")
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,8 @@ class Worker:
             self.proc.stdout.close()
 
 
-def run_python(argv: list[str], cwd: Path, env: dict[str, str], block: Block) -> None:
+def run_python(argv: list[str], cwd: Path, env: dict[str, str], block: Block) -> str:
+    """Run ``python argv`` as the README's reader would; what it printed."""
     done = subprocess.run(
         [sys.executable, *argv],
         cwd=cwd,
@@ -179,6 +183,13 @@ def run_python(argv: list[str], cwd: Path, env: dict[str, str], block: Block) ->
         timeout=SCRIPT_TIMEOUT,
     )
     assert done.returncode == 0, f"{block} failed:\n{done.stdout}{done.stderr}"
+    return done.stdout
+
+
+def shown_prints(block: Block) -> list[str]:
+    """The output a script's ``print(...)  # output`` lines say they print."""
+    shown = [m.group(1) for line in block.text.splitlines() if (m := PRINT_WITH_OUTPUT.match(line))]
+    return [line.removesuffix(" ...") for line in shown]
 
 
 def check_excerpt(block: Block) -> None:
@@ -241,7 +252,9 @@ def test_every_readme_block_runs_as_written(
         elif what == "script":
             script = tmp_path / f"block_{number}.py"
             script.write_text(block.text)
-            run_python([script.name], tmp_path, env, block)
+            printed = run_python([script.name], tmp_path, env, block).splitlines()
+            missing = missing_lines(shown_prints(block), printed)
+            assert not missing, f"{block}: printed {printed}, not {missing}"
         elif what == "worker":
             command, *shown = block.text.splitlines()
             match = WORKER_COMMAND.match(command)

@@ -44,6 +44,8 @@ OLD_NAMES: dict[str, str] = {
     "CELERY_ACKS_LATE": "task_acks_late",
     "CELERY_IGNORE_RESULT": "task_ignore_result",
     "CELERY_TRACK_STARTED": "task_track_started",
+    "CELERY_ALWAYS_EAGER": "task_always_eager",
+    "CELERY_EAGER_PROPAGATES_EXCEPTIONS": "task_eager_propagates",
     "CELERYD_TASK_TIME_LIMIT": "task_time_limit",
     "CELERYD_TASK_SOFT_TIME_LIMIT": "task_soft_time_limit",
     "CELERY_TASK_RESULT_EXPIRES": "result_expires",
@@ -93,6 +95,10 @@ class Settings:
     task_soft_time_limit: float | None = None
     task_default_retry_delay: float = 180.0
     task_max_retries: int | None = 3
+    #: ``delay``/``apply_async`` run the task in the caller, as ``apply`` does (for tests).
+    task_always_eager: bool = False
+    #: An eagerly run task's exception is raised by ``apply`` (and ``delay`` when eager).
+    task_eager_propagates: bool = False
     result_expires: float | None = 86400.0
     #: Largest encoded result record stored, in bytes (celeriac's; Celery has no limit); a
     #: larger one is stored as a FAILURE that says so. 0: no limit of celeriac's own. The

@@ -10,6 +10,7 @@ awaited call read, and say so if nothing was read yet.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextvars
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine, Generator, Iterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from celeriac import _bridge, states
-from celeriac.errors import CeleriacError, SyncWaitInTaskError
+from celeriac.errors import CeleriacError, SyncWaitInTaskError, TimeoutError
 from celeriac.resultmeta import Meta, exception_from_dict
 
 if TYPE_CHECKING:
@@ -267,3 +268,107 @@ class AsyncResult(Generic[R]):
     def date_done(self) -> datetime | None:
         value = self._current().get("date_done")
         return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+
+async def _now(value: T) -> T:
+    return value
+
+
+def answer(value: T) -> Awaitable[T]:
+    """``value`` as the dual API hands it out: awaitable in async code, itself in sync code
+    (an eager result has nothing to read, so it needs no event loop)."""
+    if _bridge.in_async_context():
+        return _now(value)
+    return cast(Awaitable[T], value)
+
+
+class EagerResult(AsyncResult[R]):
+    """The outcome of a task run in the caller (``Task.apply``, or ``delay`` under
+    ``task_always_eager``), as Celery's ``EagerResult``: nothing is read from a store.
+
+    ``get()``, ``ready()``, ``successful()``, ``failed()`` answer at once in sync code and are
+    awaited in async code, as ``AsyncResult``'s are. An ``async def`` task applied from async
+    code runs as an asyncio task started at once: ``await result`` (or ``get()``) waits for it,
+    and until it ends its state is STARTED.
+    """
+
+    def __init__(self, id: str, app: Celery, *, task_name: str | None = None):
+        super().__init__(id, app, task_name=task_name)
+        self._meta = {"status": states.STARTED, "result": None, "traceback": None}
+        self._value: Any = None
+
+    def finish(self, state: str, value: Any, traceback: str | None = None) -> None:
+        """Record the task's end: SUCCESS with its return value, FAILURE with its exception."""
+        self._value = value
+        shown = value if state == states.SUCCESS else None
+        self._meta = {"status": state, "result": shown, "traceback": traceback}
+
+    def __repr__(self) -> str:
+        return f"<EagerResult: {self.id}>"
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        disable_sync_subtasks: bool = True,
+    ) -> Awaitable[R]:
+        """The return value; re-raises the task's exception when it failed and ``propagate``.
+        A result known at once needs no wait, so this is allowed inside a task too."""
+        if _bridge.in_async_context():
+            return self._get(timeout, propagate)
+        return cast(Awaitable[R], self._outcome(propagate))
+
+    async def _get(self, timeout: float | None, propagate: bool) -> R:
+        try:
+            await asyncio.wait_for(self._finished(), timeout)
+        except builtins.TimeoutError:
+            raise TimeoutError(
+                f"eagerly run task {self.id} was not finished after {timeout} s"
+            ) from None
+        return cast(R, self._outcome(propagate))
+
+    async def _finished(self) -> None:
+        running = self._sending
+        if running is not None:
+            await asyncio.wait([running])
+            if not running.cancelled():
+                running.exception()  # read here: it is the result's, raised by _outcome
+
+    def _outcome(self, propagate: bool) -> Any:
+        if self.state == states.FAILURE:
+            if propagate:
+                raise self._value
+            return self._value
+        return self._value
+
+    def stream(self, timeout: float | None = None, propagate: bool = True) -> ResultStream:
+        raise CeleriacError(
+            "an eagerly run task has no event stream (its progress is not stored): read"
+            " result.get(), or run it on a worker to follow it with stream()"
+        )
+
+    def refresh(self) -> Awaitable[str]:
+        return answer(self.state)
+
+    def ready(self) -> Awaitable[bool]:
+        return answer(self.state in states.READY_STATES)
+
+    def successful(self) -> Awaitable[bool]:
+        return answer(self.state == states.SUCCESS)
+
+    def failed(self) -> Awaitable[bool]:
+        return answer(self.state == states.FAILURE)
+
+    def forget(self) -> Awaitable[None]:
+        return answer(None)
+
+    def _current(self) -> Meta:
+        assert self._meta is not None
+        return self._meta
+
+    @property
+    def result(self) -> Any:
+        """The return value, or the exception instance for FAILURE."""
+        return self._value
+
+    info = result

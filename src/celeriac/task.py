@@ -7,18 +7,21 @@ type error when ``add`` takes ints) and ``R`` its result (so ``await r.get()`` i
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import random
+import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack, cast
 
-from celeriac import resources
+from celeriac import _bridge, resources, states
 from celeriac.errors import MaxRetriesExceededError, Retry
+from celeriac.ids import uuid
 from celeriac.resources import injected_parameters
-from celeriac.result import AsyncResult, dual
+from celeriac.result import AsyncResult, EagerResult, answer, dual
 
 if TYPE_CHECKING:
     from celeriac.app import Celery
@@ -174,6 +177,46 @@ class Task(Generic[P, R]):
             return self.fn(self, *args, **kwargs)
         return self.fn(*args, **kwargs)
 
+    # -- running eagerly --------------------------------------------------------------------
+
+    def apply(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        retries: int = 0,
+        throw: bool | None = None,
+        **options: Unpack[SendOptions],
+    ) -> EagerResult[R]:
+        """Run the task here and now, as Celery's ``apply`` does (for tests): no broker, no
+        store. Returns an :class:`EagerResult`; a failure is its FAILURE state, or raised
+        here when ``throw`` (default: the ``task_eager_propagates`` setting).
+
+        ``self.request`` is an eager request with this id; ``self.retry()`` and
+        ``autoretry_for`` run the task again at once (countdowns are not waited for) until
+        ``max_retries``; progress it yields or stores with ``update_state`` is not kept.
+
+        A plain ``def`` task runs in the caller. An ``async def`` task called from sync code
+        runs to its end on the sync bridge's event loop; called from async code, it starts
+        as an asyncio task at once and the result is awaited (``await task.apply(...)``, or
+        ``await result.get()``), since blocking the caller's loop on it would deadlock.
+        """
+        from celeriac import sending  # the sending module imports this one
+
+        sending.check_options(options)
+        throw = self.app.conf.task_eager_propagates if throw is None else throw
+        result: EagerResult[R] = EagerResult(task_id or uuid(), self.app, task_name=self.name)
+        call = EagerCall(self, result, list(args or ()), dict(kwargs or {}), retries, throw)
+        if not self.is_async:
+            call.run_sync()
+        elif _bridge.in_async_context():
+            running = asyncio.get_running_loop().create_task(call.run_async())
+            result._sending = running
+        else:
+            _bridge.run(call.run_async())
+        return result
+
     # -- publishing ---------------------------------------------------------------------------
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
@@ -188,7 +231,10 @@ class Task(Generic[P, R]):
         task_id: str | None = None,
         **options: Unpack[SendOptions],
     ) -> AsyncResult[R]:
-        """Queue the task with Celery's options (see ``Celery.send_task``)."""
+        """Queue the task with Celery's options (see ``Celery.send_task``); under the
+        ``task_always_eager`` setting, run it here instead (see :meth:`apply`)."""
+        if self.app.conf.task_always_eager:
+            return self.apply(args, kwargs, task_id=task_id, **options)
         return self.app.send_task(
             self.name, args, kwargs, task_id=task_id, **self._with_defaults(options)
         )
@@ -207,8 +253,22 @@ class Task(Generic[P, R]):
         **options: Unpack[SendOptions],
     ) -> Awaitable[list[AsyncResult[R]]]:
         """``delay_many`` with ``apply_async``'s options, the same for every message (see
-        ``Celery.send_many``)."""
+        ``Celery.send_many``); under ``task_always_eager``, each call runs here instead."""
+        if self.app.conf.task_always_eager:
+            return self._apply_each(calls, options)
         return self.app.send_many(self.name, calls, **self._with_defaults(options))
+
+    def _apply_each(
+        self, calls: Iterable[Sequence[Any] | Mapping[str, Any]], options: SendOptions
+    ) -> Awaitable[list[AsyncResult[R]]]:
+        """``apply_many`` under ``task_always_eager``: ``apply`` for each call, in order."""
+        from celeriac import sending  # the sending module imports this one
+
+        split = [sending.arguments(call, index) for index, call in enumerate(calls)]
+        results: list[AsyncResult[R]] = [self.apply(a, k, **options) for a, k in split]
+        if not _bridge.in_async_context():
+            return cast(Awaitable[list[AsyncResult[R]]], results)
+        return _all_finished(results)
 
     def _with_defaults(self, options: SendOptions) -> SendOptions:
         """The call's options, with this task's own where the call gives none."""
@@ -275,6 +335,8 @@ class Task(Generic[P, R]):
         target = task_id or (request.id if request else None)
         if not target:
             raise ValueError("update_state() outside a running task needs task_id=")
+        if request is not None and request.is_eager and target == request.id:
+            return answer(None)  # an eager run has no store: see apply()
         stored = self.app.store_state(
             target,
             state or "PROGRESS",
@@ -285,6 +347,116 @@ class Task(Generic[P, R]):
             reply_to=request.reply_to if request and target == request.id else None,
         )
         return dual(stored)
+
+
+async def _all_finished(results: list[AsyncResult[R]]) -> list[AsyncResult[R]]:
+    for result in results:
+        await result
+    return results
+
+
+class EagerCall:
+    """One ``Task.apply``: runs the task (again on a retry) and records the outcome."""
+
+    def __init__(
+        self,
+        task: Task[Any, Any],
+        result: EagerResult[Any],
+        args: list[Any],
+        kwargs: dict[str, Any],
+        retries: int,
+        throw: bool,
+    ) -> None:
+        self.task = task
+        self.result = result
+        self.args = args
+        self.kwargs = kwargs
+        self.retries = retries
+        self.throw = throw
+
+    def run_sync(self) -> None:
+        while True:
+            token = current_request.set(self._request())
+            try:
+                value = _drained(self.task.run(*self.args, **self.kwargs))
+            except Exception as exc:
+                if not self._again(exc):
+                    self._failed(exc)
+                    return
+            else:
+                self.result.finish(states.SUCCESS, value)
+                return
+            finally:
+                current_request.reset(token)
+
+    async def run_async(self) -> None:
+        while True:
+            token = current_request.set(self._request())
+            try:
+                value = await _drained_async(self.task.run(*self.args, **self.kwargs))
+            except Exception as exc:
+                if not self._again(exc):
+                    self._failed(exc)
+                    return
+            else:
+                self.result.finish(states.SUCCESS, value)
+                return
+            finally:
+                current_request.reset(token)
+
+    def _request(self) -> Request:
+        return Request(
+            id=self.result.id,
+            task=self.task.name,
+            args=self.args,
+            kwargs=self.kwargs,
+            retries=self.retries,
+            is_eager=True,
+        )
+
+    def _again(self, exc: Exception) -> bool:
+        """Whether ``exc`` asks for another run (``self.retry()``, or ``autoretry_for``
+        with retries left), counting it."""
+        if not isinstance(exc, Retry):
+            autoretry = self.task.options.autoretry_for
+            limit = self.task.max_retries
+            if not (autoretry and isinstance(exc, autoretry)):
+                return False
+            if limit is not None and self.retries >= limit:
+                return False
+        self.retries += 1
+        return True
+
+    def _failed(self, exc: Exception) -> None:
+        trace = "".join(traceback.format_exception(exc))
+        self.result.finish(states.FAILURE, exc, trace)
+        if self.throw:
+            raise exc
+
+
+def _drained(value: Any) -> Any:
+    """A task's result: a generator's last yielded value, or its return value when not
+    None (what the worker stores for a streaming task); any other value as it is."""
+    if not inspect.isgenerator(value):
+        return value
+    last = None
+    while True:
+        try:
+            last = next(value)
+        except StopIteration as stop:
+            return stop.value if stop.value is not None else last
+
+
+async def _drained_async(value: Any) -> Any:
+    """``_drained`` for an ``async def`` task: awaits a coroutine, drains an async generator."""
+    if inspect.iscoroutine(value):
+        return await value
+    if inspect.isasyncgen(value):
+        last = None
+        async for last in value:  # noqa: B007 - the last value is the result
+            pass
+        return last
+    return _drained(value)
 
 
 class AsyncTask(Task[P, R]):

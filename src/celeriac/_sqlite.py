@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, partial
 from typing import Any, ClassVar, Generic, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from celeriac.brokers.base import Envelope
 from celeriac.errors import BrokerError, ConfigurationError
@@ -120,6 +120,15 @@ def path_from_url(url: str) -> str:
             " (in-memory SQLite cannot be shared between processes; use memory:// for tests)"
         )
     return os.path.abspath(path)
+
+
+def absolute_url(url: str) -> str:
+    """``url`` naming the file it opens, for a log line: ``sqlite:///celeriac.db`` run from
+    /srv/app is ``sqlite:////srv/app/celeriac.db``. Other URLs come back unchanged."""
+    if not url.startswith("sqlite:"):
+        return url
+    query = urlsplit(url).query
+    return f"sqlite:///{quote(path_from_url(url))}" + (f"?{query}" if query else "")
 
 
 class Database:

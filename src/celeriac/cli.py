@@ -12,8 +12,10 @@ import importlib
 import json
 import logging
 import os
+import re
 import socket
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,7 +23,7 @@ from celeriac import __version__, states
 from celeriac._install import install_hint
 from celeriac.app import Celery
 from celeriac.config import redacted
-from celeriac.errors import CeleriacError, ConfigurationError
+from celeriac.errors import BrokerError, CeleriacError, ConfigurationError
 from celeriac.result import AsyncResult
 
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
@@ -56,50 +58,83 @@ def load_app(spec: str | None) -> Celery:
     return app
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help ends with its default, except where there is none to show (a
+    default of None means "from the app's settings", which the help text names)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, []) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
+_EXAMPLES = """\
+examples:
+  celeriac -A proj.tasks:app worker -Q celery,email -c 50
+  celeriac -A proj.tasks:app worker -P 4 --max-tasks-per-child 1000
+  celeriac -A proj.tasks:app status
+  celeriac -A proj.tasks:app result 0c7e1b7a-... --follow
+  celeriac run proj.web:app -P 2
+
+Settings (broker_url, worker_concurrency, ...) come from the app (see docs/configuration.md);
+a command-line option overrides its setting.
+"""
+
+_LOGLEVEL_HELP = (
+    "what is logged: error, warning, info (the worker's start, each task received and how it"
+    " ended) or debug (also the traceback of an error that ends the command, and the details"
+    " of redeliveries and wake-ups) (default: info for worker and run, warning otherwise)"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="celeriac", description=__doc__.splitlines()[0])
-    parser.add_argument("-A", "--app", help="the application, as module:attribute")
+    parser = argparse.ArgumentParser(
+        prog="celeriac",
+        description=textwrap.fill(
+            "An asyncio task queue that speaks Celery's wire protocol. An error is one line"
+            " that says what to fix, with exit status 1 (-l debug adds its traceback).",
+            88,
+        ),
+        epilog=_EXAMPLES,
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument(
+        "-A",
+        "--app",
+        help="the Celery app, as module:attribute (e.g. proj.tasks:app), imported from the"
+        " current directory; a bare module finds its app",
+    )
     parser.add_argument("--version", action="version", version=f"celeriac {__version__}")
     level = argparse.ArgumentParser(add_help=False)
-    level.add_argument(
-        "-l",
-        "--loglevel",
-        default=None,
-        help="debug, info, warning or error (debug also shows tracebacks)",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+    level.add_argument("-l", "--loglevel", default=None, help=_LOGLEVEL_HELP)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    worker = commands.add_parser("worker", parents=[level], help="run a worker process")
-    worker.add_argument("-c", "--concurrency", type=int, help="tasks run at once")
-    worker.add_argument("-Q", "--queues", help="comma-separated queues to consume")
-    worker.add_argument("-n", "--hostname", help="the worker's node name")
-    worker.add_argument("--threads", type=int, help="threads for plain def tasks")
-    worker.add_argument(
-        "--prefetch-multiplier", type=int, help="messages reserved per concurrency slot"
-    )
-    worker.add_argument(
-        "--shutdown-timeout", type=float, help="seconds a graceful shutdown waits for tasks"
-    )
-    worker.add_argument(
-        "-P",
-        "--processes",
-        type=int,
-        help="worker processes on -Q's queues under a supervisor that replaces them (without"
-        " it, this process is the one worker)",
-    )
-    worker.add_argument(
-        "--pool",
-        action="append",
-        default=[],
-        metavar="'NAME: queues=Q1,Q2 processes=N concurrency=N'",
-        help="a pool of worker processes (repeat for several); overrides worker_pools",
-    )
-    worker.add_argument("--child", help=argparse.SUPPRESS)  # set by the supervisor
-    # Set by the supervisor: the pipe its child reports on once it consumes.
-    worker.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            parents=[level],
+            help=summary,
+            description=textwrap.fill(description, 88),
+            formatter_class=_HelpFormatter,
+        )
 
-    result = commands.add_parser("result", parents=[level], help="show a task's state/result")
-    result.add_argument("task_id")
+    worker = command(
+        "worker",
+        "run a worker: consume queues and run their tasks",
+        "Consume the queues and run their tasks until stopped (Ctrl-C or SIGTERM: a graceful"
+        " stop that finishes running tasks; a second one stops at once and puts them back on"
+        " their queue). async def tasks run on the event loop, plain def tasks in a thread"
+        " pool. With -P N, --pool, --max-tasks-per-child or --max-memory-per-child (or their"
+        " settings) the worker runs as child processes under a supervisor that replaces them.",
+    )
+    _worker_options(worker)
+
+    result = command(
+        "result",
+        "show a task's state and result",
+        "Print a task's state and result as JSON (PENDING for an id nobody stored).",
+    )
+    result.add_argument("task_id", help="the task's id (AsyncResult.id)")
     result.add_argument("--wait", action="store_true", help="wait until the task is ready")
     result.add_argument(
         "--follow",
@@ -107,14 +142,24 @@ def _parser() -> argparse.ArgumentParser:
         help="show its progress live (a bar for events with current/total) until it ends;"
         " exits 1 if it failed",
     )
-    result.add_argument("--timeout", type=float, default=None, help="seconds to wait")
+    result.add_argument(
+        "--timeout", type=float, default=None, help="seconds to wait (default: no limit)"
+    )
 
-    purge = commands.add_parser("purge", parents=[level], help="delete waiting messages")
-    purge.add_argument("-Q", "--queues", help="comma-separated queues (default: the default)")
+    purge = command(
+        "purge", "delete waiting messages", "Delete every waiting message of the queues."
+    )
+    purge.add_argument(
+        "-Q", "--queues", help="comma-separated queues (default: task_default_queue, celery)"
+    )
     purge.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
 
-    status = commands.add_parser(
-        "status", parents=[level], help="queues, their lengths, dead letters"
+    status = command(
+        "status",
+        "queues, their lengths, dead letters",
+        "Print the broker, each queue with waiting messages and its length, and the dead"
+        " letters (messages set aside with their reason). Exits 1 with one line if the"
+        " broker cannot be reached.",
     )
     status.add_argument(
         "-Q",
@@ -123,24 +168,160 @@ def _parser() -> argparse.ArgumentParser:
         " lists (RabbitMQ lists none)",
     )
 
-    run = commands.add_parser(
+    run = command(
         "run",
-        parents=[level],
-        help="the web app (uvicorn) and the worker pools under one supervisor",
+        "the web app (uvicorn) and the worker pools under one supervisor",
+        "Serve an ASGI app with uvicorn and run the app's worker pools, one supervisor for"
+        " all: a crashed process is replaced, Ctrl-C stops everything.",
     )
     run.add_argument("asgi", help="the ASGI app, as module:attribute (uvicorn's form)")
-    run.add_argument("--host", default="127.0.0.1", help="web server address (127.0.0.1)")
-    run.add_argument("--port", type=int, default=8000, help="web server port (8000)")
+    run.add_argument("--host", default="127.0.0.1", help="web server address")
+    run.add_argument("--port", type=int, default=8000, help="web server port")
     run.add_argument(
         "--reload", action="store_true", help="restart the web server when its code changes"
     )
-    run.add_argument("-Q", "--queues", help="comma-separated queues for the workers")
-    run.add_argument("-c", "--concurrency", type=int, help="tasks run at once per worker")
-    run.add_argument("-P", "--processes", type=int, help="worker processes (default 1)")
+    run.add_argument(
+        "-Q", "--queues", help="comma-separated queues for the workers (default: celery)"
+    )
+    run.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        help="tasks run at once per worker process (default: worker_concurrency, 100)",
+    )
+    run.add_argument(
+        "-P",
+        "--processes",
+        action=_ProcessesOrCeleryPool,
+        metavar="N",
+        help="worker processes (default: worker_processes, 1)",
+    )
     run.add_argument(
         "--pool", action="append", default=[], help="a pool, as for 'worker' (repeatable)"
     )
+    run.set_defaults(celery_pool=None)
     return parser
+
+
+def _worker_options(worker: argparse.ArgumentParser) -> None:
+    worker.add_argument(
+        "-Q",
+        "--queues",
+        help="comma-separated queues to consume (default: task_default_queue, celery)",
+    )
+    worker.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        help="tasks run at once per process (default: worker_concurrency, 100)",
+    )
+    worker.add_argument(
+        "-n",
+        "--hostname",
+        metavar="NAME",
+        help="the worker's node name, as Celery's: name@host with %%h (the host name), %%n"
+        " (its part before the first dot) and %%d (its domain) expanded, e.g. w1@%%h; a"
+        " name without @ is the host part (default: celeriac@%%h; a supervised process is"
+        " <pool>-<n>@%%h, or NAME-<pool>-<n>@host with -n)",
+    )
+    worker.add_argument(
+        "--threads",
+        type=int,
+        help="threads that run plain def tasks (default: worker_threads, else"
+        " min(32, concurrency))",
+    )
+    worker.add_argument(
+        "--prefetch-multiplier",
+        type=int,
+        help="messages reserved per concurrency slot (default: worker_prefetch_multiplier, 4)",
+    )
+    worker.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        help="seconds a graceful shutdown waits for running tasks before putting them back"
+        " on their queue (default: worker_shutdown_timeout, 30)",
+    )
+    worker.add_argument(
+        "-P",
+        "--processes",
+        action=_ProcessesOrCeleryPool,
+        metavar="N",
+        help="worker processes on -Q's queues under a supervisor that replaces them (default:"
+        " worker_processes, 1: this process is the one worker). Celery's pool types: solo"
+        " and threads run this process as the one worker (solo: one task at a time unless -c"
+        " says otherwise); prefork, gevent and eventlet do not exist here (give -P N for N"
+        " processes, write async def tasks for many at once)",
+    )
+    worker.set_defaults(celery_pool=None)
+    worker.add_argument(
+        "--pool",
+        action="append",
+        default=[],
+        metavar="'NAME: queues=Q1,Q2 processes=N concurrency=N'",
+        help="a named pool of worker processes (repeat for several); overrides worker_pools",
+    )
+    worker.add_argument(
+        "--max-tasks-per-child",
+        type=int,
+        metavar="N",
+        help="replace a worker process after N tasks (default: worker_max_tasks_per_child,"
+        " none); a single worker then runs under a supervisor that starts the next one",
+    )
+    worker.add_argument(
+        "--max-memory-per-child",
+        type=int,
+        metavar="KIB",
+        help="replace a worker process once its resident memory passes KIB kilobytes"
+        " (default: worker_max_memory_per_child, none); a single worker then runs under a"
+        " supervisor that starts the next one",
+    )
+    worker.add_argument(
+        "-E",
+        "--task-events",
+        action="store_true",
+        help="Celery's task events (for Flower): not available yet; the command refuses it",
+    )
+    worker.add_argument(
+        "-B",
+        "--beat",
+        action="store_true",
+        help="Celery's embedded beat scheduler: not available yet; the command refuses it",
+    )
+    worker.add_argument("--child", help=argparse.SUPPRESS)  # set by the supervisor
+    # Set by the supervisor: the pipe its child reports on once it consumes.
+    worker.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+
+class _ProcessesOrCeleryPool(argparse.Action):
+    """``-P``: celeriac's number of worker processes, or one of Celery's pool *types* (its
+    ``-P`` means that): ``solo``/``threads`` are recorded in ``celery_pool``, the others
+    are refused with what celeriac does instead (never "invalid int value")."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        from celeriac.worker.pools import REFUSED_POOLS, SAME_PROCESS_POOLS, celery_pool_refusal
+
+        text = str(values).strip()
+        name = text.lower()
+        if text.isdigit():
+            if int(text) < 1:
+                raise argparse.ArgumentError(self, "give at least 1 process")
+            setattr(namespace, self.dest, int(text))
+        elif name in SAME_PROCESS_POOLS:
+            namespace.celery_pool = name
+        elif name in REFUSED_POOLS:
+            raise argparse.ArgumentError(self, celery_pool_refusal(name))
+        else:
+            raise argparse.ArgumentError(
+                self,
+                f"{text!r} is not a number of processes (-P 4) nor one of Celery's pool"
+                " types (solo, threads, prefork, gevent, eventlet)",
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,14 +381,60 @@ def _pools(app: Celery, args: argparse.Namespace) -> list[Any]:
 
 
 async def _worker(app: Celery, args: argparse.Namespace) -> int:
+    _refuse_missing_capabilities(args)
+    if args.celery_pool == "solo" and args.concurrency is None:
+        args.concurrency = 1  # Celery's solo pool runs one task at a time
     queues = _split(args.queues) or [app.conf.task_default_queue]
-    if args.child is None:
-        pools = _pools(app, args)
-        # Any pool or process count asked for means child processes under a supervisor
-        # (even one: it is recycled and replaced); otherwise this process is the worker.
-        if args.pool or app.conf.worker_pools or args.processes or pools[0].processes > 1:
-            return await _supervise(app, args, pools)
+    if args.child is None and _needs_supervisor(app, args):
+        return await _supervise(app, args, _pools(app, args))
     return await _one_worker(app, args, queues)
+
+
+def _needs_supervisor(app: Celery, args: argparse.Namespace) -> bool:
+    """Any pool or process count asked for means child processes under a supervisor (even
+    one: it is recycled and replaced); so does recycling after N tasks or M KiB, since a
+    process cannot replace itself. Otherwise this process is the worker."""
+    if args.celery_pool is not None:  # -P solo / -P threads: this process, unless recycled
+        if args.pool:
+            raise ConfigurationError(f"-P {args.celery_pool} runs one process: drop --pool")
+        return _recycles(app, args)
+    pools = _pools(app, args)
+    if args.pool or app.conf.worker_pools or args.processes or pools[0].processes > 1:
+        return True
+    if _recycles(app, args):
+        logging.getLogger("celeriac.worker").info(
+            "worker_max_tasks_per_child/worker_max_memory_per_child set: the worker runs as"
+            " one process under a supervisor that replaces it when it is recycled"
+        )
+        return True
+    return False
+
+
+def _recycles(app: Celery, args: argparse.Namespace) -> bool:
+    conf = app.conf
+    return bool(
+        args.max_tasks_per_child
+        or args.max_memory_per_child
+        or conf.worker_max_tasks_per_child
+        or conf.worker_max_memory_per_child
+    )
+
+
+def _refuse_missing_capabilities(args: argparse.Namespace) -> None:
+    """Celery's -E and -B are accepted as options but refused: a worker that silently sent
+    no events, or ran no periodic task, would look as if it did."""
+    if args.task_events:
+        raise ConfigurationError(
+            "-E/--task-events: celeriac sends no task events yet (Flower and celery events"
+            " cannot follow it); drop -E, and follow a task with 'celeriac result ID --follow'"
+            " (its state and update_state progress) and the queues with 'celeriac status'"
+        )
+    if args.beat:
+        raise ConfigurationError(
+            "-B/--beat: celeriac has no beat scheduler yet; drop -B and send periodic tasks"
+            " from cron or a systemd timer (a script that calls task.delay()), or from a"
+            " loop in your own service"
+        )
 
 
 async def _supervise(app: Celery, args: argparse.Namespace, pools: list[Any]) -> int:
@@ -246,6 +473,9 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
     """The options a pool's processes get from the command that supervises them."""
     passed: list[str] = ["-l", args.loglevel or "info"]
     for flag, value in (
+        ("-n", args.hostname),
+        ("--max-tasks-per-child", args.max_tasks_per_child),
+        ("--max-memory-per-child", args.max_memory_per_child),
         ("--threads", args.threads),
         ("--prefetch-multiplier", args.prefetch_multiplier),
         ("--shutdown-timeout", args.shutdown_timeout),
@@ -260,9 +490,7 @@ async def _one_worker(app: Celery, args: argparse.Namespace, queues: list[str]) 
     from celeriac.worker.worker import Worker
 
     child = args.child
-    hostname = args.hostname
-    if child is not None:
-        hostname = f"{child}@{socket.gethostname()}"
+    hostname = node_name(args.hostname, child)
     on_ready = None
     if args.ready_fd is not None:
         from celeriac.worker.supervisor import ready_reporter
@@ -277,8 +505,10 @@ async def _one_worker(app: Celery, args: argparse.Namespace, queues: list[str]) 
         threads=args.threads,
         prefetch_multiplier=args.prefetch_multiplier,
         shutdown_timeout=args.shutdown_timeout,
-        max_tasks=conf.worker_max_tasks_per_child if child else None,
-        max_memory_kib=conf.worker_max_memory_per_child if child else None,
+        max_tasks=(args.max_tasks_per_child or conf.worker_max_tasks_per_child) if child else None,
+        max_memory_kib=(
+            (args.max_memory_per_child or conf.worker_max_memory_per_child) if child else None
+        ),
         on_ready=on_ready,
     )
     if child is not None:
@@ -286,6 +516,36 @@ async def _one_worker(app: Celery, args: argparse.Namespace, queues: list[str]) 
     prepare_worker_process()
     await worker.run()
     return 0
+
+
+def node_name(given: str | None, child: str | None = None, host: str | None = None) -> str | None:
+    """The worker's node name from ``-n`` as Celery reads it: ``name@host``, a value without
+    ``@`` being the host part; ``%h`` (the host name), ``%n`` (its part before the first
+    dot), ``%d`` (the rest) and ``%%`` expanded. A supervised process (``child``) adds its
+    slot to the name part, so each process of a pool has its own node name. None: the
+    worker's default (``celeriac@<host>``)."""
+    host = host or socket.gethostname()
+    if given is None:
+        return None if child is None else f"{child}@{host}"
+    name, at, node_host = given.partition("@")
+    if not at:
+        name, node_host = "", given
+    name = name or "celeriac"
+    if child is not None:
+        name = f"{name}-{child}"
+    short, _, domain = host.partition(".")
+    abbreviations = {"h": host, "n": short, "d": domain, "%": "%"}
+
+    def expand(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key not in abbreviations:
+            raise ConfigurationError(
+                f"-n {given}: unknown %{key}; celeriac expands %h (the host name), %n (its part"
+                " before the first dot), %d (its domain) and %%"
+            )
+        return abbreviations[key]
+
+    return re.sub(r"%(.)", expand, f"{name}@{node_host or '%h'}")
 
 
 async def _result(app: Celery, args: argparse.Namespace) -> int:
@@ -360,12 +620,19 @@ async def _purge(app: Celery, args: argparse.Namespace) -> int:
 
 
 async def _status(app: Celery, args: argparse.Namespace) -> int:
-    async with app.setup():
-        broker = (await app.connection()).broker
-        named = [app.conf.task_default_queue, *_split(args.queues)]
-        sizes = await broker.queue_sizes(named)
-        dead = await broker.dead_letter_count()
-        recent = await broker.dead_letters(limit=5)
+    try:
+        async with app.setup():
+            broker = (await app.connection()).broker
+            named = [app.conf.task_default_queue, *_split(args.queues)]
+            sizes = await broker.queue_sizes(named)
+            dead = await broker.dead_letter_count()
+            recent = await broker.dead_letters(limit=5)
+    except OSError as exc:  # a transport that says only "Connection refused"
+        raise BrokerError(
+            f"the broker at {redacted(app.conf.effective_broker_url())} is unreachable"
+            f" ({type(exc).__name__}: {exc}); check that it runs and that broker_url points"
+            " at it"
+        ) from exc
     print(f"broker: {redacted(broker.url)}")
     if not sizes:
         print("queues: none with messages")

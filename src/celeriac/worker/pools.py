@@ -14,6 +14,11 @@ with 4), so slow image work never starves email. They come from the setting
 
 Without pools, ``--processes N`` (or ``worker_processes``) runs N processes on the
 command's ``-Q`` queues.
+
+Celery's ``-P``/``--pool`` names a pool *type* instead. celeriac has one kind of worker
+process (``async def`` tasks on its event loop, plain ``def`` tasks in a thread pool), so
+``-P solo`` and ``-P threads`` map to it in this very process, and ``prefork``, ``gevent``
+and ``eventlet`` are answered with what celeriac does instead (:func:`celery_pool_refusal`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,29 @@ from typing import Any
 from celeriac.errors import ConfigurationError
 
 _KEYS = ("queues", "processes", "concurrency")
+
+#: Celery's pool types that celeriac maps to its own worker process, run in this process:
+#: ``solo`` (one task at a time unless -c says otherwise) and ``threads`` (plain ``def``
+#: tasks in threads, as celeriac always runs them).
+SAME_PROCESS_POOLS = ("solo", "threads")
+#: Celery's pool types that celeriac has no equivalent for.
+REFUSED_POOLS = ("prefork", "processes", "gevent", "eventlet", "custom")
+
+
+def celery_pool_refusal(name: str) -> str:
+    """What to answer Celery's ``-P prefork|gevent|eventlet``: celeriac's model and the flag
+    that sets the number of processes."""
+    instead = {
+        "prefork": "for several processes give their number: -P N (or --processes N)",
+        "processes": "for several processes give their number: -P N (or --processes N)",
+        "gevent": "for many tasks at once write them as async def, or raise -c for def tasks",
+        "eventlet": "for many tasks at once write them as async def, or raise -c for def tasks",
+        "custom": "celeriac has no pluggable pool classes",
+    }[name]
+    return (
+        f"celeriac has no {name!r} pool: every worker process runs async def tasks on its"
+        f" event loop and plain def tasks in a thread pool (--threads); {instead}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +100,13 @@ def parse_pool(text: str) -> PoolSpec:
     """``NAME: queues=a,b processes=2 concurrency=50`` (the ``--pool`` syntax)."""
     name, colon, rest = text.partition(":")
     name = name.strip()
+    if not colon and name in REFUSED_POOLS:  # Celery's --pool prefork, say
+        raise ConfigurationError(f"--pool {name}: {celery_pool_refusal(name)}")
+    if not colon and name in SAME_PROCESS_POOLS:
+        raise ConfigurationError(
+            f"--pool {name}: celeriac's --pool defines a named pool ('NAME: queues=Q1,Q2"
+            f" processes=N'); for Celery's {name} pool use -P {name}"
+        )
     if not colon or not name:
         raise ConfigurationError(
             f"--pool {text!r}: expected 'NAME: queues=Q1,Q2 processes=N concurrency=N'"

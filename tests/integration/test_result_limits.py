@@ -135,6 +135,6 @@ async def test_an_error_reply_is_not_an_outage(
     finally:
         server.client.config_set("maxmemory", 0)
     assert "OOM command not allowed" in refused_twice()[0]
-    assert len(lines(caplog, "its SUCCESS could not be stored (ResultRejected")) == 1
+    assert len(lines(caplog, "its result could not be stored (ResultRejected")) == 1
     assert not lines(caplog, "unreachable"), lines(caplog, "unreachable")
     await later_task_is_prompt(running)

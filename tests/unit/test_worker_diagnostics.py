@@ -106,3 +106,56 @@ async def test_the_check_is_off_with_zero(app: Celery, caplog: pytest.LogCapture
     finally:
         await stop(worker, running)
     assert block_warnings(caplog) == []
+
+
+def worker_records(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "celeriac.worker" and text in r.getMessage()]
+
+
+async def test_a_failed_tasks_traceback_is_logged_once_at_error(
+    app: Celery, caplog: pytest.LogCaptureFixture
+) -> None:
+    def divide_by_zero() -> float:
+        return 1 / 0
+
+    @app.task(name="diag.fails")
+    async def fails() -> float:
+        return divide_by_zero()
+
+    caplog.set_level(logging.INFO, logger="celeriac")
+    worker, running = await run_worker(app)
+    try:
+        result = await fails.delay()
+        with pytest.raises(ZeroDivisionError):
+            await result.get(timeout=10)
+    finally:
+        await stop(worker, running)
+    [failed] = worker_records(caplog, f"task diag.fails[{result.id}] failed")
+    assert failed.levelno == logging.ERROR
+    assert "ZeroDivisionError: division by zero" in failed.getMessage()
+    assert caplog.text.count("Traceback (most recent call last)") == 1
+    assert "in divide_by_zero\n    return 1 / 0" in caplog.text  # the frame that raised
+
+
+async def test_a_result_that_cannot_be_stored_is_not_logged_as_succeeded(
+    app: Celery, caplog: pytest.LogCaptureFixture
+) -> None:
+    @app.task(name="diag.unstorable")
+    async def unstorable() -> object:
+        return object()  # JSON cannot encode it
+
+    caplog.set_level(logging.INFO, logger="celeriac")
+    worker, running = await run_worker(app)
+    try:
+        result = await unstorable.delay()
+        with pytest.raises(TypeError, match="result not serializable"):
+            await result.get(timeout=10)
+    finally:
+        await stop(worker, running)
+    assert worker_records(caplog, "succeeded in") == []
+    [refused] = worker_records(caplog, "could not be stored")
+    assert refused.levelno == logging.ERROR
+    assert refused.getMessage().startswith(
+        f"task diag.unstorable[{result.id}] succeeded, but its result could not be stored"
+        " (TypeError"
+    )

@@ -266,8 +266,10 @@ class Execution:
         except Exception as exc:
             await self._failed(task, message, delivery, exc, request)
         else:
-            if logger.isEnabledFor(logging.INFO):
-                runtime = time.perf_counter() - started
+            runtime = time.perf_counter() - started
+            # Logged once stored: a result the store refused is logged as such instead.
+            stored = await self._store(message, states.SUCCESS, value, None)
+            if stored and logger.isEnabledFor(logging.INFO):
                 logger.info(
                     "task %s[%s] succeeded in %.4fs: %s",
                     task.name,
@@ -275,7 +277,6 @@ class Execution:
                     runtime,
                     _short(value),
                 )
-            await self._store(message, states.SUCCESS, value, None)
         if acks_late:
             await self.broker.ack(delivery)
         return True
@@ -355,7 +356,14 @@ class Execution:
             finally:
                 current_request.reset(request_token)
         tb = "".join(traceback.format_exception(exc))
-        logger.error("task %s[%s] failed: %s: %s", task.name, message.id, type(exc).__name__, exc)
+        logger.error(  # with the traceback, as Celery logs it
+            "task %s[%s] failed: %s: %s",
+            task.name,
+            message.id,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
         await self._store(message, states.FAILURE, exception_to_dict(exc), tb)
 
     async def _retry(
@@ -407,12 +415,13 @@ class Execution:
         tb: str | None,
         *,
         event: bool = False,
-    ) -> None:
+    ) -> bool:
         """Store a state of the task, through outages (see the module doc). One that cannot
         be stored ever fails the task if it is a PROGRESS value; a final one is replaced by
-        a FAILURE that says why, so callers stop waiting; any other is logged."""
+        a FAILURE that says why, so callers stop waiting; any other is logged. Whether the
+        state was stored (or, with ``ignore_result``, needs no storing)."""
         if message.ignore_result and state in _NOT_STORED_WHEN_IGNORED:
-            return
+            return True
         try:
             try:  # the common case first, without the retry loop's coroutine
                 await self._store_state(message, state, result, tb, event)
@@ -425,6 +434,8 @@ class Execution:
             if state == PROGRESS:
                 raise  # a progress value that cannot be stored fails the task
             await self._store_instead(message, state, exc)
+            return False
+        return True
 
     async def _store_instead(self, message: TaskMessage, state: str, exc: Exception) -> None:
         if state not in states.READY_STATES:
@@ -437,10 +448,12 @@ class Execution:
             )
             return
         logger.error(
-            "task %s[%s]: its %s could not be stored (%s: %s): storing a FAILURE that says why",
+            "task %s[%s] %s, but its %s could not be stored (%s: %s): storing a FAILURE that"
+            " says why instead",
             message.task,
             message.id,
-            state,
+            "succeeded" if state == states.SUCCESS else "ended",
+            "result" if state == states.SUCCESS else f"{state} state",
             type(exc).__name__,
             exc,
         )

@@ -19,18 +19,18 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from celeriac import _bridge
+from celeriac._sqlite import absolute_url
 from celeriac.app import Celery, Connection
 from celeriac.brokers.base import Delivery
-from celeriac._sqlite import absolute_url
 from celeriac.config import redacted
 from celeriac.resources import Resources
 from celeriac.serialization import resolve_accept
 from celeriac.worker.execution import Execution
 from celeriac.worker.loop_watch import LoopWatch
+from celeriac.worker.threads import TaskThreads
 
 logger = logging.getLogger("celeriac.worker")
 #: The longest a shutdown waits on the broker at each step besides the drain: the consumer
@@ -96,7 +96,7 @@ class Worker:
             await self.app._close()
             raise
         _bridge.use_loop(loop)
-        executor = ThreadPoolExecutor(self.threads, thread_name_prefix="celeriac-task")
+        executor = TaskThreads(self.threads, "celeriac-task")
         execution = Execution(self, conn, executor)
         self._install_signal_handlers(loop)
         slots = asyncio.Semaphore(self.concurrency)

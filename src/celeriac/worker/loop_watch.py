@@ -28,8 +28,8 @@ logger = logging.getLogger("celeriac.worker")
 #: The longest time between two refreshes of the timestamp (shorter for a small threshold,
 #: so that an ordinary wait between refreshes never looks like a block).
 MAX_TICK = 0.25
-#: celeriac's own source files begin with this.
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+#: The worker's own source files (this package) begin with this.
+_WORKER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 #: Tasks named at most in one warning when the blocking one is not known.
 MAX_NAMED = 5
 
@@ -123,23 +123,21 @@ class LoopWatch:
         return f"while these async tasks run: {listed}{more}"
 
     def _where(self) -> str:
-        """The line of the task's own code the loop's thread is on: the first frame, from
-        the outermost, that follows celeriac's own (a blocking library call is named by the
-        task's line that made it); the innermost frame when no celeriac frame is there."""
+        """The line of the task's own code the loop's thread is on: the last frame outside
+        the worker's own code before it, walking out from the innermost (so a blocking
+        library call is named by the task's line that made it); the innermost frame when
+        the worker's code is not on the stack (a callback)."""
         frame: FrameType | None = sys._current_frames().get(self._loop_thread)
-        stack: list[FrameType] = []
+        innermost = frame
+        chosen: FrameType | None = None
         while frame is not None:
-            stack.append(frame)
-            frame = frame.f_back
-        if not stack:
-            return ""
-        chosen = stack[0]
-        inside_celeriac = False
-        for outer in reversed(stack):
-            if outer.f_code.co_filename.startswith(_PACKAGE_DIR):
-                inside_celeriac = True
-            elif inside_celeriac:
-                chosen = outer
+            if frame.f_code.co_filename.startswith(_WORKER_DIR):
                 break
+            chosen = frame
+            frame = frame.f_back
+        else:
+            chosen = innermost
+        if chosen is None:
+            return ""
         code = chosen.f_code
         return f", at {code.co_filename}:{chosen.f_lineno} in {code.co_name}"

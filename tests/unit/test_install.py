@@ -167,8 +167,8 @@ except ConfigurationError as exc:
         ),
         (
             "starlette",
-            "from celeriac.web import sse_response; from celeriac import AsyncResult",
-            "sse_response(AsyncResult('id'))",
+            "from celeriac.web import sse_response; from celeriac import AsyncResult, Celery",
+            "sse_response(AsyncResult('id', app=Celery('p', broker='memory://p')))",
             "sse_response needs Starlette: pip install 'starlette>=0.37' 'uvicorn>=0.30' ",
         ),
         (

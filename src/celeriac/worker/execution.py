@@ -267,16 +267,20 @@ class Execution:
             await self._failed(task, message, delivery, exc, request)
         else:
             runtime = time.perf_counter() - started
-            # Logged once stored: a result the store refused is logged as such instead.
-            stored = await self._store(message, states.SUCCESS, value, None)
-            if stored and logger.isEnabledFor(logging.INFO):
-                logger.info(
-                    "task %s[%s] succeeded in %.4fs: %s",
-                    task.name,
-                    message.id,
-                    runtime,
-                    _short(value),
-                )
+
+            def succeeded() -> None:
+                if logger.isEnabledFor(logging.INFO):
+                    logger.info(
+                        "task %s[%s] succeeded in %.4fs: %s",
+                        task.name,
+                        message.id,
+                        runtime,
+                        _short(value),
+                    )
+
+            # Logged once the result is stored, or held through an outage (the task did
+            # succeed); a result the store refused is logged as such instead.
+            await self._store(message, states.SUCCESS, value, None, stored=succeeded)
         if acks_late:
             await self.broker.ack(delivery)
         return True
@@ -415,27 +419,34 @@ class Execution:
         tb: str | None,
         *,
         event: bool = False,
-    ) -> bool:
+        stored: Callable[[], None] | None = None,
+    ) -> None:
         """Store a state of the task, through outages (see the module doc). One that cannot
         be stored ever fails the task if it is a PROGRESS value; a final one is replaced by
-        a FAILURE that says why, so callers stop waiting; any other is logged. Whether the
-        state was stored (or, with ``ignore_result``, needs no storing)."""
+        a FAILURE that says why, so callers stop waiting; any other is logged. ``stored()``
+        is called once the state is stored, needs no storing (``ignore_result``), or is held
+        to be stored after an outage: never for a state the store refused."""
         if message.ignore_result and state in _NOT_STORED_WHEN_IGNORED:
-            return True
+            if stored is not None:
+                stored()
+            return
         try:
             try:  # the common case first, without the retry loop's coroutine
                 await self._store_state(message, state, result, tb, event)
             except BackendUnreachable as exc:
+                if stored is not None:
+                    stored()
                 await self._until_stored(message, state, result, tb, event, exc)
-            else:
-                if self._outage.since is not None:
-                    self._outage.stored(message)
+                return
+            if self._outage.since is not None:
+                self._outage.stored(message)
         except _NOT_STORABLE as exc:
             if state == PROGRESS:
                 raise  # a progress value that cannot be stored fails the task
             await self._store_instead(message, state, exc)
-            return False
-        return True
+            return
+        if stored is not None:
+            stored()
 
     async def _store_instead(self, message: TaskMessage, state: str, exc: Exception) -> None:
         if state not in states.READY_STATES:

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -216,3 +217,26 @@ async def abasic(broker_url: str) -> AsyncIterator[object]:
     module.configure_from_env()
     async with module.app.setup():
         yield module
+
+
+@pytest.fixture
+def supervise(broker_url: str, tmp_path: Path) -> Iterator[Any]:
+    from .supervised import Supervised  # it builds on this module's WorkerProcess
+
+    started: list[Supervised] = []
+
+    def start(*args: str, app: str = "basic:app") -> Supervised:
+        """``celeriac -A app worker *args``; modules written to tmp_path are importable."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(APPS), str(tmp_path), env.get("PYTHONPATH", "")])
+        argv = [sys.executable, "-m", "celeriac.cli", "-A", app, "worker", *args]
+        process = Supervised(argv, env, tmp_path)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.proc.poll() is None:
+            process.stop(signal.SIGINT)  # twice: at once
+            process.stop(signal.SIGINT)
+        process.close()

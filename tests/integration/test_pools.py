@@ -4,10 +4,7 @@ graceful stops, with real child processes on SQLite and Redis."""
 from __future__ import annotations
 
 import os
-import re
 import signal
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,47 +12,7 @@ import pytest
 
 from services import wait_until
 
-from .conftest import APPS, WorkerProcess
-
 pytestmark = pytest.mark.integration
-
-READY = re.compile(r"\[.*: INFO/(?P<child>[\w-]+)\] .* ready: pid (?P<pid>\d+)")
-
-
-class Supervised(WorkerProcess):
-    def children(self) -> dict[str, int]:
-        """Child name -> pid of every child that logged it was ready (latest per name)."""
-        found: dict[str, int] = {}
-        for line in self.log().splitlines():
-            match = READY.search(line)
-            if match:
-                found[match["child"]] = int(match["pid"])
-        return found
-
-    def pids_ready(self, count: int) -> list[int]:
-        self.wait_for(" ready: pid ", count=count)
-        return [int(m["pid"]) for line in self.lines if (m := READY.search(line))]
-
-
-@pytest.fixture
-def supervise(broker_url: str, tmp_path: Path) -> Iterator[Any]:
-    started: list[Supervised] = []
-
-    def start(*args: str, app: str = "basic:app") -> Supervised:
-        """``celeriac -A app worker *args``; modules written to tmp_path are importable."""
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(APPS), str(tmp_path), env.get("PYTHONPATH", "")])
-        argv = [sys.executable, "-m", "celeriac.cli", "-A", app, "worker", *args]
-        process = Supervised(argv, env, tmp_path)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.proc.poll() is None:
-            process.stop(signal.SIGINT)  # twice: at once
-            process.stop(signal.SIGINT)
-        process.close()
 
 
 def alive(pid: int) -> bool:

@@ -4,51 +4,16 @@ restarts a child that had started consuming, and stops only for a child that nev
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import APPS, WorkerProcess
-
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.parametrize("broker_url", ["sqlite"], indirect=True),
 ]
-
-READY = re.compile(r" ready: pid (?P<pid>\d+)")
-
-
-class Supervised(WorkerProcess):
-    def pids_ready(self, count: int) -> list[int]:
-        """The pids of the children that logged they were ready, once ``count`` did."""
-        self.wait_for(" ready: pid ", count=count)
-        return [int(m["pid"]) for line in self.lines if (m := READY.search(line))]
-
-
-@pytest.fixture
-def supervise(broker_url: str, tmp_path: Path) -> Iterator[Callable[..., Supervised]]:
-    started: list[Supervised] = []
-
-    def start(*args: str, app: str) -> Supervised:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(APPS), env.get("PYTHONPATH", "")])
-        argv = [sys.executable, "-m", "celeriac.cli", "-A", app, "worker", *args]
-        process = Supervised(argv, env, tmp_path)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.proc.poll() is None:
-            process.stop(signal.SIGINT)  # twice: at once
-            process.stop(signal.SIGINT)
-        process.close()
 
 
 @pytest.mark.parametrize(

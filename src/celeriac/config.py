@@ -196,15 +196,19 @@ class Settings:
         return os.environ.get(BROKER_URL_ENV) or self.broker_url or DEFAULT_BROKER_URL
 
     def effective_result_backend(self) -> str:
-        """The result store in force; by default the broker's own store keeps results (the
-        embedded broker's file, or the same Redis database), else the embedded default."""
+        """The result store in force. By default the broker's own store keeps results (the
+        embedded broker's file, or the same Redis database); a broker without one (RabbitMQ)
+        keeps none, as Celery without a result backend (``disabled://``), rather than
+        writing them to a file of its own choosing."""
         configured = os.environ.get(RESULT_BACKEND_ENV) or self.result_backend
+        if configured == "disabled":  # Celery's name for it
+            return "disabled://"
         if configured:
             return configured
         broker = self.effective_broker_url()
         if broker.startswith(("sqlite:", "memory:", "redis:", "rediss:")):
             return broker
-        return DEFAULT_BROKER_URL
+        return "disabled://"
 
     def effective_worker_threads(self) -> int:
         return self.worker_threads or max(1, min(32, self.worker_concurrency))

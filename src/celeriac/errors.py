@@ -4,7 +4,9 @@
 
     CeleriacError
      ├── ConfigurationError        a setting, URL or app path is wrong, or a driver is missing
+     │    └── ResultsNotStored     a result was asked for, but no result backend is configured
      ├── BrokerError               the broker or result store could not be reached or failed
+     │    ├── BrokerUnreachable    the broker is out of reach now: trying again may work
      │    ├── BackendUnreachable   the result store is out of reach now: storing again may work
      │    └── ResultRejected       the result store refused a record: storing again never will
      │         └── ResultTooLarge  the record is bigger than ``result_max_size``
@@ -40,8 +42,20 @@ class ConfigurationError(CeleriacError):
     """A setting, URL or ``-A`` path is wrong, or an optional driver is not installed."""
 
 
+class ResultsNotStored(ConfigurationError, NotImplementedError):
+    """A task's result or state was asked for, but the app stores none: no result backend is
+    configured and its broker keeps no results (RabbitMQ). A ``NotImplementedError`` too, as
+    Celery raises one there."""
+
+
 class BrokerError(CeleriacError):
     """The broker or the result store could not be reached, or refused an operation."""
+
+
+class BrokerUnreachable(BrokerError):
+    """The broker cannot be reached right now (down, restarting, a dropped connection, a
+    wrong address): the same call may work later. A worker waits for its broker at start
+    and rides out outages after; a client's ``delay()`` raises it with the fix."""
 
 
 class BackendUnreachable(BrokerError):

@@ -29,6 +29,7 @@ _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "redis": ("celeriac.backends.redis", "RedisBackend", "redis"),
     "rediss": ("celeriac.backends.redis", "RedisBackend", "redis"),
     "rpc": ("celeriac.backends.rpc", "RpcBackend", "amqp"),
+    "disabled": ("celeriac.backends.disabled", "DisabledBackend", None),
 }
 
 

@@ -56,6 +56,39 @@ def test_results_default_to_the_brokers_store(monkeypatch: pytest.MonkeyPatch) -
     assert app.conf.effective_result_backend() == "sqlite:///r.db"
 
 
+def test_rabbitmq_without_a_result_backend_stores_no_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As Celery with no result backend: no store, rather than a local file nobody chose."""
+    monkeypatch.delenv("CELERIAC_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERIAC_RESULT_BACKEND", raising=False)
+    app = Celery("t", broker="amqp://guest:guest@localhost//")
+    assert app.conf.effective_result_backend() == "disabled://"
+    app.conf.result_backend = "disabled"  # Celery's name for it
+    assert app.conf.effective_result_backend() == "disabled://"
+    app.conf.result_backend = "rpc://"
+    assert app.conf.effective_result_backend() == "rpc://"
+
+
+async def test_asking_for_a_result_that_is_not_stored_names_the_fix() -> None:
+    from celeriac.errors import ResultsNotStored
+    from celeriac.transports import backend_from_url
+
+    backend = backend_from_url("disabled://", options={}, broker_url="amqp://u:secret@h//")
+    meta = {"status": "SUCCESS", "result": 5, "task_id": "t1"}
+    await backend.store("t1", meta, expires=None)  # dropped
+    await backend.store_event("t1", {**meta, "status": "PROGRESS"}, expires=None)
+    fix = r"no result backend is configured and the broker amqp://u:\*\*\*@h// keeps no"
+    with pytest.raises(ResultsNotStored, match=fix):
+        await backend.get("t1")
+    with pytest.raises(ResultsNotStored, match="rpc://"):
+        await backend.wait("t1", 1.0)
+    with pytest.raises(NotImplementedError):  # what Celery raises there
+        async for _ in backend.stream("t1", 1.0):
+            pass
+    assert backend.describe() == "not stored (no result_backend is set)"
+
+
 def test_unknown_redis_option_names_the_known_ones() -> None:
     from celeriac.transports import broker_from_url
 

@@ -29,6 +29,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from celeriac import errors
+from celeriac._sqlite import absolute_url
+from celeriac.config import redacted
 from celeriac.serialization import json_text, json_value
 from celeriac.states import READY_STATES
 
@@ -72,6 +74,11 @@ class ResultBackend(ABC):
 
     async def connect(self) -> None:
         """Open connections; called once before any other method."""
+
+    def describe(self) -> str:
+        """Where results go, for the worker's ready line (a password hidden, an embedded
+        file by its absolute path)."""
+        return redacted(absolute_url(self.url))
 
     async def close(self) -> None:
         """Release connections; wake every waiter with an error."""

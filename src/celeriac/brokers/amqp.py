@@ -71,7 +71,7 @@ from celeriac.brokers.base import (
     now,
 )
 from celeriac.config import redacted
-from celeriac.errors import BrokerError
+from celeriac.errors import BrokerError, BrokerUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +293,12 @@ class AmqpBroker(Broker):
         except UNREACHABLE as exc:
             raise self._unreachable(exc) from exc
 
+    async def ping(self) -> None:
+        try:
+            await self._open()
+        except UNREACHABLE as exc:
+            raise self._unreachable(exc) from exc
+
     async def close(self) -> None:
         """Stop consuming, let every ack already begun reach RabbitMQ, then close: whatever
         is still unsettled goes back to its queue. Each step waits ``_CLOSE_TIMEOUT`` at most."""
@@ -365,8 +371,8 @@ class AmqpBroker(Broker):
                     channel = self._publisher = await self.channel(confirms=True)
         return channel
 
-    def _unreachable(self, exc: BaseException) -> BrokerError:
-        error = BrokerError(
+    def _unreachable(self, exc: BaseException) -> BrokerUnreachable:
+        error = BrokerUnreachable(
             f"RabbitMQ at {redacted(self.url)} is unreachable ({type(exc).__name__}: {exc});"
             " check that it runs and that broker_url points at it"
         )

@@ -115,6 +115,11 @@ class Broker(ABC):
     async def connect(self) -> None:
         """Open connections; called once before any other method. Default: nothing to do."""
 
+    async def ping(self) -> None:
+        """One round trip: raise :class:`~celeriac.errors.BrokerUnreachable` if the broker
+        does not answer. A worker says it is ready only once this returns. Default: an
+        embedded broker is always there."""
+
     async def close(self) -> None:
         """Release connections. Unsettled deliveries go back to their queue."""
 

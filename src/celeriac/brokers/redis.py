@@ -79,7 +79,7 @@ from celeriac.brokers.base import (
     now,
 )
 from celeriac.config import redacted
-from celeriac.errors import BrokerError
+from celeriac.errors import BrokerError, BrokerUnreachable
 from celeriac.ids import new_ids
 from celeriac.serialization import json_value
 
@@ -197,6 +197,12 @@ class RedisBroker(Broker):
         if self._client is not None:
             await self._client.aclose()
 
+    async def ping(self) -> None:
+        try:
+            await self.client.execute("PING")
+        except UNREACHABLE as exc:
+            raise self._unreachable(exc, doing="") from exc
+
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -258,9 +264,11 @@ class RedisBroker(Broker):
         reply.add_done_callback(settle)
         return done
 
-    def _unreachable(self, exc: BaseException) -> BrokerError:
-        error = BrokerError(
-            f"cannot publish: Redis at {redacted(self.url)} is unreachable ({exc}); check"
+    def _unreachable(
+        self, exc: BaseException, doing: str = "cannot publish: "
+    ) -> BrokerUnreachable:
+        error = BrokerUnreachable(
+            f"{doing}Redis at {redacted(self.url)} is unreachable ({exc}); check"
             " that it runs and that broker_url points at it"
         )
         error.__cause__ = exc

@@ -26,6 +26,7 @@ from celeriac._sqlite import absolute_url
 from celeriac.app import Celery, Connection
 from celeriac.brokers.base import Delivery
 from celeriac.config import redacted
+from celeriac.errors import BackendUnreachable, BrokerUnreachable
 from celeriac.resources import Resources
 from celeriac.serialization import resolve_accept
 from celeriac.worker.execution import Execution
@@ -38,6 +39,10 @@ logger = logging.getLogger("celeriac.worker")
 #: stopped answering must not keep the worker from exiting; closing the connection puts
 #: back whatever is left.
 BROKER_STEP_TIMEOUT = 10.0
+#: Waiting for a broker that is out of reach at start: the first retry after this many
+#: seconds, each later one twice as late, up to the cap.
+START_BACKOFF_FIRST = 0.1
+START_BACKOFF_CAP = 5.0
 
 
 class Worker:
@@ -88,17 +93,21 @@ class Worker:
         """Consume until asked to stop; returns after a graceful (or forced) shutdown."""
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        conn = await self.app.connection()
-        resources = Resources(self.app.resources)
+        self._install_signal_handlers(loop)  # a signal while the broker is away stops too
         try:
+            conn = await self._reach_broker()
+            if conn is None:
+                await self.app._close()
+                return
+            resources = Resources(self.app.resources)
             await resources.start()  # before the first task, so none waits for a model to load
         except BaseException:
+            self._remove_signal_handlers(loop)
             await self.app._close()
             raise
         _bridge.use_loop(loop)
         executor = TaskThreads(self.threads, "celeriac-task")
         execution = Execution(self, conn, executor)
-        self._install_signal_handlers(loop)
         slots = asyncio.Semaphore(self.concurrency)
         consumer = loop.create_task(self._consume(conn, execution, slots))
         consumer.add_done_callback(self._consumer_ended)
@@ -107,12 +116,13 @@ class Worker:
             watching = loop.create_task(self._watch_memory(self.max_memory_kib))
         watch = self._watch_loop(loop)
         logger.info(
-            "%s ready: pid %d, queues %s, concurrency %d, broker %s",
+            "%s ready: pid %d, queues %s, concurrency %d, broker %s, results %s",
             self.hostname,
             os.getpid(),
             ",".join(self.queues),
             self.concurrency,
             redacted(absolute_url(conn.broker.url)),
+            conn.backend.describe(),
         )
         if self.on_ready is not None:
             self.on_ready()
@@ -137,6 +147,37 @@ class Worker:
             logger.info("%s stopped after %d tasks", self.hostname, self.processed)
         if self._failure is not None:
             raise self._failure
+
+    async def _reach_broker(self) -> Connection | None:
+        """The app's connection once its broker answers (None: asked to stop first).
+
+        A broker out of reach at start is waited for, as Celery's worker retries on startup,
+        with one line saying so: the ready line is only logged once the broker answered, so
+        it never claims a worker that cannot consume is ready."""
+        assert self._stopping is not None
+        attempt = 0
+        while True:
+            try:
+                conn = await self.app.connection()
+                await conn.broker.ping()
+            except (BrokerUnreachable, BackendUnreachable) as exc:
+                if attempt == 0:
+                    logger.warning(
+                        "%s is not ready: %s; retrying with backoff up to %g s",
+                        self.hostname,
+                        exc,
+                        START_BACKOFF_CAP,
+                    )
+                delay = min(START_BACKOFF_CAP, START_BACKOFF_FIRST * 2.0 ** min(attempt, 16))
+                attempt += 1
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                except TimeoutError:
+                    continue
+                return None
+            if attempt:
+                logger.info("%s: the broker answers", self.hostname)
+            return conn
 
     def _consumer_ended(self, consumer: asyncio.Task[None]) -> None:
         """A consumer that fails stops the worker, which then raises its error: a worker that

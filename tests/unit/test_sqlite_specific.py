@@ -617,3 +617,25 @@ async def test_a_consumer_rides_out_a_write_lock_held_past_its_busy_timeout(
             await broker.ack(delivery)
     finally:
         await broker.close()
+
+
+def test_a_result_that_never_comes_names_the_file_waited_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client run from another directory than the worker reads its own ``celeriac.db``:
+    the timeout says which file it waited on, by its absolute path, and why it may differ."""
+    from celeriac.errors import TimeoutError as CeleriacTimeout
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CELERIAC_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERIAC_RESULT_BACKEND", raising=False)
+    app = Celery("t", broker="sqlite:///celeriac.db", set_as_current=False)
+    try:
+        result = app.send_task("never.runs", queue=f"q-{uuid.uuid4().hex}")
+        with pytest.raises(CeleriacTimeout) as caught:
+            result.get(timeout=0.2)
+    finally:
+        app.close()
+    message = str(caught.value)
+    assert f"sqlite:///{tmp_path / 'celeriac.db'}" in message, message
+    assert "relative sqlite:/// path is read from each process's current directory" in message

@@ -75,6 +75,18 @@ class ResultBackend(ABC):
     async def connect(self) -> None:
         """Open connections; called once before any other method."""
 
+    def not_ready(self, task_id: str, timeout: float | None) -> errors.TimeoutError:
+        """The error of a wait for ``task_id`` that timed out. It names the store waited on:
+        a client that reads another store than the worker writes is the usual cause of a
+        result that never comes."""
+        return errors.TimeoutError(
+            f"task {task_id} was not ready after {timeout} s; its result was awaited in"
+            f" {self.describe()}{self.not_ready_hint}"
+        )
+
+    #: Appended to :meth:`not_ready`'s message: what to check on this kind of store.
+    not_ready_hint = ": is a worker running on this app's broker, and reading the task's queue?"
+
     def describe(self) -> str:
         """Where results go, for the worker's ready line (a password hidden, an embedded
         file by its absolute path)."""
@@ -150,7 +162,7 @@ class ResultBackend(ABC):
             while True:
                 left = None if deadline is None else deadline - loop.time()
                 if left is not None and left <= 0:
-                    raise errors.TimeoutError(f"task {task_id} was not ready after {timeout} s")
+                    raise self.not_ready(task_id, timeout)
                 await changes.wait(left)
                 log = await self._events_since(task_id, seen)
                 seen = log.count

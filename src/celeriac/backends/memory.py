@@ -196,7 +196,7 @@ class MemoryBackend(ResultBackend):
             async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError as exc:
-            raise errors.TimeoutError(f"task {task_id} was not ready after {timeout} s") from exc
+            raise self.not_ready(task_id, timeout) from exc
         finally:
             self._pending.discard(future)
             self._results.remove_waiter(task_id, waiter)

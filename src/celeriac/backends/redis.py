@@ -289,7 +289,7 @@ class RedisBackend(ResultBackend):
             async with asyncio.timeout(timeout):
                 return await waiter.future
         except TimeoutError as exc:
-            raise errors.TimeoutError(f"task {task_id} was not ready after {timeout} s") from exc
+            raise self.not_ready(task_id, timeout) from exc
         finally:
             self._listener.unwatch(key, waiter)
 

@@ -388,7 +388,7 @@ class RpcBackend(ResultBackend):
                         await changed.wait()  # through outages: the keeper listens again
                         changed.clear()
         except TimeoutError as exc:
-            raise errors.TimeoutError(f"task {task_id} was not ready after {timeout} s") from exc
+            raise self.not_ready(task_id, timeout) from exc
         assert task.record is not None
         return task.record
 

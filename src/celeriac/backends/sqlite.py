@@ -56,6 +56,10 @@ class SQLiteBackend(ResultBackend):
     """
 
     schemes = ("sqlite",)
+    not_ready_hint = (
+        ": the worker must use this same file (a relative sqlite:/// path is read from each"
+        " process's current directory: give both an absolute one, or CELERIAC_BROKER_URL)"
+    )
 
     def __init__(
         self, url: str, *, options: dict[str, Any] | None = None, broker_url: str | None = None
@@ -199,7 +203,7 @@ class SQLiteBackend(ResultBackend):
             async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError as exc:
-            raise errors.TimeoutError(f"task {task_id} was not ready after {timeout} s") from exc
+            raise self.not_ready(task_id, timeout) from exc
         finally:
             self._drop_waiter(task_id, future)
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+import sys
 import threading
+from collections import deque
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -36,6 +39,10 @@ from celeriac.transports import backend_from_url, broker_from_url
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: What ``autodiscover_tasks`` searches: package names, a callable returning them (called
+#: when the app is finalized), or None for Django's installed apps.
+_Packages = Iterable[str] | Callable[[], Iterable[str]] | None
 
 logger = logging.getLogger("celeriac.app")
 
@@ -183,7 +190,12 @@ class Celery:
         if backend:
             self.conf.result_backend = backend
         self.conf.update(settings)
-        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._tasks: dict[str, Task[Any, Any]] = {}
+        #: ``autodiscover_tasks`` calls left for :meth:`finalize`: (packages, related_name).
+        self._pending_discovery: deque[tuple[_Packages, str | None]] = deque()
+        self._finalize_lock = threading.RLock()
+        self._finalized = False
+        self._finalizing = False
         #: Declared with ``@app.resource`` (or ``define_app_context``): built once per worker
         #: process (see :mod:`celeriac.resources`).
         self.resources: dict[str, Resource[Any]] = {}
@@ -242,28 +254,58 @@ class Celery:
 
     def autodiscover_tasks(
         self,
-        packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+        packages: _Packages = None,
         related_name: str | None = "tasks",
-    ) -> list[str]:
+        force: bool = False,
+    ) -> list[str] | None:
         """Import ``<package>.tasks`` of each package (a Django app's tasks), registering the
         tasks they define; a package without such a module is skipped, as in Celery. An error
-        inside one is raised. Returns the names of the modules imported.
+        inside one is raised. Returns the names of the modules imported, or None when the
+        import is left for :meth:`finalize`.
 
-        Unlike Celery, which waits until the app is first used, the modules are imported at
-        once: call it after the packages can be imported (after ``django.setup()``).
+        As in Celery, without packages (Django's ``INSTALLED_APPS``, which are not loaded
+        yet where ``proj/celery.py`` calls this) or with a callable that returns them, the
+        import waits until the app is finalized: when the worker loads the app, or when
+        ``app.tasks`` is first read. A list of packages, or ``force=True``, imports at once.
         """
-        if packages is None:
-            # Celery reads Django's INSTALLED_APPS here; they are not loaded yet where
-            # proj/celery.py calls this, and importing at once needs them.
-            raise ConfigurationError(
-                "autodiscover_tasks() needs the packages to search: celeriac imports them at"
-                " once and does not read Django's INSTALLED_APPS; pass"
-                " autodiscover_tasks(['app1', 'app2']), or call it after django.setup() with"
-                " [c.name for c in django.apps.apps.get_app_configs()]"
-            )
-        names = packages() if callable(packages) else packages
-        found = [config.related_module(package, related_name) for package in names]
-        return [module.__name__ for module in found if module is not None]
+        with self._finalize_lock:
+            deferred = not force and (packages is None or callable(packages))
+            if deferred and not self._finalized:
+                self._pending_discovery.append((packages, related_name))
+                return None
+        return _discover(packages, related_name)
+
+    @property
+    def finalized(self) -> bool:
+        """Whether :meth:`finalize` has run every deferred ``autodiscover_tasks``."""
+        return self._finalized
+
+    def finalize(self) -> None:
+        """Carry out the deferred ``autodiscover_tasks`` calls, once, as Celery's
+        ``app.finalize()`` does: the worker calls it after loading the app, and reading
+        ``app.tasks`` calls it, so a task name is looked up only once its module is imported.
+
+        A discovery that fails is raised and kept, so the next call tries it again. A task
+        module that reads ``app.tasks`` while it is imported does not start a second round.
+        """
+        with self._finalize_lock:
+            if self._finalized or self._finalizing:
+                return
+            self._finalizing = True
+            try:
+                while self._pending_discovery:
+                    _discover(*self._pending_discovery[0])
+                    self._pending_discovery.popleft()
+                self._finalized = True
+            finally:
+                self._finalizing = False
+
+    @property
+    def tasks(self) -> dict[str, Task[Any, Any]]:
+        """The registered tasks by name; reading it finalizes the app (see :meth:`finalize`)."""
+        if not self._finalized:
+            self.finalize()
+        return self._tasks
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -303,7 +345,7 @@ class Celery:
         self, fn: Callable[..., Any], *, bind: bool = False, **options: Any
     ) -> Task[Any, Any]:
         task = _make_task(self, fn, bind=bind, **options)
-        self.tasks[task.name] = task
+        self._tasks[task.name] = task
         return task
 
     # -- resources -----------------------------------------------------------------------------
@@ -570,6 +612,46 @@ def _address(envelope: Envelope, backend: ResultBackend) -> None:
     """Name the backend's reply queue in a task message that names none (rpc://)."""
     if backend.reply_to and not envelope.properties.get("reply_to"):
         envelope.properties["reply_to"] = backend.reply_to
+
+
+def _discover(packages: _Packages, related_name: str | None) -> list[str]:
+    """Import ``<package>.<related_name>`` of each package (Django's installed apps when
+    ``packages`` is None); the names of the modules imported."""
+    if packages is None:
+        names: Iterable[str] = _django_installed_apps()
+    else:
+        names = packages() if callable(packages) else packages
+    found = [config.related_module(package, related_name) for package in names]
+    return [module.__name__ for module in found if module is not None]
+
+
+def _django_installed_apps() -> list[str]:
+    """The packages of Django's ``INSTALLED_APPS``, after ``django.setup()`` if the project
+    has not called it (as Celery's Django fix-up does). Django is imported only here, and
+    only for a project that configured it: celeriac does not need Django."""
+    configured = bool(os.environ.get("DJANGO_SETTINGS_MODULE"))
+    if not configured and "django.conf" in sys.modules:
+        configured = sys.modules["django.conf"].settings.configured  # settings.configure()
+    fix = "or pass the packages to search: app.autodiscover_tasks(['app1', 'app2'])"
+    if not configured:
+        raise ConfigurationError(
+            "autodiscover_tasks() without packages searches Django's INSTALLED_APPS, but"
+            " Django is not configured (DJANGO_SETTINGS_MODULE is not set): set it before"
+            f" the app is finalized (os.environ.setdefault in proj/celery.py), {fix}"
+        )
+    import importlib
+
+    try:  # by name: Django is untyped, and absent where it is not used
+        django = importlib.import_module("django")
+        apps = importlib.import_module("django.apps").apps
+    except ImportError as exc:
+        raise ConfigurationError(
+            "autodiscover_tasks() without packages searches Django's INSTALLED_APPS, but"
+            f" Django cannot be imported ({exc}): install it, {fix}"
+        ) from exc
+    if not apps.apps_ready:
+        django.setup()
+    return [app_config.name for app_config in apps.get_app_configs()]
 
 
 def _make_task(

@@ -335,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format=log_format)
     try:
         app = load_app(args.app)
+        if args.command == "worker":  # a pool's processes too: they run this command
+            app.finalize()  # import the task modules autodiscover_tasks() left for now
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(_run(app, args))
     except KeyboardInterrupt:

@@ -17,9 +17,10 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit, urlunsplit
 
+from celeriac._celery_settings import is_celery_setting
 from celeriac.errors import ConfigurationError
 
 DEFAULT_BROKER_URL = "sqlite:///celeriac.db"
@@ -68,6 +69,17 @@ CELERY_LOOKING = (
     "broker_", "result_", "task_", "worker_", "beat_", "event_", "control_", "database_",
     "redis_", "security_", "cassandra_", "mongodb_", "imports", "include", "celery",
 )  # fmt: skip
+
+#: What to do instead, for a Celery setting celeriac ignores that its author surely relies on.
+_POOL_HINT = (
+    ": celeriac has no pool types; every worker process runs async def tasks on its event"
+    " loop and plain def tasks in threads. worker_processes (-P N) sets the processes"
+)
+IGNORED_HINTS = {
+    "worker_pool": _POOL_HINT,
+    "celeryd_pool": _POOL_HINT,
+    "celery_worker_pool": _POOL_HINT,
+}
 
 
 @dataclass
@@ -152,7 +164,7 @@ class Settings:
             setting = setting_name(name)
             if setting is not None:
                 settings[setting] = checked(setting, value)
-            elif near_miss(name) is not None:
+            elif near_miss(name) is not None and not is_celery_setting(name):
                 raise unknown_setting(name)
             else:
                 foreign[name] = value
@@ -165,13 +177,34 @@ class Settings:
         """Keep names that are not settings; warn once about each that looks like Celery's
         (its author expects it to do something), never about a Flask or Django key."""
         for name in foreign:
-            if str(name).lower().startswith(CELERY_LOOKING) and name not in self._foreign:
+            if name in self._foreign or not isinstance(name, str):
+                continue
+            if is_celery_setting(name):
+                logger.warning(
+                    "Celery's setting %r is not one celeriac reads and is ignored%s",
+                    name,
+                    IGNORED_HINTS.get(name.lower(), " (docs/configuration.md lists the settings)"),
+                )
+            elif name.lower().startswith(CELERY_LOOKING):
                 logger.warning(
                     "setting %r is not one celeriac reads and is ignored"
                     " (docs/configuration.md lists the settings)",
                     name,
                 )
         self._foreign.update(foreign)
+
+    if not TYPE_CHECKING:  # type checkers keep refusing a misspelt setting
+
+        def __getattr__(self, name: str) -> Any:
+            """A kept foreign key, as an attribute (``app.conf.SECRET_KEY``), as Celery
+            allows; called only for a name that is not a setting. Anything else is an
+            AttributeError that suggests the setting it is close to."""
+            foreign = self.__dict__.get("_foreign")
+            if foreign is not None and name in foreign:
+                return foreign[name]
+            if name.startswith("__"):  # copy, pickle and the like probe for these
+                raise AttributeError(name)
+            raise AttributeError(str(unknown_setting(name)))
 
     def __getitem__(self, name: str) -> Any:
         setting = setting_name(name)

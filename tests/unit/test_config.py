@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from celeriac import Celery
@@ -101,3 +103,27 @@ def test_unsupported_url_scheme_is_a_clear_error() -> None:
 
     with pytest.raises(ConfigurationError, match="unsupported broker URL 'kafka://x'"):
         broker_from_url("kafka://x", max_message_size=0, options={})
+
+
+def test_a_kept_foreign_key_reads_as_an_attribute_too() -> None:
+    app = Celery("t", broker="memory://", set_as_current=False)
+    app.conf.update({"SECRET_KEY": "s3cret", "SQLALCHEMY_DATABASE_URI": "sqlite://"})
+    assert app.conf.SECRET_KEY == "s3cret"  # as Celery's conf reads a Flask config's keys
+    assert app.conf.get("SQLALCHEMY_DATABASE_URI") == "sqlite://"
+    with pytest.raises(AttributeError, match=r"'task_acks_lat': did you mean 'task_acks_late'"):
+        _ = app.conf.task_acks_lat
+    assert not hasattr(app.conf, "NOT_SET_ANYWHERE")
+
+
+@pytest.mark.parametrize("name", ["worker_pool", "CELERYD_POOL", "CELERY_WORKER_POOL"])
+def test_celerys_pool_type_is_ignored_with_what_to_set_instead(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not refused as a typo of worker_pools: it is Celery's, with a meaning of its own."""
+    app = Celery("t", broker="memory://", set_as_current=False)
+    with caplog.at_level(logging.WARNING, logger="celeriac.config"):
+        app.conf.update({name: "prefork"})
+    assert app.conf.worker_pools is None
+    [line] = [r.getMessage() for r in caplog.records]
+    assert f"Celery's setting {name!r} is not one celeriac reads" in line
+    assert "worker_processes (-P N) sets the processes" in line

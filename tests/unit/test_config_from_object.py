@@ -66,7 +66,7 @@ def test_a_celery_looking_name_celeriac_does_not_read_is_ignored_with_a_warning(
         app.conf.update(task_routes={"a.*": {"queue": "a"}})
     assert app.conf["task_routes"] == {"a.*": {"queue": "a"}}
     assert [r.getMessage() for r in caplog.records] == [
-        "setting 'task_routes' is not one celeriac reads and is ignored"
+        "Celery's setting 'task_routes' is not one celeriac reads and is ignored"
         " (docs/configuration.md lists the settings)"
     ]
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
-import sys
 import threading
 from collections import deque
 from collections.abc import (
@@ -27,6 +25,7 @@ from celeriac import _bridge, config, sending
 from celeriac.backends.base import ResultBackend
 from celeriac.brokers.base import Broker, Envelope, PublishRequest
 from celeriac.config import Settings
+from celeriac.discovery import Packages, discover
 from celeriac.errors import ConfigurationError, ResourceError
 from celeriac.ids import new_ids, uuid
 from celeriac.resources import Resource
@@ -39,10 +38,6 @@ from celeriac.transports import backend_from_url, broker_from_url
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-#: What ``autodiscover_tasks`` searches: package names, a callable returning them (called
-#: when the app is finalized), or None for Django's installed apps.
-_Packages = Iterable[str] | Callable[[], Iterable[str]] | None
 
 logger = logging.getLogger("celeriac.app")
 
@@ -192,7 +187,7 @@ class Celery:
         self.conf.update(settings)
         self._tasks: dict[str, Task[Any, Any]] = {}
         #: ``autodiscover_tasks`` calls left for :meth:`finalize`: (packages, related_name).
-        self._pending_discovery: deque[tuple[_Packages, str | None]] = deque()
+        self._pending_discovery: deque[tuple[Packages, str | None]] = deque()
         self._finalize_lock = threading.RLock()
         self._finalized = False
         self._finalizing = False
@@ -254,7 +249,7 @@ class Celery:
 
     def autodiscover_tasks(
         self,
-        packages: _Packages = None,
+        packages: Packages = None,
         related_name: str | None = "tasks",
         force: bool = False,
     ) -> list[str] | None:
@@ -273,7 +268,7 @@ class Celery:
             if deferred and not self._finalized:
                 self._pending_discovery.append((packages, related_name))
                 return None
-        return _discover(packages, related_name)
+        return discover(packages, related_name)
 
     @property
     def finalized(self) -> bool:
@@ -294,7 +289,7 @@ class Celery:
             self._finalizing = True
             try:
                 while self._pending_discovery:
-                    _discover(*self._pending_discovery[0])
+                    discover(*self._pending_discovery[0])
                     self._pending_discovery.popleft()
                 self._finalized = True
             finally:
@@ -612,46 +607,6 @@ def _address(envelope: Envelope, backend: ResultBackend) -> None:
     """Name the backend's reply queue in a task message that names none (rpc://)."""
     if backend.reply_to and not envelope.properties.get("reply_to"):
         envelope.properties["reply_to"] = backend.reply_to
-
-
-def _discover(packages: _Packages, related_name: str | None) -> list[str]:
-    """Import ``<package>.<related_name>`` of each package (Django's installed apps when
-    ``packages`` is None); the names of the modules imported."""
-    if packages is None:
-        names: Iterable[str] = _django_installed_apps()
-    else:
-        names = packages() if callable(packages) else packages
-    found = [config.related_module(package, related_name) for package in names]
-    return [module.__name__ for module in found if module is not None]
-
-
-def _django_installed_apps() -> list[str]:
-    """The packages of Django's ``INSTALLED_APPS``, after ``django.setup()`` if the project
-    has not called it (as Celery's Django fix-up does). Django is imported only here, and
-    only for a project that configured it: celeriac does not need Django."""
-    configured = bool(os.environ.get("DJANGO_SETTINGS_MODULE"))
-    if not configured and "django.conf" in sys.modules:
-        configured = sys.modules["django.conf"].settings.configured  # settings.configure()
-    fix = "or pass the packages to search: app.autodiscover_tasks(['app1', 'app2'])"
-    if not configured:
-        raise ConfigurationError(
-            "autodiscover_tasks() without packages searches Django's INSTALLED_APPS, but"
-            " Django is not configured (DJANGO_SETTINGS_MODULE is not set): set it before"
-            f" the app is finalized (os.environ.setdefault in proj/celery.py), {fix}"
-        )
-    import importlib
-
-    try:  # by name: Django is untyped, and absent where it is not used
-        django = importlib.import_module("django")
-        apps = importlib.import_module("django.apps").apps
-    except ImportError as exc:
-        raise ConfigurationError(
-            "autodiscover_tasks() without packages searches Django's INSTALLED_APPS, but"
-            f" Django cannot be imported ({exc}): install it, {fix}"
-        ) from exc
-    if not apps.apps_ready:
-        django.setup()
-    return [app_config.name for app_config in apps.get_app_configs()]
 
 
 def _make_task(

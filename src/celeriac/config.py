@@ -400,20 +400,3 @@ def values_of(source: object, namespace: str | None) -> dict[str, Any]:
         for name, value in values.items()
         if name.startswith(prefix)
     }
-
-
-def related_module(package: str, related_name: str | None) -> types.ModuleType | None:
-    """``<package>.<related_name>`` imported, or None when the package has no such module
-    (Celery's ``find_related_module``): an import error from inside the module is raised."""
-    import importlib
-
-    module = importlib.import_module(package)
-    if not related_name:
-        return module
-    module_name = f"{package}.{related_name}"
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as missing:
-        if missing.name == module_name:
-            return None
-        raise

@@ -1,6 +1,6 @@
 """The floor under celeriac's RabbitMQ figures: the AMQP client alone, with no task queue.
 
-celeriac speaks AMQP through aiormq (issue 5 asks for a well-kept client), and so does
+celeriac speaks AMQP through aiormq (a well-kept client, as its requirements ask), and so does
 aio-celery. This measures what aiormq itself costs, with celeriac's own messages (a Celery
 task message: twenty headers, a small JSON body) on the same RabbitMQ:
 

@@ -1,6 +1,6 @@
 """The floor under a round trip on RabbitMQ with Redis results, with no task queue at all.
 
-Issue 5's round trip (``await (await task.delay()).get()``) on the shared harness's
+The round trip of the RabbitMQ target (``await (await task.delay()).get()``) on the shared harness's
 ``celeriac@amqp``: a persistent publish that waits for its confirm, a worker that consumes
 it, stores a result in Redis and acks, and a client that reads that result. This does the
 same with bare clients in two processes, so the figure is what any task queue built on

@@ -1,4 +1,4 @@
-"""celeriac's own scenarios (issue 6), on real brokers, with real worker processes.
+"""celeriac's own scenarios, on real brokers, with real worker processes.
 
 One command runs every scenario on each broker, repetitions interleaved (scenario A on
 every broker, then B, ..., then again), and writes a Markdown table (median, min-max) and

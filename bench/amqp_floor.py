@@ -34,8 +34,8 @@ import time
 import aiormq
 from _local import AMQP_URL, Completions, delete_amqp_queue, loop_factory, own_queue
 
-from celeriac.brokers.amqp import to_properties
-from celeriac.protocol import build_task_message
+from celeriac.protocol.message import build_task_message
+from celeriac.transports.amqp.broker import to_properties
 
 
 async def publish(channel: aiormq.abc.AbstractChannel, queue: str, n: int) -> float:

@@ -34,8 +34,8 @@ import aiormq
 import redis.asyncio as aioredis
 from _local import AMQP_URL, REDIS_URL, delete_amqp_queue, delete_prefixed, own_prefix, own_queue
 
-from celeriac.brokers.amqp import to_properties
-from celeriac.protocol import build_task_message
+from celeriac.protocol.message import build_task_message
+from celeriac.transports.amqp.broker import to_properties
 
 STOP = b"stop"
 

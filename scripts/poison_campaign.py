@@ -32,7 +32,7 @@ import test_redis_fuzz_worker as redis_fuzz  # noqa: E402
 import test_sqlite_fuzz_worker as sqlite_fuzz  # noqa: E402
 
 import services  # noqa: E402
-from celeriac.brokers.base import Broker  # noqa: E402
+from celeriac.transports.broker import Broker  # noqa: E402
 from poison import Tally, draw_many, mark_app, poison_envelopes, run_campaign  # noqa: E402
 
 Injector = Callable[[Broker, Sequence[Any]], Any]

@@ -43,8 +43,9 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from celeriac import Celery
-from celeriac.brokers.base import Broker, Delivery, Envelope
-from celeriac.protocol import STANDARD_HEADERS, build_task_message
+from celeriac.protocol.envelope import Envelope
+from celeriac.protocol.message import STANDARD_HEADERS, build_task_message
+from celeriac.transports.broker import Broker, Delivery
 from celeriac.worker.worker import Worker
 
 #: The task every good and poison message calls.

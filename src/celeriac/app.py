@@ -22,19 +22,20 @@ from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, Protocol, TypedDict, TypeVar, Unpack, cast, overload
 
 from celeriac import _bridge, config, sending
-from celeriac.backends.base import ResultBackend
-from celeriac.brokers.base import Broker, Envelope, PublishRequest
 from celeriac.config import Settings
 from celeriac.discovery import Packages, discover
 from celeriac.errors import ConfigurationError, ResourceError
 from celeriac.ids import new_ids, uuid
+from celeriac.protocol.envelope import Envelope
+from celeriac.protocol.records import make_meta
 from celeriac.resources import Resource
 from celeriac.result import AsyncResult, dual
-from celeriac.resultmeta import make_meta
 from celeriac.sending import SendOptions
 from celeriac.states import READY_STATES
 from celeriac.task import AsyncTask, StreamingTask, SyncTask, Task, TaskOptions
 from celeriac.transports import backend_from_url, broker_from_url
+from celeriac.transports.backend import ResultBackend
+from celeriac.transports.broker import Broker, PublishRequest
 
 P = ParamSpec("P")
 R = TypeVar("R")

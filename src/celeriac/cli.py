@@ -22,9 +22,9 @@ from typing import Any
 from celeriac import __version__, states
 from celeriac._install import install_hint
 from celeriac.app import Celery
-from celeriac.config import redacted
 from celeriac.errors import BrokerError, CeleriacError, ConfigurationError
 from celeriac.result import AsyncResult
+from celeriac.transports.urls import redacted
 
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 

@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
-from urllib.parse import urlsplit, urlunsplit
 
 from celeriac._celery_settings import is_celery_setting
 from celeriac.errors import ConfigurationError
@@ -335,15 +334,6 @@ def _describe(expected: Any) -> str:
         else:
             named.append(words.get(origin, f"a {origin.__name__}"))
     return " or ".join(named)
-
-
-def redacted(url: str) -> str:
-    """``url`` with its password hidden, for log lines, command output and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def unknown_setting(name: str) -> ConfigurationError:

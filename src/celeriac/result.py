@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from celeriac import _bridge, states
 from celeriac.errors import CeleriacError, SyncWaitInTaskError, TimeoutError
-from celeriac.resultmeta import Meta, exception_from_dict
+from celeriac.protocol.records import Meta, exception_from_dict
 
 if TYPE_CHECKING:
     from celeriac.app import Celery

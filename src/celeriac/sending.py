@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict, Unpack
 
-from celeriac import protocol
-from celeriac.brokers.base import Envelope
 from celeriac.config import Settings
+from celeriac.protocol import message as protocol
+from celeriac.protocol.envelope import Envelope
 from celeriac.task import current_request
 
 

@@ -18,18 +18,18 @@ from typing import Any
 
 import pytest
 
-from celeriac import _wakeup
-from celeriac.backends.base import ResultBackend
-from celeriac.backends.memory import MemoryBackend
-from celeriac.backends.redis import RedisBackend
-from celeriac.backends.rpc import RpcBackend
-from celeriac.backends.sqlite import SQLiteBackend
-from celeriac.brokers.amqp import AmqpBroker
-from celeriac.brokers.base import Broker
-from celeriac.brokers.memory import MemoryBroker, reset_memory_transports
-from celeriac.brokers.redis import RedisBroker
-from celeriac.brokers.sqlite import SQLiteBroker
-from celeriac.serialization import json_text
+from celeriac.protocol.serialization import json_text
+from celeriac.transports.amqp.broker import AmqpBroker
+from celeriac.transports.amqp.rpc import RpcBackend
+from celeriac.transports.backend import ResultBackend
+from celeriac.transports.broker import Broker
+from celeriac.transports.memory.backend import MemoryBackend
+from celeriac.transports.memory.broker import MemoryBroker, reset_memory_transports
+from celeriac.transports.redis.backend import RedisBackend
+from celeriac.transports.redis.broker import RedisBroker
+from celeriac.transports.sqlite import wakeup as _wakeup
+from celeriac.transports.sqlite.backend import SQLiteBackend
+from celeriac.transports.sqlite.broker import SQLiteBroker
 from services import (
     AMQP_URL,
     REDIS_DB_BROKER,

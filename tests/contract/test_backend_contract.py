@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from celeriac import errors
-from celeriac.backends.base import ResultBackend
+from celeriac.transports.backend import ResultBackend
 from services import eventually
 
 from .conftest import MakeBackend

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from celeriac.brokers.base import Broker, Delivery, Envelope, PublishRequest, now
 from celeriac.errors import MessageTooLarge
+from celeriac.protocol.envelope import Envelope
+from celeriac.transports.broker import Broker, Delivery, PublishRequest, now
 
 from .conftest import MakeBroker
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import aiormq
 import pytest
 
-from celeriac.brokers.amqp import AmqpBroker
-from celeriac.brokers.base import Envelope
 from celeriac.errors import BrokerError, ConfigurationError
+from celeriac.protocol.envelope import Envelope
+from celeriac.transports.amqp.broker import AmqpBroker
 from services import AMQP_HOST, AMQP_PORT, amqp_vhost_url, delete_amqp_queues, free_port
 
 pytestmark = pytest.mark.integration

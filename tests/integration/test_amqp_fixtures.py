@@ -17,9 +17,9 @@ import aiormq
 import pytest
 from aiormq import spec
 
-from celeriac.brokers.amqp import AmqpBroker
-from celeriac.protocol import parse_iso, parse_task_message
-from celeriac.serialization import JSON
+from celeriac.protocol.message import parse_iso, parse_task_message
+from celeriac.protocol.serialization import JSON
+from celeriac.transports.amqp.broker import AmqpBroker
 from services import FIXTURES_DIR, amqp_vhost_url, delete_amqp_queues
 
 pytestmark = pytest.mark.integration

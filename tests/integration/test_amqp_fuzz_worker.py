@@ -12,8 +12,9 @@ from typing import Any
 import aiormq
 from hypothesis import strategies as st
 
-from celeriac._amqp_properties import Properties
-from celeriac.brokers.base import Broker, Envelope
+from celeriac.protocol.envelope import Envelope
+from celeriac.transports.amqp.properties import Properties
+from celeriac.transports.broker import Broker
 from poison import (
     MARK_TASK,
     draw_many,

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from celeriac.brokers.amqp import AmqpBroker
-from celeriac.brokers.base import Envelope, PublishRequest
+from celeriac.protocol.envelope import Envelope
+from celeriac.transports.amqp.broker import AmqpBroker
+from celeriac.transports.broker import PublishRequest
 from services import amqp_vhost_url, delete_amqp_queues, wait_until
 
 from .conftest import APPS, READY, WorkerProcess

@@ -9,9 +9,9 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from celeriac.brokers import kombu_redis as kombu
-from celeriac.brokers.base import Broker
-from celeriac.brokers.redis import RedisBroker
+from celeriac.transports.broker import Broker
+from celeriac.transports.redis import kombu
+from celeriac.transports.redis.broker import RedisBroker
 from poison import (
     draw_many,
     good_envelope,

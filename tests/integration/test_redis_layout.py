@@ -18,9 +18,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from celeriac import Celery
-from celeriac.backends.redis import RedisBackend, _Listener
-from celeriac.brokers.base import Envelope, PublishRequest, now
-from celeriac.brokers.redis import RedisBroker
+from celeriac.protocol.envelope import Envelope
+from celeriac.transports.broker import PublishRequest, now
+from celeriac.transports.redis.backend import RedisBackend, _Listener
+from celeriac.transports.redis.broker import RedisBroker
 from services import REDIS_DB_BROKER, REDIS_DB_RESULTS, delete_prefixed, redis_url, require_redis
 
 WAIT = 5.0

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from celeriac import Celery
-from celeriac._redis import Outage
-from celeriac.brokers.redis import RedisBroker
+from celeriac.transports.redis.broker import RedisBroker
+from celeriac.transports.redis.connection import Outage
 from celeriac.worker.worker import Worker
 from services import eventually
 

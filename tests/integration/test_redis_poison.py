@@ -29,9 +29,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from celeriac import Celery, sending
-from celeriac.brokers import kombu_redis as kombu
-from celeriac.brokers.base import DeadLetter, Envelope
-from celeriac.brokers.redis import DEAD_LETTERS, RedisBroker, _dead_letter
+from celeriac.protocol.envelope import Envelope
+from celeriac.transports.broker import DeadLetter
+from celeriac.transports.redis import kombu
+from celeriac.transports.redis.broker import DEAD_LETTERS, RedisBroker, _dead_letter
 from celeriac.worker.worker import Worker
 from services import (
     REDIS_DB_BROKER,

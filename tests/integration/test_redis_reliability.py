@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 import redis
 
-from celeriac.backends.redis import KEY_PREFIX as RESULT_KEY_PREFIX
-from celeriac.brokers import kombu_redis as kombu
+from celeriac.transports.redis import kombu
+from celeriac.transports.redis.backend import KEY_PREFIX as RESULT_KEY_PREFIX
 from services import (
     REDIS_DB_BROKER,
     REDIS_DB_RESULTS,

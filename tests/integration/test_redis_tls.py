@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from celeriac.backends.redis import RedisBackend
-from celeriac.brokers.base import Envelope
-from celeriac.brokers.redis import RedisBroker
 from celeriac.errors import ConfigurationError
+from celeriac.protocol.envelope import Envelope
+from celeriac.transports.redis.backend import RedisBackend
+from celeriac.transports.redis.broker import RedisBroker
 from services import free_port, unavailable, wait_until
 
 PASSWORD = "tls-s3cret"

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from celeriac._resp import Client, LoadingError, ReplyError, Script
 from celeriac.errors import ConfigurationError
+from celeriac.transports.redis.client import Client, LoadingError, ReplyError, Script
 from services import REDIS_DB_BROKER, delete_prefixed, eventually, redis_url, require_redis
 
 

@@ -15,11 +15,7 @@ from typing import Any
 import pytest
 
 from celeriac import states
-from celeriac.errors import (
-    NotRegistered,
-    TaskRevokedError,
-    TimeLimitExceeded,
-)
+from celeriac.errors import NotRegistered, TaskRevokedError, TimeLimitExceeded
 from services import eventually
 
 pytestmark = pytest.mark.integration
@@ -286,7 +282,7 @@ def test_kill_9_of_producer_loses_nothing(
 async def test_bad_input_is_dead_lettered_and_worker_keeps_running(
     start_worker: Any, abasic: Any
 ) -> None:
-    from celeriac.brokers.base import Envelope
+    from celeriac.protocol.envelope import Envelope
 
     worker = start_worker()
     broker = (await abasic.app.connection()).broker

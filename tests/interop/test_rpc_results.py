@@ -135,7 +135,7 @@ async def _raw_round_trip(interop: InteropRun, queue: str) -> tuple[str, list[An
     import aiormq
     from aiormq import spec
 
-    from celeriac.protocol import build_task_message
+    from celeriac.protocol.message import build_task_message
 
     url = interop.env()["INTEROP_BROKER_URL"]
     reply_to, task_id = f"reply-{uuid.uuid4()}", str(uuid.uuid4())

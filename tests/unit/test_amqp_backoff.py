@@ -3,7 +3,7 @@ as an outage lasts."""
 
 from __future__ import annotations
 
-from celeriac.brokers.amqp import backoff
+from celeriac.transports.amqp.broker import backoff
 
 
 def test_backoff_doubles_from_50_ms_up_to_5_s() -> None:

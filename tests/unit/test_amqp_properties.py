@@ -11,7 +11,7 @@ from aiormq import spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from celeriac._amqp_properties import Properties
+from celeriac.transports.amqp.properties import Properties
 from services import FIXTURES_DIR
 
 scalars = (
@@ -90,7 +90,7 @@ def test_text_that_is_not_utf8_is_read_and_written_byte_for_byte(
     """Short strings and header names that are not UTF-8 read as escaped text (pamqp's
     strict decoding raised, which ended the connection) and are written back as the bytes
     they came as."""
-    import celeriac._amqp  # noqa: F401  # installs the lenient decoding
+    import celeriac.transports.amqp.connection  # noqa: F401  # installs the lenient decoding
 
     headers = {name: "v" for name in names}
     written = Properties(

@@ -173,7 +173,7 @@ except ConfigurationError as exc:
         ),
         (
             "msgpack",
-            "from celeriac.serialization import dumps",
+            "from celeriac.protocol.serialization import dumps",
             "dumps([1], 'msgpack')",
             "the msgpack serializer needs the msgpack package: pip install 'msgpack>=1.0' ",
         ),

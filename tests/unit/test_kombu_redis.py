@@ -1,4 +1,4 @@
-"""kombu's Redis layout (``celeriac.brokers.kombu_redis``): pure functions, checked against
+"""kombu's Redis layout (``celeriac.transports.redis.kombu``): pure functions, checked against
 what real Celery 5.7 / kombu 5.7 wrote to Redis (``tests/fixtures/celery``, captured by
 ``scripts/capture_celery_fixtures.py``).
 """
@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from celeriac.brokers import kombu_redis
-from celeriac.brokers.base import Envelope
-from celeriac.brokers.kombu_redis import (
+from celeriac.protocol.envelope import Envelope
+from celeriac.transports.redis import kombu as kombu_redis
+from celeriac.transports.redis.kombu import (
     EnvelopeError,
     binding_member,
     celery_priority,
@@ -439,7 +439,7 @@ def test_constants_are_kombus() -> None:
 
 
 def _batch(count: int, **options: Any) -> list[Envelope]:
-    from celeriac import protocol
+    from celeriac.protocol import message as protocol
 
     calls = [(f"id-{i}", (i, "ünï"), {"k": i} if i % 2 else {}) for i in range(count)]
     return protocol.build_task_messages("tasks.add", calls, **options)

@@ -6,7 +6,8 @@ import asyncio
 import uuid
 from collections.abc import Sequence
 
-from celeriac.brokers.base import Broker, Envelope
+from celeriac.protocol.envelope import Envelope
+from celeriac.transports.broker import Broker
 from poison import draw_many, mark_app, poison_envelopes, run_campaign
 
 #: Envelopes per run in the suite; scripts/poison_campaign.py runs thousands.

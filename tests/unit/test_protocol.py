@@ -19,10 +19,10 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from celeriac import protocol
-from celeriac.brokers.base import Envelope
 from celeriac.errors import ContentDisallowed, ProtocolError
-from celeriac.protocol import (
+from celeriac.protocol import message as protocol
+from celeriac.protocol.envelope import Envelope
+from celeriac.protocol.message import (
     STANDARD_HEADERS,
     TaskMessage,
     build_task_message,
@@ -30,7 +30,7 @@ from celeriac.protocol import (
     parse_iso,
     parse_task_message,
 )
-from celeriac.serialization import JSON, MSGPACK, PICKLE
+from celeriac.protocol.serialization import JSON, MSGPACK, PICKLE
 from services import FIXTURES_DIR
 
 TASK_FIXTURE_GLOBS = (

@@ -13,10 +13,15 @@ from typing import Any
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from celeriac.brokers.base import Envelope
 from celeriac.errors import ProtocolError
-from celeriac.protocol import STANDARD_HEADERS, TaskMessage, build_task_message, parse_task_message
-from celeriac.serialization import JSON, MSGPACK, PICKLE, dumps
+from celeriac.protocol.envelope import Envelope
+from celeriac.protocol.message import (
+    STANDARD_HEADERS,
+    TaskMessage,
+    build_task_message,
+    parse_task_message,
+)
+from celeriac.protocol.serialization import JSON, MSGPACK, PICKLE, dumps
 
 FUZZ = settings(max_examples=300, deadline=None)
 # Pickle is left out on purpose: unpickling random bytes is exactly the risk accept guards.

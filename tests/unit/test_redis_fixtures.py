@@ -25,12 +25,12 @@ from typing import Any
 import pytest
 
 from celeriac import Celery, states
-from celeriac.brokers import kombu_redis
-from celeriac.brokers.base import Envelope
 from celeriac.errors import TaskRevokedError
-from celeriac.protocol import STANDARD_HEADERS, format_iso, parse_iso, parse_task_message
-from celeriac.serialization import JSON
+from celeriac.protocol.envelope import Envelope
+from celeriac.protocol.message import STANDARD_HEADERS, format_iso, parse_iso, parse_task_message
+from celeriac.protocol.serialization import JSON
 from celeriac.task import Request
+from celeriac.transports.redis import kombu as kombu_redis
 from celeriac.worker.execution import ETA_SLACK
 from celeriac.worker.worker import Worker
 from services import FIXTURES_DIR

@@ -7,12 +7,12 @@ import ssl
 
 import pytest
 
-from celeriac._redis import check_options, client_from_url
-from celeriac._resp import Connection, _Protocol, pack, parse_url
-from celeriac.backends.redis import RedisBackend
-from celeriac.brokers.redis import RedisBroker
-from celeriac.config import redacted
 from celeriac.errors import ConfigurationError
+from celeriac.transports.redis.backend import RedisBackend
+from celeriac.transports.redis.broker import RedisBroker
+from celeriac.transports.redis.client import Connection, _Protocol, pack, parse_url
+from celeriac.transports.redis.connection import check_options, client_from_url
+from celeriac.transports.urls import redacted
 
 
 def test_url_password_db_and_options_reach_the_client() -> None:

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from celeriac import Celery
-from celeriac.backends.base import ResultBackend
-from celeriac.brokers.base import Broker, Delivery
-from celeriac.brokers.memory import MemoryBroker
 from celeriac.errors import BackendUnreachable, ResultRejected, ResultTooLarge
+from celeriac.transports.backend import ResultBackend
+from celeriac.transports.broker import Broker, Delivery
+from celeriac.transports.memory.broker import MemoryBroker
 from celeriac.worker import execution
 from celeriac.worker.worker import Worker
 from services import eventually

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from celeriac.backends import sqlite as sqlite_backend
-from celeriac.backends.sqlite import SQLiteBackend
 from celeriac.errors import BrokerError
+from celeriac.transports.sqlite import backend as sqlite_backend
+from celeriac.transports.sqlite.backend import SQLiteBackend
 from services import eventually
 
 WAIT = 10.0

@@ -6,7 +6,7 @@ import pytest
 
 from celeriac import states
 from celeriac.errors import RemoteTaskError
-from celeriac.resultmeta import exception_from_dict, exception_to_dict, make_meta
+from celeriac.protocol.records import exception_from_dict, exception_to_dict, make_meta
 from services import FIXTURES_DIR
 
 FIXTURES = FIXTURES_DIR

@@ -11,8 +11,8 @@ import pytest
 
 from celeriac import Celery, sending
 from celeriac import app as app_module
-from celeriac.brokers.base import PublishRequest
 from celeriac.errors import BrokerError
+from celeriac.transports.broker import PublishRequest
 from inprocess import memory_app, run_worker
 
 

@@ -19,10 +19,11 @@ import kombu.serialization
 import pytest
 from kombu.utils import json as kombu_json
 
-from celeriac import protocol, serialization
-from celeriac.brokers.base import Envelope
 from celeriac.errors import ConfigurationError, ContentDisallowed, ProtocolError
-from celeriac.serialization import (
+from celeriac.protocol import message as protocol
+from celeriac.protocol import serialization
+from celeriac.protocol.envelope import Envelope
+from celeriac.protocol.serialization import (
     JSON,
     MSGPACK,
     PICKLE,

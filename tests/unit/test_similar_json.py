@@ -1,4 +1,4 @@
-"""``celeriac.similar_json``: a template gives exactly ``json_text`` of each document."""
+"""``similar_json``: a template gives exactly ``json_text`` of each document."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from celeriac.serialization import json_text
-from celeriac.similar_json import Template, differing_keys
+from celeriac.protocol.serialization import json_text
+from celeriac.transports.redis.similar_json import Template, differing_keys
 
 leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
 values = st.recursive(

@@ -13,8 +13,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from celeriac._sqlite import encode_envelope
-from celeriac.brokers.base import Broker
+from celeriac.transports.broker import Broker
+from celeriac.transports.sqlite.database import encode_envelope
 from poison import (
     draw_many,
     good_envelope,

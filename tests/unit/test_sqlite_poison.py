@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from celeriac import Celery, _wakeup, cli
-from celeriac._sqlite import decode_envelope, encode_envelope
-from celeriac.brokers.sqlite import SQLiteBroker
-from celeriac.protocol import build_task_message
+from celeriac import Celery, cli
+from celeriac.protocol.message import build_task_message
+from celeriac.transports.sqlite import wakeup as _wakeup
+from celeriac.transports.sqlite.broker import SQLiteBroker
+from celeriac.transports.sqlite.database import decode_envelope, encode_envelope
 from celeriac.worker.worker import Worker
 
 WAIT = 20.0

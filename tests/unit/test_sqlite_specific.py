@@ -25,12 +25,19 @@ from typing import Any
 
 import pytest
 
-from celeriac import Celery, _wakeup
-from celeriac._sqlite import Database, _Shared, encode_envelope, path_from_url
-from celeriac.backends.sqlite import SQLiteBackend
-from celeriac.brokers.base import Broker, Delivery, Envelope
-from celeriac.brokers.sqlite import SQLiteBroker, pid_space, process_alive, process_identity
+from celeriac import Celery
 from celeriac.errors import BrokerError, ConfigurationError
+from celeriac.protocol.envelope import Envelope
+from celeriac.transports.broker import Broker, Delivery
+from celeriac.transports.sqlite import wakeup as _wakeup
+from celeriac.transports.sqlite.backend import SQLiteBackend
+from celeriac.transports.sqlite.broker import (
+    SQLiteBroker,
+    pid_space,
+    process_alive,
+    process_identity,
+)
+from celeriac.transports.sqlite.database import Database, _Shared, encode_envelope, path_from_url
 
 pytestmark = pytest.mark.skipif(
     not _wakeup.SUPPORTED or not os.path.isdir("/proc/self"),
@@ -43,9 +50,9 @@ NO_SAFETY_POLL = {"poll_interval": 30.0}  # only a wake-up can be fast
 
 HEAD = """
 import asyncio, json, sys, time
-from celeriac.brokers.base import Envelope
-from celeriac.brokers.sqlite import SQLiteBroker
-from celeriac.backends.sqlite import SQLiteBackend
+from celeriac.protocol.envelope import Envelope
+from celeriac.transports.sqlite.broker import SQLiteBroker
+from celeriac.transports.sqlite.backend import SQLiteBackend
 URL, QUEUE, OPTIONS = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 def say(*words):
     print(*words, flush=True)

@@ -180,7 +180,7 @@ def test_streaming_inside_a_task_is_refused() -> None:
 
 
 async def test_sse_frames_carry_each_event_and_a_timeout_ends_the_stream() -> None:
-    from celeriac.web import sse_events
+    from celeriac.web.sse import sse_events
 
     app = new_app()
 
@@ -214,7 +214,7 @@ async def test_sse_frames_carry_each_event_and_a_timeout_ends_the_stream() -> No
 async def test_rpc_keeps_the_states_of_a_task_someone_waits_on_beyond_its_cache_limit() -> None:
     """rpc:// keeps the last ``max_cached`` tasks' states, but never drops one that a caller
     is waiting on: its result would arrive in a fresh entry the waiter never sees."""
-    from celeriac.backends.rpc import RpcBackend
+    from celeriac.transports.amqp.rpc import RpcBackend
 
     backend = RpcBackend(
         "rpc://", broker_url="amqp://guest:guest@localhost//", options={"max_cached": 2}

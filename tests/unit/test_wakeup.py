@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from celeriac import _wakeup
-from celeriac._wakeup import Listener, Notifier, channel_directory
+from celeriac.transports.sqlite import wakeup as _wakeup
+from celeriac.transports.sqlite.wakeup import Listener, Notifier, channel_directory
 
 pytestmark = pytest.mark.skipif(not _wakeup.SUPPORTED, reason="needs UNIX datagram sockets")
 
@@ -73,7 +73,10 @@ async def test_notify_reaches_a_listener_that_came_after_the_listing(channel: st
 
 async def test_notify_from_another_process(channel: str) -> None:
     listener, signal = listen(channel)
-    code = "import sys; from celeriac._wakeup import Notifier; Notifier(sys.argv[1]).notify()"
+    code = (
+        "import sys; from celeriac.transports.sqlite.wakeup import Notifier;"
+        " Notifier(sys.argv[1]).notify()"
+    )
     try:
         proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, channel)
         assert await proc.wait() == 0
@@ -85,7 +88,7 @@ async def test_notify_from_another_process(channel: str) -> None:
 async def test_listener_in_another_process_is_woken(channel: str) -> None:
     code = """
 import asyncio, sys
-from celeriac._wakeup import Listener
+from celeriac.transports.sqlite.wakeup import Listener
 async def main():
     listener = Listener(sys.argv[1]); listener.open()
     signal = asyncio.Event(); listener.subscribe(signal.set)

@@ -18,7 +18,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from celeriac import Celery
-from celeriac.web import sse_events, sse_response
+from celeriac.web import sse_response
+from celeriac.web.sse import sse_events
 from inprocess import memory_app, run_worker
 from services import eventually, free_port
 

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from celeriac import Celery
-from celeriac.brokers.base import Envelope
-from celeriac.brokers.memory import MemoryBroker
+from celeriac.protocol.envelope import Envelope
+from celeriac.transports.memory.broker import MemoryBroker
 from celeriac.worker.worker import Worker
 
 json_values = st.recursive(

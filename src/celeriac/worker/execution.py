@@ -33,10 +33,8 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
-from celeriac import protocol, states
+from celeriac import states
 from celeriac.app import Connection
-from celeriac.brokers.base import Delivery
-from celeriac.config import redacted
 from celeriac.errors import (
     BackendUnreachable,
     NotRegistered,
@@ -45,10 +43,13 @@ from celeriac.errors import (
     Retry,
     TaskRevokedError,
 )
-from celeriac.protocol import TaskMessage
+from celeriac.protocol import message as protocol
+from celeriac.protocol.message import TaskMessage
+from celeriac.protocol.records import exception_to_dict
 from celeriac.result import inside_task
-from celeriac.resultmeta import exception_to_dict
 from celeriac.task import Request, Task, current_request
+from celeriac.transports.broker import Delivery
+from celeriac.transports.urls import redacted
 from celeriac.worker import limits
 
 if TYPE_CHECKING:

@@ -22,13 +22,11 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from celeriac import _bridge
-from celeriac._sqlite import absolute_url
 from celeriac.app import Celery, Connection
-from celeriac.brokers.base import Delivery
-from celeriac.config import redacted
 from celeriac.errors import BackendUnreachable, BrokerUnreachable
+from celeriac.protocol.serialization import resolve_accept
 from celeriac.resources import Resources
-from celeriac.serialization import resolve_accept
+from celeriac.transports.broker import Delivery
 from celeriac.worker.execution import Execution
 from celeriac.worker.loop_watch import LoopWatch
 from celeriac.worker.threads import TaskThreads
@@ -121,7 +119,7 @@ class Worker:
             os.getpid(),
             ",".join(self.queues),
             self.concurrency,
-            redacted(absolute_url(conn.broker.url)),
+            conn.broker.describe(),
             conn.backend.describe(),
         )
         if self.on_ready is not None:

@@ -1,6 +1,6 @@
 """What the Redis broker and the Redis result backend share: clients, options, outages.
 
-Both talk to Redis through :mod:`celeriac._resp` (celeriac's ``redis`` extra brings
+Both talk to Redis through ``client.py`` (celeriac's ``redis`` extra brings
 hiredis, its parser). Options come from ``broker_transport_options`` /
 ``result_backend_transport_options``; an unknown one is an error that lists the known ones,
 since a misspelt ``visibility_timeout`` silently left at its default is the kind of bug that
@@ -15,9 +15,9 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-from celeriac._resp import Client
-from celeriac.config import redacted
 from celeriac.errors import ConfigurationError
+from celeriac.transports.redis.client import Client
+from celeriac.transports.urls import redacted
 
 log = logging.getLogger("celeriac.redis")
 

@@ -19,17 +19,17 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from celeriac._wakeup import wait_for_signal
-from celeriac.brokers.base import (
+from celeriac.protocol.envelope import Envelope
+from celeriac.transports.broker import (
     Broker,
     DeadLetter,
     Delivery,
-    Envelope,
     PrefetchWindow,
     PrefetchWindows,
     PublishRequest,
     check_consume,
     now,
+    wait_for_signal,
 )
 
 _Subscriber = tuple[asyncio.AbstractEventLoop, Callable[[], None]]
@@ -194,7 +194,7 @@ def _transport_for(url: str) -> _Transport:
 
 def reset_memory_transports() -> None:
     """Forget every ``memory://`` queue and result in this process, so a test starts empty."""
-    from celeriac.backends import memory as results  # lazy: only this reset needs it
+    from celeriac.transports.memory import backend as results  # lazy: only this reset needs it
 
     with _REGISTRY_LOCK:
         _TRANSPORTS.clear()

@@ -1,7 +1,7 @@
 """``redis://`` and ``rediss://``: queues in kombu's Redis layout, shared with real Celery.
 
 Messages, priority lists, the ``unacked`` hash and ``unacked_index`` sorted set are exactly
-kombu's (see :mod:`celeriac.brokers.kombu_redis`), so Celery producers and workers can use
+kombu's (see :mod:`celeriac.transports.redis.kombu`), so Celery producers and workers can use
 the same queues. What celeriac does differently, and why:
 
 * **Claims are atomic and batched.** One Lua script (``lua/claim.lua``) pops up to a prefetch
@@ -27,7 +27,7 @@ the same queues. What celeriac does differently, and why:
   it ends; a consumer never stops silently.
 * **Poison is data, never a crash.** Whatever a list holds (bytes that are not UTF-8 or not
   JSON, wrong types, kombu markers that do not decode, a delivery tag that is not text) is
-  read by one total function, :func:`kombu_redis.decode`, on both ways in (a claim and the
+  read by one total function, :func:`kombu.decode`, on both ways in (a claim and the
   blocking pop); what it refuses goes to the ``celeriac.dead`` list with the reason, and the
   consumer goes on. Sweeps move ``unacked`` entries they cannot restore there too.
 
@@ -57,7 +57,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from celeriac._redis import (
+from celeriac.errors import BrokerError, BrokerUnreachable
+from celeriac.ids import new_ids
+from celeriac.protocol.envelope import Envelope
+from celeriac.protocol.serialization import json_value
+from celeriac.transports.broker import (
+    Broker,
+    DeadLetter,
+    Delivery,
+    PrefetchWindow,
+    PrefetchWindows,
+    PublishRequest,
+    check_consume,
+    now,
+)
+from celeriac.transports.redis import kombu
+from celeriac.transports.redis.client import Client, Connection, Pipeline, Script
+from celeriac.transports.redis.connection import (
     UNREACHABLE,
     Coalescer,
     Outage,
@@ -65,23 +81,7 @@ from celeriac._redis import (
     client_from_url,
     until_done,
 )
-from celeriac._resp import Client, Connection, Pipeline, Script
-from celeriac.brokers import kombu_redis as kombu
-from celeriac.brokers.base import (
-    Broker,
-    DeadLetter,
-    Delivery,
-    Envelope,
-    PrefetchWindow,
-    PrefetchWindows,
-    PublishRequest,
-    check_consume,
-    now,
-)
-from celeriac.config import redacted
-from celeriac.errors import BrokerError, BrokerUnreachable
-from celeriac.ids import new_ids
-from celeriac.serialization import json_value
+from celeriac.transports.urls import redacted
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class RedisBroker(Broker):
     (prefix of every key, as in kombu), ``restore_interval`` (1.0 s, longest gap between
     sweeps for due messages), ``brpop_timeout`` (1.0 s), and the client options
     ``socket_timeout``, ``socket_connect_timeout`` and ``health_check_interval`` (see
-    :class:`celeriac._resp.Client`).
+    :class:`celeriac.transports.redis.client.Client`).
     """
 
     schemes = ("redis", "rediss")

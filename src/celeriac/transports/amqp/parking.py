@@ -24,7 +24,7 @@ from typing import Any
 
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
-from celeriac import _amqp
+from celeriac.transports.amqp import connection as _amqp
 
 PARKED_HEADER = "x-celeriac-parked"
 #: How long a parked copy that was put back waits before going home (RabbitMQ keeps the

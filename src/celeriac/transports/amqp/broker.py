@@ -20,7 +20,7 @@ What celeriac adds, and why:
 * **Long holds are renewed.** The same timeout would close the channel of a long
   ``acks_late`` task (and put back every delivery on it): a delivery held for half of
   ``consumer_timeout`` (option, seconds; RabbitMQ's 30 minutes unless set) moves to a parking
-  queue of this worker's own (see ``amqp_parking``), and one that waited that long in the
+  queue of this worker's own (see ``parking.py``), and one that waited that long in the
   local buffer goes back to its queue.
 * **Dead letters** are copies in the durable queue ``celeriac.dead`` (option
   ``dead_letter_queue``) with the reason, queue and time in ``x-celeriac-*`` headers; the
@@ -56,22 +56,22 @@ import aiormq.exceptions as amqp_errors
 from aiormq import spec
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 
-from celeriac import _amqp
-from celeriac._amqp import UNREACHABLE
-from celeriac._amqp_properties import Properties
-from celeriac.brokers.amqp_parking import Parking
-from celeriac.brokers.base import (
+from celeriac.errors import BrokerError, BrokerUnreachable
+from celeriac.protocol.envelope import Envelope
+from celeriac.transports.amqp import connection as _amqp
+from celeriac.transports.amqp.connection import UNREACHABLE
+from celeriac.transports.amqp.parking import Parking
+from celeriac.transports.amqp.properties import Properties
+from celeriac.transports.broker import (
     Broker,
     DeadLetter,
     Delivery,
-    Envelope,
     PrefetchWindow,
     PublishRequest,
     check_consume,
     now,
 )
-from celeriac.config import redacted
-from celeriac.errors import BrokerError, BrokerUnreachable
+from celeriac.transports.urls import redacted
 
 log = logging.getLogger(__name__)
 

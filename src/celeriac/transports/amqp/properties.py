@@ -155,7 +155,7 @@ def _table_with_any_names(strict: _Decoder) -> _Decoder:
 def read_text_leniently() -> None:
     """Make pamqp read short strings and table names that are not UTF-8 as escaped text
     (see the module docstring). Process-wide, as pamqp's decoders are; installed once, when
-    :mod:`celeriac._amqp` is imported."""
+    :mod:`celeriac.transports.amqp.connection` is imported."""
     if decode.METHODS["shortstr"] is _short_text:
         return
     table = _table_with_any_names(decode.field_table)

@@ -17,9 +17,9 @@ import aiormq
 import aiormq.exceptions as amqp_errors
 from aiormq.abc import AbstractChannel, AbstractConnection
 
-from celeriac._amqp_properties import read_text_leniently
-from celeriac.config import redacted
 from celeriac.errors import ConfigurationError
+from celeriac.transports.amqp.properties import read_text_leniently
+from celeriac.transports.urls import redacted
 
 #: "Cannot reach RabbitMQ right now": worth waiting for. A channel that was closed under a
 #: caller (its connection dropped) counts too: it reopens with the connection.

@@ -9,7 +9,7 @@ and each document is the template's pieces joined with its own values encoded.
 "Shared" means *the same object* (``is``), never merely equal: equal values can still
 encode differently (``1``, ``1.0`` and ``True`` are equal), the same object cannot. Built
 with :func:`differing_keys`, a template gives exactly what
-:func:`~celeriac.serialization.json_text` gives for each document.
+:func:`~celeriac.protocol.serialization.json_text` gives for each document.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from json.encoder import encode_basestring_ascii
 from operator import is_
 from typing import Any
 
-from celeriac.serialization import json_text
+from celeriac.protocol.serialization import json_text
 
 #: A value's place in a document: the keys from the top, one per nested dict.
 Path = tuple[str, ...]

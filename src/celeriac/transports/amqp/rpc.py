@@ -41,11 +41,12 @@ import aiormq.exceptions as amqp_errors
 from aiormq import spec
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 
-from celeriac import _amqp, errors
-from celeriac._amqp import UNREACHABLE
-from celeriac.backends.base import Changes, EventLog, Log, Meta, ResultBackend
-from celeriac.config import redacted
+from celeriac import errors
 from celeriac.states import READY_STATES
+from celeriac.transports.amqp import connection as _amqp
+from celeriac.transports.amqp.connection import UNREACHABLE
+from celeriac.transports.backend import Changes, EventLog, Log, Meta, ResultBackend
+from celeriac.transports.urls import redacted
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +421,7 @@ class _Changes:
 def _is_ready(data: bytes | None) -> bool:
     if data is None:
         return False
-    from celeriac.serialization import json_value
+    from celeriac.protocol.serialization import json_value
 
     record = json_value(data)
     return isinstance(record, dict) and record.get("status") in READY_STATES

@@ -38,8 +38,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
-from celeriac.config import redacted
 from celeriac.errors import ConfigurationError
+from celeriac.transports.urls import redacted
 
 Arg = bytes | str | int | float
 Reply = Any  # bytes, int, None, or a list of replies

@@ -29,10 +29,9 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from celeriac import errors
-from celeriac._sqlite import absolute_url
-from celeriac.config import redacted
-from celeriac.serialization import json_text, json_value
+from celeriac.protocol.serialization import json_text, json_value
 from celeriac.states import READY_STATES
+from celeriac.transports.urls import redacted
 
 Meta = dict[str, Any]
 
@@ -88,9 +87,8 @@ class ResultBackend(ABC):
     not_ready_hint = ": is a worker running on this app's broker, and reading the task's queue?"
 
     def describe(self) -> str:
-        """Where results go, for the worker's ready line (a password hidden, an embedded
-        file by its absolute path)."""
-        return redacted(absolute_url(self.url))
+        """Where results go, for the worker's ready line (a password hidden)."""
+        return redacted(self.url)
 
     async def close(self) -> None:
         """Release connections; wake every waiter with an error."""

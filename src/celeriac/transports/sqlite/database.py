@@ -35,8 +35,8 @@ from functools import cache, partial
 from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
-from celeriac.brokers.base import Envelope
 from celeriac.errors import BrokerError, ConfigurationError
+from celeriac.protocol.envelope import Envelope
 
 T = TypeVar("T")
 P = TypeVar("P")

@@ -27,7 +27,10 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 from celeriac import errors
-from celeriac._redis import (
+from celeriac.states import READY_STATES
+from celeriac.transports.backend import Changes, EventLog, Log, ResultBackend
+from celeriac.transports.redis.client import Client, Connection, Reply, ReplyError
+from celeriac.transports.redis.connection import (
     UNREACHABLE,
     Coalescer,
     Outage,
@@ -35,10 +38,7 @@ from celeriac._redis import (
     client_from_url,
     until_done,
 )
-from celeriac._resp import Client, Connection, Reply, ReplyError
-from celeriac.backends.base import Changes, EventLog, Log, ResultBackend
-from celeriac.config import redacted
-from celeriac.states import READY_STATES
+from celeriac.transports.urls import redacted
 
 log = logging.getLogger(__name__)
 

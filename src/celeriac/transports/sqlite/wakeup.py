@@ -215,21 +215,3 @@ class Notifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-
-
-async def wait_for_signal(signal: asyncio.Event, timeout: float | None) -> bool:
-    """Wait until ``signal`` is set or ``timeout`` passes; True when it was set.
-
-    Callers clear the signal *before* they look at the shared state, so a wake-up that
-    arrives while they look is kept for this wait instead of being lost.
-    """
-    if signal.is_set():
-        return True
-    if timeout is not None and timeout <= 0:
-        return False
-    try:
-        async with asyncio.timeout(timeout):
-            await signal.wait()
-    except TimeoutError:
-        return False
-    return True

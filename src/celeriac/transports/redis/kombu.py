@@ -20,11 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from celeriac.brokers.base import MAX_PRIORITY, MIN_PRIORITY, Envelope
 from celeriac.errors import ProtocolError
 from celeriac.ids import uuid as new_tag
-from celeriac.serialization import json_text, json_value
-from celeriac.similar_json import Template, differing_keys
+from celeriac.protocol.envelope import Envelope
+from celeriac.protocol.serialization import json_text, json_value
+from celeriac.transports.broker import MAX_PRIORITY, MIN_PRIORITY
+from celeriac.transports.redis.similar_json import Template, differing_keys
 
 SEPARATOR = "\x06\x16"
 #: kombu's default ``priority_steps``: the list a message goes to is the largest step <= it.
@@ -221,7 +222,7 @@ def _decode(payload: str | bytes, tag: str) -> RedisMessage:
 def delivery_tag(raw: dict[str, Any]) -> str | None:
     """The envelope's ``properties.delivery_tag`` if the message can be held under it: a
     non-empty string that can go back to Redis (a lone surrogate other than
-    ``surrogateescape``'s cannot, see :func:`celeriac._resp.pack`); else None."""
+    ``surrogateescape``'s cannot, see :func:`celeriac.transports.redis.client.pack`); else None."""
     properties = raw.get("properties")
     tag = properties.get("delivery_tag") if isinstance(properties, dict) else None
     if not isinstance(tag, str) or not tag:

@@ -13,8 +13,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import NoReturn
 
 from celeriac import errors
-from celeriac.backends.base import Changes, EventLog, Meta, ResultBackend
-from celeriac.config import redacted
+from celeriac.transports.backend import Changes, EventLog, Meta, ResultBackend
+from celeriac.transports.urls import redacted
 
 
 class DisabledBackend(ResultBackend):

@@ -1,7 +1,7 @@
 """``sqlite:///path`` results: one table in the same kind of file as the SQLite broker.
 
 Records live in ``celeriac_results`` and event logs in ``celeriac_events`` (see
-:mod:`celeriac._sqlite`); the file may be the broker's own. Storing a ready record or an
+``database.py``); the file may be the broker's own. Storing a ready record or an
 event notifies the ``results`` wake-up channel after the commit. Waiting never polls per
 waiter: one watcher task per backend instance re-reads, on each wake-up, only the ids its
 waiters wait for, in one query for all of them; a new waiter is checked at once, and a slow
@@ -23,10 +23,17 @@ from itertools import chain
 from typing import Any
 
 from celeriac import errors
-from celeriac._sqlite import Database, WriteBatch, chunks, marks, path_from_url
-from celeriac._wakeup import Listener, Notifier, channel_directory, wait_for_signal
-from celeriac.backends.base import Changes, EventLog, Log, ResultBackend
-from celeriac.brokers.base import now
+from celeriac.transports.backend import Changes, EventLog, Log, ResultBackend
+from celeriac.transports.broker import now, wait_for_signal
+from celeriac.transports.sqlite.database import (
+    Database,
+    WriteBatch,
+    absolute_url,
+    chunks,
+    marks,
+    path_from_url,
+)
+from celeriac.transports.sqlite.wakeup import Listener, Notifier, channel_directory
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,10 @@ class SQLiteBackend(ResultBackend):
         ": the worker must use this same file (a relative sqlite:/// path is read from each"
         " process's current directory: give both an absolute one, or CELERIAC_BROKER_URL)"
     )
+
+    def describe(self) -> str:
+        """The file by its absolute path: a relative one depends on the current directory."""
+        return absolute_url(self.url)
 
     def __init__(
         self, url: str, *, options: dict[str, Any] | None = None, broker_url: str | None = None

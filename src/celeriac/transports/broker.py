@@ -16,30 +16,15 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from celeriac.errors import MessageTooLarge
+from celeriac.protocol.envelope import Envelope
+from celeriac.transports.urls import redacted
 
 MIN_PRIORITY = 0
 MAX_PRIORITY = 9
-
-
-@dataclass(slots=True)
-class Envelope:
-    """One message as the broker stores it: body bytes plus headers and properties.
-
-    ``headers`` are the protocol v2 task headers (``task``, ``id``, ...); ``properties`` the
-    AMQP-style basic properties (``correlation_id``, ``reply_to``, ``priority``, ...). The
-    ``priority`` property belongs to the transport: on delivery it may be set to the
-    delivery's priority.
-    """
-
-    body: bytes
-    content_type: str
-    content_encoding: str
-    headers: dict[str, Any] = field(default_factory=dict)
-    properties: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -114,6 +99,10 @@ class Broker(ABC):
 
     async def connect(self) -> None:
         """Open connections; called once before any other method. Default: nothing to do."""
+
+    def describe(self) -> str:
+        """The broker, for the worker's ready line (a password hidden)."""
+        return redacted(self.url)
 
     async def ping(self) -> None:
         """One round trip: raise :class:`~celeriac.errors.BrokerUnreachable` if the broker
@@ -273,3 +262,21 @@ def check_consume(queues: Sequence[str], prefetch: int) -> None:
 def now() -> float:
     """Wall-clock unix time: ETAs cross processes, so a monotonic clock would not do."""
     return time.time()
+
+
+async def wait_for_signal(signal: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until ``signal`` is set or ``timeout`` passes; True when it was set.
+
+    Callers clear the signal *before* they look at the shared state, so a wake-up that
+    arrives while they look is kept for this wait instead of being lost.
+    """
+    if signal.is_set():
+        return True
+    if timeout is not None and timeout <= 0:
+        return False
+    try:
+        async with asyncio.timeout(timeout):
+            await signal.wait()
+    except TimeoutError:
+        return False
+    return True

@@ -16,9 +16,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celeriac import errors
-from celeriac.backends.base import Changes, EventLog, Log, ResultBackend
-from celeriac.brokers.base import now
-from celeriac.brokers.memory import reset_memory_transports
+from celeriac.transports.backend import Changes, EventLog, Log, ResultBackend
+from celeriac.transports.broker import now
+from celeriac.transports.memory.broker import reset_memory_transports
 
 __all__ = ["MemoryBackend", "clear_results", "reset_memory_transports"]
 

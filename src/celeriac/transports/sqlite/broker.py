@@ -1,6 +1,6 @@
 """``sqlite:///path``: the default broker, one durable SQLite file serving a whole machine.
 
-Several worker processes and producers share the file (see :mod:`celeriac._sqlite` for the
+Several worker processes and producers share the file (see ``database.py`` for the
 connection, the schema and the durability trade-off). A message row is *waiting* while its
 ``holder`` is NULL and *held* while a consumer has it; a consumer claims rows atomically
 with ``UPDATE ... RETURNING``, so two processes never get the same message.
@@ -24,7 +24,7 @@ Batches. ``publish_many`` stores all its messages in one transaction, and ``send
 hands it a whole batch (``whole_batches``): a producer killed mid-batch queues none of it.
 
 Wake-ups. Every change that makes a message visible (publish, requeue, defer, release)
-notifies the ``tasks`` channel of :mod:`celeriac._wakeup` after its commit; an idle consumer
+notifies the ``tasks`` channel of ``wakeup.py`` after its commit; an idle consumer
 sleeps until a wake-up, the earliest future ``visible_at`` among its queues, or the
 ``poll_interval`` safety poll, whichever comes first.
 """
@@ -43,9 +43,25 @@ from collections.abc import AsyncGenerator, Coroutine, Iterable, Sequence
 from functools import partial
 from typing import Any
 
-from celeriac._sqlite import (
+from celeriac.errors import BrokerError
+from celeriac.protocol.envelope import Envelope
+from celeriac.transports.broker import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    Broker,
+    DeadLetter,
+    Delivery,
+    PrefetchWindow,
+    PrefetchWindows,
+    PublishRequest,
+    check_consume,
+    now,
+    wait_for_signal,
+)
+from celeriac.transports.sqlite.database import (
     Database,
     WriteBatch,
+    absolute_url,
     atomically,
     chunks,
     decode_envelope,
@@ -53,21 +69,7 @@ from celeriac._sqlite import (
     marks,
     path_from_url,
 )
-from celeriac._wakeup import Listener, Notifier, channel_directory, wait_for_signal
-from celeriac.brokers.base import (
-    MAX_PRIORITY,
-    MIN_PRIORITY,
-    Broker,
-    DeadLetter,
-    Delivery,
-    Envelope,
-    PrefetchWindow,
-    PrefetchWindows,
-    PublishRequest,
-    check_consume,
-    now,
-)
-from celeriac.errors import BrokerError
+from celeriac.transports.sqlite.wakeup import Listener, Notifier, channel_directory
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +192,11 @@ class SQLiteBroker(Broker):
     """
 
     schemes = ("sqlite",)
+
+    def describe(self) -> str:
+        """The file by its absolute path: a relative one depends on the current directory."""
+        return absolute_url(self.url)
+
     whole_batches = True  # publish_many is one transaction: a batch is all or nothing
 
     def __init__(self, url: str, **settings: Any) -> None:  # settings: see Broker

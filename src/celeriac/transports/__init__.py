@@ -10,26 +10,26 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celeriac._install import install_hint
-from celeriac.backends.base import ResultBackend
-from celeriac.brokers.base import Broker
 from celeriac.errors import ConfigurationError
+from celeriac.transports.backend import ResultBackend
+from celeriac.transports.broker import Broker
 
 # scheme -> (module, class name, extra that installs its driver or None)
 _BROKERS: dict[str, tuple[str, str, str | None]] = {
-    "sqlite": ("celeriac.brokers.sqlite", "SQLiteBroker", None),
-    "memory": ("celeriac.brokers.memory", "MemoryBroker", None),
-    "redis": ("celeriac.brokers.redis", "RedisBroker", "redis"),
-    "rediss": ("celeriac.brokers.redis", "RedisBroker", "redis"),
-    "amqp": ("celeriac.brokers.amqp", "AmqpBroker", "amqp"),
-    "amqps": ("celeriac.brokers.amqp", "AmqpBroker", "amqp"),
+    "sqlite": ("celeriac.transports.sqlite.broker", "SQLiteBroker", None),
+    "memory": ("celeriac.transports.memory.broker", "MemoryBroker", None),
+    "redis": ("celeriac.transports.redis.broker", "RedisBroker", "redis"),
+    "rediss": ("celeriac.transports.redis.broker", "RedisBroker", "redis"),
+    "amqp": ("celeriac.transports.amqp.broker", "AmqpBroker", "amqp"),
+    "amqps": ("celeriac.transports.amqp.broker", "AmqpBroker", "amqp"),
 }
 _BACKENDS: dict[str, tuple[str, str, str | None]] = {
-    "sqlite": ("celeriac.backends.sqlite", "SQLiteBackend", None),
-    "memory": ("celeriac.backends.memory", "MemoryBackend", None),
-    "redis": ("celeriac.backends.redis", "RedisBackend", "redis"),
-    "rediss": ("celeriac.backends.redis", "RedisBackend", "redis"),
-    "rpc": ("celeriac.backends.rpc", "RpcBackend", "amqp"),
-    "disabled": ("celeriac.backends.disabled", "DisabledBackend", None),
+    "sqlite": ("celeriac.transports.sqlite.backend", "SQLiteBackend", None),
+    "memory": ("celeriac.transports.memory.backend", "MemoryBackend", None),
+    "redis": ("celeriac.transports.redis.backend", "RedisBackend", "redis"),
+    "rediss": ("celeriac.transports.redis.backend", "RedisBackend", "redis"),
+    "rpc": ("celeriac.transports.amqp.rpc", "RpcBackend", "amqp"),
+    "disabled": ("celeriac.transports.disabled", "DisabledBackend", None),
 }
 
 

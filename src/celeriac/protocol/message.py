@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from celeriac import serialization
-from celeriac.brokers.base import Envelope
 from celeriac.errors import ProtocolError
+from celeriac.protocol import serialization
+from celeriac.protocol.envelope import Envelope
 
 #: The 19 headers Celery 5.7's producer always sends, in its order.
 STANDARD_HEADERS: tuple[str, ...] = (
@@ -189,7 +189,7 @@ def build_task_messages(
     The first message is built in full; the others copy its headers and properties and
     change only what a call changes (its id, root id unless ``root_id`` is given, argument
     reprs and body). What they share is then the very same objects, which lets a broker
-    write it once for the whole batch (:mod:`celeriac.similar_json`).
+    write it once for the whole batch (:mod:`celeriac.transports.redis.similar_json`).
     """
     if not calls:
         return []

@@ -1,0 +1,1 @@
+"""``memory://``: a broker and result store inside one process, for unit tests."""

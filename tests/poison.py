@@ -267,7 +267,7 @@ async def run_campaign(
                     await inject(broker, poison[start : start + turn])
             await _until_accounted(broker, tally, good, len(poison), running, timeout)
             # Read before the stop: a worker closes its app's connections when it ends.
-            sizes = await broker.queue_sizes([queue])
+            sizes = await _once_settled(broker, queue, tally, timeout)
             letters = await broker.dead_letters(limit=tally.dead)
         finally:
             worker.stop()
@@ -279,6 +279,18 @@ async def run_campaign(
     assert tally.requeues == 0, f"messages went back to the queue: {tally}"
     assert sizes.get(queue, 0) == tally.defers, f"left in {queue}: {sizes}, {tally}"
     assert all(letter.reason for letter in letters), "a dead letter without a reason"
+
+
+async def _once_settled(broker: Broker, queue: str, tally: Tally, timeout: float) -> dict[str, int]:
+    """The queue's sizes once only deferred messages are left in it, or as they are after
+    ``timeout``: a task is counted as run before its ack is written (the last acks of a
+    campaign may still be on their way when every task has run)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sizes = await broker.queue_sizes([queue])
+        if sizes.get(queue, 0) == tally.defers or time.monotonic() > deadline:
+            return sizes
+        await asyncio.sleep(0.05)  # polling the broker's counters, not a synchronisation
 
 
 async def _until_accounted(

@@ -1,4 +1,8 @@
-"""Every exception celeriac raises, under one root.
+"""Every exception celeriac raises: its errors under one root, its control-flow signals apart.
+
+``except CeleriacError`` catches celeriac's errors and nothing else: a signal that only asks
+the worker to do something (``Retry``) is not an error, so task code that handles celeriac's
+errors does not swallow it by accident.
 
 ::
 
@@ -13,6 +17,7 @@
      ├── ProtocolError             a message is not a valid Celery protocol v2 task message
      │    ├── ContentDisallowed    its content type is not in ``accept_content``
      │    └── MessageTooLarge      it is bigger than ``broker_max_message_size``
+     ├── ResourceError             a worker resource failed to start, or is not started here
      ├── NotRegistered             no task of that name is registered in the worker
      ├── TimeoutError              a result was not ready in time (a builtin TimeoutError too)
      ├── TaskError                 base of what a task's own run can end with
@@ -21,8 +26,10 @@
      │    ├── TimeLimitExceeded    the task was stopped at ``time_limit``
      │    ├── MaxRetriesExceededError ``self.retry()`` with no retries left
      │    └── TaskRevokedError     the task expired or was revoked and never ran
-     ├── Retry                     control flow: raised by ``self.retry()`` to ask for a retry
      └── SyncWaitInTaskError       ``result.get()`` inside a task (deadlock risk), not opted out
+
+    Control-flow signals (plain ``Exception`` subclasses, not CeleriacError)
+     └── Retry                     raised by ``self.retry()`` to ask the worker for a retry
 
 Messages name the problem and, where there is one, the fix.
 """
@@ -142,10 +149,13 @@ class TaskRevokedError(TaskError):
     """The task expired (or was revoked) before it ran."""
 
 
-class Retry(CeleriacError):
+class Retry(Exception):
     """Raised by ``self.retry()``; the worker catches it and republishes the task.
 
-    Task code should let it propagate (``raise self.retry(...)`` reads best).
+    A signal, not an error, so not a CeleriacError: ``except CeleriacError`` around a call
+    to ``self.retry()`` lets it through (Celery's ``Retry`` is a ``CeleryError``, and such a
+    handler swallows the retry there). Task code should let it propagate (``raise
+    self.retry(...)`` reads best); ``except Exception`` still catches it, as in Celery.
     """
 
     def __init__(

@@ -71,15 +71,16 @@ from celeriac.transports.broker import (
     check_consume,
     now,
 )
+from celeriac.transports.options import Option, checked_options
 from celeriac.transports.urls import redacted
 
 log = logging.getLogger(__name__)
 
-_OPTIONS: dict[str, Any] = {
-    "dead_letter_queue": "celeriac.dead",
-    "delay_queue_prefix": "celeriac.delay",
-    "connect_timeout": 5.0,
-    "consumer_timeout": 1800.0,  # RabbitMQ's default, in seconds
+_OPTIONS = {
+    "dead_letter_queue": Option(str, "celeriac.dead"),
+    "delay_queue_prefix": Option(str, "celeriac.delay"),
+    "connect_timeout": Option(float, 5.0),
+    "consumer_timeout": Option(float, 1800.0),  # RabbitMQ's default, in seconds
 }
 ETA_HEADER = "x-celeriac-eta"
 REASON_HEADER = "x-celeriac-reason"
@@ -249,20 +250,13 @@ class AmqpBroker(Broker):
 
     def __init__(self, url: str, **settings: Any) -> None:  # settings: see Broker
         super().__init__(url, **settings)
-        unknown = sorted(set(self.options) - set(_OPTIONS))
-        if unknown:
-            raise BrokerError(
-                f"unknown broker_transport_options {', '.join(map(repr, unknown))}: the AMQP"
-                f" transport knows {', '.join(sorted(_OPTIONS))}"
-            )
-        opts = {**_OPTIONS, **self.options}
+        opts = checked_options(
+            self.options, _OPTIONS, "broker_transport_options", "the AMQP transport"
+        )
         self.dead_letter_queue = str(opts["dead_letter_queue"])
         self.delay_prefix = str(opts["delay_queue_prefix"])
         self.connect_timeout = float(opts["connect_timeout"])
-        try:
-            consumer_timeout = float(opts["consumer_timeout"])
-        except (TypeError, ValueError):
-            consumer_timeout = math.nan
+        consumer_timeout: float = opts["consumer_timeout"]
         if not consumer_timeout > 0:
             raise BrokerError(
                 f"broker_transport_options consumer_timeout={opts['consumer_timeout']!r}: give"

@@ -46,14 +46,15 @@ from celeriac.states import READY_STATES
 from celeriac.transports.amqp import connection as _amqp
 from celeriac.transports.amqp.connection import UNREACHABLE
 from celeriac.transports.backend import Changes, EventLog, Log, Meta, ResultBackend
+from celeriac.transports.options import Option, checked_options
 from celeriac.transports.urls import redacted
 
 log = logging.getLogger(__name__)
 
-_OPTIONS: dict[str, Any] = {
-    "reply_queue_expires": 86400.0,  # seconds a reply queue outlives its last consumer
-    "max_cached": 10000,
-    "connect_timeout": 5.0,
+_OPTIONS = {
+    "reply_queue_expires": Option(float, 86400.0),  # seconds a reply queue outlives its consumer
+    "max_cached": Option(int, 10000),
+    "connect_timeout": Option(float, 5.0),
 }
 #: Seconds after a reconnect during which a missing reply queue is waited for: its caller may
 #: not have declared it again yet (RabbitMQ deleted it with the caller's dropped connection).
@@ -111,13 +112,7 @@ class RpcBackend(ResultBackend):
                 f" (amqp://), not {redacted(broker_url or 'none')}: use a redis:// or sqlite://"
                 " result backend with this broker"
             )
-        unknown = sorted(set(self.options) - set(_OPTIONS))
-        if unknown:
-            raise errors.ConfigurationError(
-                f"unknown result_backend_transport_options {', '.join(map(repr, unknown))}:"
-                f" rpc:// knows {', '.join(sorted(_OPTIONS))}"
-            )
-        opts = {**_OPTIONS, **self.options}
+        opts = checked_options(self.options, _OPTIONS, "result_backend_transport_options", "rpc://")
         self.amqp_url = broker_url
         self.queue = str(uuid.uuid4())  # this caller's reply queue
         self.reply_to = self.queue

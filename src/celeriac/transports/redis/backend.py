@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from celeriac import errors
 from celeriac.states import READY_STATES
 from celeriac.transports.backend import Changes, EventLog, Log, ResultBackend
+from celeriac.transports.options import Option
 from celeriac.transports.redis.client import Client, Connection, Reply, ReplyError
 from celeriac.transports.redis.connection import (
     UNREACHABLE,
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "celery-task-meta-"
 EVENTS_PREFIX = "celeriac-task-events-"
-_OPTIONS: dict[str, Any] = {"global_keyprefix": ""}
+_OPTIONS = {"global_keyprefix": Option(str, "")}
 _CLOSE_TIMEOUT = 2.0
 #: Redis's smallest ``proto-max-bulk-len``: a shorter record needs no check of the server's.
 _SMALLEST_BULK_LIMIT = 1024 * 1024

@@ -71,6 +71,7 @@ from celeriac.transports.broker import (
     check_consume,
     now,
 )
+from celeriac.transports.options import Option
 from celeriac.transports.redis import kombu
 from celeriac.transports.redis.client import Client, Connection, Pipeline, Script
 from celeriac.transports.redis.connection import (
@@ -87,11 +88,11 @@ log = logging.getLogger(__name__)
 
 DEAD_LETTERS = "celeriac.dead"
 DEFERRED_PREFIX = "celeriac.deferred."
-_OPTIONS: dict[str, Any] = {
-    "visibility_timeout": 3600.0,
-    "global_keyprefix": "",
-    "restore_interval": 1.0,
-    "brpop_timeout": 1.0,
+_OPTIONS = {
+    "visibility_timeout": Option(float, 3600.0),
+    "global_keyprefix": Option(str, ""),
+    "restore_interval": Option(float, 1.0),
+    "brpop_timeout": Option(float, 1.0),
 }
 _EPSILON = 0.002  # wake just after a due time, so the sweep finds the entry due
 _SWEEP_BATCH = 100

@@ -15,7 +15,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-from celeriac.errors import ConfigurationError
+from celeriac.transports.options import Option, checked_options
 from celeriac.transports.redis.client import Client
 from celeriac.transports.urls import redacted
 
@@ -34,16 +34,11 @@ _CLIENT_OPTIONS = {
 T = TypeVar("T")
 
 
-def check_options(options: dict[str, Any], own: dict[str, Any], what: str) -> dict[str, Any]:
-    """``options`` merged over the defaults in ``own``; unknown names are an error."""
-    known = {**own, **dict.fromkeys(_CLIENT_OPTIONS)}
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ConfigurationError(
-            f"unknown {what} option(s) {', '.join(map(repr, unknown))}: the Redis transport "
-            f"knows {', '.join(sorted(known))}"
-        )
-    return {**own, **options}
+def check_options(options: dict[str, Any], own: dict[str, Option], what: str) -> dict[str, Any]:
+    """``options`` checked (see :mod:`celeriac.transports.options`) and merged over the
+    defaults in ``own`` and the client's options."""
+    client = {name: Option(kind, None) for name, kind in _CLIENT_OPTIONS.items()}
+    return checked_options(options, {**own, **client}, what, "the Redis transport")
 
 
 def client_from_url(url: str, options: dict[str, Any]) -> Client:

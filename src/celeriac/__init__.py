@@ -6,7 +6,8 @@ The public names, nothing else; see README.md for a five-minute tour.
 from importlib import metadata as _metadata
 
 from celeriac import states
-from celeriac.app import Celery, current_app, shared_task
+from celeriac._state import current_app
+from celeriac.app import Celery, shared_task
 from celeriac.ids import uuid
 from celeriac.resources import Resource, use
 from celeriac.result import AsyncResult

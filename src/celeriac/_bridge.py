@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -60,3 +60,23 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     loop = _bridge_loop()
     future = asyncio.run_coroutine_threadsafe(coro, loop)
     return future.result()
+
+
+def dual(coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
+    """Hand ``coro`` back to an async caller, or run it to the end for a sync caller: the
+    one way every dual API (``delay``, ``get``, ...) serves both kinds of code."""
+    if in_async_context():
+        return coro
+    return cast(Awaitable[T], run(coro))
+
+
+async def _now(value: T) -> T:
+    return value
+
+
+def answer(value: T) -> Awaitable[T]:
+    """``value`` as the dual API hands it out: awaitable in async code, itself in sync code
+    (an eager result has nothing to read, so it needs no event loop)."""
+    if in_async_context():
+        return _now(value)
+    return cast(Awaitable[T], value)

@@ -21,15 +21,16 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, Protocol, TypedDict, TypeVar, Unpack, cast, overload
 
-from celeriac import _bridge, config, sending
+from celeriac import _bridge, _state, config, sending
+from celeriac._bridge import dual
 from celeriac.config import Settings
 from celeriac.discovery import Packages, discover
-from celeriac.errors import ConfigurationError, ResourceError
+from celeriac.errors import ResourceError
 from celeriac.ids import new_ids, uuid
 from celeriac.protocol.envelope import Envelope
 from celeriac.protocol.records import make_meta
 from celeriac.resources import Resource
-from celeriac.result import AsyncResult, dual
+from celeriac.result import AsyncResult
 from celeriac.sending import SendOptions
 from celeriac.states import READY_STATES
 from celeriac.task import AsyncTask, StreamingTask, SyncTask, Task, TaskOptions
@@ -42,70 +43,9 @@ R = TypeVar("R")
 
 logger = logging.getLogger("celeriac.app")
 
-_apps: list[Celery] = []
-_apps_lock = threading.Lock()
-_shared: list[Callable[[Celery], None]] = []
-
 #: How many messages ``send_many`` hands the broker at a time: big enough that round trips
 #: vanish in the cost of building messages, small enough that one write stays modest.
 SEND_MANY_CHUNK = 1000
-
-
-#: The app ``app.set_current()`` made current in this thread.
-_thread_current = threading.local()
-#: The app ``app.set_default()`` made the process's default.
-_default: Celery | None = None
-#: The last app created with ``set_as_current=True`` (Celery's default).
-_latest: Celery | None = None
-
-
-def get_current_app() -> Celery:
-    """The app a shared task, ``current_app`` and ``AsyncResult(id)`` use, as in Celery: the
-    one set current in this thread (``app.set_current()``, or created here with
-    ``set_as_current=True``), else the default (``app.set_default()``), else the last app
-    created with ``set_as_current=True``.
-
-    With no app at all this is an error: Celery would make a hidden default app, whose
-    broker is not the one the workers read, and tasks sent there are never run.
-    """
-    current: Celery | None = getattr(_thread_current, "app", None)
-    if current is not None:
-        return current
-    with _apps_lock:
-        found = _default or _latest
-    if found is None:
-        raise ConfigurationError(
-            "no Celery app is configured, so there is no broker to send to: create the app"
-            " (Celery('proj', broker=...)) before calling a @shared_task or using"
-            " current_app, or pass app= (AsyncResult(id, app=app))"
-        )
-    return found
-
-
-class _CurrentApp:
-    """``current_app``: stands for :func:`get_current_app`'s answer at each use, as Celery's
-    ``celery.current_app`` proxy does (so a module can import it before the app exists)."""
-
-    __slots__ = ()
-
-    def _get_current_object(self) -> Celery:
-        return get_current_app()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(get_current_app(), name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(get_current_app(), name, value)
-
-    def __repr__(self) -> str:
-        try:
-            return f"<current_app: {get_current_app()!r}>"
-        except ConfigurationError:
-            return "<current_app: no app configured>"
-
-
-#: The current app (see :func:`get_current_app`), resolved at each attribute access.
-current_app: Celery = cast("Celery", _CurrentApp())
 
 
 class TaskKwargs(TypedDict, total=False):
@@ -199,10 +139,7 @@ class Celery:
         self._connections: dict[asyncio.AbstractEventLoop, Connection] = {}
         self._connect_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         self._sending: set[asyncio.Future[Any]] = set()
-        with _apps_lock:
-            _apps.append(self)
-            shared = list(_shared)
-        for register in shared:
+        for register in _state.apps.made(self):
             register(self)
         if set_as_current:
             self.set_current()
@@ -213,16 +150,11 @@ class Celery:
     def set_current(self) -> None:
         """Make this the current app of this thread (and the last one made current, which
         other threads use when they have none of their own and no default is set)."""
-        global _latest
-        _thread_current.app = self
-        with _apps_lock:
-            _latest = self
+        _state.apps.set_current(self)
 
     def set_default(self) -> None:
         """Make this the app of every thread that set no current app of its own."""
-        global _default
-        with _apps_lock:
-            _default = self
+        _state.apps.set_default(self)
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -629,18 +561,15 @@ def _make_task(
 def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Like ``@app.task``, for reusable modules: the task is registered on every app, made
     before or after it, and the task returned sends through the current app at each call
-    (see :func:`get_current_app`), as Celery's does. Calling ``delay()`` with no app made
-    yet is an error, never a send to some default broker no worker reads."""
+    (see :func:`celeriac._state.get_current_app`), as Celery's does. Calling ``delay()``
+    with no app made yet is an error, never a send to some default broker no worker reads."""
 
     def decorate(function: Callable[..., Any]) -> Task[Any, Any]:
         def register(app: Celery) -> None:
             app.register(function, **dict(options))
 
         unbound = _make_task(None, function, **dict(options))  # checks the options first
-        with _apps_lock:
-            _shared.append(register)
-            apps = list(_apps)
-        for app in apps:
+        for app in _state.apps.share(register):
             register(app)
         return unbound
 

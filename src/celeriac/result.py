@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextvars
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from celeriac import _bridge, states
+from celeriac import _bridge, _state, states
+from celeriac._bridge import answer, dual
 from celeriac.errors import CeleriacError, SyncWaitInTaskError, TimeoutError
 from celeriac.protocol.records import Meta, exception_from_dict
 
@@ -26,18 +26,6 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 T = TypeVar("T")
-
-#: Set while a worker runs a task, so ``get()`` can refuse to deadlock it.
-inside_task: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "celeriac_inside_task", default=False
-)
-
-
-def dual(coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
-    """Hand ``coro`` back to an async caller, or run it to the end for a sync caller."""
-    if _bridge.in_async_context():
-        return coro
-    return cast(Awaitable[T], _bridge.run(coro))
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +100,7 @@ class AsyncResult(Generic[R]):
 
     def __init__(self, id: str, app: Celery | None = None, *, task_name: str | None = None):
         if app is None:
-            from celeriac.app import get_current_app  # the app module imports this one
-
-            app = get_current_app()
+            app = _state.get_current_app()
         self.id = id
         self.app = app
         self.task_name = task_name
@@ -155,7 +141,7 @@ class AsyncResult(Generic[R]):
         Inside a running task this refuses (deadlock risk) unless ``disable_sync_subtasks``
         is False. ``timeout`` raises :class:`celeriac.errors.TimeoutError`.
         """
-        if disable_sync_subtasks and inside_task.get():
+        if disable_sync_subtasks and _state.inside_task.get():
             raise SyncWaitInTaskError(
                 "Never call result.get() within a task: the task you wait for may need the "
                 "worker slot this one holds, which deadlocks the worker. Chain the tasks, or "
@@ -192,7 +178,7 @@ class AsyncResult(Generic[R]):
         """The task's events as they happen (``async for`` / ``for``): its latest state, every
         later PROGRESS (each value a yielding task yields, each ``update_state``), then its
         final state. See :class:`ResultStream`."""
-        if inside_task.get():
+        if _state.inside_task.get():
             raise SyncWaitInTaskError(
                 "Never stream a result within a task: the task you follow may need the worker"
                 " slot this one holds, which deadlocks the worker."
@@ -268,18 +254,6 @@ class AsyncResult(Generic[R]):
     def date_done(self) -> datetime | None:
         value = self._current().get("date_done")
         return datetime.fromisoformat(value) if isinstance(value, str) else None
-
-
-async def _now(value: T) -> T:
-    return value
-
-
-def answer(value: T) -> Awaitable[T]:
-    """``value`` as the dual API hands it out: awaitable in async code, itself in sync code
-    (an eager result has nothing to read, so it needs no event loop)."""
-    if _bridge.in_async_context():
-        return _now(value)
-    return cast(Awaitable[T], value)
 
 
 class EagerResult(AsyncResult[R]):

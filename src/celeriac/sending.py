@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict, Unpack
 
+from celeriac import _state
 from celeriac.config import Settings
 from celeriac.protocol import message as protocol
 from celeriac.protocol.envelope import Envelope
-from celeriac.task import current_request
 
 
 @dataclass(slots=True)
@@ -102,7 +102,7 @@ def plan(conf: Settings, name: str, **options: Unpack[SendOptions]) -> Plan:
         expires = now + timedelta(seconds=expires)
     priority = options.get("priority")
     ignore_result = options.get("ignore_result")
-    parent = current_request.get()
+    parent = _state.current_request.get()
     return Plan(
         name=name,
         queue=options.get("queue") or conf.task_default_queue,

@@ -8,7 +8,6 @@ type error when ``add`` takes ints) and ``R`` its result (so ``await r.get()`` i
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import inspect
 import random
 import traceback
@@ -17,11 +16,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack, cast
 
-from celeriac import _bridge, resources, states
+from celeriac import _bridge, _state, resources, sending, states
+from celeriac._bridge import answer, dual
 from celeriac.errors import MaxRetriesExceededError, Retry
 from celeriac.ids import uuid
 from celeriac.resources import injected_parameters
-from celeriac.result import AsyncResult, EagerResult, answer, dual
+from celeriac.result import AsyncResult, EagerResult
 
 if TYPE_CHECKING:
     from celeriac.app import Celery
@@ -56,11 +56,6 @@ class Request:
     time_limit: float | None = None
     soft_time_limit: float | None = None
     is_eager: bool = False
-
-
-current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
-    "celeriac_current_request", default=None
-)
 
 
 @dataclass(slots=True)
@@ -118,9 +113,7 @@ class Task(Generic[P, R]):
         one (an error when no app exists, rather than a hidden default broker)."""
         if self._app is not None:
             return self._app
-        from celeriac.app import get_current_app  # the app module imports this one
-
-        return get_current_app()
+        return _state.get_current_app()
 
     # -- settings resolved against the app's configuration --------------------------------
 
@@ -163,7 +156,7 @@ class Task(Generic[P, R]):
     @property
     def request(self) -> Request:
         """The request of the task running in this context (an eager one when called inline)."""
-        return current_request.get() or Request(id="", task=self.name, is_eager=True)
+        return _state.current_request.get() or Request(id="", task=self.name, is_eager=True)
 
     # -- running inline -------------------------------------------------------------------
 
@@ -202,8 +195,6 @@ class Task(Generic[P, R]):
         as an asyncio task at once and the result is awaited (``await task.apply(...)``, or
         ``await result.get()``), since blocking the caller's loop on it would deadlock.
         """
-        from celeriac import sending  # the sending module imports this one
-
         sending.check_options(options)
         throw = self.app.conf.task_eager_propagates if throw is None else throw
         result: EagerResult[R] = EagerResult(task_id or uuid(), self.app, task_name=self.name)
@@ -262,8 +253,6 @@ class Task(Generic[P, R]):
         self, calls: Iterable[Sequence[Any] | Mapping[str, Any]], options: SendOptions
     ) -> Awaitable[list[AsyncResult[R]]]:
         """``apply_many`` under ``task_always_eager``: ``apply`` for each call, in order."""
-        from celeriac import sending  # the sending module imports this one
-
         split = [sending.arguments(call, index) for index, call in enumerate(calls)]
         results: list[AsyncResult[R]] = [self.apply(a, k, **options) for a, k in split]
         if not _bridge.in_async_context():
@@ -331,7 +320,7 @@ class Task(Generic[P, R]):
         meta: Mapping[str, Any] | None = None,
     ) -> Awaitable[None]:
         """Store a custom state (e.g. PROGRESS with ``{"current": 1, "total": 9}``)."""
-        request = current_request.get()
+        request = _state.current_request.get()
         target = task_id or (request.id if request else None)
         if not target:
             raise ValueError("update_state() outside a running task needs task_id=")
@@ -376,7 +365,7 @@ class EagerCall:
 
     def run_sync(self) -> None:
         while True:
-            token = current_request.set(self._request())
+            token = _state.current_request.set(self._request())
             try:
                 value = _drained(self.task.run(*self.args, **self.kwargs))
             except Exception as exc:
@@ -387,11 +376,11 @@ class EagerCall:
                 self.result.finish(states.SUCCESS, value)
                 return
             finally:
-                current_request.reset(token)
+                _state.current_request.reset(token)
 
     async def run_async(self) -> None:
         while True:
-            token = current_request.set(self._request())
+            token = _state.current_request.set(self._request())
             try:
                 value = await _drained_async(self.task.run(*self.args, **self.kwargs))
             except Exception as exc:
@@ -402,7 +391,7 @@ class EagerCall:
                 self.result.finish(states.SUCCESS, value)
                 return
             finally:
-                current_request.reset(token)
+                _state.current_request.reset(token)
 
     def _request(self) -> Request:
         return Request(

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from celeriac import AsyncResult, Celery, current_app, shared_task
-from celeriac import app as app_module
+from celeriac import AsyncResult, Celery, _state, current_app, shared_task
 from celeriac.errors import ConfigurationError
 from inprocess import memory_app, run_worker
 
@@ -18,11 +17,7 @@ from inprocess import memory_app, run_worker
 @pytest.fixture
 def no_apps(monkeypatch: pytest.MonkeyPatch) -> None:
     """The process as it is before any app is created (other tests made apps already)."""
-    monkeypatch.setattr(app_module, "_apps", [])
-    monkeypatch.setattr(app_module, "_shared", [])
-    monkeypatch.setattr(app_module, "_thread_current", threading.local())
-    monkeypatch.setattr(app_module, "_default", None)
-    monkeypatch.setattr(app_module, "_latest", None)
+    monkeypatch.setattr(_state, "apps", _state.Apps())
 
 
 @pytest.mark.usefixtures("no_apps")

@@ -1,8 +1,8 @@
 """The package's dependency rules, checked from its imports (``docs/design.md`` draws them):
 each module may import only the layers its rule names, so the layout cannot drift.
 
-Imports under ``if TYPE_CHECKING:`` count too: a type is a dependency of the design even
-where it costs nothing at run time.
+Imports under ``if TYPE_CHECKING:`` do not count: they name types for the checker and make
+no module load another (``_state`` names ``Celery`` as the type of the current app).
 """
 
 from __future__ import annotations
@@ -19,24 +19,24 @@ LEAVES = ("errors", "states", "ids", "_install", "_celery_settings")
 #: Each top-level module or package, and the others it may import. Within transports/, a
 #: technology package (redis/, sqlite/, ...) imports the contracts, never another technology.
 LAYERS: dict[str, tuple[str, ...]] = {
-    # top-level module or package: what it may import besides itself and the leaves
-    "protocol": ("protocol",),
+    "protocol": (),
     "config": (),
     "discovery": (),
     "resources": (),
     "_bridge": (),
-    "transports": ("protocol", "transports"),
-    # the client: the app and what it hands out (one layer: they refer to each other)
-    "app": ("protocol", "transports", "config", "discovery", "resources", "_bridge", "app",
+    "_state": (),
+    "transports": ("protocol",),
+    # the client, in one direction: app -> task -> sending, result -> _state, _bridge
+    "result": ("protocol", "_bridge", "_state"),
+    "sending": ("protocol", "config", "_state"),
+    "task": ("resources", "_bridge", "_state", "result", "sending"),
+    "app": ("protocol", "transports", "config", "discovery", "resources", "_bridge", "_state",
             "task", "sending", "result"),
-    "task": ("protocol", "resources", "_bridge", "app", "sending", "result"),
-    "sending": ("protocol", "config", "task"),
-    "result": ("protocol", "_bridge", "app"),
-    "worker": ("protocol", "transports", "config", "resources", "_bridge", "app", "task",
-               "result", "worker"),
-    "web": ("protocol", "result", "states", "web"),
+    "worker": ("protocol", "transports", "config", "resources", "_bridge", "_state", "app",
+               "task", "result"),
+    "web": ("protocol", "result"),
     "cli": ("*",),
-    "__init__": ("app", "resources", "result", "task"),
+    "__init__": ("_state", "app", "resources", "result", "task"),
 }  # fmt: skip
 
 
@@ -50,7 +50,11 @@ def module_name(path: Path) -> str:
 def imported(path: Path) -> set[str]:
     """The celeriac modules ``path`` imports (as names relative to the package)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    for guarded in ast.walk(tree):  # drop ``if TYPE_CHECKING:`` blocks (types only)
+        if isinstance(guarded, ast.If) and ast.unparse(guarded.test).endswith("TYPE_CHECKING"):
+            guarded.body = []
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names if a.name.startswith("celeriac."))
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

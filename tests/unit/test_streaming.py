@@ -167,8 +167,9 @@ async def test_a_value_that_cannot_be_stored_fails_the_task() -> None:
 
 
 def test_streaming_inside_a_task_is_refused() -> None:
+    from celeriac._state import inside_task
     from celeriac.errors import SyncWaitInTaskError
-    from celeriac.result import AsyncResult, inside_task
+    from celeriac.result import AsyncResult
 
     app = new_app()
     token = inside_task.set(True)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
-from celeriac import states
+from celeriac import _state, states
 from celeriac.app import Connection
 from celeriac.errors import (
     BackendUnreachable,
@@ -46,8 +46,7 @@ from celeriac.errors import (
 from celeriac.protocol import message as protocol
 from celeriac.protocol.message import TaskMessage
 from celeriac.protocol.records import exception_to_dict
-from celeriac.result import inside_task
-from celeriac.task import Request, Task, current_request
+from celeriac.task import Request, Task
 from celeriac.transports.broker import Delivery
 from celeriac.transports.urls import redacted
 from celeriac.worker import limits
@@ -289,8 +288,8 @@ class Execution:
     async def _call(self, task: Task[Any, Any], message: TaskMessage, request: Request) -> Any:
         hard = message.time_limit or task.time_limit
         soft = message.soft_time_limit or task.soft_time_limit
-        request_token = current_request.set(request)
-        inside_token = inside_task.set(True)
+        request_token = _state.current_request.set(request)
+        inside_token = _state.inside_task.set(True)
         try:
             if task.streams and task.is_async:
                 return await limits.run_async(self._drive_async(task, message), hard, soft)
@@ -303,8 +302,8 @@ class Execution:
                 lambda: task.run(*message.args, **message.kwargs), self.executor, hard, soft
             )
         finally:
-            inside_task.reset(inside_token)
-            current_request.reset(request_token)
+            _state.inside_task.reset(inside_token)
+            _state.current_request.reset(request_token)
 
     async def _drive_async(self, task: Task[Any, Any], message: TaskMessage) -> Any:
         """Run an async generator task: each value it yields is stored as PROGRESS (the next
@@ -350,7 +349,7 @@ class Execution:
         request: Request,
     ) -> None:
         if task.options.autoretry_for and isinstance(exc, task.options.autoretry_for):
-            request_token = current_request.set(request)
+            request_token = _state.current_request.set(request)
             try:
                 task.retry(exc=exc, countdown=task.backoff_countdown(message.retries))
             except Retry as retry:
@@ -359,7 +358,7 @@ class Execution:
             except Exception as final:
                 exc = final
             finally:
-                current_request.reset(request_token)
+                _state.current_request.reset(request_token)
         tb = "".join(traceback.format_exception(exc))
         logger.error(  # with the traceback, as Celery logs it
             "task %s[%s] failed: %s: %s",

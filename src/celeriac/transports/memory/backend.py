@@ -19,6 +19,7 @@ from celeriac import errors
 from celeriac.transports.backend import Changes, EventLog, Log, ResultBackend
 from celeriac.transports.broker import now
 from celeriac.transports.memory.broker import reset_memory_transports
+from celeriac.transports.options import checked_options
 
 __all__ = ["MemoryBackend", "clear_results", "reset_memory_transports"]
 
@@ -117,7 +118,7 @@ def _resolve(future: asyncio.Future[bytes], data: bytes) -> None:
 
 
 class MemoryBackend(ResultBackend):
-    """Results in this process's memory. Options: none."""
+    """Results in this process's memory. Options: none (any is a ConfigurationError)."""
 
     schemes = ("memory",)
 
@@ -125,6 +126,7 @@ class MemoryBackend(ResultBackend):
         self, url: str, *, options: dict[str, Any] | None = None, broker_url: str | None = None
     ) -> None:
         super().__init__(url, options=options, broker_url=broker_url)
+        checked_options(self.options, {}, "result_backend_transport_options", "memory://")
         self._results = _results_for(url)
         self._pending: set[asyncio.Future[bytes]] = set()
         self._closed = False

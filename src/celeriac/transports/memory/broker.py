@@ -31,6 +31,7 @@ from celeriac.transports.broker import (
     now,
     wait_for_signal,
 )
+from celeriac.transports.options import checked_options
 
 _Subscriber = tuple[asyncio.AbstractEventLoop, Callable[[], None]]
 
@@ -202,12 +203,13 @@ def reset_memory_transports() -> None:
 
 
 class MemoryBroker(Broker):
-    """Queues in this process's memory. Options: none."""
+    """Queues in this process's memory. Options: none (any is a ConfigurationError)."""
 
     schemes = ("memory",)
 
     def __init__(self, url: str, **settings: Any) -> None:  # settings: see Broker
         super().__init__(url, **settings)
+        checked_options(self.options, {}, "broker_transport_options", "memory://")
         self._transport = _transport_for(url)
         self._owner = next(_OWNERS)
         self._windows = PrefetchWindows()

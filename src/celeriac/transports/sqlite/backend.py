@@ -25,6 +25,7 @@ from typing import Any
 from celeriac import errors
 from celeriac.transports.backend import Changes, EventLog, Log, ResultBackend
 from celeriac.transports.broker import now, wait_for_signal
+from celeriac.transports.options import Option, checked_options
 from celeriac.transports.sqlite.database import (
     Database,
     WriteBatch,
@@ -54,10 +55,19 @@ _CLEANUP = (
 )
 
 
+#: ``result_backend_transport_options`` (see :mod:`celeriac.transports.options`).
+_OPTIONS = {
+    "poll_interval": Option(float, 1.0),  # safety re-check when no wake-up came
+    "cleanup_every": Option(int, 100),  # stores between sweeps of expired records
+    "busy_timeout": Option(float, 10.0),  # to wait for another process's write lock
+}
+
+
 class SQLiteBackend(ResultBackend):
     """Results in a SQLite file shared by every process on the machine.
 
-    Options: ``poll_interval`` (1.0 s: safety re-check when no wake-up came),
+    Options (``result_backend_transport_options``; another name or a value of the wrong
+    type is a ConfigurationError): ``poll_interval`` (1.0 s: safety re-check when no wake-up came),
     ``cleanup_every`` (100: stores between sweeps of expired records), ``busy_timeout``
     (10.0 s to wait for another process's write lock).
     """
@@ -77,9 +87,12 @@ class SQLiteBackend(ResultBackend):
     ) -> None:
         super().__init__(url, options=options, broker_url=broker_url)
         self.path = path_from_url(url)
-        self.poll_interval = float(self.options.get("poll_interval", 1.0))
-        self.cleanup_every = int(self.options.get("cleanup_every", 100))
-        self._db = Database(self.path, busy_timeout=float(self.options.get("busy_timeout", 10.0)))
+        opts = checked_options(
+            self.options, _OPTIONS, "result_backend_transport_options", "the SQLite backend"
+        )
+        self.poll_interval: float = opts["poll_interval"]
+        self.cleanup_every: int = opts["cleanup_every"]
+        self._db = Database(self.path, busy_timeout=opts["busy_timeout"])
         self._notifier = Notifier(channel_directory(self.path, "results"))  # database thread only
         self._listener: Listener | None = None
         self._waiters: dict[str, list[asyncio.Future[bytes]]] = {}

@@ -58,6 +58,7 @@ from celeriac.transports.broker import (
     now,
     wait_for_signal,
 )
+from celeriac.transports.options import Option, checked_options
 from celeriac.transports.sqlite.database import (
     Database,
     WriteBatch,
@@ -182,10 +183,20 @@ def _holder_dead(row: _Holder, deadline: float) -> bool:
     return local and not process_alive(pid, started)
 
 
+#: ``broker_transport_options`` (see :mod:`celeriac.transports.options`).
+_OPTIONS = {
+    "visibility_timeout": Option(float, 30.0),  # a holder silent that long is dead
+    "sweep_interval": Option(float, 2.0),  # between dead-holder sweeps while consuming
+    "poll_interval": Option(float, 1.0),  # safety re-check when no wake-up came
+    "busy_timeout": Option(float, 10.0),  # to wait for another process's write lock
+}
+
+
 class SQLiteBroker(Broker):
     """Queues in a SQLite file shared by every process on the machine.
 
-    Options: ``visibility_timeout`` (30.0 s: a holder silent that long is dead),
+    Options (``broker_transport_options``; another name or a value of the wrong type is a
+    ConfigurationError): ``visibility_timeout`` (30.0 s: a holder silent that long is dead),
     ``sweep_interval`` (2.0 s between dead-holder sweeps while consuming), ``poll_interval``
     (1.0 s: safety re-check when no wake-up came), ``busy_timeout`` (10.0 s to wait for
     another process's write lock).
@@ -202,10 +213,13 @@ class SQLiteBroker(Broker):
     def __init__(self, url: str, **settings: Any) -> None:  # settings: see Broker
         super().__init__(url, **settings)
         self.path = path_from_url(url)
-        self.visibility_timeout = float(self.options.get("visibility_timeout", 30.0))
-        self.sweep_interval = float(self.options.get("sweep_interval", 2.0))
-        self.poll_interval = float(self.options.get("poll_interval", 1.0))
-        self._db = Database(self.path, busy_timeout=float(self.options.get("busy_timeout", 10.0)))
+        opts = checked_options(
+            self.options, _OPTIONS, "broker_transport_options", "the SQLite broker"
+        )
+        self.visibility_timeout: float = opts["visibility_timeout"]
+        self.sweep_interval: float = opts["sweep_interval"]
+        self.poll_interval: float = opts["poll_interval"]
+        self._db = Database(self.path, busy_timeout=opts["busy_timeout"])
         self._notifier = Notifier(channel_directory(self.path, "tasks"))  # database thread only
         self._listener: Listener | None = None
         self._holder: str | None = None

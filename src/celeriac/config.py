@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import os
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
@@ -96,6 +96,7 @@ class Settings:
     task_default_priority: int | None = None
     task_queue_max_priority: int | None = None
     task_serializer: str = "json"
+    #: Results are stored as JSON on every store, as Celery's default: any other is refused.
     result_serializer: str = "json"
     accept_content: list[str] = field(default_factory=lambda: ["json"])
     #: Unlike Celery (False), celeriac acknowledges after the task ends: at-least-once.
@@ -138,6 +139,10 @@ class Settings:
     #: "concurrency": N} (see celeriac.worker.pools).
     worker_pools: dict[str, dict[str, Any]] | None = None
 
+    #: Accepted for Celery configs (an unknown zone name is refused, as Celery refuses it):
+    #: celeriac writes every time in UTC and reads a naive ``eta`` as UTC, as Celery 5 does,
+    #: and has no beat schedule that a zone would move. Celery's ``enable_utc=False`` writes
+    #: the same instants with a local offset, which any reader takes alike.
     timezone: str | None = None
     enable_utc: bool = True
 
@@ -280,11 +285,50 @@ def checked(setting: str, value: Any) -> Any:
     if isinstance(value, tuple) and _allows(expected, list):
         value = list(value)
     if _matches(expected, value):
+        check = _VALUE_CHECKS.get(setting)
+        if check is not None:
+            check(value)
         return value
     shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
     raise ConfigurationError(
         f"setting {setting!r} must be {_describe(expected)}, not {type(value).__name__} {shown}"
     )
+
+
+def _json_results(value: str) -> None:
+    """``result_serializer``: results are stored as JSON on every result store (Celery's
+    default); a record in another format would need its own encoding on every backend."""
+    if value.strip().lower() not in ("json", "application/json"):
+        raise ConfigurationError(
+            f"setting 'result_serializer' is {value!r}, but celeriac stores every result as"
+            " JSON (Celery's default result_serializer, which Celery peers sharing the result"
+            " store must use too): set it to 'json' or leave it out, and return values JSON"
+            " can encode"
+        )
+
+
+def _zone_name(value: str | None) -> None:
+    """``timezone``: a name Celery could not load is refused, as Celery refuses it when it
+    first reads it (celeriac itself writes UTC whatever the zone)."""
+    if value is None:
+        return
+    import zoneinfo  # only when a zone is set
+
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        if zoneinfo.available_timezones():  # without a zone database there is nothing to check
+            raise ConfigurationError(
+                f"setting 'timezone' is {value!r}, which is not a time zone name: use an IANA"
+                " name such as 'Europe/London' or 'UTC'"
+            ) from None
+
+
+#: Settings whose value is checked beyond its type: one celeriac would not honour is refused.
+_VALUE_CHECKS: dict[str, Callable[[Any], None]] = {
+    "result_serializer": _json_results,
+    "timezone": _zone_name,
+}
 
 
 def _alternatives(expected: Any) -> tuple[Any, ...]:

@@ -18,12 +18,12 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, Protocol, TypedDict, TypeVar, Unpack, cast, overload
 
 from celeriac import _bridge, _state, config, sending
 from celeriac._bridge import dual
 from celeriac.config import Settings
+from celeriac.connections import Connection, Connections, address, publish_in_chunks
 from celeriac.discovery import Packages, discover
 from celeriac.errors import ResourceError
 from celeriac.ids import new_ids, uuid
@@ -34,18 +34,12 @@ from celeriac.result import AsyncResult
 from celeriac.sending import SendOptions
 from celeriac.states import READY_STATES
 from celeriac.task import AsyncTask, StreamingTask, SyncTask, Task, TaskOptions
-from celeriac.transports import backend_from_url, broker_from_url
 from celeriac.transports.backend import ResultBackend
-from celeriac.transports.broker import Broker, PublishRequest
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 logger = logging.getLogger("celeriac.app")
-
-#: How many messages ``send_many`` hands the broker at a time: big enough that round trips
-#: vanish in the cost of building messages, small enough that one write stays modest.
-SEND_MANY_CHUNK = 1000
 
 
 class TaskKwargs(TypedDict, total=False):
@@ -99,14 +93,6 @@ class BoundTaskDecorator(Protocol):
     def __call__(self, fn: Callable[..., R], /) -> SyncTask[..., R]: ...
 
 
-@dataclass(slots=True)
-class Connection:
-    """The broker and result store of one event loop."""
-
-    broker: Broker
-    backend: ResultBackend
-
-
 class Celery:
     """A celeriac application: ``Celery("proj", broker=..., backend=...)``."""
 
@@ -136,8 +122,7 @@ class Celery:
         #: process (see :mod:`celeriac.resources`).
         self.resources: dict[str, Resource[Any]] = {}
         self._context: dict[str, Any] | None = None
-        self._connections: dict[asyncio.AbstractEventLoop, Connection] = {}
-        self._connect_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._connections = Connections(self.conf)
         self._sending: set[asyncio.Future[Any]] = set()
         for register in _state.apps.made(self):
             register(self)
@@ -332,45 +317,7 @@ class Celery:
 
     async def connection(self) -> Connection:
         """This loop's broker and result store, connected on first use."""
-        loop = asyncio.get_running_loop()
-        conn = self._connections.get(loop)
-        if conn is not None:
-            return conn
-        lock = self._connect_locks.setdefault(loop, asyncio.Lock())
-        async with lock:
-            conn = self._connections.get(loop)
-            if conn is None:
-                conn = await self._open()
-                self._forget_closed_loops()
-                self._connections[loop] = conn
-        return conn
-
-    async def _open(self) -> Connection:
-        conf = self.conf
-        broker = broker_from_url(
-            conf.effective_broker_url(),
-            max_message_size=conf.broker_max_message_size,
-            options=conf.broker_transport_options,
-            queue_max_priority=conf.task_queue_max_priority,
-        )
-        backend = backend_from_url(
-            conf.effective_result_backend(),
-            options=conf.result_backend_transport_options,
-            broker_url=conf.effective_broker_url(),
-        )
-        backend.max_size = conf.result_max_size
-        await broker.connect()
-        try:
-            await backend.connect()
-        except BaseException:
-            await broker.close()
-            raise
-        return Connection(broker, backend)
-
-    def _forget_closed_loops(self) -> None:
-        for loop in [loop for loop in self._connections if loop.is_closed()]:
-            del self._connections[loop]
-            self._connect_locks.pop(loop, None)
+        return await self._connections.get()
 
     @asynccontextmanager
     async def setup(self) -> AsyncIterator[Celery]:
@@ -388,10 +335,7 @@ class Celery:
     async def _close(self) -> None:
         if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
-        conn = self._connections.pop(asyncio.get_running_loop(), None)
-        if conn is not None:
-            await conn.broker.close()
-            await conn.backend.close()
+        await self._connections.close()
 
     # -- publishing ------------------------------------------------------------------------------
 
@@ -416,10 +360,10 @@ class Celery:
         result: AsyncResult[Any] = AsyncResult(task_id, self, task_name=name)
         if _bridge.in_async_context():
             loop = asyncio.get_running_loop()
-            conn = self._connections.get(loop)
+            conn = self._connections.current()
             sending_now: asyncio.Future[None] | None = None
             if conn is not None:
-                _address(envelope, conn.backend)
+                address(envelope, conn.backend)
                 sending_now = conn.broker.publish_now(queue, envelope, priority=priority, eta=when)
             if sending_now is None:
                 sending_now = loop.create_task(self._publish(queue, envelope, priority, when))
@@ -463,39 +407,13 @@ class Celery:
         self, plan: sending.Plan, ids: list[str], envelopes: list[Envelope]
     ) -> list[AsyncResult[Any]]:
         conn = await self.connection()
-        if conn.backend.reply_to:
-            for envelope in envelopes:
-                _address(envelope, conn.backend)
-        queue, priority, eta = plan.queue, plan.priority, plan.visible_at
-        loop = asyncio.get_running_loop()
-        publishes: list[tuple[asyncio.Task[None], range]] = []
-        step = max(len(envelopes), 1) if conn.broker.whole_batches else SEND_MANY_CHUNK
-        try:
-            for start in range(0, len(envelopes), step):
-                if len(publishes) >= 2:
-                    # One chunk in flight: the broker stores it while the next is encoded
-                    # and written, so a batch costs the larger of the two, not their sum.
-                    before = publishes[-2][0]
-                    await asyncio.wait([before])
-                    if before.exception() is not None:
-                        break
-                span = range(start, min(start + step, len(envelopes)))
-                with sending.collector_paused():
-                    chunk = [PublishRequest(queue, envelopes[i], priority, eta) for i in span]
-                publishes.append((loop.create_task(conn.broker.publish_many(chunk)), span))
-            if publishes:
-                await asyncio.wait([task for task, _ in publishes])
-        except asyncio.CancelledError:
-            for task, _ in publishes:
-                task.cancel()
-            raise
-        _raise_first_failure(publishes, len(envelopes))
+        await publish_in_chunks(conn, envelopes, plan.queue, plan.priority, plan.visible_at)
         with sending.collector_paused():
             return [AsyncResult(task_id, self, task_name=plan.name) for task_id in ids]
 
     async def _publish(self, queue: str, envelope: Any, priority: int, eta: float | None) -> None:
         conn = await self.connection()
-        _address(envelope, conn.backend)
+        address(envelope, conn.backend)
         await conn.broker.publish(queue, envelope, priority=priority, eta=eta)
 
     def _sent(self, sending: asyncio.Future[Any]) -> None:
@@ -536,12 +454,6 @@ class Celery:
             await backend.store(task_id, meta, expires=expires, reply_to=reply_to)
 
 
-def _address(envelope: Envelope, backend: ResultBackend) -> None:
-    """Name the backend's reply queue in a task message that names none (rpc://)."""
-    if backend.reply_to and not envelope.properties.get("reply_to"):
-        envelope.properties["reply_to"] = backend.reply_to
-
-
 def _make_task(
     app: Celery | None, fn: Callable[..., Any], *, bind: bool = False, **options: Any
 ) -> Task[Any, Any]:
@@ -574,20 +486,3 @@ def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         return unbound
 
     return decorate(fn) if fn is not None else decorate
-
-
-def _raise_first_failure(publishes: list[tuple[asyncio.Task[None], range]], total: int) -> None:
-    """Raise the first chunk's error of a ``send_many``, noting which calls were queued all
-    the same (the chunk after a failed one was already on its way, and may have made it)."""
-    failed = [task.exception() for task, _ in publishes if task.exception() is not None]
-    if not failed:
-        return
-    queued = [span for task, span in publishes if task.exception() is None]
-    which = ", ".join(f"{s[0]}-{s[-1]}" if len(s) > 1 else f"{s[0]}" for s in queued) or "none"
-    error = failed[0]
-    assert error is not None
-    error.add_note(
-        f"send_many queued {sum(map(len, queued))} of these {total} tasks before this error"
-        f" (calls {which}, counting from 0); the rest were not sent"
-    )
-    raise error

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from celeriac import Celery, sending
-from celeriac import app as app_module
+from celeriac import Celery, connections, sending
 from celeriac.errors import BrokerError
 from celeriac.transports.broker import PublishRequest
 from inprocess import memory_app, run_worker
@@ -79,7 +78,7 @@ async def test_a_broker_failing_midway_says_how_many_were_queued(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     app = memory_app("many-failing")
-    monkeypatch.setattr(app_module, "SEND_MANY_CHUNK", 3)
+    monkeypatch.setattr(connections, "SEND_MANY_CHUNK", 3)
 
     @app.task
     async def echo(value: Any) -> Any:

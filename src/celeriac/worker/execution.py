@@ -34,7 +34,7 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from celeriac import _state, states
-from celeriac.app import Connection
+from celeriac.connections import Connection
 from celeriac.errors import (
     BackendUnreachable,
     NotRegistered,

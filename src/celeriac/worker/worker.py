@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from celeriac import _bridge
-from celeriac.app import Celery, Connection
+from celeriac.app import Celery
+from celeriac.connections import Connection
 from celeriac.errors import BackendUnreachable, BrokerUnreachable
 from celeriac.protocol.serialization import resolve_accept
 from celeriac.resources import Resources

@@ -37,6 +37,7 @@ from celeriac.transports.redis.connection import (
     Outage,
     check_options,
     client_from_url,
+    refusal,
     until_done,
 )
 from celeriac.transports.urls import redacted
@@ -57,6 +58,8 @@ _TRANSIENT_REPLIES = ("READONLY", "MASTERDOWN", "BUSY", "TRYAGAIN", "CLUSTERDOWN
 #: Unsubscribing waits this long (or for this many channels) to go in one command.
 _RETIRE_AFTER = 0.25
 _RETIRE_BATCH = 200
+#: What the client raises; a read raises celeriac's errors instead (``RedisBackend.failed``).
+_DRIVER_ERRORS: tuple[type[Exception], ...] = (ReplyError, *UNREACHABLE)
 
 
 class _Record:
@@ -138,6 +141,24 @@ class RedisBackend(ResultBackend):
 
     def key(self, task_id: str) -> str:
         return self.key_prefix + task_id
+
+    def failed(self, exc: BaseException, doing: str) -> BaseException:
+        """What a caller gets for the client's error ``exc``: BackendUnreachable when Redis
+        is out of reach (try again later), a BrokerError for an error reply (waiting will not
+        help; the message says what will), with ``exc`` as its cause; anything else as it is.
+        """
+        if isinstance(exc, UNREACHABLE):
+            error: errors.BrokerError = errors.BackendUnreachable(
+                f"cannot {doing}: Redis at {redacted(self.url)} is unreachable"
+                f" ({type(exc).__name__}: {exc}); check that it runs and that result_backend"
+                " points at it"
+            )
+        elif isinstance(exc, ReplyError):
+            error = errors.BrokerError(refusal(self.url, exc, f"to {doing}", "result_backend"))
+        else:
+            return exc
+        error.__cause__ = exc
+        return error
 
     async def connect(self) -> None:
         self._client = client_from_url(self.url, self._client_options)
@@ -246,11 +267,17 @@ class RedisBackend(ResultBackend):
                 )
 
     async def _get(self, task_id: str) -> bytes | None:
-        data: bytes | None = await self.client.execute("GET", self.key(task_id))
+        try:
+            data: bytes | None = await self.client.execute("GET", self.key(task_id))
+        except _DRIVER_ERRORS as exc:
+            raise self.failed(exc, f"read the result of task {task_id}") from exc
         return data
 
     async def _delete(self, task_id: str) -> None:
-        await self.client.execute("DEL", self.key(task_id), self.events_prefix + task_id)
+        try:
+            await self.client.execute("DEL", self.key(task_id), self.events_prefix + task_id)
+        except _DRIVER_ERRORS as exc:
+            raise self.failed(exc, f"forget the result of task {task_id}") from exc
 
     async def _events_since(self, task_id: str, after: int | None) -> EventLog:
         events = self.events_prefix + task_id
@@ -260,7 +287,10 @@ class RedisBackend(ResultBackend):
         pipe.add("LLEN", events)
         pipe.add("GET", self.key(task_id))
         pipe.add("EXEC")
-        listed, count, record = (await pipe.execute())[-1]
+        try:
+            listed, count, record = (await pipe.execute())[-1]
+        except _DRIVER_ERRORS as exc:
+            raise self.failed(exc, f"read the events of task {task_id}") from exc
         return Log(list(listed), int(count), record)
 
     @asynccontextmanager
@@ -555,8 +585,9 @@ class _Listener:
         if isinstance(error, UNREACHABLE):
             log.warning("could not read %s (%s); it is read again on reconnect", channel, error)
             return
+        failure = self.backend.failed(error, f"read {channel.decode(errors='replace')}")
         for watcher in list(self._watchers.get(channel, ())):  # not a string key, say
-            watcher.fail(error)
+            watcher.fail(failure)
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
         if channel not in self._subscribed:

@@ -73,13 +73,14 @@ from celeriac.transports.broker import (
 )
 from celeriac.transports.options import Option
 from celeriac.transports.redis import kombu
-from celeriac.transports.redis.client import Client, Connection, Pipeline, Script
+from celeriac.transports.redis.client import Client, Connection, Pipeline, ReplyError, Script
 from celeriac.transports.redis.connection import (
     UNREACHABLE,
     Coalescer,
     Outage,
     check_options,
     client_from_url,
+    refusal,
     until_done,
 )
 from celeriac.transports.urls import redacted
@@ -97,6 +98,8 @@ _OPTIONS = {
 _EPSILON = 0.002  # wake just after a due time, so the sweep finds the entry due
 _SWEEP_BATCH = 100
 _CLOSE_GRACE = 5.0  # beyond brpop_timeout, for a pop to end once woken
+#: What the client raises; a public method raises celeriac's errors instead (``_failed``).
+_DRIVER_ERRORS: tuple[type[Exception], ...] = (ReplyError, *UNREACHABLE)
 
 
 def _script(name: str) -> str:
@@ -192,8 +195,15 @@ class RedisBroker(Broker):
         held = list(self._held.values())
         if held and self._client is not None:
             log.info("restoring %d unacknowledged message(s)", len(held))
-            with contextlib.suppress(*UNREACHABLE):
+            try:
                 await self._restore_held(held, redelivered=True)
+            except UNREACHABLE:
+                pass  # they are in unacked: restored once the visibility timeout passes
+            except ReplyError as exc:
+                log.error(
+                    "%s; the messages stay in unacked, restored once the visibility timeout passes",
+                    refusal(self.url, exc, "the restore of held messages", "broker_url"),
+                )
         self._held.clear()
         if self._client is not None:
             await self._client.aclose()
@@ -203,6 +213,8 @@ class RedisBroker(Broker):
             await self.client.execute("PING")
         except UNREACHABLE as exc:
             raise self._unreachable(exc, doing="") from exc
+        except ReplyError as exc:
+            raise self._refused(exc, "a PING") from exc
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -238,6 +250,8 @@ class RedisBroker(Broker):
             self._bound.update(bound)
         except UNREACHABLE as exc:
             raise self._unreachable(exc) from exc
+        except ReplyError as exc:
+            raise self._refused(exc, "a message") from exc
 
     def publish_now(
         self, queue: str, envelope: Envelope, *, priority: int = 0, eta: float | None = None
@@ -257,8 +271,7 @@ class RedisBroker(Broker):
             if reply.cancelled():
                 done.cancel()
             elif (error := reply.exception()) is not None:
-                unreachable = isinstance(error, UNREACHABLE)
-                done.set_exception(self._unreachable(error) if unreachable else error)
+                done.set_exception(self._failed(error, "publish"))
             else:
                 done.set_result(None)
 
@@ -274,6 +287,21 @@ class RedisBroker(Broker):
         )
         error.__cause__ = exc
         return error
+
+    def _refused(self, exc: ReplyError, doing: str) -> BrokerError:
+        """An error reply as a BrokerError: waiting will not help, the message says what will."""
+        error = BrokerError(refusal(self.url, exc, doing, "broker_url"))
+        error.__cause__ = exc
+        return error
+
+    def _failed(self, exc: BaseException, doing: str) -> Exception:
+        """What a public method raises for the client's error ``exc`` (one of
+        ``_DRIVER_ERRORS``; anything else is returned as it is)."""
+        if isinstance(exc, UNREACHABLE):
+            return self._unreachable(exc, doing=f"cannot {doing}: ")
+        if isinstance(exc, ReplyError):
+            return self._refused(exc, f"to {doing}")
+        return exc if isinstance(exc, Exception) else RuntimeError(exc)
 
     def _bind(self, pipe: Pipeline, queues: Iterable[str]) -> set[str]:
         """Declare queues the way Celery does, once per broker (their ``_kombu.binding``);
@@ -297,7 +325,7 @@ class RedisBroker(Broker):
         # A consumer's Redis calls run in tasks of their own behind asyncio.shield: cancelling
         # the consumer must not cut a claim short, or what it claimed would wait out the
         # visibility timeout (see _shielded).
-        await asyncio.shield(self._spawn(self._start_consuming(names)))
+        await self._start(names)
         window = PrefetchWindow(prefetch)
         self._windows.open.add(window)
         blocker = _Blocker(self)
@@ -340,11 +368,19 @@ class RedisBroker(Broker):
                 self._outage.over()  # Redis answered (a BRPOP timing out is an answer too)
                 self._windows.track(window, (held.tag for held in claimed))
                 buffered.extend(claimed)
+        except _DRIVER_ERRORS as exc:  # an error reply (a key of another type, say)
+            raise self._failed(exc, f"consume from {', '.join(names)}") from exc
         finally:
             self._blockers.discard(blocker)
             self._windows.open.discard(window)
             await blocker.close()
             await self._give_back(buffered)
+
+    async def _start(self, names: list[str]) -> None:
+        try:
+            await asyncio.shield(self._spawn(self._start_consuming(names)))
+        except _DRIVER_ERRORS as exc:  # an error reply; unreachable only once closing
+            raise self._failed(exc, f"consume from {', '.join(names)}") from exc
 
     async def _start_consuming(self, queues: list[str]) -> None:
         pipe = self.client.pipeline()
@@ -451,7 +487,14 @@ class RedisBroker(Broker):
             self._windows.settle(held.tag)
             self._held.pop(held.tag, None)
             record = _malformed(held.queue, held.payload, exc)
-            await self._settle(held.tag, held.queue, record, push="LPUSH", destination=self._dead)
+            await self._settle(
+                held.tag,
+                held.queue,
+                record,
+                push="LPUSH",
+                destination=self._dead,
+                doing="dead-letter",
+            )
             return None
         return Delivery(
             message.envelope, held.queue, held.tag, message.redelivered, message.priority
@@ -493,7 +536,10 @@ class RedisBroker(Broker):
         """Acks are pipelined: those made while one batch is in flight form the next."""
         if self._forget(delivery):
             await _recorded(self._held.pop(delivery.tag, None))
-            await self._acks.add(delivery.tag)
+            try:
+                await self._acks.add(delivery.tag)
+            except _DRIVER_ERRORS as exc:  # an error reply; unreachable only once closing
+                raise self._failed(exc, "ack a message") from exc
 
     async def _flush_acks(self, tags: list[str]) -> None:
         async def flush() -> None:
@@ -510,7 +556,14 @@ class RedisBroker(Broker):
             await _recorded(entry)
             payload = kombu.redelivered(entry.raw(), delivery.tag)
             key = self.prefix + kombu.list_key(delivery.queue, delivery.priority)
-            await self._settle(delivery.tag, delivery.queue, payload, push="RPUSH", destination=key)
+            await self._settle(
+                delivery.tag,
+                delivery.queue,
+                payload,
+                push="RPUSH",
+                destination=key,
+                doing="requeue",
+            )
 
     async def defer(self, delivery: Delivery, eta: float) -> None:
         if not self._forget(delivery):
@@ -525,7 +578,10 @@ class RedisBroker(Broker):
                 [delivery.tag, repr(score)],
             )
 
-        await until_done(park, self._outage, give_up=lambda: self._closed)
+        try:
+            await until_done(park, self._outage, give_up=lambda: self._closed)
+        except _DRIVER_ERRORS as exc:  # an error reply; unreachable only once closing
+            raise self._failed(exc, "defer a message") from exc
         if self._next_due is None or eta < self._next_due:
             self._next_due = eta
             self._wake_sweep.set()
@@ -537,11 +593,16 @@ class RedisBroker(Broker):
         await _recorded(entry)
         record = _dead_record(delivery.queue, reason, entry.payload)
         await self._settle(
-            delivery.tag, delivery.queue, record, push="LPUSH", destination=self._dead
+            delivery.tag,
+            delivery.queue,
+            record,
+            push="LPUSH",
+            destination=self._dead,
+            doing="dead-letter",
         )
 
     async def _settle(
-        self, tag: str, queue: str, value: str, *, push: str, destination: str
+        self, tag: str, queue: str, value: str, *, push: str, destination: str, doing: str
     ) -> None:
         async def settle() -> Any:
             return await self.client.run_script(
@@ -550,7 +611,10 @@ class RedisBroker(Broker):
                 [tag, value, "+inf", push],
             )
 
-        await until_done(settle, self._outage, give_up=lambda: self._closed)
+        try:
+            await until_done(settle, self._outage, give_up=lambda: self._closed)
+        except _DRIVER_ERRORS as exc:  # an error reply; unreachable only once closing
+            raise self._failed(exc, f"{doing} a message") from exc
 
     # -- holders and sweeps ----------------------------------------------------------------
 
@@ -650,11 +714,14 @@ class RedisBroker(Broker):
 
     async def purge(self, queue: str) -> int:
         keys = [self.prefix + k for k in kombu.consume_keys([queue])]
-        deleted = await self.client.run_script(
-            self._scripts["purge"],
-            [self._unacked, self._index, self._deferred_key(queue), *keys],
-            [],
-        )
+        try:
+            deleted = await self.client.run_script(
+                self._scripts["purge"],
+                [self._unacked, self._index, self._deferred_key(queue), *keys],
+                [],
+            )
+        except _DRIVER_ERRORS as exc:
+            raise self._failed(exc, f"purge {queue}") from exc
         return int(deleted)
 
     async def queue_sizes(self, queues: Sequence[str] = ()) -> dict[str, int]:
@@ -664,6 +731,12 @@ class RedisBroker(Broker):
         producer or worker), a held message, or named in ``queues``. This scans
         ``unacked``: an admin call.
         """
+        try:
+            return await self._queue_sizes(queues)
+        except _DRIVER_ERRORS as exc:
+            raise self._failed(exc, "count messages") from exc
+
+    async def _queue_sizes(self, queues: Sequence[str]) -> dict[str, int]:
         counts: dict[str, int] = {}
         async for _, value in self.client.scan_hash(self._unacked):
             try:
@@ -696,11 +769,17 @@ class RedisBroker(Broker):
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         if limit <= 0:
             return []
-        records = await self.client.execute("LRANGE", self._dead, 0, limit - 1)
+        try:
+            records = await self.client.execute("LRANGE", self._dead, 0, limit - 1)
+        except _DRIVER_ERRORS as exc:
+            raise self._failed(exc, "read the dead letters") from exc
         return [_dead_letter(record) for record in records]
 
     async def dead_letter_count(self) -> int:
-        return int(await self.client.execute("LLEN", self._dead))
+        try:
+            return int(await self.client.execute("LLEN", self._dead))
+        except _DRIVER_ERRORS as exc:
+            raise self._failed(exc, "count the dead letters") from exc
 
 
 class _Blocker:

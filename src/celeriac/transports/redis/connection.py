@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 from celeriac.transports.options import Option, checked_options
-from celeriac.transports.redis.client import Client
+from celeriac.transports.redis.client import Client, ReplyError
 from celeriac.transports.urls import redacted
 
 log = logging.getLogger("celeriac.redis")
@@ -24,6 +24,33 @@ log = logging.getLogger("celeriac.redis")
 #: Errors that mean "Redis is unreachable right now" (a restart, a network cut, loading): the
 #: client raises ConnectionError, TimeoutError or another OSError for all of them.
 UNREACHABLE: tuple[type[Exception], ...] = (OSError,)
+
+#: What to do about an error reply, by its first word: the fix a refusal's message names.
+_FIXES = {
+    "NOAUTH": "it wants a password: give it in the URL (redis://:password@host:port/db)",
+    "WRONGPASS": "check the user name and password in the URL",
+    "NOPERM": "its user lacks a permission celeriac needs: grant it (ACL SETUSER)",
+    "WRONGTYPE": (
+        "a key celeriac uses holds another type of value: delete it, or give celeriac keys"
+        " of their own with the global_keyprefix transport option"
+    ),
+    "OOM": "it is out of memory (maxmemory): free some, or raise its limit",
+    "READONLY": "it is a read-only replica: point the URL at the primary",
+    "MISCONF": "it cannot save its data to disk: see its log",
+}
+
+
+def refusal(url: str, exc: ReplyError, doing: str, setting: str) -> str:
+    """The message of an error reply's celeriac error: the server (its password hidden),
+    what was being done, Redis's words and the fix."""
+    text = str(exc)
+    # The first word, or (an older Redis's script errors: "ERR Error running script ...
+    # WRONGTYPE ...") one further in.
+    code = next((c for c in _FIXES if text.startswith(c)), None)
+    code = code or next((c for c in _FIXES if f" {c} " in text), None)
+    fix = _FIXES.get(code or "", f"check the server, and that {setting} points at it")
+    return f"Redis at {redacted(url)} refused {doing}: {exc}; {fix}"
+
 
 #: Options of the client itself, with their types.
 _CLIENT_OPTIONS = {

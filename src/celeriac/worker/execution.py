@@ -87,6 +87,7 @@ class Execution:
         self.broker = conn.broker
         self.backend = conn.backend
         self.executor = executor
+        self.hooks = worker.hooks
         self._outage = _StoreOutage(conn.backend.url)
         #: Tasks running here (or storing their outcome), each with the futures of the
         #: redelivered copies waiting for it (None until one comes).
@@ -122,6 +123,7 @@ class Execution:
                 reason,
             )
             await self.broker.dead_letter(delivery, reason)
+            self.hooks.task_rejected(delivery, reason)
             return True
         try:
             message = protocol.parse_task_message(delivery.envelope, self.worker.accept)
@@ -132,6 +134,7 @@ class Execution:
                 exc,
             )
             await self.broker.dead_letter(delivery, f"malformed message: {exc}")
+            self.hooks.task_rejected(delivery, f"malformed message: {exc}")
             return True
         task = self.app.tasks.get(message.task)
         if task is None:
@@ -146,6 +149,7 @@ class Execution:
                 message, states.FAILURE, exception_to_dict(NotRegistered(reason)), None
             )
             await self.broker.dead_letter(delivery, reason)
+            self.hooks.task_rejected(delivery, reason)
             return True
         now = time.time()
         if message.expires is not None and message.expires.timestamp() <= now:
@@ -159,6 +163,7 @@ class Execution:
                 message, states.REVOKED, exception_to_dict(TaskRevokedError("expired")), None
             )
             await self.broker.ack(delivery)
+            self.hooks.task_revoked(self._request(message, delivery), "expired")
             return True
         if message.eta is not None and message.eta.timestamp() > now + ETA_SLACK:
             await self.broker.defer(delivery, message.eta.timestamp())
@@ -181,6 +186,7 @@ class Execution:
             )
             await self._store(message, states.FAILURE, exception_to_dict(TypeError(reason)), None)
             await self.broker.dead_letter(delivery, reason)
+            self.hooks.task_rejected(delivery, reason)
             return True
         key = (message.id, message.retries)
         if delivery.redelivered and await self._ran_here(key, task, message, ran):
@@ -247,6 +253,8 @@ class Execution:
             await self.broker.ack(delivery)
         request = self._request(message, delivery)
         logger.info("task %s[%s] received", task.name, message.id)
+        hooks = self.hooks
+        hooks.task_received(request)
         if self.app.conf.task_track_started:
             await self._store(
                 message,
@@ -255,6 +263,7 @@ class Execution:
                 None,
                 event=True,
             )
+        hooks.task_started(request)
         started = time.perf_counter()
         try:
             try:
@@ -262,11 +271,16 @@ class Execution:
             finally:
                 ran()
         except Retry as retry:
-            await self._retry(task, message, delivery, retry)
+            state = states.RETRY
+            await self._retry(task, message, delivery, retry, request)
         except Exception as exc:
-            await self._failed(task, message, delivery, exc, request)
+            state = await self._failed(
+                task, message, delivery, exc, request, time.perf_counter() - started
+            )
         else:
+            state = states.SUCCESS
             runtime = time.perf_counter() - started
+            hooks.task_succeeded(request, value, runtime)
 
             def succeeded() -> None:
                 if logger.isEnabledFor(logging.INFO):
@@ -283,6 +297,7 @@ class Execution:
             await self._store(message, states.SUCCESS, value, None, stored=succeeded)
         if acks_late:
             await self.broker.ack(delivery)
+        hooks.task_ended(request, state, time.perf_counter() - started)
         return True
 
     async def _call(self, task: Task[Any, Any], message: TaskMessage, request: Request) -> Any:
@@ -347,14 +362,17 @@ class Execution:
         delivery: Delivery,
         exc: Exception,
         request: Request,
-    ) -> None:
+        runtime: float,
+    ) -> str:
+        """Retry the task if it asks to be retried on ``exc``, else store its FAILURE; the
+        state it ends in."""
         if task.options.autoretry_for and isinstance(exc, task.options.autoretry_for):
             request_token = _state.current_request.set(request)
             try:
                 task.retry(exc=exc, countdown=task.backoff_countdown(message.retries))
             except Retry as retry:
-                await self._retry(task, message, delivery, retry)
-                return
+                await self._retry(task, message, delivery, retry, request)
+                return states.RETRY
             except Exception as final:
                 exc = final
             finally:
@@ -368,10 +386,17 @@ class Execution:
             exc,
             exc_info=exc,
         )
+        self.hooks.task_failed(request, exc, runtime)
         await self._store(message, states.FAILURE, exception_to_dict(exc), tb)
+        return states.FAILURE
 
     async def _retry(
-        self, task: Task[Any, Any], message: TaskMessage, delivery: Delivery, retry: Retry
+        self,
+        task: Task[Any, Any],
+        message: TaskMessage,
+        delivery: Delivery,
+        retry: Retry,
+        request: Request,
     ) -> None:
         """Celery's order: store RETRY, publish the same id with retries+1 and an eta, ack."""
         exc = retry.exc or retry
@@ -410,6 +435,7 @@ class Execution:
             max(0.0, retry.when.timestamp() - time.time()),
             retry.exc if retry.exc is not None else "retry requested",
         )
+        self.hooks.task_retried(request, retry.exc, retry.when)
 
     async def _store(
         self,

@@ -29,7 +29,9 @@ from celeriac.protocol.serialization import resolve_accept
 from celeriac.resources import Resources
 from celeriac.transports.broker import Delivery
 from celeriac.worker.execution import Execution
+from celeriac.worker.hooks import Hooks, WorkerHook
 from celeriac.worker.loop_watch import LoopWatch
+from celeriac.worker.running import RunningRequests
 from celeriac.worker.threads import TaskThreads
 
 logger = logging.getLogger("celeriac.worker")
@@ -60,12 +62,15 @@ class Worker:
         max_tasks: int | None = None,
         max_memory_kib: int | None = None,
         on_ready: Callable[[], None] | None = None,
+        hooks: Sequence[WorkerHook] = (),
     ) -> None:
         """``max_tasks`` / ``max_memory_kib``: stop gracefully after that many tasks, or once
         the process's resident memory passes that many KiB (a pool's supervisor then starts
         a fresh process: ``worker_max_tasks_per_child`` / ``worker_max_memory_per_child``).
         ``on_ready``: called once the consumer runs (a pool's process tells its supervisor
-        that a later death is a crash to restart from, not a failure to start)."""
+        that a later death is a crash to restart from, not a failure to start).
+        ``hooks``: extensions called at each task's and the worker's turning points
+        (:mod:`celeriac.worker.hooks`), after the worker's own registry of running tasks."""
         conf = app.conf
         self.app = app
         self.queues = list(queues or [conf.task_default_queue])
@@ -84,6 +89,9 @@ class Worker:
         self.max_tasks = max_tasks
         self.max_memory_kib = max_memory_kib
         self.on_ready = on_ready
+        #: The tasks running in this process (``inspect active``), kept by a hook.
+        self.running = RunningRequests()
+        self.hooks = Hooks([self.running, *hooks])
         self._signals = 0
         self._failure: BaseException | None = None
         self.processed = 0
@@ -125,6 +133,7 @@ class Worker:
         )
         if self.on_ready is not None:
             self.on_ready()
+        self.hooks.worker_started(self)
         try:
             await self._stopping.wait()
         finally:
@@ -134,6 +143,7 @@ class Worker:
                 watch.stop()
             consumer.cancel()
             await self._within("stop consuming", {consumer})
+            self.hooks.worker_stopping(self)
             await self._drain()
             await resources.close()  # after the last task
             _bridge.use_loop(None)

@@ -1,0 +1,59 @@
+"""The requests a worker is running: what remote control's ``inspect active`` and a
+dashboard list (id, name, arguments, start time, worker), kept by a worker hook."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from celeriac.worker.hooks import WorkerHook
+
+if TYPE_CHECKING:
+    from celeriac.task import Request
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """One task running in this worker process."""
+
+    request: Request
+    #: Unix time at which its code started.
+    started: float
+
+    def as_celery(self) -> dict[str, Any]:
+        """The task as Celery's ``inspect active`` reports it."""
+        request = self.request
+        return {
+            "id": request.id,
+            "name": request.task,
+            "args": list(request.args),
+            "kwargs": dict(request.kwargs),
+            "type": request.task,
+            "hostname": request.hostname,
+            "time_start": self.started,
+            "acknowledged": True,
+            "delivery_info": dict(request.delivery_info or {}),
+            "worker_pid": os.getpid(),
+        }
+
+
+class RunningRequests(WorkerHook):
+    """The registry: a task is in it from ``task_started`` until ``task_ended``."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, Running] = {}
+
+    def task_started(self, request: Request) -> None:
+        self._running[request.id] = Running(request, time.time())
+
+    def task_ended(self, request: Request, state: str, runtime: float) -> None:
+        self._running.pop(request.id, None)
+
+    def active(self) -> list[Running]:
+        """What runs now, oldest first."""
+        return sorted(self._running.values(), key=lambda running: running.started)
+
+    def __len__(self) -> int:
+        return len(self._running)

@@ -1,11 +1,14 @@
-"""URL scheme -> transport class. Drivers of optional transports are imported lazily.
+"""The scheme table: which broker and result store each URL scheme opens. Drivers of
+optional transports are imported only when their scheme is used.
 
-Adding a transport is one module and one line in each table below.
+Adding a transport is one package beside these (``transports/<technology>/``) and one line
+per scheme in :data:`SCHEMES`.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,40 +17,49 @@ from celeriac.errors import ConfigurationError
 from celeriac.transports.backend import ResultBackend
 from celeriac.transports.broker import Broker
 
-# scheme -> (module, class name, extra that installs its driver or None)
-_BROKERS: dict[str, tuple[str, str, str | None]] = {
-    "sqlite": ("celeriac.transports.sqlite.broker", "SQLiteBroker", None),
-    "memory": ("celeriac.transports.memory.broker", "MemoryBroker", None),
-    "redis": ("celeriac.transports.redis.broker", "RedisBroker", "redis"),
-    "rediss": ("celeriac.transports.redis.broker", "RedisBroker", "redis"),
-    "amqp": ("celeriac.transports.amqp.broker", "AmqpBroker", "amqp"),
-    "amqps": ("celeriac.transports.amqp.broker", "AmqpBroker", "amqp"),
-}
-_BACKENDS: dict[str, tuple[str, str, str | None]] = {
-    "sqlite": ("celeriac.transports.sqlite.backend", "SQLiteBackend", None),
-    "memory": ("celeriac.transports.memory.backend", "MemoryBackend", None),
-    "redis": ("celeriac.transports.redis.backend", "RedisBackend", "redis"),
-    "rediss": ("celeriac.transports.redis.backend", "RedisBackend", "redis"),
-    "rpc": ("celeriac.transports.amqp.rpc", "RpcBackend", "amqp"),
-    "disabled": ("celeriac.transports.disabled", "DisabledBackend", None),
-}
+
+@dataclass(frozen=True, slots=True)
+class Scheme:
+    """What a URL scheme opens: ``"module:Class"`` of its broker and of its result store,
+    the module under ``celeriac.transports`` (None: the scheme is not one), and the
+    celeriac extra that installs its driver."""
+
+    broker: str | None
+    backend: str | None
+    extra: str | None = None
 
 
-def _load(table: dict[str, tuple[str, str, str | None]], url: str, what: str) -> Any:
+SCHEMES: dict[str, Scheme] = {
+    "memory": Scheme("memory.broker:MemoryBroker", "memory.backend:MemoryBackend"),
+    "sqlite": Scheme("sqlite.broker:SQLiteBroker", "sqlite.backend:SQLiteBackend"),
+    "redis": Scheme("redis.broker:RedisBroker", "redis.backend:RedisBackend", "redis"),
+    "rediss": Scheme("redis.broker:RedisBroker", "redis.backend:RedisBackend", "redis"),
+    "amqp": Scheme("amqp.broker:AmqpBroker", None, "amqp"),
+    "amqps": Scheme("amqp.broker:AmqpBroker", None, "amqp"),
+    "rpc": Scheme(None, "amqp.rpc:RpcBackend", "amqp"),
+    "disabled": Scheme(None, "disabled:DisabledBackend"),
+}  # fmt: skip
+
+
+def _load(url: str, what: str) -> Any:
+    """The class ``url``'s scheme names for ``what`` ("broker" or "result backend")."""
     scheme = urlsplit(url).scheme
-    if scheme not in table:
-        known = ", ".join(f"{s}://" for s in sorted(table))
+    entry = SCHEMES.get(scheme)
+    target = None if entry is None else entry.broker if what == "broker" else entry.backend
+    if entry is None or target is None:
+        role = "broker" if what == "broker" else "backend"
+        known = ", ".join(f"{s}://" for s in sorted(SCHEMES) if getattr(SCHEMES[s], role))
         raise ConfigurationError(f"unsupported {what} URL {url!r}: use one of {known}")
-    module_name, class_name, extra = table[scheme]
+    module_name, _, class_name = target.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(f"{__name__}.{module_name}")
     except ImportError as exc:
-        if extra is None:
+        if entry.extra is None:
             raise
         # The driver's package, not the submodule that failed (aiormq, not aiormq.exceptions).
         driver = (exc.name or "?").partition(".")[0]
         raise ConfigurationError(
-            f"{what} {scheme}:// needs an optional driver ({driver}): {install_hint(extra)}"
+            f"{what} {scheme}:// needs an optional driver ({driver}): {install_hint(entry.extra)}"
         ) from exc
     return getattr(module, class_name)
 
@@ -59,7 +71,7 @@ def broker_from_url(
     options: dict[str, Any],
     queue_max_priority: int | None = None,
 ) -> Broker:
-    cls = _load(_BROKERS, url, "broker")
+    cls = _load(url, "broker")
     broker: Broker = cls(
         url,
         max_message_size=max_message_size,
@@ -72,6 +84,6 @@ def broker_from_url(
 def backend_from_url(
     url: str, *, options: dict[str, Any], broker_url: str | None = None
 ) -> ResultBackend:
-    cls = _load(_BACKENDS, url, "result backend")
+    cls = _load(url, "result backend")
     backend: ResultBackend = cls(url, options=options, broker_url=broker_url)
     return backend

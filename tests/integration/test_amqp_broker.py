@@ -148,9 +148,15 @@ def _close_connections(vhost: str) -> int:
     return len(pids)
 
 
-@pytest.mark.parametrize("value", [0, -5, "soon"])
+@pytest.mark.parametrize("value", [0, -5])
 def test_a_consumer_timeout_that_is_not_a_positive_number_of_seconds_says_so(
     value: object,
 ) -> None:
     with pytest.raises(BrokerError, match=r"consumer_timeout.*in seconds"):
         AmqpBroker("amqp://guest:guest@127.0.0.1//", options={"consumer_timeout": value})
+
+
+def test_a_consumer_timeout_that_is_not_a_number_is_a_configuration_error() -> None:
+    """Checked with every option's type, as on every transport."""
+    with pytest.raises(ConfigurationError, match=r"'consumer_timeout' must be a number, not str"):
+        AmqpBroker("amqp://guest:guest@127.0.0.1//", options={"consumer_timeout": "soon"})

@@ -90,6 +90,14 @@ CREATE TABLE IF NOT EXISTS celeriac_events (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS celeriac_events_expiry
     ON celeriac_events (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS celeriac_broadcasts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    exchange TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    sent_at REAL NOT NULL,
+    envelope BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS celeriac_broadcasts_age ON celeriac_broadcasts (sent_at);
 """
 
 _OPEN_ATTEMPTS = 5

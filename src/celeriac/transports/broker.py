@@ -8,23 +8,38 @@ implements. The contract suite in ``tests/contract`` runs against every implemen
 
 Priorities are celeriac's: 0 to 9, **higher runs first**, on every transport. A transport
 whose native order differs (Celery on Redis runs lower numbers first) maps it.
+
+Besides queues, a broker broadcasts: :meth:`Broker.broadcast` sends one envelope to every
+subscriber (:meth:`Broker.subscribe`) of an exchange, as Celery's remote control
+(``celery.pidbox``, fanout) and events (``celeryev``, topic) do. Nothing is stored for a
+subscriber that is not there: a broadcast is fire-and-forget.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Hashable, Iterable, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from types import TracebackType
+from typing import Any, Literal, get_args
 
 from celeriac.errors import MessageTooLarge
 from celeriac.protocol.envelope import Envelope
 from celeriac.transports.urls import redacted
 
+log = logging.getLogger(__name__)
+
 MIN_PRIORITY = 0
 MAX_PRIORITY = 9
+
+#: An exchange's type: ``fanout`` (every subscriber gets every message, as ``celery.pidbox``)
+#: or ``topic`` (subscribers pick routing keys by pattern, as ``celeryev``).
+ExchangeKind = Literal["fanout", "topic"]
 
 
 @dataclass(slots=True)
@@ -94,6 +109,7 @@ class Broker(ABC):
         #: ``task_queue_max_priority``: for transports whose queues are declared with a
         #: priority range (AMQP's ``x-max-priority``); the others order priorities anyway.
         self.queue_max_priority = queue_max_priority
+        self._subscriptions: set[Subscription] = set()
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -206,6 +222,206 @@ class Broker(ABC):
     @abstractmethod
     async def dead_letter_count(self) -> int:
         """How many dead letters are kept."""
+
+    # -- broadcasting ----------------------------------------------------------------------
+
+    async def broadcast(
+        self,
+        exchange: str,
+        envelope: Envelope,
+        routing_key: str = "",
+        *,
+        kind: ExchangeKind = "fanout",
+    ) -> None:
+        """Send ``envelope`` to every subscriber of ``exchange`` subscribed right now.
+
+        Fire-and-forget, as Celery's fanout: nothing is stored for later subscribers, and
+        returning means the broker took the message, not that anyone received it. ``kind``
+        is the exchange's type; on RabbitMQ it must be the type the exchange was declared
+        with (Celery's: ``fanout`` for ``celery.pidbox``, ``topic`` for ``celeryev``).
+        """
+        check_exchange(exchange, kind)
+        self._check(PublishRequest(exchange, envelope))
+        await self._broadcast(exchange, envelope, routing_key, kind)
+
+    def subscribe(
+        self, exchange: str, *, routing_key: str = "#", kind: ExchangeKind = "fanout"
+    ) -> Subscription:
+        """The envelopes broadcast on ``exchange`` from the moment the subscription is open.
+
+        ``async with broker.subscribe("celeryev", routing_key="worker.#", kind="topic") as
+        messages: async for envelope in messages: ...``. Entering returns once the server
+        has the subscription: a broadcast made after that is never missed. On a ``topic``
+        exchange only routing keys matching ``routing_key`` come (AMQP's patterns: ``*``
+        one word, ``#`` zero or more); a ``fanout`` exchange ignores routing keys. Closing
+        the broker closes its subscriptions.
+        """
+        check_exchange(exchange, kind)
+        subscription = self._subscribe(exchange, routing_key, kind)
+        self._subscriptions.add(subscription)
+        subscription.on_close = self._subscriptions.discard
+        return subscription
+
+    async def close_subscriptions(self) -> None:
+        """Close every open subscription (a transport's ``close`` calls this first)."""
+        for subscription in list(self._subscriptions):
+            await subscription.close()
+
+    @abstractmethod
+    async def _broadcast(
+        self, exchange: str, envelope: Envelope, routing_key: str, kind: ExchangeKind
+    ) -> None:
+        """Hand the envelope to every subscription of ``exchange`` open at the server now."""
+
+    @abstractmethod
+    def _subscribe(self, exchange: str, routing_key: str, kind: ExchangeKind) -> Subscription:
+        """A subscription, not yet open: its ``_open`` subscribes at the server."""
+
+
+class Subscription(ABC):
+    """Envelopes broadcast on one exchange; an async iterator and an async context manager.
+
+    A transport implements ``_open`` (subscribe at the server; return only once it is in
+    place) and ``_close``, and hands each message it receives to :meth:`deliver` on the
+    subscription's event loop; this class filters routing keys and buffers. Iterating ends
+    when the subscription is closed, and raises the error a transport gave :meth:`fail`
+    (the connection was lost for good).
+    """
+
+    #: Messages received and not yet read, at most: beyond, the oldest are dropped (logged
+    #: once), so a reader that stopped reading cannot fill the memory.
+    max_pending = 10_000
+
+    def __init__(self, exchange: str, routing_key: str, kind: ExchangeKind) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.kind = kind
+        #: Messages dropped because :attr:`max_pending` were waiting.
+        self.dropped = 0
+        self.on_close: Callable[[Subscription], None] | None = None
+        self._wanted = topic_matcher(routing_key) if kind == "topic" else None
+        self._inbox: deque[Envelope] = deque()
+        self._arrival = asyncio.Event()
+        self._error: BaseException | None = None
+        self._opened = False
+        self._closed = False
+
+    async def open(self) -> Subscription:
+        """Subscribe at the server; returns once broadcasts reach this subscription."""
+        if self._opened:
+            raise RuntimeError(f"the subscription to {self.exchange!r} was opened already")
+        self._opened = True
+        try:
+            await self._open()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def close(self) -> None:
+        """Unsubscribe; what was received and not read is dropped. Closing twice is fine."""
+        if self._closed:
+            return
+        self._closed = True
+        self._arrival.set()
+        if self.on_close is not None:
+            self.on_close(self)
+        await self._close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def __aenter__(self) -> Subscription:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Envelope:
+        while True:
+            if self._inbox:
+                return self._inbox.popleft()
+            if self._error is not None:
+                raise self._error
+            if self._closed:
+                raise StopAsyncIteration
+            self._arrival.clear()
+            await self._arrival.wait()
+
+    def deliver(self, envelope: Envelope, routing_key: str) -> None:
+        """A message broadcast with ``routing_key`` came (transport side, on this loop)."""
+        if self._closed or (self._wanted is not None and not self._wanted(routing_key)):
+            return
+        if len(self._inbox) >= self.max_pending:
+            self._inbox.popleft()
+            self.dropped += 1
+            if self.dropped == 1:
+                log.warning(
+                    "subscription to %r: %d messages wait unread; dropping the oldest",
+                    self.exchange,
+                    self.max_pending,
+                )
+        self._inbox.append(envelope)
+        self._arrival.set()
+
+    def fail(self, error: BaseException) -> None:
+        """End the iteration with ``error`` once what was received has been read."""
+        if self._error is None and not self._closed:
+            self._error = error
+            self._arrival.set()
+
+    @abstractmethod
+    async def _open(self) -> None:
+        """Subscribe at the server; return once a broadcast made now would reach it."""
+
+    @abstractmethod
+    async def _close(self) -> None:
+        """Unsubscribe and release what ``_open`` took (also after a failed ``_open``)."""
+
+
+def check_exchange(exchange: str, kind: str) -> None:
+    """The argument checks of ``broadcast`` and ``subscribe``."""
+    if not isinstance(exchange, str) or not exchange:
+        raise ValueError(f"broadcasts need an exchange name, not {exchange!r}")
+    if kind not in get_args(ExchangeKind):
+        raise ValueError(f"exchange kind {kind!r} is not one of {get_args(ExchangeKind)}")
+
+
+def topic_matcher(pattern: str) -> Callable[[str], bool]:
+    """Whether a routing key matches ``pattern``, as AMQP's topic exchanges decide: words
+    are separated by dots, ``*`` is exactly one word, ``#`` zero or more; the empty key
+    has no words (RabbitMQ's reading)."""
+    if pattern == "#":
+        return _always
+    words = tuple(pattern.split(".")) if pattern else ()
+
+    def matches(routing_key: str) -> bool:
+        return _topic_match(words, tuple(routing_key.split(".")) if routing_key else ())
+
+    return matches
+
+
+def _always(routing_key: str) -> bool:
+    return True
+
+
+@lru_cache(maxsize=4096)
+def _topic_match(pattern: tuple[str, ...], key: tuple[str, ...]) -> bool:
+    if not pattern:
+        return not key
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_topic_match(rest, key[start:]) for start in range(len(key) + 1))
+    return bool(key) and head in ("*", key[0]) and _topic_match(rest, key[1:])
 
 
 class PrefetchWindow:

@@ -59,6 +59,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from celeriac.errors import BrokerError, BrokerUnreachable
 from celeriac.protocol.envelope import Envelope
 from celeriac.transports.amqp import connection as _amqp
+from celeriac.transports.amqp import fanout
 from celeriac.transports.amqp.connection import UNREACHABLE
 from celeriac.transports.amqp.parking import Parking
 from celeriac.transports.amqp.properties import Properties
@@ -66,8 +67,10 @@ from celeriac.transports.broker import (
     Broker,
     DeadLetter,
     Delivery,
+    ExchangeKind,
     PrefetchWindow,
     PublishRequest,
+    Subscription,
     check_consume,
     now,
 )
@@ -270,6 +273,7 @@ class AmqpBroker(Broker):
         self._publisher: AbstractChannel | None = None
         self._publisher_lock = asyncio.Lock()
         self._declared: set[str] = set()  # on this connection
+        self._exchanges: set[str] = set()  # broadcast exchanges declared on this connection
         self.queues: set[str] = set()  # every task queue this broker used (queue_sizes)
         self.declared: set[str] = set()  # every queue and exchange it ever declared
         #: Consumers until their channel is closed (a stopped one waits for its acks).
@@ -298,6 +302,7 @@ class AmqpBroker(Broker):
         is still unsettled goes back to its queue. Each step waits ``_CLOSE_TIMEOUT`` at most."""
         if self._closed:
             return
+        await self.close_subscriptions()
         self._closed = True
         consumers = list(self._consumers)
         for consumer in consumers:
@@ -347,6 +352,7 @@ class AmqpBroker(Broker):
                 self._connection = connection
                 self._publisher = None
                 self._declared.clear()
+                self._exchanges.clear()
             return connection
 
     async def channel(self, *, confirms: bool = False) -> AbstractChannel:
@@ -489,6 +495,42 @@ class AmqpBroker(Broker):
         )
         if not isinstance(confirm, spec.Basic.Ack):
             raise BrokerError(f"RabbitMQ did not take a message for {target!r}: {confirm!r}")
+
+    # -- broadcasting ----------------------------------------------------------------------
+
+    async def _broadcast(
+        self, exchange: str, envelope: Envelope, routing_key: str, kind: ExchangeKind
+    ) -> None:
+        """Publish to the exchange, declared as Celery declares it (see ``fanout.py``),
+        confirmed; a lost connection is retried once, as a publish is."""
+        try:
+            await self._broadcast_once(exchange, envelope, routing_key, kind)
+        except UNREACHABLE:
+            try:
+                await self._broadcast_once(exchange, envelope, routing_key, kind)
+            except UNREACHABLE as exc:
+                raise self._unreachable(exc) from exc
+
+    async def _broadcast_once(
+        self, exchange: str, envelope: Envelope, routing_key: str, kind: ExchangeKind
+    ) -> None:
+        channel = await self._publishing()
+        if exchange not in self._exchanges:
+            await fanout.declare_exchange(channel, exchange, kind)
+            self._exchanges.add(exchange)
+            self.declared.add(exchange)
+        properties = to_properties(envelope, 0, dict(envelope.headers))
+        confirm = await channel.basic_publish(
+            envelope.body, exchange=exchange, routing_key=routing_key, properties=properties
+        )
+        if not isinstance(confirm, spec.Basic.Ack):
+            raise BrokerError(f"RabbitMQ did not take a broadcast on {exchange!r}: {confirm!r}")
+
+    def _subscribe(self, exchange: str, routing_key: str, kind: ExchangeKind) -> Subscription:
+        self.declared.add(exchange)
+        return fanout.AmqpSubscription(
+            self.channel, to_envelope, redacted(self.url), exchange, routing_key, kind
+        )
 
     # -- consuming -------------------------------------------------------------------------
 

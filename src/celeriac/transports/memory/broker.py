@@ -10,6 +10,7 @@ is woken on its own loop with ``call_soon_threadsafe``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import threading
@@ -24,9 +25,11 @@ from celeriac.transports.broker import (
     Broker,
     DeadLetter,
     Delivery,
+    ExchangeKind,
     PrefetchWindow,
     PrefetchWindows,
     PublishRequest,
+    Subscription,
     check_consume,
     now,
     wait_for_signal,
@@ -75,6 +78,8 @@ class _Transport:
         self.held: dict[int, tuple[_Message, int]] = {}  # tag -> (message, owner)
         self.dead: list[DeadLetter] = []
         self.subscribers: list[_Subscriber] = []
+        #: exchange -> the subscriptions open on it, each with its loop
+        self.listeners: dict[str, list[tuple[asyncio.AbstractEventLoop, Subscription]]] = {}
         self._orders = itertools.count()
         self._tags = itertools.count(1)
 
@@ -216,6 +221,7 @@ class MemoryBroker(Broker):
         self._closed = False
 
     async def close(self) -> None:
+        await self.close_subscriptions()
         self._closed = True
         self._windows.wake_all()  # each consume() loop sees _closed and ends
         self._windows = PrefetchWindows()
@@ -295,3 +301,50 @@ class MemoryBroker(Broker):
     async def dead_letter_count(self) -> int:
         with self._transport.lock:
             return len(self._transport.dead)
+
+    async def _broadcast(
+        self, exchange: str, envelope: Envelope, routing_key: str, kind: ExchangeKind
+    ) -> None:
+        with self._transport.lock:
+            listeners = list(self._transport.listeners.get(exchange, ()))
+        for loop, subscription in listeners:
+            copy = Envelope(
+                envelope.body,
+                envelope.content_type,
+                envelope.content_encoding,
+                dict(envelope.headers),
+                dict(envelope.properties),
+            )
+            # A closed loop raises RuntimeError: its subscription is gone with it.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(subscription.deliver, copy, routing_key)
+
+    def _subscribe(self, exchange: str, routing_key: str, kind: ExchangeKind) -> Subscription:
+        return _MemorySubscription(self._transport, exchange, routing_key, kind)
+
+
+class _MemorySubscription(Subscription):
+    """In-process fan-out: the transport calls :meth:`deliver` on this subscription's loop."""
+
+    def __init__(
+        self, transport: _Transport, exchange: str, routing_key: str, kind: ExchangeKind
+    ) -> None:
+        super().__init__(exchange, routing_key, kind)
+        self._transport = transport
+        self._entry: tuple[asyncio.AbstractEventLoop, Subscription] | None = None
+
+    async def _open(self) -> None:
+        self._entry = (asyncio.get_running_loop(), self)
+        with self._transport.lock:
+            self._transport.listeners.setdefault(self.exchange, []).append(self._entry)
+
+    async def _close(self) -> None:
+        if self._entry is None:
+            return
+        with self._transport.lock:
+            listeners = self._transport.listeners.get(self.exchange, [])
+            if self._entry in listeners:
+                listeners.remove(self._entry)
+            if not listeners:
+                self._transport.listeners.pop(self.exchange, None)
+        self._entry = None

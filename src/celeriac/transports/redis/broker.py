@@ -65,14 +65,16 @@ from celeriac.transports.broker import (
     Broker,
     DeadLetter,
     Delivery,
+    ExchangeKind,
     PrefetchWindow,
     PrefetchWindows,
     PublishRequest,
+    Subscription,
     check_consume,
     now,
 )
 from celeriac.transports.options import Option
-from celeriac.transports.redis import kombu
+from celeriac.transports.redis import fanout, kombu
 from celeriac.transports.redis.client import Client, Connection, Pipeline, ReplyError, Script
 from celeriac.transports.redis.connection import (
     UNREACHABLE,
@@ -183,6 +185,7 @@ class RedisBroker(Broker):
         """Stop consuming, flush acks, put every held message back on its list."""
         if self._closed:
             return
+        await self.close_subscriptions()
         self._closed = True
         self._windows.wake_all()
         self._wake_sweep.set()
@@ -277,6 +280,26 @@ class RedisBroker(Broker):
 
         reply.add_done_callback(settle)
         return done
+
+    # -- broadcasting ----------------------------------------------------------------------
+
+    async def _broadcast(
+        self, exchange: str, envelope: Envelope, routing_key: str, kind: ExchangeKind
+    ) -> None:
+        """PUBLISH on kombu's fanout channel (see ``fanout.py``); the kind makes no
+        difference on Redis, where Celery's events exchange is a fanout with patterns."""
+        name = fanout.channel(self.prefix, self.client.address.db, exchange, routing_key)
+        try:
+            await self.client.execute(
+                "PUBLISH", name, fanout.encode(envelope, exchange, routing_key)
+            )
+        except UNREACHABLE as exc:
+            raise self._unreachable(exc, doing="cannot broadcast: ") from exc
+        except ReplyError as exc:
+            raise self._refused(exc, "a broadcast") from exc
+
+    def _subscribe(self, exchange: str, routing_key: str, kind: ExchangeKind) -> Subscription:
+        return fanout.RedisSubscription(self.client, self.prefix, exchange, routing_key, kind)
 
     def _unreachable(
         self, exc: BaseException, doing: str = "cannot publish: "

@@ -51,9 +51,11 @@ from celeriac.transports.broker import (
     Broker,
     DeadLetter,
     Delivery,
+    ExchangeKind,
     PrefetchWindow,
     PrefetchWindows,
     PublishRequest,
+    Subscription,
     check_consume,
     now,
     wait_for_signal,
@@ -70,6 +72,7 @@ from celeriac.transports.sqlite.database import (
     marks,
     path_from_url,
 )
+from celeriac.transports.sqlite.fanout import Broadcaster
 from celeriac.transports.sqlite.wakeup import Listener, Notifier, channel_directory
 
 log = logging.getLogger(__name__)
@@ -228,6 +231,7 @@ class SQLiteBroker(Broker):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._maintenance: asyncio.Task[None] | None = None
         self._acks: WriteBatch[int] = WriteBatch(self._db, self._delete)
+        self._broadcaster = Broadcaster(self._db, self.path)
         self._closed = False
 
     # -- life cycle ------------------------------------------------------------------------
@@ -239,6 +243,7 @@ class SQLiteBroker(Broker):
         """Stop consuming, flush acks, give back every held message, drop the holder row."""
         if self._closed:
             return
+        await self.close_subscriptions()
         self._closed = True
         self._windows.wake_all()
         if self._maintenance is not None:
@@ -253,6 +258,7 @@ class SQLiteBroker(Broker):
             self._listener.close()
         await self._db.close()
         self._notifier.close()
+        self._broadcaster.close()
 
     def _unregister(self, conn: sqlite3.Connection) -> None:
         conn.execute(
@@ -281,6 +287,17 @@ class SQLiteBroker(Broker):
             for start in range(0, len(requests), _ROWS_PER_PART)
         )
         await self._db.transaction_in_parts(_insert, parts, then=self._notifier.notify)
+
+    # -- broadcasting ----------------------------------------------------------------------
+
+    async def _broadcast(
+        self, exchange: str, envelope: Envelope, routing_key: str, kind: ExchangeKind
+    ) -> None:
+        """A row read by every subscriber on the machine (see ``fanout.py``)."""
+        await self._broadcaster.send(exchange, envelope, routing_key)
+
+    def _subscribe(self, exchange: str, routing_key: str, kind: ExchangeKind) -> Subscription:
+        return self._broadcaster.subscription(exchange, routing_key, kind, self.poll_interval)
 
     # -- consuming -------------------------------------------------------------------------
 

@@ -1,0 +1,84 @@
+"""Broadcasts on RabbitMQ: real exchanges, declared as Celery declares them.
+
+A ``fanout`` exchange is declared as kombu's Mailbox declares ``celery.pidbox`` (not
+durable), a ``topic`` one as Celery's events declare ``celeryev`` (durable); neither is
+auto-deleted. A Celery peer on the same server declares the same, so both share them. A
+subscriber binds a server-named queue of its own (exclusive, auto-deleted with its channel)
+with its routing key pattern (the empty key on a fanout exchange) and consumes it without
+acks: what is not there when a message is routed never sees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import aiormq.exceptions as amqp_errors
+from aiormq.abc import AbstractChannel, DeliveredMessage
+
+from celeriac.errors import BrokerUnreachable
+from celeriac.protocol.envelope import Envelope
+from celeriac.transports.amqp.connection import UNREACHABLE, declare_error
+from celeriac.transports.broker import ExchangeKind, Subscription
+
+#: Durability by kind: Celery's pidbox exchange is transient, its events exchange durable.
+DURABLE: dict[str, bool] = {"fanout": False, "topic": True}
+
+
+async def declare_exchange(channel: AbstractChannel, name: str, kind: ExchangeKind) -> None:
+    """Declare ``name`` as Celery declares an exchange of this kind."""
+    try:
+        await channel.exchange_declare(
+            name, exchange_type=kind, durable=DURABLE[kind], auto_delete=False
+        )
+    except amqp_errors.ChannelPreconditionFailed as exc:
+        raise declare_error(exc) from None
+
+
+class AmqpSubscription(Subscription):
+    """A channel of its own consuming an exclusive queue bound to the exchange."""
+
+    def __init__(
+        self,
+        open_channel: Callable[[], Awaitable[AbstractChannel]],
+        to_envelope: Callable[[DeliveredMessage], Envelope],
+        describe: str,
+        exchange: str,
+        routing_key: str,
+        kind: ExchangeKind,
+    ) -> None:
+        super().__init__(exchange, routing_key, kind)
+        self._open_channel = open_channel
+        self._to_envelope = to_envelope
+        self._describe = describe
+        self._channel: AbstractChannel | None = None
+
+    async def _open(self) -> None:
+        channel = self._channel = await self._open_channel()
+        await declare_exchange(channel, self.exchange, self.kind)
+        declared = await channel.queue_declare("", exclusive=True, auto_delete=True)
+        queue = str(declared.queue)
+        binding = self.routing_key if self.kind == "topic" else ""
+        await channel.queue_bind(queue, self.exchange, routing_key=binding)
+        await channel.basic_consume(queue, self._arrived, no_ack=True)
+        channel.closing.add_done_callback(self._lost)
+
+    async def _arrived(self, message: DeliveredMessage) -> None:
+        envelope = self._to_envelope(message)
+        envelope.properties.pop("priority", None)
+        self.deliver(envelope, str(message.routing_key or ""))
+
+    def _lost(self, _: object) -> None:
+        if not self.closed:
+            self.fail(
+                BrokerUnreachable(
+                    f"the subscription to {self.exchange!r} lost its channel to RabbitMQ at"
+                    f" {self._describe}: subscribe again"
+                )
+            )
+
+    async def _close(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(*UNREACHABLE, amqp_errors.AMQPError, RuntimeError):
+                await channel.close()

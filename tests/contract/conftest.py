@@ -121,12 +121,26 @@ BACKENDS: dict[str, tuple[type[ResultBackend], Callable[[Path], Store]]] = {
     "rpc": (_RpcToTheFirst, _rpc),
 }
 #: Contract tests a backend does not take part in, and why.
+_NO_KEYS = "rpc:// keeps nothing on a server: it is no KeyValueBackend (no counters, leases)"
 NOT_FOR = {
     "rpc": {
         "test_records_expire": "rpc:// states live in the caller, as many as max_cached: no"
         " time-based expiry (Celery's rpc backend has none either)",
+        **dict.fromkeys(
+            (
+                "test_counters_count_atomically",
+                "test_counters_expire",
+                "test_a_lease_has_one_holder_at_a_time",
+                "test_a_lease_expires_and_renewing_extends_it",
+                "test_leases_and_counters_check_their_arguments",
+            ),
+            _NO_KEYS,
+        ),
     },
 }
+#: Backends whose counters and leases expire by a ``clock`` they are given (the others, by
+#: their server's clock).
+TAKES_CLOCK = {"memory", "sqlite"}
 
 MakeBroker = Callable[..., Awaitable[Broker]]
 MakeBackend = Callable[..., Awaitable[ResultBackend]]
@@ -177,8 +191,8 @@ async def make_backend(
     url, base = store_for(tmp_path)
     made: list[ResultBackend] = []
 
-    async def make(*, options: dict[str, Any] | None = None) -> ResultBackend:
-        backend = cls(url, options={**base, **(options or {})})
+    async def make(*, options: dict[str, Any] | None = None, **settings: Any) -> ResultBackend:
+        backend = cls(url, options={**base, **(options or {})}, **settings)
         if isinstance(backend, _RpcToTheFirst) and made:
             backend.caller = made[0]  # type: ignore[assignment]
         await backend.connect()

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
 import pytest
 
 from celeriac import errors
-from celeriac.transports.backend import ResultBackend
+from celeriac.transports.backend import KeyValueBackend, ResultBackend
 from services import eventually
 
-from .conftest import MakeBackend
+from .conftest import TAKES_CLOCK, MakeBackend
 
 WAIT = 5.0
 
@@ -211,5 +212,128 @@ async def test_an_event_is_a_record_too_and_final_states_are_refused(
         await backend.store_event(tid, meta(tid, "SUCCESS", 1), expires=60)
     await backend.forget(tid)
     assert await backend.get(tid) is None
-    log = await backend._events_since(tid, 0)
-    assert (log.events, log.count) == ([], 0)
+    seen: list[dict[str, Any]] = []  # the event log went too: a stream finds nothing
+    with pytest.raises(errors.TimeoutError):
+        await collect(backend.stream(tid, timeout=0.1), seen)
+    assert seen == []
+
+
+# -- counters and leases (KeyValueBackend) ---------------------------------------------------
+
+
+class Clock:
+    """A wall clock the test moves, for backends that take one (``TAKES_CLOCK``)."""
+
+    def __init__(self) -> None:
+        self.at = time.time()
+
+    def __call__(self) -> float:
+        return self.at
+
+
+async def key_value(make_backend: MakeBackend, clock: Clock | None = None) -> KeyValueBackend:
+    backend = await (make_backend() if clock is None else make_backend(clock=clock))
+    assert isinstance(backend, KeyValueBackend)
+    return backend
+
+
+def takes_clock(request: pytest.FixtureRequest) -> bool:
+    return request.node.callspec.params["make_backend"] in TAKES_CLOCK
+
+
+async def test_counters_count_atomically(make_backend: MakeBackend) -> None:
+    """Callers racing on one counter (two instances, as two workers) each get a different
+    value: how many of a group's tasks ended is never counted twice."""
+    one, two = await key_value(make_backend), await key_value(make_backend)
+    key = f"count-{uuid.uuid4().hex}"
+    assert await one.get_counter(key) == 0
+    values = await asyncio.gather(
+        *(backend.incr(key, expires=60) for _ in range(50) for backend in (one, two))
+    )
+    assert sorted(values) == list(range(1, 101))
+    assert await two.get_counter(key) == 100
+    assert await one.incr(key, by=5) == 105
+    assert await one.incr(key, by=-6) == 99
+    await two.delete_counter(key)
+    assert await one.get_counter(key) == 0
+    await two.delete_counter(key)  # deleting twice is fine
+    assert await one.incr(key) == 1
+
+
+async def test_counters_expire(make_backend: MakeBackend, request: pytest.FixtureRequest) -> None:
+    key, kept = f"count-{uuid.uuid4().hex}", f"count-{uuid.uuid4().hex}"
+    if takes_clock(request):
+        clock = Clock()
+        backend = await key_value(make_backend, clock)
+        assert await backend.incr(key, expires=10) == 1
+        await backend.incr(kept)
+        clock.at += 9
+        assert await backend.incr(key, expires=10) == 2  # kept 10 s from now again
+        clock.at += 9
+        assert await backend.get_counter(key) == 2
+        clock.at += 2
+    else:  # by the server's clock
+        backend = await key_value(make_backend)
+        assert await backend.incr(key, expires=0.2) == 1
+        await backend.incr(kept)
+        await eventually(lambda: _is_zero(backend.get_counter(key)), WAIT, "the counter to expire")
+    assert await backend.get_counter(key) == 0
+    assert await backend.incr(key) == 1  # an expired counter starts again from 0
+    assert await backend.get_counter(kept) == 1
+
+
+async def _is_zero(value: Any) -> bool:
+    return await value == 0
+
+
+async def test_a_lease_has_one_holder_at_a_time(make_backend: MakeBackend) -> None:
+    one, two = await key_value(make_backend), await key_value(make_backend)
+    name = f"lease-{uuid.uuid4().hex}"
+    # Racing holders (as several beat processes starting at once): exactly one wins.
+    racers = [(backend, f"holder-{n}") for n, backend in enumerate([one, two] * 10)]
+    taken = await asyncio.gather(*(b.acquire_lease(name, holder, 30) for b, holder in racers))
+    assert taken.count(True) == 1
+    winner = racers[taken.index(True)][1]
+    assert await two.acquire_lease(name, winner, 30)  # renewing
+    assert not await one.acquire_lease(name, "someone-else", 30)
+    await one.release_lease(name, "someone-else")  # not theirs: nothing happens
+    assert not await one.acquire_lease(name, "someone-else", 30)
+    await two.release_lease(name, winner)
+    assert await one.acquire_lease(name, "someone-else", 30)  # free at once
+    await one.release_lease(name, "someone-else")
+    await one.release_lease(name, "someone-else")  # releasing twice is fine
+
+
+async def test_a_lease_expires_and_renewing_extends_it(
+    make_backend: MakeBackend, request: pytest.FixtureRequest
+) -> None:
+    name = f"lease-{uuid.uuid4().hex}"
+    if takes_clock(request):
+        clock = Clock()
+        backend = await key_value(make_backend, clock)
+        assert await backend.acquire_lease(name, "first", 10)
+        clock.at += 6
+        assert await backend.acquire_lease(name, "first", 10)  # now held until +16
+        clock.at += 6
+        assert not await backend.acquire_lease(name, "second", 10)
+        clock.at += 5
+        assert await backend.acquire_lease(name, "second", 30)
+    else:  # by the server's clock: a short lease, polled
+        backend = await key_value(make_backend)
+        assert await backend.acquire_lease(name, "first", 30)
+        assert await backend.acquire_lease(name, "first", 0.2)  # renewed, with a new ttl
+        assert not await backend.acquire_lease(name, "second", 0.2)
+        await eventually(
+            lambda: backend.acquire_lease(name, "second", 30), WAIT, "the lease to expire"
+        )
+    assert not await backend.acquire_lease(name, "first", 30)
+
+
+async def test_leases_and_counters_check_their_arguments(make_backend: MakeBackend) -> None:
+    backend = await key_value(make_backend)
+    with pytest.raises(ValueError, match="ttl"):
+        await backend.acquire_lease("lease", "holder", 0)
+    with pytest.raises(ValueError, match="holder"):
+        await backend.acquire_lease("lease", "", 10)
+    with pytest.raises(ValueError, match="expires"):
+        await backend.incr("count", expires=-1)

@@ -10,21 +10,31 @@ an event log: every state it stores with :meth:`ResultBackend.store_event` is ap
 so :meth:`ResultBackend.stream` can hand a caller every event, in order, however fast they
 come. The log expires with the record.
 
-Public methods encode and validate here; transports implement the ``_`` primitives.
+Two classes, two jobs:
+
+- :class:`ResultBackend` is the contract: the public operations the app and the worker call
+  (store, store_event, get, wait, stream, forget), each documented here. A backend that
+  delivers results rather than keeping them (``rpc://``: to the caller's queue) or keeps none
+  (``disabled://``) implements them directly.
+- :class:`KeyValueBackend` is the template for stores that keep records under keys (memory,
+  SQLite, Redis): it implements the contract over a handful of ``_`` primitives, and adds
+  what such a store can offer beyond results: atomic counters (:meth:`~KeyValueBackend.incr`,
+  how many of a group's tasks ended) and leases (:meth:`~KeyValueBackend.acquire_lease`, one
+  holder at a time, such as one scheduler among several).
 
 Storing can fail two ways, and a backend says which (see :mod:`celeriac.errors`):
 :class:`~celeriac.errors.BackendUnreachable` when the store is out of reach now (the worker
 keeps the outcome and stores it again with backoff), :class:`~celeriac.errors.ResultRejected`
 when it refused this record (the worker stores a FAILURE that says why instead). Every record
-is checked against ``result_max_size`` here, in :meth:`ResultBackend.encode`, before any
-backend sees it.
+is checked against ``result_max_size`` in :meth:`ResultBackend.encode` before any backend
+stores it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -45,7 +55,7 @@ class Changes(Protocol):
 
 
 class EventLog(Protocol):
-    """What one atomic read of a task's event log returns (see ``_events_since``)."""
+    """What one atomic read of a task's event log returns (see :func:`follow`)."""
 
     events: list[bytes]
     count: int
@@ -53,7 +63,13 @@ class EventLog(Protocol):
 
 
 class ResultBackend(ABC):
-    """Base class of every result store. Instances are bound to the loop they connected on."""
+    """The contract of every result store. Instances are bound to the loop they connected on.
+
+    ``reply_to`` belongs to the contract: a task message names where its states go (the
+    caller's queue), and :meth:`store` and :meth:`store_event` take it, so a backend that
+    delivers results (``rpc://``) sends them there; a store that keeps results by task id
+    ignores it.
+    """
 
     schemes: tuple[str, ...] = ()
 
@@ -74,6 +90,9 @@ class ResultBackend(ABC):
     async def connect(self) -> None:
         """Open connections; called once before any other method."""
 
+    async def close(self) -> None:
+        """Release connections; wake every waiter with an error."""
+
     def not_ready(self, task_id: str, timeout: float | None) -> errors.TimeoutError:
         """The error of a wait for ``task_id`` that timed out. It names the store waited on:
         a client that reads another store than the worker writes is the usual cause of a
@@ -90,17 +109,6 @@ class ResultBackend(ABC):
         """Where results go, for the worker's ready line (a password hidden)."""
         return redacted(self.url)
 
-    async def close(self) -> None:
-        """Release connections; wake every waiter with an error."""
-
-    async def store(
-        self, task_id: str, meta: Meta, *, expires: float | None, reply_to: str | None = None
-    ) -> None:
-        """Write the task's current record; ``expires`` is seconds to keep it (None: forever).
-        ``reply_to`` is the task message's: where a backend that delivers results sends them."""
-        data = self.encode(task_id, meta)
-        await self._set(task_id, data, meta["status"] in READY_STATES, expires)
-
     def encode(self, task_id: str, meta: Meta) -> bytes:
         """The record as stored, checked against ``result_max_size`` (every store of every
         backend goes through here): a record no store should keep fails fast, with the fix."""
@@ -114,62 +122,128 @@ class ResultBackend(ABC):
             )
         return data
 
-    async def get(self, task_id: str) -> Meta | None:
-        """The stored record, or None while nothing is stored (PENDING)."""
-        data = await self._get(task_id)
-        return None if data is None else _decode(data)
+    @abstractmethod
+    async def store(
+        self, task_id: str, meta: Meta, *, expires: float | None, reply_to: str | None = None
+    ) -> None:
+        """Write the task's current record (encoded with :meth:`encode`); ``expires`` is
+        seconds to keep it (None: forever). ``reply_to`` is the task message's: where a
+        backend that delivers results sends them."""
 
-    async def wait(self, task_id: str, timeout: float | None) -> Meta:
-        """Return the record once it is in a ready state.
-
-        Raises :class:`celeriac.errors.TimeoutError` after ``timeout`` seconds. Waiting uses
-        the transport's notifications; it never polls faster than the transport needs.
-        """
-        return _decode(await self._wait(task_id, timeout))
-
-    async def forget(self, task_id: str) -> None:
-        """Delete the record (and the task's event log)."""
-        await self._delete(task_id)
-
+    @abstractmethod
     async def store_event(
         self, task_id: str, meta: Meta, *, expires: float | None, reply_to: str | None = None
     ) -> None:
         """Store a state that is not final (PROGRESS, STARTED, ...) as the record, as
-        :meth:`store` does, and append it to the task's event log."""
-        if meta["status"] in READY_STATES:
-            raise ValueError(f"{meta['status']} is a final state: store() it")
-        await self._append(task_id, self.encode(task_id, meta), expires)
+        :meth:`store` does, and append it to the task's event log. A final state is a
+        ``ValueError``: :meth:`store` it."""
 
-    async def stream(self, task_id: str, timeout: float | None) -> AsyncIterator[Meta]:
+    @abstractmethod
+    async def get(self, task_id: str) -> Meta | None:
+        """The stored record, or None while nothing is stored (PENDING)."""
+
+    @abstractmethod
+    async def wait(self, task_id: str, timeout: float | None) -> Meta:
+        """Return the record once it is in a ready state.
+
+        Raises :class:`celeriac.errors.TimeoutError` (:meth:`not_ready`) after ``timeout``
+        seconds. Waiting uses the transport's notifications; it never polls faster than the
+        transport needs.
+        """
+
+    @abstractmethod
+    def stream(self, task_id: str, timeout: float | None) -> AsyncIterator[Meta]:
         """The task's latest state (if it has one), then every later event in order, then
         its final record; the iterator ends after a final (ready) state.
 
         Raises :class:`celeriac.errors.TimeoutError` if no final state comes within
         ``timeout`` seconds.
         """
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        async with self._watch_task(task_id) as changes:
-            log = await self._events_since(task_id, None)
-            latest = log.record if _is_ready(log.record) or not log.events else log.events[-1]
-            if latest is not None:
-                yield _decode(latest)
-                if _is_ready(latest):
-                    return
-            seen = log.count
-            while True:
-                left = None if deadline is None else deadline - loop.time()
-                if left is not None and left <= 0:
-                    raise self.not_ready(task_id, timeout)
-                await changes.wait(left)
-                log = await self._events_since(task_id, seen)
-                seen = log.count
-                for event in log.events:
-                    yield _decode(event)
-                if _is_ready(log.record):
-                    assert log.record is not None
-                    yield _decode(log.record)
-                    return
+
+    @abstractmethod
+    async def forget(self, task_id: str) -> None:
+        """Delete the record (and the task's event log); forgetting twice is fine."""
+
+
+class KeyValueBackend(ResultBackend):
+    """A store that keeps records under keys: the contract over ``_`` primitives, plus
+    counters and leases.
+
+    Public methods encode and validate here; transports implement the primitives. Counters
+    and leases live in the backend's namespace (the memory URL, the SQLite file, Redis's
+    database under ``global_keyprefix``, as Celery's own keys), apart from records.
+    """
+
+    async def store(
+        self, task_id: str, meta: Meta, *, expires: float | None, reply_to: str | None = None
+    ) -> None:
+        data = self.encode(task_id, meta)
+        await self._set(task_id, data, meta["status"] in READY_STATES, expires)
+
+    async def store_event(
+        self, task_id: str, meta: Meta, *, expires: float | None, reply_to: str | None = None
+    ) -> None:
+        if meta["status"] in READY_STATES:
+            raise ValueError(f"{meta['status']} is a final state: store() it")
+        await self._append(task_id, self.encode(task_id, meta), expires)
+
+    async def get(self, task_id: str) -> Meta | None:
+        data = await self._get(task_id)
+        return None if data is None else decode(data)
+
+    async def wait(self, task_id: str, timeout: float | None) -> Meta:
+        return decode(await self._wait(task_id, timeout))
+
+    async def forget(self, task_id: str) -> None:
+        await self._delete(task_id)
+
+    def stream(self, task_id: str, timeout: float | None) -> AsyncIterator[Meta]:
+        return follow(
+            task_id,
+            timeout,
+            watch=self._watch_task(task_id),
+            read=lambda after: self._events_since(task_id, after),
+            timed_out=lambda: self.not_ready(task_id, timeout),
+        )
+
+    # -- counters --------------------------------------------------------------------------
+
+    async def incr(self, key: str, by: int = 1, *, expires: float | None = None) -> int:
+        """Add ``by`` to the counter ``key`` (a missing or expired one is 0) in one atomic
+        step, and return its new value: concurrent callers each see a different one.
+        ``expires``: seconds the counter is kept after this increment (None: as before;
+        a new counter is then kept until deleted)."""
+        _check_expires(expires, "a counter's expires")
+        return await self._incr(key, int(by), expires)
+
+    async def get_counter(self, key: str) -> int:
+        """The counter's value; 0 when it is missing or expired."""
+        return await self._get_counter(key)
+
+    async def delete_counter(self, key: str) -> None:
+        """Delete the counter (deleting a missing one is fine)."""
+        await self._delete_counter(key)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Take the lease ``name`` for ``holder`` for ``ttl`` seconds, in one atomic step.
+
+        True when ``holder`` now holds it: it was free, expired, or held by ``holder``
+        already (then it is extended to ``ttl`` from now: renew well before it ends). False
+        while another holder's lease runs.
+        """
+        _check_expires(ttl, "a lease's ttl")
+        if not holder:
+            raise ValueError("a lease needs a holder: a name unique to the process")
+        return await self._acquire_lease(name, holder, ttl)
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Let the lease go if ``holder`` holds it (else nothing: another holder's lease
+        is never ended), so another holder can take it at once."""
+        await self._release_lease(name, holder)
+
+    # -- the primitives --------------------------------------------------------------------
 
     @abstractmethod
     async def _set(self, task_id: str, data: bytes, ready: bool, expires: float | None) -> None:
@@ -201,6 +275,68 @@ class ResultBackend(ABC):
     def _watch_task(self, task_id: str) -> AbstractAsyncContextManager[Changes]:
         """Watch the task: a change stored once this is entered is never missed."""
 
+    @abstractmethod
+    async def _incr(self, key: str, by: int, expires: float | None) -> int:
+        """Atomically add ``by`` to the counter (missing or expired: 0) and set its expiry
+        when ``expires`` is given; the new value."""
+
+    @abstractmethod
+    async def _get_counter(self, key: str) -> int:
+        """The counter's value, 0 when missing or expired."""
+
+    @abstractmethod
+    async def _delete_counter(self, key: str) -> None:
+        """Remove the counter if present."""
+
+    @abstractmethod
+    async def _acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Atomically: take the lease if free or expired, extend it if ``holder`` has it."""
+
+    @abstractmethod
+    async def _release_lease(self, name: str, holder: str) -> None:
+        """Atomically: delete the lease if ``holder`` has it."""
+
+
+async def follow(
+    task_id: str,
+    timeout: float | None,
+    *,
+    watch: AbstractAsyncContextManager[Changes],
+    read: Callable[[int | None], Awaitable[EventLog]],
+    timed_out: Callable[[], Exception],
+) -> AsyncIterator[Meta]:
+    """:meth:`ResultBackend.stream` over a task's event log: ``watch`` tells of changes,
+    ``read(after)`` reads the log atomically (the events after the first ``after``, or the
+    last one for ``None``; their count; the record), ``timed_out()`` is the error to raise."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    async with watch as changes:
+        log = await read(None)
+        latest = log.record if _is_ready(log.record) or not log.events else log.events[-1]
+        if latest is not None:
+            yield decode(latest)
+            if _is_ready(latest):
+                return
+        seen = log.count
+        while True:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                raise timed_out()
+            await changes.wait(left)
+            log = await read(seen)
+            seen = log.count
+            for event in log.events:
+                yield decode(event)
+            if _is_ready(log.record):
+                assert log.record is not None
+                yield decode(log.record)
+                return
+
+
+def _check_expires(seconds: float | None, what: str) -> None:
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"{what} must be a positive number of seconds, not {seconds!r}")
+
 
 class Log:
     """An :class:`EventLog`."""
@@ -216,11 +352,12 @@ class Log:
 def _is_ready(data: bytes | None) -> bool:
     if data is None:
         return False
-    status = _decode(data).get("status")
+    status = decode(data).get("status")
     return status in READY_STATES
 
 
-def _decode(data: bytes) -> Meta:
+def decode(data: bytes) -> Meta:
+    """A stored record as the dict it encodes."""
     meta = json_value(data)
     if not isinstance(meta, dict):
         raise ValueError(f"result record is not a JSON object: {data[:80]!r}")

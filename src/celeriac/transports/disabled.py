@@ -9,11 +9,10 @@ error that says how to keep results.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
 from typing import NoReturn
 
 from celeriac import errors
-from celeriac.transports.backend import Changes, EventLog, Meta, ResultBackend
+from celeriac.transports.backend import Meta, ResultBackend
 from celeriac.transports.urls import redacted
 
 
@@ -35,9 +34,18 @@ class DisabledBackend(ResultBackend):
     ) -> None:
         """Drop the state: nothing asked to keep it."""
 
+    async def get(self, task_id: str) -> Meta | None:
+        self._not_stored(task_id)
+
+    async def wait(self, task_id: str, timeout: float | None) -> Meta:
+        self._not_stored(task_id)
+
     async def stream(self, task_id: str, timeout: float | None) -> AsyncIterator[Meta]:
         self._not_stored(task_id)
         yield {}  # pragma: no cover - never reached: makes this an async generator
+
+    async def forget(self, task_id: str) -> None:
+        self._not_stored(task_id)
 
     def _not_stored(self, task_id: str) -> NoReturn:
         broker = f"the broker {redacted(self.broker_url)}" if self.broker_url else "the broker"
@@ -48,24 +56,3 @@ class DisabledBackend(ResultBackend):
             " sent the task, 'redis://host:6379/0' or 'sqlite:///results.db' keeps it for"
             " anyone; or send with ignore_result=True and do not ask for it"
         )
-
-    async def _set(self, task_id: str, data: bytes, ready: bool, expires: float | None) -> None:
-        self._not_stored(task_id)
-
-    async def _get(self, task_id: str) -> bytes | None:
-        self._not_stored(task_id)
-
-    async def _wait(self, task_id: str, timeout: float | None) -> bytes:
-        self._not_stored(task_id)
-
-    async def _delete(self, task_id: str) -> None:
-        self._not_stored(task_id)
-
-    async def _append(self, task_id: str, data: bytes, expires: float | None) -> None:
-        self._not_stored(task_id)
-
-    async def _events_since(self, task_id: str, after: int | None) -> EventLog:
-        self._not_stored(task_id)
-
-    def _watch_task(self, task_id: str) -> AbstractAsyncContextManager[Changes]:
-        self._not_stored(task_id)

@@ -45,7 +45,15 @@ from celeriac import errors
 from celeriac.states import READY_STATES
 from celeriac.transports.amqp import connection as _amqp
 from celeriac.transports.amqp.connection import UNREACHABLE
-from celeriac.transports.backend import Changes, EventLog, Log, Meta, ResultBackend
+from celeriac.transports.backend import (
+    Changes,
+    EventLog,
+    Log,
+    Meta,
+    ResultBackend,
+    decode,
+    follow,
+)
 from celeriac.transports.options import Option, checked_options
 from celeriac.transports.urls import redacted
 
@@ -358,21 +366,17 @@ class RpcBackend(ResultBackend):
         auto-deleted when this backend closes.)"""
         await self._listen()
 
-    async def _set(self, task_id: str, data: bytes, ready: bool, expires: float | None) -> None:
-        raise NotImplementedError("rpc:// stores through store() and store_event()")
-
-    async def _append(self, task_id: str, data: bytes, expires: float | None) -> None:
-        raise NotImplementedError("rpc:// stores through store_event()")
-
-    async def _get(self, task_id: str) -> bytes | None:
+    async def get(self, task_id: str) -> Meta | None:
+        """The latest state this caller received for the task (None: none yet)."""
         await self._listen()
         task = self._tasks.get(task_id)
-        return None if task is None else task.record
+        return None if task is None or task.record is None else decode(task.record)
 
-    async def _delete(self, task_id: str) -> None:
+    async def forget(self, task_id: str) -> None:
+        """Drop what this caller received for the task (nothing is kept on the server)."""
         self._tasks.pop(task_id, None)
 
-    async def _wait(self, task_id: str, timeout: float | None) -> bytes:
+    async def wait(self, task_id: str, timeout: float | None) -> Meta:
         await self._listen()
         task = self._task(task_id)
         try:
@@ -386,9 +390,20 @@ class RpcBackend(ResultBackend):
         except TimeoutError as exc:
             raise self.not_ready(task_id, timeout) from exc
         assert task.record is not None
-        return task.record
+        return decode(task.record)
 
-    async def _events_since(self, task_id: str, after: int | None) -> EventLog:
+    def stream(self, task_id: str, timeout: float | None) -> AsyncIterator[Meta]:
+        return follow(
+            task_id,
+            timeout,
+            watch=self._watching(task_id),
+            read=lambda after: self._received(task_id, after),
+            timed_out=lambda: self.not_ready(task_id, timeout),
+        )
+
+    async def _received(self, task_id: str, after: int | None) -> EventLog:
+        """What arrived for the task: the events after the first ``after`` (None: the last
+        one), their count and the latest record."""
         task = self._tasks.get(task_id)
         if task is None:
             return Log([], 0, None)
@@ -396,7 +411,7 @@ class RpcBackend(ResultBackend):
         return Log(list(events), len(task.events), task.record)
 
     @asynccontextmanager
-    async def _watch_task(self, task_id: str) -> AsyncIterator[Changes]:
+    async def _watching(self, task_id: str) -> AsyncIterator[Changes]:
         await self._listen()
         with self._task(task_id).watched() as changed:
             yield _Changes(changed)

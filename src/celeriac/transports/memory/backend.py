@@ -2,6 +2,7 @@
 
 Shared, like the memory broker, by every instance with the same URL in the process; a
 waiter on another event loop (the sync API's private thread) is woken on its own loop.
+Counters and leases live beside the records, each changed under the namespace's lock.
 """
 
 from __future__ import annotations
@@ -9,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from celeriac import errors
-from celeriac.transports.backend import Changes, EventLog, Log, ResultBackend
+from celeriac.transports.backend import Changes, EventLog, KeyValueBackend, Log
 from celeriac.transports.broker import now
 from celeriac.transports.memory.broker import reset_memory_transports
 from celeriac.transports.options import checked_options
@@ -45,6 +46,8 @@ class _Results:
         self.waiters: dict[str, list[_Waiter]] = {}
         self.events: dict[str, list[bytes]] = {}
         self.watchers: dict[str, set[_Watcher]] = {}
+        self.counters: dict[str, tuple[int, float | None]] = {}  # key -> value, expires at
+        self.leases: dict[str, tuple[str, float]] = {}  # name -> holder, expires at
 
     def changed(self, task_id: str) -> None:
         """Wake the task's streams, each on its own loop. Call without the lock held."""
@@ -117,15 +120,24 @@ def _resolve(future: asyncio.Future[bytes], data: bytes) -> None:
         future.set_result(data)
 
 
-class MemoryBackend(ResultBackend):
-    """Results in this process's memory. Options: none (any is a ConfigurationError)."""
+class MemoryBackend(KeyValueBackend):
+    """Results in this process's memory. Options: none (any is a ConfigurationError).
+
+    ``clock`` (wall time by default) is what counters and leases expire by: a test may pass
+    one it moves itself."""
 
     schemes = ("memory",)
 
     def __init__(
-        self, url: str, *, options: dict[str, Any] | None = None, broker_url: str | None = None
+        self,
+        url: str,
+        *,
+        options: dict[str, Any] | None = None,
+        broker_url: str | None = None,
+        clock: Callable[[], float] = now,
     ) -> None:
         super().__init__(url, options=options, broker_url=broker_url)
+        self.clock = clock
         checked_options(self.options, {}, "result_backend_transport_options", "memory://")
         self._results = _results_for(url)
         self._pending: set[asyncio.Future[bytes]] = set()
@@ -207,3 +219,44 @@ class MemoryBackend(ResultBackend):
         with self._results.lock:
             self._results.records.pop(task_id, None)
             self._results.events.pop(task_id, None)
+
+    # -- counters and leases ---------------------------------------------------------------
+
+    async def _incr(self, key: str, by: int, expires: float | None) -> int:
+        at = self.clock()
+        with self._results.lock:
+            value, expires_at = self._live_counter(key, at)
+            if expires is not None:
+                expires_at = at + expires
+            self._results.counters[key] = (value + by, expires_at)
+            return value + by
+
+    async def _get_counter(self, key: str) -> int:
+        with self._results.lock:
+            return self._live_counter(key, self.clock())[0]
+
+    async def _delete_counter(self, key: str) -> None:
+        with self._results.lock:
+            self._results.counters.pop(key, None)
+
+    def _live_counter(self, key: str, at: float) -> tuple[int, float | None]:
+        """The counter's value and expiry, (0, None) when missing or expired. Lock held."""
+        counter = self._results.counters.get(key)
+        if counter is None or (counter[1] is not None and counter[1] <= at):
+            return 0, None
+        return counter
+
+    async def _acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        at = self.clock()
+        with self._results.lock:
+            lease = self._results.leases.get(name)
+            if lease is not None and lease[0] != holder and lease[1] > at:
+                return False
+            self._results.leases[name] = (holder, at + ttl)
+            return True
+
+    async def _release_lease(self, name: str, holder: str) -> None:
+        with self._results.lock:
+            lease = self._results.leases.get(name)
+            if lease is not None and lease[0] == holder:
+                del self._results.leases[name]

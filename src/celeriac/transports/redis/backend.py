@@ -14,6 +14,12 @@ fails that store alone with :class:`~celeriac.errors.ResultRejected` and delays 
 error reply (``OOM``, ``WRONGTYPE``) to one record of a pipelined batch, or a record longer
 than the server's ``proto-max-bulk-len`` (Redis would drop the connection on it, which looks
 like an outage and was retried forever: such a record is checked before it is sent).
+
+Counters are plain integer keys under ``global_keyprefix`` (INCRBY and PEXPIRE in one
+MULTI), named by the caller, so Celery's own counter keys can be used; leases are keys
+``celeriac-lease-<name>`` taken and renewed by ``lua/lease_acquire.lua`` (SET NX PX, or a
+PEXPIRE by the same holder, in one atomic step) and released by ``lua/lease_release.lua``.
+Both expire by Redis's clock.
 """
 
 from __future__ import annotations
@@ -24,13 +30,14 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 from celeriac import errors
 from celeriac.states import READY_STATES
-from celeriac.transports.backend import Changes, EventLog, Log, ResultBackend
+from celeriac.transports.backend import Changes, EventLog, KeyValueBackend, Log
 from celeriac.transports.options import Option
-from celeriac.transports.redis.client import Client, Connection, Reply, ReplyError
+from celeriac.transports.redis.client import Client, Connection, Reply, ReplyError, Script
 from celeriac.transports.redis.connection import (
     UNREACHABLE,
     Coalescer,
@@ -46,6 +53,7 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "celery-task-meta-"
 EVENTS_PREFIX = "celeriac-task-events-"
+LEASE_PREFIX = "celeriac-lease-"
 _OPTIONS = {"global_keyprefix": Option(str, "")}
 _CLOSE_TIMEOUT = 2.0
 #: Redis's smallest ``proto-max-bulk-len``: a shorter record needs no check of the server's.
@@ -108,7 +116,11 @@ class _ReadyWaiter:
             self.future.set_exception(error)
 
 
-class RedisBackend(ResultBackend):
+def _script(name: str) -> Script:
+    return Script((Path(__file__).parent / "lua" / name).read_text())
+
+
+class RedisBackend(KeyValueBackend):
     """Celery's Redis result format on one Redis database.
 
     Options (``result_backend_transport_options``): ``global_keyprefix`` (prepended to
@@ -125,8 +137,10 @@ class RedisBackend(ResultBackend):
         opts = check_options(self.options, _OPTIONS, "result_backend_transport_options")
         self._client_options = opts
         prefix = _celery_prefix(str(opts["global_keyprefix"]))
+        self.prefix = prefix
         self.key_prefix = prefix + KEY_PREFIX
         self.events_prefix = prefix + EVENTS_PREFIX
+        self._lease_scripts: tuple[Script, Script] | None = None  # acquire, release
         self._client: Client | None = None
         self._listener: _Listener | None = None
         self._outage = Outage(url, "result backend")
@@ -323,6 +337,59 @@ class RedisBackend(ResultBackend):
             raise self.not_ready(task_id, timeout) from exc
         finally:
             self._listener.unwatch(key, waiter)
+
+    # -- counters and leases ---------------------------------------------------------------
+
+    async def _incr(self, key: str, by: int, expires: float | None) -> int:
+        pipe = self.client.pipeline()
+        pipe.add("MULTI")
+        pipe.add("INCRBY", self.prefix + key, by)
+        if expires is not None:
+            pipe.add("PEXPIRE", self.prefix + key, _milliseconds(expires))
+        pipe.add("EXEC")
+        try:
+            replies = (await pipe.execute())[-1]
+        except _DRIVER_ERRORS as exc:
+            raise self.failed(exc, f"count {key}") from exc
+        if isinstance(replies[0], ReplyError):  # not an integer there (a wrong key name)
+            raise self.failed(replies[0], f"count {key}") from replies[0]
+        return int(replies[0])
+
+    async def _get_counter(self, key: str) -> int:
+        try:
+            value = await self.client.execute("GET", self.prefix + key)
+        except _DRIVER_ERRORS as exc:
+            raise self.failed(exc, f"read the counter {key}") from exc
+        return 0 if value is None else int(value)
+
+    async def _delete_counter(self, key: str) -> None:
+        try:
+            await self.client.execute("DEL", self.prefix + key)
+        except _DRIVER_ERRORS as exc:
+            raise self.failed(exc, f"delete the counter {key}") from exc
+
+    async def _acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        acquire, _ = self._leases()
+        key = self.prefix + LEASE_PREFIX + name
+        try:
+            taken = await self.client.run_script(acquire, [key], [holder, _milliseconds(ttl)])
+        except _DRIVER_ERRORS as exc:
+            raise self.failed(exc, f"acquire the lease {name}") from exc
+        return bool(taken == 1)
+
+    async def _release_lease(self, name: str, holder: str) -> None:
+        _, release = self._leases()
+        key = self.prefix + LEASE_PREFIX + name
+        try:
+            await self.client.run_script(release, [key], [holder])
+        except _DRIVER_ERRORS as exc:
+            raise self.failed(exc, f"release the lease {name}") from exc
+
+    def _leases(self) -> tuple[Script, Script]:
+        """The lease scripts, read on first use (most backends never take a lease)."""
+        if self._lease_scripts is None:
+            self._lease_scripts = (_script("lease_acquire.lua"), _script("lease_release.lua"))
+        return self._lease_scripts
 
 
 class _StreamWatcher(Watcher, Changes):
@@ -609,6 +676,10 @@ class _Listener:
             for watcher in watchers:
                 watcher.fail(error)
         self._watchers.clear()
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 def _celery_prefix(prefix: str) -> str:

@@ -8,7 +8,11 @@ waiters wait for, in one query for all of them; a new waiter is checked at once,
 safety poll covers a lost wake-up. Streams re-read their task's log on every wake-up.
 
 Expired records are invisible at once, deleted when read, and swept out on connect and
-every ``cleanup_every`` stores.
+every ``cleanup_every`` stores, with expired counters and leases.
+
+Counters (``celeriac_counters``) and leases (``celeriac_leases``) change in one ``BEGIN
+IMMEDIATE`` transaction each, so processes sharing the file see each step whole. They expire
+by the backend's ``clock`` (wall time unless a test passes its own).
 """
 
 from __future__ import annotations
@@ -16,14 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from itertools import chain
 from typing import Any
 
 from celeriac import errors
-from celeriac.transports.backend import Changes, EventLog, Log, ResultBackend
+from celeriac.transports.backend import Changes, EventLog, KeyValueBackend, Log
 from celeriac.transports.broker import now, wait_for_signal
 from celeriac.transports.options import Option, checked_options
 from celeriac.transports.sqlite.database import (
@@ -53,6 +57,22 @@ _CLEANUP = (
     "DELETE FROM celeriac_results WHERE expires_at IS NOT NULL AND expires_at <= ?",
     "DELETE FROM celeriac_events WHERE expires_at IS NOT NULL AND expires_at <= ?",
 )
+#: Swept with the records, by the backend's clock.
+_CLEANUP_KEPT = (
+    "DELETE FROM celeriac_counters WHERE expires_at IS NOT NULL AND expires_at <= ?",
+    "DELETE FROM celeriac_leases WHERE expires_at <= ?",
+)
+_COUNTER = "SELECT value, expires_at FROM celeriac_counters WHERE key = ?"
+_SET_COUNTER = """
+INSERT INTO celeriac_counters (key, value, expires_at) VALUES (?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at
+"""
+_RELEASE_LEASE = "DELETE FROM celeriac_leases WHERE name = ? AND holder = ?"
+_LEASE = "SELECT holder, expires_at FROM celeriac_leases WHERE name = ?"
+_SET_LEASE = """
+INSERT INTO celeriac_leases (name, holder, expires_at) VALUES (?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+"""
 
 
 #: ``result_backend_transport_options`` (see :mod:`celeriac.transports.options`).
@@ -63,13 +83,14 @@ _OPTIONS = {
 }
 
 
-class SQLiteBackend(ResultBackend):
+class SQLiteBackend(KeyValueBackend):
     """Results in a SQLite file shared by every process on the machine.
 
     Options (``result_backend_transport_options``; another name or a value of the wrong
     type is a ConfigurationError): ``poll_interval`` (1.0 s: safety re-check when no wake-up came),
     ``cleanup_every`` (100: stores between sweeps of expired records), ``busy_timeout``
-    (10.0 s to wait for another process's write lock).
+    (10.0 s to wait for another process's write lock). ``clock`` (wall time by default) is
+    what counters and leases expire by: a test may pass one it moves itself.
     """
 
     schemes = ("sqlite",)
@@ -83,9 +104,15 @@ class SQLiteBackend(ResultBackend):
         return absolute_url(self.url)
 
     def __init__(
-        self, url: str, *, options: dict[str, Any] | None = None, broker_url: str | None = None
+        self,
+        url: str,
+        *,
+        options: dict[str, Any] | None = None,
+        broker_url: str | None = None,
+        clock: Callable[[], float] = now,
     ) -> None:
         super().__init__(url, options=options, broker_url=broker_url)
+        self.clock = clock
         self.path = path_from_url(url)
         opts = checked_options(
             self.options, _OPTIONS, "result_backend_transport_options", "the SQLite backend"
@@ -108,7 +135,7 @@ class SQLiteBackend(ResultBackend):
 
     async def connect(self) -> None:
         await self._db.open()
-        await self._db.run(_cleanup)
+        await self._db.run(self._cleanup)
 
     async def close(self) -> None:
         """Fail every waiter, stop watching, close the database."""
@@ -165,7 +192,7 @@ class SQLiteBackend(ResultBackend):
         self._stores += len(rows)
         if self.cleanup_every > 0 and self._stores >= self.cleanup_every:
             self._stores = 0
-            _cleanup(conn)
+            self._cleanup(conn)
 
     def _written(self, rows: list[_Row]) -> None:
         if any(ready or event for _, _, ready, _, event in rows):
@@ -195,6 +222,58 @@ class SQLiteBackend(ResultBackend):
             conn.execute("DELETE FROM celeriac_events WHERE task_id = ?", (task_id,))
 
         await self._db.run(delete)
+
+    def _cleanup(self, conn: sqlite3.Connection) -> None:
+        at, kept_at = now(), self.clock()
+        for statement in _CLEANUP:
+            conn.execute(statement, (at,))
+        for statement in _CLEANUP_KEPT:
+            conn.execute(statement, (kept_at,))
+
+    # -- counters and leases ---------------------------------------------------------------
+
+    async def _incr(self, key: str, by: int, expires: float | None) -> int:
+        at = self.clock()
+
+        def incr(conn: sqlite3.Connection) -> int:
+            row = conn.execute(_COUNTER, (key,)).fetchone()
+            value, expires_at = _live(row, at)
+            if expires is not None:
+                expires_at = at + expires
+            conn.execute(_SET_COUNTER, (key, value + by, expires_at))
+            return value + by
+
+        return await self._db.transaction(incr)
+
+    async def _get_counter(self, key: str) -> int:
+        def read(conn: sqlite3.Connection) -> int:
+            return _live(conn.execute(_COUNTER, (key,)).fetchone(), self.clock())[0]
+
+        return await self._db.run(read)
+
+    async def _delete_counter(self, key: str) -> None:
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM celeriac_counters WHERE key = ?", (key,))
+
+        await self._db.run(delete)
+
+    async def _acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        at = self.clock()
+
+        def acquire(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(_LEASE, (name,)).fetchone()
+            if row is not None and row[0] != holder and row[1] > at:
+                return False
+            conn.execute(_SET_LEASE, (name, holder, at + ttl))
+            return True
+
+        return await self._db.transaction(acquire)
+
+    async def _release_lease(self, name: str, holder: str) -> None:
+        def release(conn: sqlite3.Connection) -> None:
+            conn.execute(_RELEASE_LEASE, (name, holder))
+
+        await self._db.run(release)
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -300,10 +379,11 @@ class _Changes(Changes):
         self.signal.clear()
 
 
-def _cleanup(conn: sqlite3.Connection) -> None:
-    at = now()
-    for statement in _CLEANUP:
-        conn.execute(statement, (at,))
+def _live(row: tuple[int, float | None] | None, at: float) -> tuple[int, float | None]:
+    """A counter row's value and expiry; (0, None) when missing or expired at ``at``."""
+    if row is None or (row[1] is not None and row[1] <= at):
+        return 0, None
+    return int(row[0]), row[1]
 
 
 def _read_events(conn: sqlite3.Connection, task_id: str, after: int | None) -> Log:

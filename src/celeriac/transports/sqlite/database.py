@@ -1,8 +1,9 @@
 """One SQLite connection per instance, driven from one dedicated thread.
 
 The broker and the result backend share this helper, and may share one file: the schema
-below holds both the queue tables and the result table, all prefixed ``celeriac_`` so that
-the file can also be an application's own database. A message is stored as one blob:
+below holds both the queue tables and the result tables (records, event logs, counters,
+leases), all prefixed ``celeriac_`` so that the file can also be an application's own
+database. A message is stored as one blob:
 a length-prefixed JSON header (everything but the body), then the raw body bytes.
 
 Durability trade-off: the file runs in WAL mode with ``synchronous=NORMAL``. A committed
@@ -90,6 +91,18 @@ CREATE TABLE IF NOT EXISTS celeriac_events (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS celeriac_events_expiry
     ON celeriac_events (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS celeriac_counters (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL,
+    expires_at REAL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS celeriac_counters_expiry
+    ON celeriac_counters (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS celeriac_leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS celeriac_broadcasts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     exchange TEXT NOT NULL,

@@ -5,7 +5,8 @@ quarter of the CPU a confirmed publish costs (a Celery message has twenty header
 writes the same bytes directly for the values task messages carry (strings, integers,
 booleans, nulls, and lists and tables of them) and hands anything else to pamqp, so the
 wire format stays pamqp's: ``tests/unit/test_amqp_properties.py`` compares the two on
-generated properties.
+generated properties. One difference: a float is written as a 64-bit double, as py-amqp
+(Celery's driver) writes it, not pamqp's 32-bit float, which loses all but 7 digits.
 
 Text that is not UTF-8. AMQP's short strings (``content_type``, ``correlation_id``,
 ``reply_to``, header names...) are bytes on the wire, and RabbitMQ passes on whatever a peer
@@ -27,6 +28,7 @@ from aiormq import spec
 from pamqp import decode, encode
 
 _LENGTH = struct.Struct(">I")
+_DOUBLE = struct.Struct(">d")
 _SIGNED = (
     (-(2**7), 2**7 - 1, b"b", struct.Struct(">b")),
     (-(2**15), 2**15 - 1, b"s", struct.Struct(">h")),
@@ -104,6 +106,10 @@ def _value(item: Any) -> bytes:
         for low, high, code, packer in _SIGNED:
             if low <= item <= high:
                 return code + packer.pack(item)
+    elif kind is float:
+        # 64 bits, as py-amqp (Celery's driver) writes them: pamqp writes 32 ("f"), which
+        # turns Celery's pidbox expiry 1796298819.5 into 1796298880.0 and 0.1 into 0.100000001.
+        return b"d" + _DOUBLE.pack(item)
     elif kind is dict:
         return b"F" + _table(item)
     elif kind is list:

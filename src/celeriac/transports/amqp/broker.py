@@ -63,6 +63,7 @@ from celeriac.transports.amqp import fanout
 from celeriac.transports.amqp.connection import UNREACHABLE
 from celeriac.transports.amqp.parking import Parking
 from celeriac.transports.amqp.properties import Properties
+from celeriac.transports.background import Background
 from celeriac.transports.broker import (
     Broker,
     DeadLetter,
@@ -730,7 +731,7 @@ class _Consumer:
         self._closing: asyncio.Future[None] | None = None  # the channel's, once begun
         self._stopped = False
         self._consumer_tags: list[str] = []
-        self._tasks: set[asyncio.Future[None]] = set()  # re-delays, renewals, a closing
+        self._tasks = Background()  # re-delays, renewals, a closing
         self._sweeper: asyncio.Task[None] | None = None
 
     def start_sweeping(self) -> None:
@@ -753,7 +754,7 @@ class _Consumer:
             for tag in self._held:
                 # A hold whose channel closed is lost already: RabbitMQ put the message back.
                 if tag.since <= limit and not tag.renewing and not tag.channel.is_closed:
-                    self._spawn(self._renew(tag))
+                    self._tasks.spawn(self._renew(tag))
 
     async def _renew(self, tag: _Tag) -> None:
         """Hold ``tag``'s message as a fresh parked copy, then let go of what held it (a
@@ -787,11 +788,6 @@ class _Consumer:
         tag.channel, tag.number = channel, _number(copy)
         tag.since, tag.parked = time.monotonic(), True
         await cutoffs.settle(held_on, held_on.basic_ack(number))
-
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.ensure_future(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def wake(self) -> None:
         """Resume ``next()`` if it waits: a delivery arrived, a slot freed up, the channel
@@ -860,12 +856,12 @@ class _Consumer:
             return  # from a channel since replaced or closing: RabbitMQ puts it back
         if self._stopped:
             # Sent before RabbitMQ took the consumer's cancel: it goes back at once.
-            self._spawn(self._give_back(channel, message))
+            self._tasks.spawn(self._give_back(channel, message))
             return
         eta = _due(message)
         if eta is not None and eta > now():
             # Back from a delay queue before its time: on to the next hop.
-            self._spawn(self._redelay(queue, channel, message, eta))
+            self._tasks.spawn(self._redelay(queue, channel, message, eta))
             return
         rank = (-_priority(message), next(self._arrivals))
         heapq.heappush(self._buffer, _Buffered(rank, queue, channel, message, time.monotonic()))

@@ -61,6 +61,7 @@ from celeriac.errors import BrokerError, BrokerUnreachable
 from celeriac.ids import new_ids
 from celeriac.protocol.envelope import Envelope
 from celeriac.protocol.serialization import json_value
+from celeriac.transports.background import Background
 from celeriac.transports.broker import (
     Broker,
     DeadLetter,
@@ -160,7 +161,7 @@ class RedisBroker(Broker):
         self._windows = PrefetchWindows()
         self._bound: set[str] = set()
         self._blockers: set[_Blocker] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Background()
         self._maintenance: asyncio.Task[None] | None = None
         self._wake_sweep = asyncio.Event()
         self._next_due: float | None = None
@@ -193,7 +194,7 @@ class RedisBroker(Broker):
             self._maintenance.cancel()
         for blocker in list(self._blockers):
             await blocker.unblock()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.settle()
         await self._acks.close()
         held = list(self._held.values())
         if held and self._client is not None:
@@ -218,12 +219,6 @@ class RedisBroker(Broker):
             raise self._unreachable(exc, doing="") from exc
         except ReplyError as exc:
             raise self._refused(exc, "a PING") from exc
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     def _deferred_key(self, queue: str) -> str:
         return f"{self.prefix}{DEFERRED_PREFIX}{queue}"
@@ -401,7 +396,7 @@ class RedisBroker(Broker):
 
     async def _start(self, names: list[str]) -> None:
         try:
-            await asyncio.shield(self._spawn(self._start_consuming(names)))
+            await asyncio.shield(self._tasks.spawn(self._start_consuming(names)))
         except _DRIVER_ERRORS as exc:  # an error reply; unreachable only once closing
             raise self._failed(exc, f"consume from {', '.join(names)}") from exc
 
@@ -411,14 +406,14 @@ class RedisBroker(Broker):
         await until_done(pipe.execute, self._outage, give_up=lambda: self._closed)
         self._bound.update(bound)
         if self._maintenance is None:
-            self._maintenance = self._spawn(self._maintain())
+            self._maintenance = self._tasks.spawn(self._maintain())
 
     async def _shielded(
         self, job: Coroutine[Any, Any, list[_Held]] | asyncio.Task[list[_Held]]
     ) -> list[_Held]:
         """Run a claim so that, if the consumer is cancelled meanwhile, what it claimed goes
         straight back to its list instead of waiting out the visibility timeout."""
-        task = job if isinstance(job, asyncio.Task) else self._spawn(job)
+        task = job if isinstance(job, asyncio.Task) else self._tasks.spawn(job)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -430,7 +425,7 @@ class RedisBroker(Broker):
             return  # closed: what it claimed is still in _held, which close() restores
         held = [h for h in task.result() if self._held.pop(h.tag, None) is not None]
         if held:
-            self._spawn(self._restore_held(held, redelivered=False))
+            self._tasks.spawn(self._restore_held(held, redelivered=False))
         for entry in held:  # a popped message: its claim may take more
             if entry.recording is not None:
                 entry.recording.add_done_callback(self._give_back_claim)
@@ -453,7 +448,7 @@ class RedisBroker(Broker):
         comes after it (on a new connection, after a drop, the ack waits for the reply:
         ``_Held.recording``). A worker killed once the script is sent loses nothing.
         """
-        task = self._spawn(
+        task = self._tasks.spawn(
             until_done(
                 lambda: self._claim(queues, max(0, more), popped),
                 self._outage,

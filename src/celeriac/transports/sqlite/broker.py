@@ -39,12 +39,13 @@ import secrets
 import socket
 import sqlite3
 from collections import deque
-from collections.abc import AsyncGenerator, Coroutine, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from functools import partial
 from typing import Any
 
 from celeriac.errors import BrokerError
 from celeriac.protocol.envelope import Envelope
+from celeriac.transports.background import Background
 from celeriac.transports.broker import (
     MAX_PRIORITY,
     MIN_PRIORITY,
@@ -228,7 +229,7 @@ class SQLiteBroker(Broker):
         self._holder: str | None = None
         self._holding = asyncio.Lock()
         self._windows = PrefetchWindows()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Background()
         self._maintenance: asyncio.Task[None] | None = None
         self._acks: WriteBatch[int] = WriteBatch(self._db, self._delete)
         self._broadcaster = Broadcaster(self._db, self.path)
@@ -249,7 +250,7 @@ class SQLiteBroker(Broker):
         if self._maintenance is not None:
             self._maintenance.cancel()
         # Let claims and ack batches in flight finish, so what they hold is given back below.
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.settle()
         await self._acks.close()
         if self._holder is not None:
             with contextlib.suppress(BrokerError):
@@ -266,12 +267,6 @@ class SQLiteBroker(Broker):
             (self._holder,),
         )
         conn.execute("DELETE FROM celeriac_holders WHERE holder = ?", (self._holder,))
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     # -- producing -------------------------------------------------------------------------
 
@@ -354,7 +349,7 @@ class SQLiteBroker(Broker):
                 listener = Listener(channel_directory(self.path, "tasks"))
                 listener.open()
                 self._listener = listener
-                self._maintenance = self._spawn(self._maintain())
+                self._maintenance = self._tasks.spawn(self._maintain())
         await self._db.run(self._sweep)
         return self._listener
 
@@ -396,7 +391,7 @@ class SQLiteBroker(Broker):
 
         # Shielded: if the consumer is cancelled mid-claim, the rows the database already
         # gave it must go back rather than stay held by a live holder until close().
-        job = self._spawn(self._db.run(claim))
+        job = self._tasks.spawn(self._db.run(claim))
         try:
             result: tuple[list[Delivery], float | None] = await asyncio.shield(job)
         except asyncio.CancelledError:
@@ -438,7 +433,7 @@ class SQLiteBroker(Broker):
             return
         tags = [d.tag for d in job.result()[0]]
         if tags:
-            self._spawn(self._release(tags, redelivered=False))
+            self._tasks.spawn(self._release(tags, redelivered=False))
 
     async def _give_back(self, buffered: Iterable[Delivery]) -> None:
         tags = [d.tag for d in buffered if self._forget(d)]

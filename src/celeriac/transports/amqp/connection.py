@@ -1,9 +1,16 @@
 """RabbitMQ connections, for the ``amqp://`` broker (and the ``rpc://`` backend after it).
 
 aiormq speaks the protocol; this module adds what celeriac needs on top: opening a connection
-with errors that say what to fix, telling "unreachable" (wait and retry) from "misconfigured"
-(retrying would not help), and declaring queues and exchanges with Celery's flags, turning
-RabbitMQ's PRECONDITION_FAILED into a message that names the argument that differs.
+with errors that say what to fix, telling "unreachable" (wait and retry) from "refused" and
+"misconfigured" (retrying would not help), and declaring queues and exchanges with Celery's
+flags, turning RabbitMQ's PRECONDITION_FAILED into a message that names the argument that
+differs and its other refusals into a :class:`~celeriac.errors.BrokerError` that names them.
+
+RabbitMQ refuses an operation by closing the channel it came on with a reply code (403
+ACCESS_REFUSED, 404 NOT_FOUND, 405 RESOURCE_LOCKED, 406 PRECONDITION_FAILED), which aiormq
+raises as a subclass of ``ChannelClosed``: those are :data:`REFUSED`, never
+:data:`UNREACHABLE`, or a consumer would take a queue it may not use (``amq.*``) for an
+outage and retry it forever.
 """
 
 from __future__ import annotations
@@ -17,18 +24,26 @@ import aiormq
 import aiormq.exceptions as amqp_errors
 from aiormq.abc import AbstractChannel, AbstractConnection
 
-from celeriac.errors import ConfigurationError
+from celeriac.errors import BrokerError, ConfigurationError
 from celeriac.transports.amqp.properties import read_text_leniently
 from celeriac.transports.urls import redacted
 
-#: "Cannot reach RabbitMQ right now": worth waiting for. A channel that was closed under a
-#: caller (its connection dropped) counts too: it reopens with the connection.
+#: "Cannot reach RabbitMQ right now": worth waiting for. A channel used after it closed
+#: under a caller (its connection dropped) counts too: it reopens with the connection. A
+#: channel RabbitMQ closed to refuse an operation does not (see :data:`REFUSED`).
 UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,
     amqp_errors.AMQPConnectionError,
     amqp_errors.ChannelInvalidStateError,
-    amqp_errors.ChannelClosed,
     EOFError,
+)
+#: RabbitMQ refused the operation (it closed the channel with the reason): doing it again
+#: fails the same way. :func:`refusal` says which refusal, and what was refused.
+REFUSED: tuple[type[BaseException], ...] = (
+    amqp_errors.ChannelAccessRefused,
+    amqp_errors.ChannelNotFoundEntity,
+    amqp_errors.ChannelLockedResource,
+    amqp_errors.ChannelPreconditionFailed,
 )
 
 
@@ -65,6 +80,19 @@ async def connect(url: str, *, timeout: float) -> AbstractConnection:
     return connection
 
 
+def refusal(exc: BaseException, doing: str) -> BrokerError:
+    """RabbitMQ's refusal ``exc`` (one of :data:`REFUSED`) of ``doing`` ("declare the queue
+    'x'"), as a BrokerError that names it: RabbitMQ's own text (``ACCESS_REFUSED - queue name
+    'amq.x' contains reserved prefix 'amq.*'``) and that it is no outage."""
+    reason = exc.args[0] if exc.args else type(exc).__name__
+    error = BrokerError(
+        f"RabbitMQ refused to {doing}: {reason} (a refusal, not an outage: doing it again"
+        " fails the same way)"
+    )
+    error.__cause__ = exc
+    return error
+
+
 def declare_error(exc: amqp_errors.ChannelPreconditionFailed) -> ConfigurationError:
     """PRECONDITION_FAILED on a declaration, as a message that says what differs and how to
     fix it (RabbitMQ's own text is kept at the end)."""
@@ -92,6 +120,8 @@ async def declare_queue(
         ok = await channel.queue_declare(name, durable=True, arguments=arguments or None)
     except amqp_errors.ChannelPreconditionFailed as exc:
         raise declare_error(exc) from None
+    except REFUSED as exc:  # a reserved name (amq.*), a queue exclusive to another connection
+        raise refusal(exc, f"declare the queue {name!r}") from exc
     return int(ok.message_count or 0)
 
 
@@ -103,4 +133,9 @@ async def declare_direct(channel: AbstractChannel, queue: str) -> None:
         await channel.exchange_declare(queue, exchange_type="direct", durable=True)
     except amqp_errors.ChannelPreconditionFailed as exc:
         raise declare_error(exc) from None
-    await channel.queue_bind(queue, queue, routing_key=queue)
+    except REFUSED as exc:
+        raise refusal(exc, f"declare the exchange {queue!r}") from exc
+    try:
+        await channel.queue_bind(queue, queue, routing_key=queue)
+    except REFUSED as exc:
+        raise refusal(exc, f"bind the queue {queue!r} to its exchange") from exc

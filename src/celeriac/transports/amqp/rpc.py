@@ -44,7 +44,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from celeriac import errors
 from celeriac.states import READY_STATES
 from celeriac.transports.amqp import connection as _amqp
-from celeriac.transports.amqp.connection import UNREACHABLE
+from celeriac.transports.amqp.connection import REFUSED, UNREACHABLE, refusal
 from celeriac.transports.backend import (
     Changes,
     EventLog,
@@ -69,12 +69,6 @@ _OPTIONS = {
 _REDECLARE_GRACE = 30.0
 #: Longest pause between two attempts to subscribe again to the reply queue.
 _RESUBSCRIBE_MAX_DELAY = 2.0
-#: What RabbitMQ answers a publish it will never take (over ``max_message_size``, say): it
-#: closes the channel with this, and sending the same state again would fail the same way.
-_REFUSED: tuple[type[BaseException], ...] = (
-    amqp_errors.ChannelPreconditionFailed,
-    amqp_errors.ChannelAccessRefused,
-)
 #: What subscribing again during an outage raises: wait and try again.
 _OUTAGE: tuple[type[BaseException], ...] = (*UNREACHABLE, errors.BackendUnreachable)
 #: Reply queues found gone, remembered (up to this many) to log each once.
@@ -217,7 +211,7 @@ class RpcBackend(ResultBackend):
             except amqp_errors.PublishError:  # returned: no queue by that name
                 self._unroutable(task_id, reply_to)
                 return
-            except _REFUSED as exc:
+            except REFUSED as exc:  # over max_message_size, say: it would fail again
                 raise errors.ResultRejected(
                     f"rpc:// results: RabbitMQ at {redacted(self.amqp_url)} refused the state"
                     f" of task {task_id} ({len(data)} bytes): {exc}"
@@ -294,8 +288,13 @@ class RpcBackend(ResultBackend):
         connection = await self._open()
         channel = await connection.channel(publisher_confirms=False)
         arguments: dict[str, Any] = {"x-expires": max(1, round(self._queue_expires * 1000))}
-        await channel.queue_declare(self.queue, durable=True, auto_delete=True, arguments=arguments)
-        await channel.basic_consume(self.queue, self._arrived, no_ack=True)
+        try:
+            await channel.queue_declare(
+                self.queue, durable=True, auto_delete=True, arguments=arguments
+            )
+            await channel.basic_consume(self.queue, self._arrived, no_ack=True)
+        except REFUSED as exc:  # the user may not declare queues on this vhost, say
+            raise refusal(exc, f"subscribe to the rpc:// reply queue {self.queue}") from exc
         return channel
 
     async def _keep_listening(self, channel: AbstractChannel) -> None:

@@ -22,7 +22,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Hashable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from types import TracebackType
@@ -496,3 +496,41 @@ async def wait_for_signal(signal: asyncio.Event, timeout: float | None) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+#: What one claim returns: the deliveries taken, and when the next hidden message becomes
+#: visible (unix seconds; None: none is hidden).
+Claimed = tuple[list[Delivery], float | None]
+
+
+async def claim_loop(
+    windows: PrefetchWindows,
+    window: PrefetchWindow,
+    buffered: deque[Delivery],
+    claim: Callable[[int], Awaitable[Claimed]],
+    idle_timeout: Callable[[float | None], float | None],
+    closed: Callable[[], bool],
+) -> AsyncGenerator[Delivery, None]:
+    """The consume loop of a transport that claims its messages (memory, SQLite): hand out
+    what was claimed, claim up to the window's room, and otherwise sleep until a wake-up sets
+    the window's signal or ``idle_timeout(next visible time)`` passes.
+
+    ``buffered`` is the caller's: whatever is left in it when the loop ends was claimed and
+    not handed out, and the caller gives it back.
+    """
+    while not closed():
+        if buffered:
+            yield buffered.popleft()
+            continue
+        window.signal.clear()
+        timeout = None
+        if window.room > 0:
+            claimed, next_eta = await claim(window.room)
+            if not claimed and closed():
+                return  # closed while claiming: no wait before the end
+            windows.track(window, (delivery.tag for delivery in claimed))
+            buffered.extend(claimed)
+            if claimed:
+                continue
+            timeout = idle_timeout(next_eta)
+        await wait_for_signal(window.signal, timeout)

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from celeriac.protocol.envelope import Envelope
 from celeriac.transports.broker import (
     Broker,
+    Claimed,
     DeadLetter,
     Delivery,
     ExchangeKind,
@@ -31,8 +32,8 @@ from celeriac.transports.broker import (
     PublishRequest,
     Subscription,
     check_consume,
+    claim_loop,
     now,
-    wait_for_signal,
 )
 from celeriac.transports.options import checked_options
 
@@ -238,25 +239,25 @@ class MemoryBroker(Broker):
         unsubscribe = self._transport.subscribe((asyncio.get_running_loop(), window.signal.set))
         self._windows.open.add(window)
         buffered: deque[Delivery] = deque()
+
+        async def claim(room: int) -> Claimed:
+            return self._transport.claim(queues, room, self._owner)
+
+        def idle_timeout(next_eta: float | None) -> float | None:
+            return None if next_eta is None else max(next_eta - now(), 0.0) + 0.001
+
+        loop = claim_loop(self._windows, window, buffered, claim, idle_timeout, self._is_closed)
         try:
-            while not self._closed:
-                if buffered:
-                    yield buffered.popleft()
-                    continue
-                window.signal.clear()
-                timeout = None
-                if window.room > 0:
-                    claimed, next_eta = self._transport.claim(queues, window.room, self._owner)
-                    self._windows.track(window, (d.tag for d in claimed))
-                    buffered.extend(claimed)
-                    if claimed:
-                        continue
-                    timeout = None if next_eta is None else max(next_eta - now(), 0.0) + 0.001
-                await wait_for_signal(window.signal, timeout)
+            async for delivery in loop:
+                yield delivery
         finally:
+            await loop.aclose()
             unsubscribe()
             self._windows.open.discard(window)
             self._return_unyielded(buffered)
+
+    def _is_closed(self) -> bool:
+        return self._closed
 
     def _return_unyielded(self, buffered: Iterable[Delivery]) -> None:
         messages = [m for m in map(self._settle, buffered) if m is not None]

@@ -50,6 +50,7 @@ from celeriac.transports.broker import (
     MAX_PRIORITY,
     MIN_PRIORITY,
     Broker,
+    Claimed,
     DeadLetter,
     Delivery,
     ExchangeKind,
@@ -58,8 +59,8 @@ from celeriac.transports.broker import (
     PublishRequest,
     Subscription,
     check_consume,
+    claim_loop,
     now,
-    wait_for_signal,
 )
 from celeriac.transports.options import Option, checked_options
 from celeriac.transports.sqlite.database import (
@@ -306,38 +307,36 @@ class SQLiteBroker(Broker):
         unsubscribe = listener.subscribe(window.signal.set)
         self._windows.open.add(window)
         buffered: deque[Delivery] = deque()
+
+        async def claim(room: int) -> Claimed:
+            try:
+                return await self._claim(names, room)
+            except BrokerError as exc:
+                if not self._closed:
+                    # The file is busy (a long batch holds its write lock) or failing: the
+                    # consumer rides it out, as every transport does an outage.
+                    log.warning(
+                        "claiming from queue(s) %s failed, retrying in %g s: %s",
+                        ",".join(names),
+                        self.poll_interval,
+                        exc,
+                    )
+                return [], None
+
+        loop = claim_loop(
+            self._windows, window, buffered, claim, self._idle_timeout, self._is_closed
+        )
         try:
-            while not self._closed:
-                if buffered:
-                    yield buffered.popleft()
-                    continue
-                window.signal.clear()
-                timeout = None
-                if window.room > 0:
-                    try:
-                        claimed, next_eta = await self._claim(names, window.room)
-                    except BrokerError as exc:
-                        if self._closed:
-                            break
-                        # The file is busy (a long batch holds its write lock) or failing:
-                        # the consumer rides it out, as every transport does an outage.
-                        log.warning(
-                            "claiming from queue(s) %s failed, retrying in %g s: %s",
-                            ",".join(names),
-                            self.poll_interval,
-                            exc,
-                        )
-                        claimed, next_eta = [], None
-                    self._windows.track(window, (d.tag for d in claimed))
-                    buffered.extend(claimed)
-                    if claimed:
-                        continue
-                    timeout = self._idle_timeout(next_eta)
-                await wait_for_signal(window.signal, timeout)
+            async for delivery in loop:
+                yield delivery
         finally:
+            await loop.aclose()
             unsubscribe()
             self._windows.open.discard(window)
             await self._give_back(buffered)
+
+    def _is_closed(self) -> bool:
+        return self._closed
 
     async def _start_consuming(self) -> Listener:
         async with self._holding:

@@ -60,7 +60,7 @@ from celeriac.errors import BrokerError, BrokerUnreachable
 from celeriac.protocol.envelope import Envelope
 from celeriac.transports.amqp import connection as _amqp
 from celeriac.transports.amqp import fanout
-from celeriac.transports.amqp.connection import UNREACHABLE
+from celeriac.transports.amqp.connection import REFUSED, UNREACHABLE, refusal
 from celeriac.transports.amqp.parking import Parking
 from celeriac.transports.amqp.properties import Properties
 from celeriac.transports.background import Background
@@ -209,7 +209,9 @@ class _Cutoffs:
     async def settle(self, channel: AbstractChannel, settling: Awaitable[Any]) -> None:
         """An ack or reject on a channel that may close meanwhile (RabbitMQ then put the
         message back)."""
-        with contextlib.suppress(*UNREACHABLE):
+        # A channel RabbitMQ closed for a refusal (406 on an unknown delivery tag) is a lost
+        # channel too: its unsettled messages went back to their queues.
+        with contextlib.suppress(*UNREACHABLE, *REFUSED):
             await self.run(channel, settling)
 
     def _closed(self, channel: AbstractChannel, _: object) -> None:
@@ -443,13 +445,17 @@ class AmqpBroker(Broker):
     async def _publish(self, requests: Sequence[PublishRequest]) -> None:
         """Every request at once, each confirmed; a lost connection is retried once (a
         message whose confirm was lost with it may then be stored twice: at least once)."""
+        queues = ", ".join(sorted({repr(request.queue) for request in requests}))
         try:
-            await self._publish_all(requests)
-        except UNREACHABLE:
             try:
                 await self._publish_all(requests)
-            except UNREACHABLE as exc:
-                raise self._unreachable(exc) from exc
+            except UNREACHABLE:
+                try:
+                    await self._publish_all(requests)
+                except UNREACHABLE as exc:
+                    raise self._unreachable(exc) from exc
+        except REFUSED as exc:  # too large for the server, say
+            raise refusal(exc, f"take a message for queue {queues}") from exc
 
     async def _publish_all(self, requests: Sequence[PublishRequest]) -> None:
         channel = await self._publishing()
@@ -505,12 +511,15 @@ class AmqpBroker(Broker):
         """Publish to the exchange, declared as Celery declares it (see ``fanout.py``),
         confirmed; a lost connection is retried once, as a publish is."""
         try:
-            await self._broadcast_once(exchange, envelope, routing_key, kind)
-        except UNREACHABLE:
             try:
                 await self._broadcast_once(exchange, envelope, routing_key, kind)
-            except UNREACHABLE as exc:
-                raise self._unreachable(exc) from exc
+            except UNREACHABLE:
+                try:
+                    await self._broadcast_once(exchange, envelope, routing_key, kind)
+                except UNREACHABLE as exc:
+                    raise self._unreachable(exc) from exc
+        except REFUSED as exc:
+            raise refusal(exc, f"take a broadcast on exchange {exchange!r}") from exc
 
     async def _broadcast_once(
         self, exchange: str, envelope: Envelope, routing_key: str, kind: ExchangeKind
@@ -628,6 +637,10 @@ class AmqpBroker(Broker):
                     return
                 await self._outage(exc, attempt)
                 attempt += 1
+            except REFUSED as exc:
+                # Left unacknowledged: RabbitMQ hands it out again when its channel closes.
+                log.error("%s", refusal(exc, "take a message moved to its next queue"))
+                return
         else:
             return
         await self._cutoffs.settle(tag.channel, tag.channel.basic_ack(tag.number))
@@ -645,6 +658,8 @@ class AmqpBroker(Broker):
             yield channel
         except UNREACHABLE as exc:
             raise self._unreachable(exc) from exc
+        except REFUSED as exc:
+            raise refusal(exc, "answer an administrative call") from exc
         finally:
             await _close(channel)
 

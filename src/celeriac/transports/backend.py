@@ -33,6 +33,7 @@ stores it.
 from __future__ import annotations
 
 import asyncio
+import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -312,10 +313,10 @@ async def follow(
     deadline = None if timeout is None else loop.time() + timeout
     async with watch as changes:
         log = await read(None)
-        latest = log.record if _is_ready(log.record) or not log.events else log.events[-1]
+        latest = log.record if is_ready(log.record) or not log.events else log.events[-1]
         if latest is not None:
             yield decode(latest)
-            if _is_ready(latest):
+            if is_ready(latest):
                 return
         seen = log.count
         while True:
@@ -327,7 +328,7 @@ async def follow(
             seen = log.count
             for event in log.events:
                 yield decode(event)
-            if _is_ready(log.record):
+            if is_ready(log.record):
                 assert log.record is not None
                 yield decode(log.record)
                 return
@@ -349,11 +350,16 @@ class Log:
         self.record = record
 
 
-def _is_ready(data: bytes | None) -> bool:
+def is_ready(data: bytes | None) -> bool:
+    """Whether stored bytes are a record in a final state: False for nothing stored, and
+    for bytes that are not a record (a stream waits on; reading it says what is wrong)."""
     if data is None:
         return False
-    status = decode(data).get("status")
-    return status in READY_STATES
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.get("status") in READY_STATES
 
 
 def decode(data: bytes) -> Meta:

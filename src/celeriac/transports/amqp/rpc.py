@@ -53,6 +53,7 @@ from celeriac.transports.backend import (
     ResultBackend,
     decode,
     follow,
+    is_ready,
 )
 from celeriac.transports.options import Option, checked_options
 from celeriac.transports.urls import redacted
@@ -341,7 +342,7 @@ class RpcBackend(ResultBackend):
             return
         task = self._task(str(task_id))
         data = message.body
-        if not _is_ready(data):
+        if not is_ready(data):
             task.events.append(data)
         task.record = data
         task.changed()
@@ -381,7 +382,7 @@ class RpcBackend(ResultBackend):
         try:
             with task.watched() as changed:
                 async with asyncio.timeout(timeout):
-                    while not _is_ready(task.record):
+                    while not is_ready(task.record):
                         if self._closed:
                             raise errors.BrokerError("the rpc:// result backend was closed")
                         await changed.wait()  # through outages: the keeper listens again
@@ -425,12 +426,3 @@ class _Changes:
             async with asyncio.timeout(timeout):
                 await self._changed.wait()
         self._changed.clear()
-
-
-def _is_ready(data: bytes | None) -> bool:
-    if data is None:
-        return False
-    from celeriac.protocol.serialization import json_value
-
-    record = json_value(data)
-    return isinstance(record, dict) and record.get("status") in READY_STATES

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,8 +33,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from celeriac import errors
-from celeriac.states import READY_STATES
-from celeriac.transports.backend import Changes, EventLog, KeyValueBackend, Log
+from celeriac.transports.backend import Changes, EventLog, KeyValueBackend, Log, is_ready
+from celeriac.transports.background import Background
 from celeriac.transports.options import Option
 from celeriac.transports.redis.client import Client, Connection, Reply, ReplyError, Script
 from celeriac.transports.redis.connection import (
@@ -105,7 +104,7 @@ class _ReadyWaiter:
         self.future = future
 
     def record(self, data: bytes) -> None:
-        if not self.future.done() and _is_ready(data):
+        if not self.future.done() and is_ready(data):
             self.future.set_result(data)
 
     def subscribed(self) -> None:
@@ -450,7 +449,7 @@ class _Listener:
         self._last: dict[bytes, bytes] = {}  # last record seen per subscribed channel
         self._dirty: set[bytes] = set()  # channels whose subscription may need to change
         self._changes: asyncio.Event = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Background()
         self._outage = Outage(backend.url, "result listener")
         self._closing = False
         self._runner = asyncio.get_running_loop().create_task(self._run())
@@ -494,11 +493,6 @@ class _Listener:
     def _changed(self, channel: bytes) -> None:
         self._dirty.add(channel)
         self._changes.set()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _to_subscribe(self) -> list[bytes]:
         """Watched channels not yet subscribed; unwatched ones join the retiring batch. Only
@@ -573,7 +567,7 @@ class _Listener:
         self._lost()
         connection = await self.backend.client.subscriber(self._pushed)
         self._connection = connection
-        self._spawn(self._watch(connection))
+        self._tasks.spawn(self._watch(connection))
         return connection
 
     async def _watch(self, connection: Connection) -> None:
@@ -600,7 +594,7 @@ class _Listener:
         elif kind == b"subscribe" and channel not in self._confirmed:
             reading = self.backend.client.submit("GET", channel)
             if reading is None:  # the shared connection is not open yet
-                self._spawn(self._check(channel))
+                self._tasks.spawn(self._check(channel))
             else:
                 reading.add_done_callback(lambda done: self._checked(channel, done))
 
@@ -617,7 +611,7 @@ class _Listener:
         if reading.cancelled() or reading.exception() is not None:
             return  # the read after the confirmation reports it
         data = reading.result()
-        if isinstance(data, bytes) and channel not in self._last and _is_ready(data):
+        if isinstance(data, bytes) and channel not in self._last and is_ready(data):
             self._deliver(channel, data)
 
     async def _check(self, channel: bytes) -> None:
@@ -688,11 +682,3 @@ def _celery_prefix(prefix: str) -> str:
     if prefix and prefix[-1] not in ":_-.":
         return prefix + "_"
     return prefix
-
-
-def _is_ready(data: bytes) -> bool:
-    try:
-        record = json.loads(data)
-    except ValueError:
-        return False
-    return isinstance(record, dict) and record.get("status") in READY_STATES

@@ -72,8 +72,6 @@ class ResultBackend(ABC):
     ignores it.
     """
 
-    schemes: tuple[str, ...] = ()
-
     #: The queue results are delivered to, for a backend that sends them to the caller
     #: (rpc://): the app names it as ``reply_to`` in every task it publishes.
     reply_to: str | None = None

@@ -84,8 +84,6 @@ class Broker(ABC):
     Instances are bound to the event loop they were connected on.
     """
 
-    #: URL scheme(s) this transport serves, e.g. ``("sqlite",)``.
-    schemes: tuple[str, ...] = ()
     #: Whether a message published with an ``eta`` stays invisible until then. A transport
     #: shared with Celery (Redis) pushes it at once instead, as Celery does: the ETA is in
     #: its headers, and the worker that receives it early ``defer``s it.

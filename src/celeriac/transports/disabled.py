@@ -19,8 +19,6 @@ from celeriac.transports.urls import redacted
 class DisabledBackend(ResultBackend):
     """Stores nothing; every read is an error naming the fix."""
 
-    schemes = ("disabled",)
-
     def describe(self) -> str:
         return "not stored (no result_backend is set)"
 

@@ -251,7 +251,6 @@ class AmqpBroker(Broker):
     is set in the URL (``?heartbeat=30``), as aiormq reads it.
     """
 
-    schemes = ("amqp", "amqps")
     hides_eta = True
 
     def __init__(self, url: str, **settings: Any) -> None:  # settings: see Broker

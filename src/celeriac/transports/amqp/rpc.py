@@ -103,8 +103,6 @@ class _Task:
 class RpcBackend(ResultBackend):
     """Results as messages to the caller's reply queue, on the broker's RabbitMQ."""
 
-    schemes = ("rpc",)
-
     def __init__(
         self, url: str, *, options: dict[str, Any] | None = None, broker_url: str | None = None
     ) -> None:

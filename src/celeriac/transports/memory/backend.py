@@ -126,8 +126,6 @@ class MemoryBackend(KeyValueBackend):
     ``clock`` (wall time by default) is what counters and leases expire by: a test may pass
     one it moves itself."""
 
-    schemes = ("memory",)
-
     def __init__(
         self,
         url: str,

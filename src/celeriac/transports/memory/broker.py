@@ -211,8 +211,6 @@ def reset_memory_transports() -> None:
 class MemoryBroker(Broker):
     """Queues in this process's memory. Options: none (any is a ConfigurationError)."""
 
-    schemes = ("memory",)
-
     def __init__(self, url: str, **settings: Any) -> None:  # settings: see Broker
         super().__init__(url, **settings)
         checked_options(self.options, {}, "broker_transport_options", "memory://")

@@ -127,8 +127,6 @@ class RedisBackend(KeyValueBackend):
     ``socket_connect_timeout`` and ``health_check_interval``.
     """
 
-    schemes = ("redis", "rediss")
-
     def __init__(
         self, url: str, *, options: dict[str, Any] | None = None, broker_url: str | None = None
     ) -> None:

@@ -139,7 +139,6 @@ class RedisBroker(Broker):
     :class:`celeriac.transports.redis.client.Client`).
     """
 
-    schemes = ("redis", "rediss")
     #: Messages published with an ETA are pushed at once (the worker parks them).
     hides_eta = False
 

@@ -93,7 +93,6 @@ class SQLiteBackend(KeyValueBackend):
     what counters and leases expire by: a test may pass one it moves itself.
     """
 
-    schemes = ("sqlite",)
     not_ready_hint = (
         ": the worker must use this same file (a relative sqlite:/// path is read from each"
         " process's current directory: give both an absolute one, or CELERIAC_BROKER_URL)"

@@ -207,8 +207,6 @@ class SQLiteBroker(Broker):
     another process's write lock).
     """
 
-    schemes = ("sqlite",)
-
     def describe(self) -> str:
         """The file by its absolute path: a relative one depends on the current directory."""
         return absolute_url(self.url)

@@ -77,7 +77,11 @@ def test_bad_app_path_is_one_line(tmp_path: Path, broker_url: str) -> None:
 def test_unusable_broker_is_one_line_and_debug_shows_traceback(
     tmp_path: Path, broker_url: str
 ) -> None:
-    bad = {"CELERIAC_BROKER_URL": "sqlite:////proc/celeriac-cannot-write/x.db"}
+    # An embedded broker where it cannot write; no Redis options (SQLite refuses them).
+    bad = {
+        "CELERIAC_BROKER_URL": "sqlite:////proc/celeriac-cannot-write/x.db",
+        "CELERIAC_TEST_TRANSPORT_OPTIONS": "{}",
+    }
     out = celeriac("-A", "basic:app", "worker", cwd=tmp_path, env=bad)
     assert out.returncode == 1
     assert "cannot open the SQLite database" in out.stderr and "Traceback" not in out.stderr

@@ -86,6 +86,7 @@ def test_a_signal_stops_a_worker_still_waiting_for_its_broker(start: Start) -> N
     worker.wait_for("is not ready: RabbitMQ at amqp://guest:***@127.0.0.1:")
     assert worker.stop(signal.SIGTERM, timeout=15) == 0
     assert READY not in worker.log()
+    assert "stopped before its broker answered" in worker.log()
 
 
 def test_rabbitmq_without_a_result_backend_stores_no_results_and_says_so(

@@ -103,15 +103,19 @@ class Worker:
         self._install_signal_handlers(loop)  # a signal while the broker is away stops too
         try:
             conn = await self._reach_broker()
-            if conn is None:
-                await self.app._close()
-                return
-            resources = Resources(self.app.resources)
-            await resources.start()  # before the first task, so none waits for a model to load
+            if conn is not None:
+                resources = Resources(self.app.resources)
+                await resources.start()  # before the first task: none waits for a model
         except BaseException:
-            self._remove_signal_handlers(loop)
-            await self.app._close()
+            conn = None
             raise
+        finally:
+            if conn is None:  # failed, or stopped before the broker answered
+                self._remove_signal_handlers(loop)
+                await self.app._close()
+        if conn is None:
+            logger.info("%s stopped before its broker answered", self.hostname)
+            return
         _bridge.use_loop(loop)
         executor = TaskThreads(self.threads, "celeriac-task")
         execution = Execution(self, conn, executor)

@@ -60,7 +60,7 @@ class Recorder(WorkerHook):
     def task_retried(self, request: Request, exc: BaseException | None, eta: datetime) -> None:
         self._add("retried", request.id)
 
-    def task_ended(self, request: Request, state: str, runtime: float) -> None:
+    def task_ended(self, request: Request, state: str | None, runtime: float) -> None:
         self._add(f"ended {state}", request.id)
 
     def task_rejected(self, delivery: Delivery, reason: str) -> None:
@@ -195,3 +195,27 @@ def test_a_point_no_hook_overrides_stays_the_base_classs_no_op() -> None:
     hooks = Hooks([Broken()])
     assert "task_succeeded" not in vars(hooks)  # nothing to call on each success
     assert "task_started" in vars(hooks)
+
+
+async def test_a_task_cut_short_still_ends_and_leaves_the_registry() -> None:
+    """Stopped at once mid-task: task_ended comes with no state, and nothing stays listed."""
+    app = memory_app("hooks")
+    begun = asyncio.Event()
+
+    @app.task(name="hooks.forever")
+    async def forever() -> None:
+        begun.set()
+        await asyncio.Event().wait()
+
+    rec = Recorder()
+    async with app.setup():
+        worker = Worker(app, concurrency=10, hooks=[rec])
+        running = asyncio.get_running_loop().create_task(worker.run())
+        result = await forever.delay()
+        await asyncio.wait_for(begun.wait(), 10)
+        assert [r.request.id for r in worker.running.active()] == [result.id]
+        worker.stop()
+        worker.stop()  # at once: the running task is cancelled, its message requeued
+        await asyncio.wait_for(running, 10)
+    assert rec.of(result.id) == ["received", "started", "ended None"]
+    assert len(worker.running) == 0

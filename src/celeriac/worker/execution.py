@@ -265,39 +265,43 @@ class Execution:
             )
         hooks.task_started(request)
         started = time.perf_counter()
+        state: str | None = None  # until the outcome is settled
         try:
             try:
-                value = await self._call(task, message, request)
-            finally:
-                ran()
-        except Retry as retry:
-            state = states.RETRY
-            await self._retry(task, message, delivery, retry, request)
-        except Exception as exc:
-            state = await self._failed(
-                task, message, delivery, exc, request, time.perf_counter() - started
-            )
-        else:
-            state = states.SUCCESS
-            runtime = time.perf_counter() - started
-            hooks.task_succeeded(request, value, runtime)
+                try:
+                    value = await self._call(task, message, request)
+                finally:
+                    ran()
+            except Retry as retry:
+                await self._retry(task, message, delivery, retry, request)
+                outcome = states.RETRY
+            except Exception as exc:
+                outcome = await self._failed(
+                    task, message, delivery, exc, request, time.perf_counter() - started
+                )
+            else:
+                runtime = time.perf_counter() - started
+                hooks.task_succeeded(request, value, runtime)
 
-            def succeeded() -> None:
-                if logger.isEnabledFor(logging.INFO):
-                    logger.info(
-                        "task %s[%s] succeeded in %.4fs: %s",
-                        task.name,
-                        message.id,
-                        runtime,
-                        _short(value),
-                    )
+                def succeeded() -> None:
+                    if logger.isEnabledFor(logging.INFO):
+                        logger.info(
+                            "task %s[%s] succeeded in %.4fs: %s",
+                            task.name,
+                            message.id,
+                            runtime,
+                            _short(value),
+                        )
 
-            # Logged once the result is stored, or held through an outage (the task did
-            # succeed); a result the store refused is logged as such instead.
-            await self._store(message, states.SUCCESS, value, None, stored=succeeded)
-        if acks_late:
-            await self.broker.ack(delivery)
-        hooks.task_ended(request, state, time.perf_counter() - started)
+                # Logged once the result is stored, or held through an outage (the task
+                # did succeed); a result the store refused is logged as such instead.
+                await self._store(message, states.SUCCESS, value, None, stored=succeeded)
+                outcome = states.SUCCESS
+            if acks_late:
+                await self.broker.ack(delivery)
+            state = outcome
+        finally:
+            hooks.task_ended(request, state, time.perf_counter() - started)
         return True
 
     async def _call(self, task: Task[Any, Any], message: TaskMessage, request: Request) -> Any:

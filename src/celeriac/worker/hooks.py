@@ -9,7 +9,7 @@ delivery's life:
 - then one of ``task_succeeded``, ``task_failed`` (a final failure: not retried),
   ``task_retried`` (a retry was published);
 - ``task_ended``: after that, once the outcome is stored and the message settled, with the
-  final state (SUCCESS, FAILURE or RETRY) whatever happened;
+  final state (SUCCESS, FAILURE or RETRY); always, with None for a task cut short;
 - ``task_rejected``: a delivery that never ran, moved to the dead letters with its reason
   (malformed, unknown task, wrong arguments, too large); ``task_revoked``: a task that
   expired before it started.
@@ -63,8 +63,10 @@ class WorkerHook:
     def task_retried(self, request: Request, exc: BaseException | None, eta: datetime) -> None:
         """The task asked for a retry; the retry is published to run at ``eta``."""
 
-    def task_ended(self, request: Request, state: str, runtime: float) -> None:
-        """After success, failure or retry: the outcome is stored, the message settled."""
+    def task_ended(self, request: Request, state: str | None, runtime: float) -> None:
+        """After success, failure or retry: the outcome is stored, the message settled.
+        ``state`` is None for a task cut short (the worker stopped at once; its message goes
+        back to the queue) or whose outcome could not be settled."""
 
     def task_rejected(self, delivery: Delivery, reason: str) -> None:
         """A delivery that does not run went to the dead letters with ``reason``."""

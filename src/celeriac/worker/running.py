@@ -48,7 +48,7 @@ class RunningRequests(WorkerHook):
     def task_started(self, request: Request) -> None:
         self._running[request.id] = Running(request, time.time())
 
-    def task_ended(self, request: Request, state: str, runtime: float) -> None:
+    def task_ended(self, request: Request, state: str | None, runtime: float) -> None:
         self._running.pop(request.id, None)
 
     def active(self) -> list[Running]:

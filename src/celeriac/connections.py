@@ -63,8 +63,11 @@ class Connections:
         """Close this loop's connection, if it has one."""
         conn = self._by_loop.pop(asyncio.get_running_loop(), None)
         if conn is not None:
-            await conn.broker.close()
-            await conn.backend.close()
+            # The store first: it may have borrowed the broker's connection.
+            try:
+                await conn.backend.close()
+            finally:
+                await conn.broker.close()
 
     async def _open(self) -> Connection:
         conf = self.conf
@@ -80,6 +83,7 @@ class Connections:
             broker_url=conf.effective_broker_url(),
         )
         backend.max_size = conf.result_max_size
+        backend.share_connection(broker)
         await broker.connect()
         try:
             await backend.connect()

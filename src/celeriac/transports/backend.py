@@ -37,12 +37,15 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from celeriac import errors
 from celeriac.protocol.serialization import json_text, json_value
 from celeriac.states import READY_STATES
 from celeriac.transports.urls import redacted
+
+if TYPE_CHECKING:
+    from celeriac.transports.broker import Broker
 
 Meta = dict[str, Any]
 
@@ -85,6 +88,12 @@ class ResultBackend(ABC):
         self.broker_url = broker_url
         #: ``result_max_size``: the largest encoded record stored (0: no limit of ours).
         self.max_size = 0
+
+    def share_connection(self, broker: Broker) -> None:
+        """Use ``broker``'s connection instead of opening one, when both reach the same
+        server the same way; called before :meth:`connect`. A store that borrows a
+        connection leaves it open in :meth:`close` (its broker, closed after it, owns it).
+        By default a store keeps connections of its own."""
 
     async def connect(self) -> None:
         """Open connections; called once before any other method."""

@@ -89,6 +89,48 @@ async def test_a_task_that_awaits_is_not_reported(
     assert block_warnings(caplog) == []
 
 
+async def test_a_block_outside_any_task_lists_the_async_tasks_running(
+    app: Celery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loop blocked by a callback: the warning lists the async tasks that were running
+    (from the worker's registry of running requests), not the plain def one in a thread."""
+    app.conf.worker_loop_block_warning = 0.5
+    both_running = threading.Barrier(2, timeout=10)  # the async task, and the thread's one
+    release = threading.Event()
+    both_started = asyncio.Event()
+
+    @app.task(name="diag.waits")
+    async def waits() -> str:
+        await asyncio.to_thread(both_running.wait)
+        both_started.set()
+        await asyncio.to_thread(release.wait, 10)
+        return "waited"
+
+    @app.task(name="diag.in_thread")
+    def in_thread() -> str:
+        both_running.wait()
+        release.wait(10)
+        return "threaded"
+
+    caplog.set_level(logging.INFO, logger="celeriac")
+    worker, running = await run_worker(app)
+    try:
+        waited, threaded = await waits.delay(), await in_thread.delay()
+        await asyncio.wait_for(both_started.wait(), 10)
+        assert len(worker.running) == 2
+        time.sleep(1.0)  # noqa: ASYNC251 - the loop blocked outside every task of the worker
+        release.set()
+        assert await waited.get(timeout=10) == "waited"
+        assert await threaded.get(timeout=10) == "threaded"
+    finally:
+        release.set()
+        await stop(worker, running)
+    [warning] = block_warnings(caplog)
+    text = warning.getMessage()
+    assert f"while these async tasks run: diag.waits[{waited.id}]" in text
+    assert "diag.in_thread" not in text
+
+
 async def test_the_check_is_off_with_zero(app: Celery, caplog: pytest.LogCaptureFixture) -> None:
     app.conf.worker_loop_block_warning = 0
 

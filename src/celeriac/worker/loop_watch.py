@@ -6,7 +6,7 @@ happens. So the check runs in a thread of its own: the loop refreshes a timestam
 ``tick`` seconds with a timer callback, and the thread, waking as often, logs one warning
 once that timestamp is older than the threshold, while the loop is still blocked. It names
 the task the loop is running at that moment (``asyncio.current_task`` of the loop, looked up
-in the worker's running handlers) and the line the loop's thread is on, with the fix.
+in the worker's registry of running requests) and the line the loop's thread is on, with the fix.
 
 The only cost on the loop is the timer callback, a few times a second: nothing per task.
 """
@@ -19,7 +19,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -33,27 +33,23 @@ _WORKER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 #: Tasks named at most in one warning when the blocking one is not known.
 MAX_NAMED = 5
 
-#: A running task as the warning names it: ``name[id]``, or None for one that is not an
-#: ``async def`` task (a plain ``def`` runs in a thread and cannot block the loop).
-Describe = Callable[[Any], "str | None"]
+#: The ``async def`` tasks running now (a plain ``def`` runs in a thread and cannot block the
+#: loop), each as the asyncio task that runs it and its name as the warning gives it,
+#: ``name[id]``. Called from the watch's thread.
+AsyncTasks = Callable[[], "list[tuple[asyncio.Task[Any] | None, str]]"]
 
 
 class LoopWatch:
-    """Watches ``loop`` from a thread; ``running`` maps the worker's handler tasks to what
-    ``describe`` turns into a task's name (read only when a block is reported)."""
+    """Watches ``loop`` from a thread; ``running`` lists the async tasks running (read only
+    when a block is reported)."""
 
     def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        threshold: float,
-        running: Mapping[asyncio.Task[None], Any],
-        describe: Describe,
+        self, loop: asyncio.AbstractEventLoop, threshold: float, running: AsyncTasks
     ) -> None:
         self.loop = loop
         self.threshold = threshold
         self.tick = min(MAX_TICK, threshold / 4)
         self._running = running
-        self._describe = describe
         self._beat = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
         self._loop_thread = threading.get_ident()
@@ -109,17 +105,16 @@ class LoopWatch:
         """The task the loop is running now, else every async task running."""
         try:
             current = asyncio.current_task(self.loop)
-            running = dict(self._running)  # one C-level copy: the loop may change it
-            described = [(task, self._describe(value)) for task, value in running.items()]
+            running = self._running()
         except Exception as exc:  # the warning still goes out, without the names
             return f"(its tasks could not be listed: {exc})"
-        names = {task: name for task, name in described if name is not None}
-        if current in names:
-            return f"by task {names[current]}"
-        if not names:
+        culprit = next((name for task, name in running if task is current), None)
+        if current is not None and culprit is not None:
+            return f"by task {culprit}"
+        if not running:
             return "by no async task (worker code or a callback)"
-        listed = ", ".join(list(names.values())[:MAX_NAMED])
-        more = f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else ""
+        listed = ", ".join(name for _, name in running[:MAX_NAMED])
+        more = f" and {len(running) - MAX_NAMED} more" if len(running) > MAX_NAMED else ""
         return f"while these async tasks run: {listed}{more}"
 
     def _where(self) -> str:

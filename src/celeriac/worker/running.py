@@ -3,6 +3,7 @@ dashboard list (id, name, arguments, start time, worker), kept by a worker hook.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ class Running:
     request: Request
     #: Unix time at which its code started.
     started: float
+    #: The asyncio task that runs it (the worker's handler of its delivery): the loop watch
+    #: names the task the loop is stuck in by it.
+    handler: asyncio.Task[Any] | None = None
 
     def as_celery(self) -> dict[str, Any]:
         """The task as Celery's ``inspect active`` reports it."""
@@ -46,7 +50,7 @@ class RunningRequests(WorkerHook):
         self._running: dict[str, Running] = {}
 
     def task_started(self, request: Request) -> None:
-        self._running[request.id] = Running(request, time.time())
+        self._running[request.id] = Running(request, time.time(), asyncio.current_task())
 
     def task_ended(self, request: Request, state: str | None, runtime: float) -> None:
         self._running.pop(request.id, None)
@@ -54,6 +58,11 @@ class RunningRequests(WorkerHook):
     def active(self) -> list[Running]:
         """What runs now, oldest first."""
         return sorted(self._running.values(), key=lambda running: running.started)
+
+    def snapshot(self) -> list[Running]:
+        """What runs now, safe to call from another thread (the loop watch's): one copy
+        made in C, while the loop may add and remove entries."""
+        return list(self._running.copy().values())
 
     def __len__(self) -> int:
         return len(self._running)

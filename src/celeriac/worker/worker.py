@@ -20,6 +20,7 @@ import signal
 import socket
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 from celeriac import _bridge
 from celeriac.app import Celery
@@ -83,7 +84,7 @@ class Worker:
             shutdown_timeout if shutdown_timeout is not None else conf.worker_shutdown_timeout
         )
         self.accept = resolve_accept(conf.accept_content)
-        #: The handler of each delivery being handled (read by the loop watch).
+        #: The handler of each delivery being handled (shutdown waits for them).
         self._running: dict[asyncio.Task[None], Delivery] = {}
         self._stopping: asyncio.Event | None = None
         self.max_tasks = max_tasks
@@ -247,18 +248,18 @@ class Worker:
         threshold = self.app.conf.worker_loop_block_warning
         if not threshold:
             return None
-        watch = LoopWatch(loop, threshold, self._running, self._async_task_of)
+        watch = LoopWatch(loop, threshold, self._async_tasks)
         watch.start()
         return watch
 
-    def _async_task_of(self, delivery: Delivery) -> str | None:
-        """``name[id]`` of the ``async def`` task of ``delivery`` (None for another)."""
-        headers = delivery.envelope.headers
-        name = headers.get("task")
-        task = self.app.tasks.get(name) if isinstance(name, str) else None
-        if task is None or not task.is_async:
-            return None
-        return f"{name}[{headers.get('id')}]"
+    def _async_tasks(self) -> list[tuple[asyncio.Task[Any] | None, str]]:
+        """The ``async def`` tasks running, for the loop watch (called from its thread)."""
+        tasks = self.app.tasks
+        return [
+            (running.handler, f"{running.request.task}[{running.request.id}]")
+            for running in self.running.snapshot()
+            if (task := tasks.get(running.request.task)) is not None and task.is_async
+        ]
 
     async def _watch_memory(self, limit_kib: int) -> None:
         """Stop gracefully once resident memory passes ``limit_kib`` (checked every second:

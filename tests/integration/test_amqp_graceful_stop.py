@@ -5,7 +5,7 @@ yet tasks that had succeeded came back to the queue and the next worker ran them
 the worker also hung after its last task.
 
 Here ``celeriac worker`` processes (``-c 100``, so 400 deliveries held: the prefetch window
-stays full) take turns on a backlog of 4,000 tasks and each gets SIGTERM while its tasks
+stays full) take turns on a backlog of 2,000 tasks and each gets SIGTERM while its tasks
 run. The tasks (``ticking``) end on the same wall-clock tick, so a worker's running tasks
 end, and are acknowledged, together: a burst of a hundred acks right before the channel
 closes, which is what lost acknowledgements. Every run is written to a file by task id.
@@ -37,10 +37,10 @@ from .test_redis_reliability import assert_clean_stop
 
 pytestmark = pytest.mark.integration
 
-BACKLOG = 4000
+BACKLOG = 2000
 CONCURRENCY = 100  # with the default prefetch multiplier (4): 400 deliveries held
 TICK = 0.25  # seconds: the running tasks all end on the next multiple of it
-STOPS = 10
+STOPS = 6
 #: A stop waits for its running tasks (at most one TICK), then closes: far less than this.
 STOP_BOUND_S = 4.0
 #: The workers' shutdown timeout: far above a task's length (nothing is cut off), and short
@@ -139,7 +139,7 @@ def _stop_while_running(runs: Runs, worker: WorkerProcess) -> float:
 def test_sigterm_under_a_full_prefetch_window_reruns_nothing_that_finished(
     ticking: tuple[str, Runs], start_ticking: Callable[[str], WorkerProcess]
 ) -> None:
-    """Ten workers in turn each get SIGTERM while a hundred tasks run; a last one drains the
+    """Six workers in turn each get SIGTERM while a hundred tasks run; a last one drains the
     rest. Every task ran exactly once: none that finished came back (a graceful stop with a
     shutdown timeout far above a task's length cuts nothing off), none was lost, and every
     stop ended within seconds of its last task."""

@@ -207,14 +207,15 @@ def test_tasks_longer_than_consumer_timeout_run_once(
     private_rabbitmq: PrivateRabbitMQ,
     start_reliable: Callable[..., WorkerProcess],
 ) -> None:
-    """A task 2.5x RabbitMQ's consumer_timeout runs once, with short tasks waiting behind it
+    """A task 1.5x RabbitMQ's consumer_timeout runs once, with short tasks waiting behind it
     in the worker's buffer all that time (one slot, prefetch 4): the worker moves its holds
-    before the timeout, so RabbitMQ never closes its channel and nothing runs twice."""
+    before the timeout (at half of it, so each hold moves twice), so RabbitMQ never closes
+    its channel and nothing runs twice."""
     import reliable
 
     stores = private_rabbit
     reliable.configure_from_env()
-    seconds = [2.5 * CONSUMER_TIMEOUT_S] + [0.01] * 20
+    seconds = [1.5 * CONSUMER_TIMEOUT_S] + [0.01] * 20
     try:
         ids = [reliable.work.apply_async((s,)).id for s in seconds]
         worker = start_reliable("-c", "1")
@@ -247,7 +248,7 @@ def test_a_parked_task_whose_worker_dies_runs_again_elsewhere(
     stores = private_rabbit
     reliable.configure_from_env()
     try:
-        task_id = reliable.work.apply_async((3 * CONSUMER_TIMEOUT_S,)).id
+        task_id = reliable.work.apply_async((1.5 * CONSUMER_TIMEOUT_S,)).id
         a = start_reliable("-c", "1", "-n", "A@rabbit")
         wait_until(lambda: _parked_and_held(private_rabbitmq), 30, "the task's hold to be parked")
         a.kill()

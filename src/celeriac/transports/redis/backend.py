@@ -15,6 +15,15 @@ error reply (``OOM``, ``WRONGTYPE``) to one record of a pipelined batch, or a re
 than the server's ``proto-max-bulk-len`` (Redis would drop the connection on it, which looks
 like an outage and was retried forever: such a record is checked before it is sent).
 
+When the broker is a :class:`RedisBroker` on the same database, reached the same way and
+with the same client options, the store borrows the broker's client rather than opening a
+second connection to the same server (:meth:`RedisBackend.share_connection`): a worker's
+results then travel in the same batched writes as its acks, and a process holds one
+connection to Redis, plus the blocking and pub/sub ones, instead of two. Only the client is
+shared: key prefixes, outage backoff and the pub/sub listener stay the store's own. The
+broker owns a borrowed client: the store's ``close`` flushes its writes and fails its
+waiters but leaves the client open, for the broker (closed after it) to close.
+
 Counters are plain integer keys under ``global_keyprefix`` (INCRBY and PEXPIRE in one
 MULTI), named by the caller, so Celery's own counter keys can be used; leases are keys
 ``celeriac-lease-<name>`` taken and renewed by ``lua/lease_acquire.lua`` (SET NX PX, or a
@@ -35,7 +44,9 @@ from typing import Any, Protocol
 from celeriac import errors
 from celeriac.transports.backend import Changes, EventLog, KeyValueBackend, Log, is_ready
 from celeriac.transports.background import Background
+from celeriac.transports.broker import Broker
 from celeriac.transports.options import Option
+from celeriac.transports.redis.broker import RedisBroker
 from celeriac.transports.redis.client import Client, Connection, Reply, ReplyError, Script
 from celeriac.transports.redis.connection import (
     UNREACHABLE,
@@ -43,7 +54,9 @@ from celeriac.transports.redis.connection import (
     Outage,
     check_options,
     client_from_url,
+    client_settings,
     refusal,
+    same_client,
     until_done,
 )
 from celeriac.transports.urls import redacted
@@ -124,7 +137,8 @@ class RedisBackend(KeyValueBackend):
 
     Options (``result_backend_transport_options``): ``global_keyprefix`` (prepended to
     every key and channel, as Celery does) and the client options ``socket_timeout``,
-    ``socket_connect_timeout`` and ``health_check_interval``.
+    ``socket_connect_timeout`` and ``health_check_interval``; with the broker's URL and
+    client options, the store uses the broker's client (see the module doc).
     """
 
     def __init__(
@@ -139,6 +153,9 @@ class RedisBackend(KeyValueBackend):
         self.events_prefix = prefix + EVENTS_PREFIX
         self._lease_scripts: tuple[Script, Script] | None = None  # acquire, release
         self._client: Client | None = None
+        #: The broker whose client ``connect`` borrows (``share_connection``), if any.
+        self._lender: RedisBroker | None = None
+        self._borrowed = False  # the client is the lender's: close() leaves it open
         self._listener: _Listener | None = None
         self._outage = Outage(url, "result backend")
         self._stores: Coalescer[_Record] = Coalescer(self._write)
@@ -171,11 +188,32 @@ class RedisBackend(KeyValueBackend):
         error.__cause__ = exc
         return error
 
+    def share_connection(self, broker: Broker) -> None:
+        """Borrow ``broker``'s client in :meth:`connect` when it is a Redis broker on the
+        same database, reached the same way, with the same client options (see
+        :func:`~celeriac.transports.redis.connection.same_client`); otherwise keep a client
+        of the store's own. Decided here, since the broker makes its client only in its own
+        ``connect``, which runs before the store's."""
+        if isinstance(broker, RedisBroker) and same_client(
+            self.url, client_settings(self._client_options), broker.url, broker.client_settings
+        ):
+            self._lender = broker
+
     async def connect(self) -> None:
+        lender = self._lender
+        if lender is not None:
+            try:
+                self._client = lender.client
+            except errors.BrokerError:  # the broker was not connected: open our own
+                pass
+            else:
+                self._borrowed = True
+                return
         self._client = client_from_url(self.url, self._client_options)
 
     async def close(self) -> None:
-        """Fail every waiter, drop the subscription connection, close the client."""
+        """Wait for the stores in flight, fail every waiter, drop the subscription
+        connection, and close the client unless it is borrowed (its broker closes it)."""
         if self._closed:
             return
         self._closed = True
@@ -184,7 +222,7 @@ class RedisBackend(KeyValueBackend):
             await self._listener.close(
                 errors.BrokerError(f"the result backend {redacted(self.url)} was closed")
             )
-        if self._client is not None:
+        if self._client is not None and not self._borrowed:
             await self._client.aclose()
 
     async def _set(self, task_id: str, data: bytes, ready: bool, expires: float | None) -> None:

@@ -83,6 +83,7 @@ from celeriac.transports.redis.connection import (
     Outage,
     check_options,
     client_from_url,
+    client_settings,
     refusal,
     until_done,
 )
@@ -175,6 +176,12 @@ class RedisBroker(Broker):
         if self._client is None:
             raise BrokerError(f"the broker {redacted(self.url)} is not connected")
         return self._client
+
+    @property
+    def client_settings(self) -> dict[str, float]:
+        """What its client is made with beyond the URL: a result store compares them before
+        it borrows the client (``RedisBackend.share_connection``)."""
+        return client_settings(self._client_options)
 
     async def connect(self) -> None:
         self._client = client_from_url(self.url, self._client_options)

@@ -5,6 +5,13 @@ hiredis, its parser). Options come from ``broker_transport_options`` /
 ``result_backend_transport_options``; an unknown one is an error that lists the known ones,
 since a misspelt ``visibility_timeout`` silently left at its default is the kind of bug that
 shows up only in production.
+
+A broker and a result store that reach the same database the same way (:func:`same_client`)
+share one :class:`~celeriac.transports.redis.client.Client`: the store borrows its broker's
+(``RedisBackend.share_connection``). A worker then keeps one multiplexed connection to Redis
+instead of two, so acks, claims and results written in the same loop turn go out in one
+send, and the server holds one client fewer per process. A client names a database, a
+login, TLS and its timeouts, so anything else keeps two.
 """
 
 from __future__ import annotations
@@ -14,9 +21,11 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+from celeriac.errors import ConfigurationError
 from celeriac.transports.options import Option, checked_options
-from celeriac.transports.redis.client import Client, ReplyError
+from celeriac.transports.redis.client import Client, ReplyError, parse_url
 from celeriac.transports.urls import redacted
 
 log = logging.getLogger("celeriac.redis")
@@ -75,12 +84,40 @@ def client_from_url(url: str, options: dict[str, Any]) -> Client:
     here: acks, results and claims ride outages out with :func:`until_done`, publishing
     raises at once.
     """
-    kwargs = {
+    return Client(url, **client_settings(options))
+
+
+def client_settings(options: dict[str, Any]) -> dict[str, float]:
+    """The client's own options among checked ``options`` (:func:`check_options`), those
+    set, as :class:`~celeriac.transports.redis.client.Client` takes them."""
+    return {
         name: cast(options[name])
         for name, cast in _CLIENT_OPTIONS.items()
         if options.get(name) is not None
     }
-    return Client(url, **kwargs)
+
+
+def same_client(url: str, settings: dict[str, float], other: str, others: dict[str, float]) -> bool:
+    """Whether one client serves both ``url`` and ``other``: the same host, port, database,
+    user, password and TLS set-up (``rediss://`` and its parameters), and the same client
+    settings (:func:`client_settings`). A host named two ways (``localhost``, ``127.0.0.1``)
+    counts as two; a URL that does not parse never matches (the client made for it reports
+    the problem when it connects)."""
+    try:
+        return settings == others and _reach(url) == _reach(other)
+    except (ConfigurationError, ValueError):
+        return False
+
+
+def _reach(url: str) -> tuple[object, ...]:
+    """How ``url`` reaches its database. TLS is compared as its scheme and parameters: two
+    TLS contexts never compare equal, and making one would read certificate files."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigurationError(f"{redacted(url)} is not a redis:// or rediss:// URL")
+    address = parse_url(urlunsplit(("redis", parts.netloc, parts.path, "", "")))
+    tls = sorted((name, values[-1]) for name, values in parse_qs(parts.query).items())
+    return address, parts.scheme, tls
 
 
 #: The first retry comes this soon after a failure; each later one twice as late, up to the cap.

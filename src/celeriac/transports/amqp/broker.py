@@ -357,6 +357,13 @@ class AmqpBroker(Broker):
                 self._exchanges.clear()
             return connection
 
+    async def open_connection(self) -> AbstractConnection:
+        """The broker's connection, opened again on demand, for a client on the same server
+        that opens none of its own (the ``rpc://`` result store). Such a client closes only
+        the channels it made; the connection is the broker's to close. While RabbitMQ is
+        away this raises one of ``UNREACHABLE``; after :meth:`close`, a BrokerError."""
+        return await self._open()
+
     async def channel(self, *, confirms: bool = False) -> AbstractChannel:
         """A new channel on the connection (consumers each get one; close it when done)."""
         connection = await self._open()

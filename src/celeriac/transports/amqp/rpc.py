@@ -1,6 +1,14 @@
 """``rpc://`` results: each state is a message to the caller's own queue, as Celery's rpc backend
 sends it, over the broker's RabbitMQ connection.
 
+The connection: an app's result store borrows its broker's (:meth:`RpcBackend.share_connection`,
+when the broker is an :class:`~celeriac.transports.amqp.broker.AmqpBroker` on the same URL), as
+Celery's rpc backend sends over its producer's connection. It opens two channels of its own
+there (one to publish states, one to consume its reply queue), asks the broker for the
+connection whenever it needs one (the broker reconnects it after an outage) and, when it
+closes, closes only those channels: the broker, closed after it, closes the connection. A
+store given no broker (or one elsewhere) opens a connection of its own to the broker's URL.
+
 The caller (one backend per event loop) declares a reply queue named by a fresh uuid, as
 Celery declares its own (durable, auto-delete, ``x-expires``), and its tasks carry that name
 as ``reply_to``. A worker publishes every state of such a task (STARTED, PROGRESS, RETRY,
@@ -19,7 +27,8 @@ RabbitMQ is away. A worker's store raises :class:`~celeriac.errors.BackendUnreac
 RabbitMQ cannot be reached, and the worker stores again later. States are published
 ``mandatory``: RabbitMQ deletes a reply queue (auto-delete) when its caller's connection
 drops, so just after an outage a state may find no queue until its caller has declared it
-again; for ``_REDECLARE_GRACE`` seconds after this backend reconnected that is "unreachable,
+again; for ``_REDECLARE_GRACE`` seconds after this backend found a new connection (its own
+reopened, or the broker's replaced) that is "unreachable,
 try again" too. Later, a missing reply queue means its caller has gone, and its results are
 dropped as Celery drops them, with one log line per queue. A state RabbitMQ refuses (over its
 ``max_message_size``) raises :class:`~celeriac.errors.ResultRejected`.
@@ -44,6 +53,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from celeriac import errors
 from celeriac.states import READY_STATES
 from celeriac.transports.amqp import connection as _amqp
+from celeriac.transports.amqp.broker import AmqpBroker
 from celeriac.transports.amqp.connection import REFUSED, UNREACHABLE, refusal
 from celeriac.transports.backend import (
     Changes,
@@ -55,6 +65,7 @@ from celeriac.transports.backend import (
     follow,
     is_ready,
 )
+from celeriac.transports.broker import Broker
 from celeriac.transports.options import Option, checked_options
 from celeriac.transports.urls import redacted
 
@@ -74,6 +85,10 @@ _RESUBSCRIBE_MAX_DELAY = 2.0
 _OUTAGE: tuple[type[BaseException], ...] = (*UNREACHABLE, errors.BackendUnreachable)
 #: Reply queues found gone, remembered (up to this many) to log each once.
 _GONE_REMEMBERED = 1000
+#: The longest closing waits for RabbitMQ to confirm that a channel closed.
+_CLOSE_TIMEOUT = 5.0
+#: What closing a channel already gone raises (it closed with its connection).
+_GONE: tuple[type[BaseException], ...] = (*UNREACHABLE, amqp_errors.AMQPError, RuntimeError)
 
 
 class _Task:
@@ -120,8 +135,10 @@ class RpcBackend(ResultBackend):
         self._queue_expires = float(opts["reply_queue_expires"])
         self._max_cached = int(opts["max_cached"])
         self._connect_timeout = float(opts["connect_timeout"])
-        self._connection: AbstractConnection | None = None
+        self._connection: AbstractConnection | None = None  # the last one used
+        self._lender: AmqpBroker | None = None  # the broker whose connection this borrows
         self._publisher: AbstractChannel | None = None
+        self._listener: AbstractChannel | None = None  # consumes the reply queue
         self._listening: asyncio.Task[None] | None = None  # keeps the reply queue subscribed
         self._tasks: OrderedDict[str, _Task] = OrderedDict()
         self._lock = asyncio.Lock()
@@ -133,25 +150,47 @@ class RpcBackend(ResultBackend):
 
     # -- connections -----------------------------------------------------------------------
 
+    def share_connection(self, broker: Broker) -> None:
+        """Borrow ``broker``'s connection when it is RabbitMQ at this store's URL: one
+        connection per app instead of two. Called before :meth:`connect`."""
+        if self._connection is not None:
+            raise RuntimeError("share_connection() comes before the rpc:// store connects")
+        if isinstance(broker, AmqpBroker) and broker.url == self.amqp_url:
+            self._lender = broker
+
     async def _open(self) -> AbstractConnection:
+        """The open connection; a new one (the broker replaced its, or this store's own was
+        lost and opened again) starts the grace period of ``_unroutable``."""
         if self._closed:
             raise errors.BrokerError("the rpc:// result backend is closed")
         async with self._lock:
-            connection = self._connection
-            if connection is None or connection.is_closed:
-                try:
-                    connection = await _amqp.connect(self.amqp_url, timeout=self._connect_timeout)
-                except UNREACHABLE as exc:
-                    raise errors.BackendUnreachable(
-                        f"rpc:// results: RabbitMQ at {redacted(self.amqp_url)} is unreachable"
-                        f" ({exc}); check that it runs and that broker_url points at it"
-                    ) from exc
+            try:
+                connection = await self._current_connection()
+            except UNREACHABLE as exc:
+                raise errors.BackendUnreachable(
+                    f"rpc:// results: RabbitMQ at {redacted(self.amqp_url)} is unreachable"
+                    f" ({exc}); check that it runs and that broker_url points at it"
+                ) from exc
+            if connection is not self._connection:
                 if self._connection is not None:  # it was lost: an outage, or a restart
                     self._reconnected_at = asyncio.get_running_loop().time()
                 self._connection, self._publisher = connection, None
             return connection
 
+    async def _current_connection(self) -> AbstractConnection:
+        """The broker's connection when borrowed (the broker reopens it), else this store's
+        own, opened again if it was lost."""
+        if self._lender is not None:
+            return await self._lender.open_connection()
+        connection = self._connection
+        if connection is None or connection.is_closed:
+            connection = await _amqp.connect(self.amqp_url, timeout=self._connect_timeout)
+        return connection
+
     async def close(self) -> None:
+        """Stop listening and close this store's connection, or, when it is borrowed, this
+        store's channels on it (which deletes the reply queue, auto-delete, as closing the
+        connection would): the broker closes the connection after."""
         if self._closed:
             return
         self._closed = True
@@ -159,7 +198,11 @@ class RpcBackend(ResultBackend):
             self._listening.cancel()
             await asyncio.gather(self._listening, return_exceptions=True)
         connection, self._connection = self._connection, None
-        if connection is not None:
+        channels = [c for c in (self._listener, self._publisher) if c is not None]
+        self._listener = self._publisher = None
+        if self._lender is not None:
+            await asyncio.gather(*(_close_channel(channel) for channel in channels))
+        elif connection is not None:
             with contextlib.suppress(*UNREACHABLE, RuntimeError):
                 await connection.close()
         for task in self._tasks.values():
@@ -285,7 +328,7 @@ class RpcBackend(ResultBackend):
     async def _subscribe(self) -> AbstractChannel:
         """Declare the reply queue (Celery's flags) and consume it."""
         connection = await self._open()
-        channel = await connection.channel(publisher_confirms=False)
+        channel = self._listener = await connection.channel(publisher_confirms=False)
         arguments: dict[str, Any] = {"x-expires": max(1, round(self._queue_expires * 1000))}
         try:
             await channel.queue_declare(
@@ -413,6 +456,14 @@ class RpcBackend(ResultBackend):
         await self._listen()
         with self._task(task_id).watched() as changed:
             yield _Changes(changed)
+
+
+async def _close_channel(channel: AbstractChannel) -> None:
+    """Close a channel of a borrowed connection, waiting ``_CLOSE_TIMEOUT`` at most for
+    RabbitMQ's answer; one already gone (with its connection) needs nothing more."""
+    with contextlib.suppress(*_GONE, TimeoutError):
+        async with asyncio.timeout(_CLOSE_TIMEOUT):
+            await channel.close()
 
 
 class _Changes:

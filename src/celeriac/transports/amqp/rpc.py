@@ -28,10 +28,10 @@ RabbitMQ cannot be reached, and the worker stores again later. States are publis
 ``mandatory``: RabbitMQ deletes a reply queue (auto-delete) when its caller's connection
 drops, so just after an outage a state may find no queue until its caller has declared it
 again; for ``_REDECLARE_GRACE`` seconds after this backend found a new connection (its own
-reopened, or the broker's replaced) that is "unreachable,
-try again" too. Later, a missing reply queue means its caller has gone, and its results are
-dropped as Celery drops them, with one log line per queue. A state RabbitMQ refuses (over its
-``max_message_size``) raises :class:`~celeriac.errors.ResultRejected`.
+reopened, or the broker's replaced) that is "unreachable, try again" too. Later, a missing
+reply queue means its caller has gone, and its results are dropped as Celery drops them, with
+one log line per queue. A state RabbitMQ refuses (over its ``max_message_size``) raises
+:class:`~celeriac.errors.ResultRejected`.
 """
 
 from __future__ import annotations

@@ -1,18 +1,17 @@
 """Fixtures that run the contract suite against every transport.
 
-A new transport joins by adding one entry to ``BROKERS`` and one to ``BACKENDS``: its class
-and a factory taking the test's ``tmp_path`` and returning the store's URL and options (every
-instance of one test shares them). Redis stores get a key prefix of their own per test, and
-the test's keys are deleted afterwards.
+The transports are those of ``tests/transports.py`` (the tests' one list): ``BROKERS`` and
+``BACKENDS`` are its brokers and result backends, and a new transport joins by its entry
+there. Every instance a test makes shares one fresh store (its URL and options); Redis stores
+get a key prefix of their own per test, and what the test left in a store is deleted
+afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,57 +22,8 @@ from celeriac.transports.amqp.broker import AmqpBroker
 from celeriac.transports.amqp.rpc import RpcBackend
 from celeriac.transports.backend import ResultBackend
 from celeriac.transports.broker import Broker
-from celeriac.transports.memory.backend import MemoryBackend
-from celeriac.transports.memory.broker import MemoryBroker, reset_memory_transports
-from celeriac.transports.redis.backend import RedisBackend
-from celeriac.transports.redis.broker import RedisBroker
-from celeriac.transports.sqlite import wakeup as _wakeup
-from celeriac.transports.sqlite.backend import SQLiteBackend
-from celeriac.transports.sqlite.broker import SQLiteBroker
-from services import (
-    AMQP_URL,
-    REDIS_DB_BROKER,
-    REDIS_DB_RESULTS,
-    delete_amqp_queues,
-    delete_prefixed,
-    redis_url,
-    require_rabbitmq,
-    require_redis,
-)
-
-Store = tuple[str, dict[str, Any]]  # URL, options
-
-
-def _memory(tmp: Path) -> Store:
-    return f"memory://contract-{uuid.uuid4().hex}", {}
-
-
-def _sqlite(tmp: Path) -> Store:
-    return f"sqlite:///{tmp}/celeriac.db", {}
-
-
-def _redis(db: int) -> Callable[[Path], Store]:
-    def store(tmp: Path) -> Store:
-        require_redis()
-        return redis_url(db), {"global_keyprefix": f"celeriac-test-{uuid.uuid4().hex}:"}
-
-    return store
-
-
-def _amqp(tmp: Path) -> Store:
-    require_rabbitmq()
-    test = f"celeriac-test-{uuid.uuid4().hex}"
-    return AMQP_URL, {"dead_letter_queue": f"{test}.dead", "delay_queue_prefix": f"{test}.delay"}
-
-
-def _amqp_broker(url: str, **kwargs: Any) -> Broker:
-    # Priorities need queues declared with x-max-priority on RabbitMQ.
-    return AmqpBroker(url, queue_max_priority=9, **kwargs)
-
-
-def _rpc(tmp: Path) -> Store:
-    require_rabbitmq()
-    return "rpc://", {}
+from services import AMQP_URL, delete_amqp_queues
+from transports import TRANSPORTS, Corner, Transport
 
 
 class _RpcToTheFirst(RpcBackend):
@@ -107,19 +57,10 @@ class _RpcToTheFirst(RpcBackend):
             self._arrival.notify_all()
 
 
-# name -> (class, this test's store)
-BROKERS: dict[str, tuple[Callable[..., Broker], Callable[[Path], Store]]] = {
-    "memory": (MemoryBroker, _memory),
-    "sqlite": (SQLiteBroker, _sqlite),
-    "redis": (RedisBroker, _redis(REDIS_DB_BROKER)),
-    "amqp": (_amqp_broker, _amqp),
-}
-BACKENDS: dict[str, tuple[type[ResultBackend], Callable[[Path], Store]]] = {
-    "memory": (MemoryBackend, _memory),
-    "sqlite": (SQLiteBackend, _sqlite),
-    "redis": (RedisBackend, _redis(REDIS_DB_RESULTS)),
-    "rpc": (_RpcToTheFirst, _rpc),
-}
+BROKERS: dict[str, Transport] = {name: t for name, t in TRANSPORTS.items() if t.broker}
+BACKENDS: dict[str, Transport] = {name: t for name, t in TRANSPORTS.items() if t.backend}
+#: Backends that take part through a class of the suite's own (each says why).
+STAND_INS: dict[str, type[ResultBackend]] = {"rpc": _RpcToTheFirst}
 #: Contract tests a backend does not take part in, and why.
 _NO_KEYS = "rpc:// keeps nothing on a server: it is no KeyValueBackend (no counters, leases)"
 NOT_FOR = {
@@ -146,24 +87,23 @@ MakeBroker = Callable[..., Awaitable[Broker]]
 MakeBackend = Callable[..., Awaitable[ResultBackend]]
 
 
-@pytest.fixture(autouse=True)
-def _clean_up(tmp_path: Path) -> Iterator[None]:
-    yield
-    reset_memory_transports()
-    # SQLite wake-up sockets live under the temp directory, keyed by the database path.
-    channels = _wakeup.channel_directory(str(tmp_path / "celeriac.db"), "tasks")
-    shutil.rmtree(os.path.dirname(channels), ignore_errors=True)
-
-
 @pytest.fixture(params=sorted(BROKERS))
 async def make_broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MakeBroker]:
     """A factory of connected brokers that share one store; all are closed at the end."""
-    cls, store_for = BROKERS[request.param]
-    url, base = store_for(tmp_path)
+    transport = BROKERS[request.param]
+    transport.require()
+    store = transport.store(Corner(tmp_path), "broker")
+    cls = transport.broker
+    assert cls is not None
     made: list[Broker] = []
 
     async def make(*, max_message_size: int = 0, options: dict[str, Any] | None = None) -> Broker:
-        broker = cls(url, max_message_size=max_message_size, options={**base, **(options or {})})
+        broker = cls(
+            store.url,
+            max_message_size=max_message_size,
+            options={**store.options, **(options or {})},
+            queue_max_priority=transport.max_priority,
+        )
         await broker.connect()
         made.append(broker)
         return broker
@@ -171,7 +111,7 @@ async def make_broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
     yield make
     for broker in reversed(made):
         await broker.close()
-    _delete_prefixed(url, base)
+    store.clean()
     declared = {name for b in made if isinstance(b, AmqpBroker) for name in b.declared}
     if declared:
         await delete_amqp_queues(declared)
@@ -187,12 +127,15 @@ async def make_backend(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[MakeBackend]:
     """A factory of connected result backends sharing one store; all closed at the end."""
-    cls, store_for = BACKENDS[request.param]
-    url, base = store_for(tmp_path)
+    transport = BACKENDS[request.param]
+    transport.require()
+    store = transport.store(Corner(tmp_path), "backend")
+    cls = STAND_INS.get(transport.name, transport.backend)
+    assert cls is not None
     made: list[ResultBackend] = []
 
     async def make(*, options: dict[str, Any] | None = None, **settings: Any) -> ResultBackend:
-        backend = cls(url, options={**base, **(options or {})}, **settings)
+        backend = cls(store.url, options={**store.options, **(options or {})}, **settings)
         if isinstance(backend, _RpcToTheFirst) and made:
             backend.caller = made[0]  # type: ignore[assignment]
         await backend.connect()
@@ -202,14 +145,7 @@ async def make_backend(
     yield make
     for backend in reversed(made):
         await backend.close()
-    _delete_prefixed(url, base)
-
-
-def _delete_prefixed(url: str, options: dict[str, Any]) -> None:
-    """Delete the Redis keys this test made (all under its own prefix), nothing else."""
-    prefix = options.get("global_keyprefix")
-    if prefix:
-        delete_prefixed(prefix, int(url.rsplit("/", 1)[1]))
+    store.clean()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Real worker processes on a real SQLite file, driven from the test process.
+"""Real worker processes, driven from the test process, on every transport of
+``tests/transports.py`` that a subprocess can reach (the ``broker_url`` fixture).
 
 ``start_worker`` starts ``celeriac -A <app> worker`` as a child process and returns once it
 logs that it is ready; its log lines are collected so tests can wait for a specific one.
@@ -23,17 +24,12 @@ from typing import Any
 import pytest
 
 from services import (
-    REDIS_DB_BROKER,
-    REDIS_DB_RESULTS,
     add_amqp_vhost,
-    amqp_vhost_url,
     delete_amqp_queues,
     delete_amqp_vhost,
-    delete_prefixed,
-    redis_url,
     require_rabbitmq,
-    require_redis,
 )
+from transports import TRANSPORTS, Corner, Transport
 
 APPS = Path(__file__).parent / "apps"
 READY = " ready: pid "
@@ -132,47 +128,64 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = kept
 
 
-@pytest.fixture(params=["sqlite", "redis", "amqp", "rpc"])
+#: The transports a worker subprocess can reach: those ``broker_url`` runs the tests on.
+WORKER_TRANSPORTS = [name for name, t in TRANSPORTS.items() if not t.in_process]
+#: Where a run on a broker that keeps no results keeps them.
+RESULTS_ELSEWHERE = "redis"
+#: Broker options of this suite's own, on top of the store's.
+BROKER_OPTIONS: dict[str, dict[str, Any]] = {
+    "redis": {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT},
+}
+
+
+def worker_stores(name: str) -> tuple[Transport, Transport]:
+    """The broker and the result backend of a worker run on transport ``name``: the
+    transport itself for what it is; a result backend that rides on a broker's server (rpc://)
+    with that broker; a broker that keeps no results with ``RESULTS_ELSEWHERE``."""
+    transport = TRANSPORTS[name]
+    broker = transport if transport.broker else TRANSPORTS[transport.rides_on or ""]
+    results = transport if transport.backend else TRANSPORTS[RESULTS_ELSEWHERE]
+    return broker, results
+
+
+@pytest.fixture(params=WORKER_TRANSPORTS)
 def broker_url(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[str]:
-    """A fresh broker for this test, set in the environment for both sides: a SQLite file;
-    Redis (DBs 14/15) under a key prefix of its own, deleted afterwards; or RabbitMQ in the
-    session's virtual host (queues deleted afterwards) with results in Redis, or (``rpc``)
-    sent back over RabbitMQ by rpc://."""
+    """A fresh broker and result store for this test (``worker_stores``), set in the
+    environment for both sides: a SQLite file; Redis (DBs 14/15) under a key prefix of its
+    own, deleted afterwards; or RabbitMQ in the session's virtual host (queues deleted
+    afterwards) with results in Redis, or (``rpc``) sent back over RabbitMQ by rpc://."""
     marks = tmp_path / "marks"
     marks.mkdir()
     monkeypatch.setenv("CELERIAC_TEST_MARKS", str(marks))
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'celeriac.db'}"
-        monkeypatch.setenv("CELERIAC_BROKER_URL", url)
-        monkeypatch.delenv("CELERIAC_RESULT_BACKEND", raising=False)
-        monkeypatch.delenv("CELERIAC_TEST_TRANSPORT_OPTIONS", raising=False)
-        yield url
-        return
-    require_redis()
-    prefix = f"celeriac-it-{uuid.uuid4().hex}:"
-    monkeypatch.setenv("CELERIAC_RESULT_BACKEND", redis_url(REDIS_DB_RESULTS))
-    if request.param in ("amqp", "rpc"):
-        url = amqp_vhost_url(request.getfixturevalue("amqp_vhost"))
-        monkeypatch.setenv("CELERIAC_BROKER_URL", url)
-        monkeypatch.setenv("CELERIAC_TEST_TRANSPORT_OPTIONS", json.dumps({}))
-        monkeypatch.setenv("CELERIAC_TEST_MAX_PRIORITY", "9")
-        if request.param == "rpc":
-            monkeypatch.setenv("CELERIAC_RESULT_BACKEND", "rpc://")
-            monkeypatch.delenv("CELERIAC_TEST_RESULT_PREFIX", raising=False)
-        else:
-            monkeypatch.setenv("CELERIAC_TEST_RESULT_PREFIX", prefix)
-        yield url
-        asyncio.run(delete_amqp_queues(AMQP_NAMES, url))
-        delete_prefixed(prefix, REDIS_DB_RESULTS)
-        return
-    url = redis_url(REDIS_DB_BROKER)
-    monkeypatch.setenv("CELERIAC_BROKER_URL", url)
-    options = {"global_keyprefix": prefix, "visibility_timeout": REDIS_VISIBILITY_TIMEOUT}
+    broker, results = worker_stores(request.param)
+    broker.require()
+    results.require()
+    on_rabbitmq = broker.server == "rabbitmq"
+    vhost = request.getfixturevalue("amqp_vhost") if on_rabbitmq else None
+    corner = Corner(tmp_path, name=f"celeriac-it-{uuid.uuid4().hex}", amqp_vhost=vhost)
+    queues, records = broker.store(corner, "broker"), results.store(corner, "backend")
+    options = {**queues.options, **BROKER_OPTIONS.get(broker.name, {})}
+    monkeypatch.setenv("CELERIAC_BROKER_URL", queues.url)
     monkeypatch.setenv("CELERIAC_TEST_TRANSPORT_OPTIONS", json.dumps(options))
-    yield url
-    delete_prefixed(prefix, REDIS_DB_BROKER, REDIS_DB_RESULTS)
+    monkeypatch.setenv("CELERIAC_RESULT_BACKEND", records.url)
+    _set_or_unset(
+        monkeypatch, "CELERIAC_TEST_RESULT_PREFIX", records.options.get("global_keyprefix")
+    )
+    _set_or_unset(monkeypatch, "CELERIAC_TEST_MAX_PRIORITY", broker.max_priority)
+    yield queues.url
+    if on_rabbitmq:
+        asyncio.run(delete_amqp_queues(AMQP_NAMES, queues.url))
+    queues.clean()
+    records.clean()
+
+
+def _set_or_unset(monkeypatch: pytest.MonkeyPatch, name: str, value: object) -> None:
+    if value is None:
+        monkeypatch.delenv(name, raising=False)
+    else:
+        monkeypatch.setenv(name, str(value))
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from interop.harness import TRANSPORTS, InteropRun
+from interop.harness import INTEROP_BROKERS, InteropRun
 from services import require_redis
 
 
-@pytest.fixture(scope="module", params=TRANSPORTS)
+@pytest.fixture(scope="module", params=INTEROP_BROKERS)
 def interop(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[InteropRun]:

@@ -31,16 +31,8 @@ import pytest
 import redis
 
 from integration.conftest import WorkerProcess
-from services import (
-    REDIS_HOST,
-    REDIS_PORT,
-    add_amqp_vhost,
-    amqp_vhost_url,
-    delete_amqp_vhost,
-    delete_prefixed,
-    redis_url,
-    require_rabbitmq,
-)
+from services import REDIS_HOST, REDIS_PORT, add_amqp_vhost, amqp_vhost_url, delete_amqp_vhost
+from transports import TRANSPORTS, Corner
 
 TESTS = Path(__file__).resolve().parents[1]
 #: Redis databases of the interop suite (the integration tests use 14/15).
@@ -56,10 +48,8 @@ CELERY_APP = "interop.peers.celery_app"
 CELERIAC_APP = "interop.peers.celeriac_app:app"
 
 
-#: The brokers the interop modules run on (results are in Redis on both).
-TRANSPORTS = ("redis", "amqp")
-#: ``task_queue_max_priority`` on RabbitMQ (both peers declare queues with it).
-AMQP_MAX_PRIORITY = 9
+#: The brokers the interop modules run on: those Celery speaks too (results are in Redis).
+INTEROP_BROKERS = tuple(name for name, t in TRANSPORTS.items() if t.broker and t.celery)
 
 
 class InteropRun:
@@ -71,12 +61,24 @@ class InteropRun:
     ) -> None:
         self.transport = transport
         self.results_via = results  # "redis", or "rpc" (rpc://, on RabbitMQ only)
+        broker, backend = TRANSPORTS[transport], TRANSPORTS[results]
+        broker.require()
+        backend.require()
         self.vhost: str | None = None
-        if transport == "amqp":
-            require_rabbitmq()
+        if broker.server == "rabbitmq":
             self.vhost = f"celeriac-interop-{name}-{uuid.uuid4().hex[:8]}"
             add_amqp_vhost(self.vhost)
-        self.prefix = f"interop-{name}-{uuid.uuid4().hex[:12]}:"
+        self.corner = Corner(
+            tmp,
+            name=f"interop-{name}-{uuid.uuid4().hex[:12]}",
+            redis_dbs=(INTEROP_DB_BROKER, INTEROP_DB_RESULTS),
+            amqp_vhost=self.vhost,
+        )
+        self.prefix = self.corner.prefix
+        #: The broker's and the results' stores, both peers' (their URLs, their clean-ups).
+        self.queues = broker.store(self.corner, "broker")
+        self.records = backend.store(self.corner, "backend")
+        self.max_priority = broker.max_priority
         self.marks = tmp / "marks"
         self.marks.mkdir()
         self.tmp = tmp
@@ -94,13 +96,9 @@ class InteropRun:
 
     def env(self) -> dict[str, str]:
         """What both peers read (``peers/settings.py``), plus celeriac's URL overrides."""
-        broker, backend = redis_url(INTEROP_DB_BROKER), redis_url(INTEROP_DB_RESULTS)
-        if self.vhost is not None:
-            broker = amqp_vhost_url(self.vhost)
-        if self.results_via == "rpc":
-            backend = "rpc://"
+        broker, backend = self.queues.url, self.records.url
         return {
-            "INTEROP_MAX_PRIORITY": str(AMQP_MAX_PRIORITY) if self.vhost is not None else "",
+            "INTEROP_MAX_PRIORITY": "" if self.max_priority is None else str(self.max_priority),
             "INTEROP_BROKER_URL": broker,
             "INTEROP_RESULT_BACKEND": backend,
             "INTEROP_KEYPREFIX": self.prefix,
@@ -251,6 +249,7 @@ class InteropRun:
                 worker.close()
         self.broker.close()
         self.results.close()
-        delete_prefixed(self.prefix, INTEROP_DB_BROKER, INTEROP_DB_RESULTS)
+        self.queues.clean()
+        self.records.clean()
         if self.vhost is not None:
             delete_amqp_vhost(self.vhost)

@@ -17,11 +17,14 @@ like an outage and was retried forever: such a record is checked before it is se
 
 When the broker is a :class:`RedisBroker` on the same database, reached the same way and
 with the same client options, the store borrows the broker's client rather than opening a
-second connection to the same server (:meth:`RedisBackend.share_connection`): a worker's
-results then travel in the same batched writes as its acks, and a process holds one
-connection to Redis, plus the blocking and pub/sub ones, instead of two. Only the client is
-shared: key prefixes, outage backoff and the pub/sub listener stay the store's own. The
-broker owns a borrowed client: the store's ``close`` flushes its writes and fails its
+second connection to the same server (:meth:`RedisBackend.share_connection`). Why: with no
+``result_backend`` set, results go to the broker's database, and a second multiplexed
+connection per process there would do nothing the first cannot (the store's writes join the
+broker's batches); a server with many workers and a ``maxclients`` limit counts each one.
+Speed is not the reason: on the no-op drain (``bench/drain.py --broker redis``, 2026-12-03,
+commit ddb2332) one client or two differ less than one run from the next. Only the client
+is shared: key prefixes, outage backoff and the pub/sub listener stay the store's own. The
+broker owns a borrowed client: the store's ``close`` waits for its writes and fails its
 waiters but leaves the client open, for the broker (closed after it) to close.
 
 Counters are plain integer keys under ``global_keyprefix`` (INCRBY and PEXPIRE in one

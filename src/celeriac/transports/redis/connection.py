@@ -8,10 +8,8 @@ shows up only in production.
 
 A broker and a result store that reach the same database the same way (:func:`same_client`)
 share one :class:`~celeriac.transports.redis.client.Client`: the store borrows its broker's
-(``RedisBackend.share_connection``). A worker then keeps one multiplexed connection to Redis
-instead of two, so acks, claims and results written in the same loop turn go out in one
-send, and the server holds one client fewer per process. A client names a database, a
-login, TLS and its timeouts, so anything else keeps two.
+(``RedisBackend.share_connection``, whose module says why). A client is bound to one
+database, login, TLS set-up and set of timeouts, so a store that differs in any keeps its own.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from celeriac import errors
@@ -171,6 +172,65 @@ class ResultBackend(ABC):
     @abstractmethod
     async def forget(self, task_id: str) -> None:
         """Delete the record (and the task's event log); forgetting twice is fine."""
+
+    # -- groups and chords -----------------------------------------------------------------
+
+    #: Whether this store joins chords itself (:meth:`chord_start`, :meth:`chord_part`,
+    #: :meth:`chord_done`). One that does not refuses a chord before anything is published.
+    joins_chords: bool = False
+
+    async def save_group(self, group_id: str, meta: Meta, *, expires: float | None) -> None:
+        """Keep a group's record (``GroupResult.save()``: Celery's ``{"result": ...}`` under
+        ``celery-taskset-meta-<group_id>`` on a key-value store)."""
+        raise self.no_groups("save a group")
+
+    async def restore_group(self, group_id: str) -> Meta | None:
+        """A group's record kept by :meth:`save_group`, or None."""
+        raise self.no_groups("restore a group")
+
+    async def forget_group(self, group_id: str) -> None:
+        """Delete a group's record (forgetting twice is fine)."""
+        raise self.no_groups("forget a group")
+
+    async def chord_start(self, group_id: str, size: int, *, expires: float | None) -> None:
+        """A chord's header of ``size`` tasks is being published: the store counts its
+        parts from now on (on Redis, Celery's ``celery-taskset-meta-<gid>.s``). Called before
+        the last header task is published."""
+        raise self.no_groups("join a chord")
+
+    async def chord_part(
+        self, group_id: str, part: ChordPart, *, expires: float | None
+    ) -> list[ChordPart] | None:
+        """Record that a header task of the chord ended, in one atomic step; a part that
+        comes twice (a redelivered task) counts once. Returns every part, in ``index``
+        order, to the one caller whose part completed the chord and which now owns
+        publishing its body (then :meth:`chord_done`); None to every other caller."""
+        raise self.no_groups("join a chord")
+
+    async def chord_done(self, group_id: str) -> None:
+        """The chord's body is published (or failed): drop what the store kept for it."""
+        raise self.no_groups("join a chord")
+
+    def no_groups(self, doing: str) -> NotImplementedError:
+        """The error of a group or chord operation this store cannot do."""
+        return NotImplementedError(
+            f"the result store {self.describe()} cannot {doing}: use a Redis or SQLite"
+            " result backend for chords and saved groups"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChordPart:
+    """A chord header task's outcome, as the store keeps it for the chord's body: Redis
+    keeps ``[1, task_id, state, value]`` scored by ``index`` (Celery's layout)."""
+
+    task_id: str
+    #: The task's ``group_index`` (None: Celery scores it last, +inf).
+    index: int | None
+    #: SUCCESS, FAILURE or REVOKED.
+    state: str
+    #: The result, or the exception's record for a failure.
+    value: Any
 
 
 class KeyValueBackend(ResultBackend):

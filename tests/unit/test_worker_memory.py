@@ -296,3 +296,11 @@ async def test_ready_line_hides_the_brokers_password(caplog: pytest.LogCaptureFi
             await stop(worker, task)
     ready = [r.getMessage() for r in caplog.records if " ready: pid " in r.getMessage()]
     assert len(ready) == 1 and "user:***@" in ready[0] and "s3cret" not in ready[0]
+
+
+async def test_a_stop_before_the_worker_runs_still_stops_it(app: Celery) -> None:
+    """stop() called before run() has begun (a test that fails right after starting a
+    worker, a supervisor's early signal) is not lost: run() returns at once."""
+    worker = Worker(app)
+    worker.stop()
+    await asyncio.wait_for(worker.run(), 10)

@@ -101,6 +101,8 @@ class Worker:
         """Consume until asked to stop; returns after a graceful (or forced) shutdown."""
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        if self._signals:  # stop() came before run(): it still holds
+            self._stopping.set()
         self._install_signal_handlers(loop)  # a signal while the broker is away stops too
         try:
             conn = await self._reach_broker()

@@ -16,7 +16,8 @@ errors does not swallow it by accident.
      │         └── ResultTooLarge  the record is bigger than ``result_max_size``
      ├── ProtocolError             a message is not a valid Celery protocol v2 task message
      │    ├── ContentDisallowed    its content type is not in ``accept_content``
-     │    └── MessageTooLarge      it is bigger than ``broker_max_message_size``
+     │    ├── MessageTooLarge      it is bigger than ``broker_max_message_size``
+     │    └── CanvasError          a signature dict (chain, group, chord...) is malformed
      ├── ResourceError             a worker resource failed to start, or is not started here
      ├── NotRegistered             no task of that name is registered in the worker
      ├── TimeoutError              a result was not ready in time (a builtin TimeoutError too)
@@ -94,6 +95,15 @@ class ContentDisallowed(ProtocolError):
 
 class MessageTooLarge(ProtocolError):
     """The serialized message exceeds ``broker_max_message_size``."""
+
+
+class CanvasError(ProtocolError):
+    """A signature dict (a task, chain, group, chord, map or chunks in Celery's form) is
+    malformed, or asks for something a canvas cannot do (a callback on a group).
+
+    A protocol error because signature dicts travel in messages (``embed.chain``,
+    ``callbacks``, ``chord``): the message names where the bad one sits.
+    """
 
 
 class ResourceError(CeleriacError):

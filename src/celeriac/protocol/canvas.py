@@ -1,0 +1,937 @@
+"""Celery's canvas on the wire: signature dicts, and the messages that applying one publishes.
+
+Pure: no I/O, no app. The client (``apply_async`` of a chain, group or chord) and the worker
+(a chain's next step, ``link`` callbacks, a chord's body) both turn a signature dict into
+messages here, so a canvas started by one and continued by the other (or by Celery) agrees
+on every id and embed. ``shared/celery-protocol/WAVE2.md`` §1 describes the format; the unit
+tests rebuild the messages real Celery 5.7 published (``tests/fixtures/celery-canvas/``).
+
+A signature is a plain dict, as Celery serialises one::
+
+    {"task": "proj.add", "args": [2], "kwargs": {}, "options": {"task_id": "..."},
+     "subtask_type": None, "immutable": False}
+
+``subtask_type`` says what it is: ``None`` a task, ``"chain"`` (``celery.chain``, kwargs
+``{"tasks": [...]}`` in running order), ``"group"`` (``celery.group``, the same kwargs),
+``"chord"`` (``celery.chord``, kwargs ``{"kwargs": {}, "header": <group>, "body": <sig>}``),
+``"xmap"``/``"xstarmap"`` (``celery.map``/``celery.starmap``, kwargs ``{"task", "it"}``) and
+``"chunks"`` (``celery.chunks``, kwargs ``{"task", "it", "n"}``, sent as a group of starmaps).
+
+:func:`apply` is Celery's ``signature.apply_async(args, kwargs, **options)``: it returns an
+:class:`Expansion`, the messages to publish (:class:`TaskCall`), the chords whose size the
+result store must know first (:class:`ChordStart`) and the ids of what was applied (a tree of
+:class:`TaskNode`/:class:`GroupNode`). :func:`freeze` assigns the ids without applying.
+Only a message's first step is published; every later one is published by the worker that
+ran the step before it, from the signature dicts the message carries.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from celeriac import ids
+from celeriac.errors import CanvasError
+from celeriac.protocol.message import parse_iso
+
+SignatureDict = dict[str, Any]
+
+#: Each ``subtask_type`` and the task name Celery gives signatures of that type.
+TASK_NAMES: dict[str | None, str | None] = {
+    None: None,
+    "chain": "celery.chain",
+    "group": "celery.group",
+    "chord": "celery.chord",
+    "xmap": "celery.map",
+    "xstarmap": "celery.starmap",
+    "chunks": "celery.chunks",
+}
+
+#: The keyword arguments of ``protocol.message.build_task_message`` a :class:`TaskCall`
+#: always carries (``None`` when unset).
+MESSAGE_OPTION_NAMES: tuple[str, ...] = (
+    "group",
+    "group_index",
+    "chain",
+    "chord",
+    "callbacks",
+    "errbacks",
+    "parent_id",
+    "root_id",
+    "reply_to",
+)
+
+#: The options of a signature that go to the publisher as ``sending.SendOptions`` (the same
+#: names; this package may not import ``sending``, a unit test keeps the two equal).
+SEND_OPTION_NAMES: frozenset[str] = frozenset(
+    {
+        "countdown",
+        "eta",
+        "expires",
+        "queue",
+        "priority",
+        "headers",
+        "ignore_result",
+        "serializer",
+        "time_limit",
+        "soft_time_limit",
+    }
+)
+
+#: Options a signature keeps when an applying call gives another value (Celery's
+#: ``_IMMUTABLE_OPTIONS``): a task already counted in a group stays in that group.
+_KEPT_OPTIONS = frozenset({"group_id"})
+
+#: A chain's options that it acts on itself rather than passing to its first task.
+_CHAIN_RUN_OPTIONS = frozenset(
+    {"chord", "group_id", "group_index", "link", "link_error", "parent_id", "root_id", "task_id"}
+)
+
+
+# -- building signature dicts -------------------------------------------------------------
+
+
+def signature(
+    task: str,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+    *,
+    subtask_type: str | None = None,
+    immutable: bool = False,
+) -> SignatureDict:
+    """A signature dict in Celery's form (keys in Celery's order)."""
+    return {
+        "task": task,
+        "args": list(args),
+        "kwargs": dict(kwargs or {}),
+        "options": dict(options or {}),
+        "subtask_type": subtask_type,
+        "immutable": immutable,
+    }
+
+
+def chain_dict(tasks: Sequence[SignatureDict], **options: Any) -> SignatureDict:
+    """``chain(*tasks)``: each task gets the previous one's result as its first argument."""
+    return signature("celery.chain", (), {"tasks": list(tasks)}, options, subtask_type="chain")
+
+
+def group_dict(tasks: Sequence[SignatureDict], **options: Any) -> SignatureDict:
+    """``group(*tasks)``: the tasks run in parallel; the group's result is their list."""
+    return signature("celery.group", (), {"tasks": list(tasks)}, options, subtask_type="group")
+
+
+def chord_dict(header: SignatureDict, body: SignatureDict, **options: Any) -> SignatureDict:
+    """``chord(header, body)``: the body gets the list of the header group's results."""
+    return signature(
+        "celery.chord",
+        (),
+        {"kwargs": {}, "header": header, "body": body},
+        options,
+        subtask_type="chord",
+    )
+
+
+def xmap_dict(task: SignatureDict, it: Iterable[Any], **options: Any) -> SignatureDict:
+    """``task.map(it)``: one ``celery.map`` message calling ``task(item)`` for each item."""
+    kwargs = {"task": task, "it": list(it)}
+    return signature("celery.map", (), kwargs, options, subtask_type="xmap", immutable=True)
+
+
+def xstarmap_dict(task: SignatureDict, it: Iterable[Any], **options: Any) -> SignatureDict:
+    """``task.starmap(it)``: one ``celery.starmap`` message calling ``task(*item)``."""
+    kwargs = {"task": task, "it": [list(item) for item in it]}
+    return signature("celery.starmap", (), kwargs, options, subtask_type="xstarmap", immutable=True)
+
+
+def chunks_dict(task: SignatureDict, it: Iterable[Any], n: int, **options: Any) -> SignatureDict:
+    """``task.chunks(it, n)``: sent as a group of ``celery.starmap`` messages of ``n`` items."""
+    kwargs = {"task": task, "it": [list(item) for item in it], "n": n}
+    return signature("celery.chunks", (), kwargs, options, subtask_type="chunks", immutable=True)
+
+
+# -- validating signature dicts from messages ---------------------------------------------
+
+
+def check(sig: object, where: str) -> SignatureDict:
+    """A checked copy of the signature dict ``sig`` (and of every signature inside it).
+
+    ``where`` names it in the error (``"embed 'chain'[1]"``). Missing ``args``, ``kwargs``,
+    ``options``, ``subtask_type`` and ``immutable`` take Celery's defaults; anything else
+    malformed raises :class:`~celeriac.errors.CanvasError` naming the problem and where.
+    """
+    if not isinstance(sig, Mapping):
+        raise CanvasError(f"{where}: a signature must be a dict, got {_type(sig)}")
+    task = sig.get("task")
+    if not isinstance(task, str) or not task:
+        raise CanvasError(f"{where}: 'task' must be a non-empty string, got {_short(task)}")
+    subtask_type = sig.get("subtask_type")
+    if subtask_type not in TASK_NAMES:
+        known = ", ".join(repr(name) for name in TASK_NAMES)
+        raise CanvasError(f"{where}: unknown subtask_type {_short(subtask_type)} (one of {known})")
+    args = sig.get("args", [])
+    if not isinstance(args, list | tuple):
+        raise CanvasError(f"{where}: 'args' must be a list, got {_type(args)}")
+    kwargs = sig.get("kwargs", {})
+    if not isinstance(kwargs, Mapping):
+        raise CanvasError(f"{where}: 'kwargs' must be a dict, got {_type(kwargs)}")
+    options = sig.get("options", {})
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping):
+        raise CanvasError(f"{where}: 'options' must be a dict, got {_type(options)}")
+    immutable = sig.get("immutable", False)
+    if not isinstance(immutable, bool):
+        raise CanvasError(f"{where}: 'immutable' must be true or false, got {_short(immutable)}")
+    checked = signature(
+        task,
+        copy.deepcopy(list(args)),
+        _check_kwargs(subtask_type, kwargs, where),
+        _check_options(options, where),
+        subtask_type=subtask_type,
+        immutable=immutable,
+    )
+    for key, value in sig.items():  # keys Celery does not write are kept as they came
+        checked.setdefault(key, copy.deepcopy(value))
+    return checked
+
+
+def check_list(sigs: object, where: str) -> list[SignatureDict]:
+    """:func:`check` for a list of signature dicts (an embed ``chain``, ``callbacks``...)."""
+    if not isinstance(sigs, list | tuple):
+        raise CanvasError(f"{where}: expected a list of signatures, got {_type(sigs)}")
+    return [check(sig, f"{where}[{index}]") for index, sig in enumerate(sigs)]
+
+
+def _check_kwargs(subtask_type: str | None, kwargs: Mapping[str, Any], where: str) -> Any:
+    if subtask_type is None:
+        return copy.deepcopy(dict(kwargs))
+    checked = copy.deepcopy(dict(kwargs))
+    if subtask_type in ("chain", "group"):
+        checked["tasks"] = check_list(_required(kwargs, "tasks", where), f"{where} tasks")
+    elif subtask_type == "chord":
+        header = _required(kwargs, "header", where)
+        if isinstance(header, list | tuple):
+            checked["header"] = check_list(header, f"{where} header")
+        else:
+            checked["header"] = check(header, f"{where} header")
+            if checked["header"]["subtask_type"] != "group":
+                raise CanvasError(f"{where} header: a chord's header must be a group or a list")
+        checked["body"] = check(_required(kwargs, "body", where), f"{where} body")
+        inner = kwargs.get("kwargs", {})
+        if not isinstance(inner, Mapping):
+            raise CanvasError(f"{where}: kwargs 'kwargs' must be a dict, got {_type(inner)}")
+        checked["kwargs"] = copy.deepcopy(dict(inner))
+    else:  # xmap, xstarmap, chunks
+        checked["task"] = check(_required(kwargs, "task", where), f"{where} task")
+        items = _required(kwargs, "it", where)
+        if not isinstance(items, list | tuple):
+            raise CanvasError(f"{where}: kwargs 'it' must be a list, got {_type(items)}")
+        if subtask_type == "chunks":
+            size = _required(kwargs, "n", where)
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise CanvasError(f"{where}: chunk size 'n' must be a positive int, got {size!r}")
+    return checked
+
+
+def _check_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
+    for key in ("task_id", "group_id", "parent_id", "root_id", "reply_to"):
+        value = options.get(key)
+        if value is not None and not isinstance(value, str):
+            raise CanvasError(f"{where}: option {key!r} must be a string, got {_type(value)}")
+    index = options.get("group_index")
+    if index is not None and (not isinstance(index, int) or isinstance(index, bool)):
+        raise CanvasError(f"{where}: option 'group_index' must be an int, got {_type(index)}")
+    checked = {key: copy.deepcopy(value) for key, value in options.items() if key not in _NESTED}
+    for key in ("link", "link_error"):
+        value = options.get(key)
+        if value is not None:
+            value = [value] if isinstance(value, Mapping) else value
+            checked[key] = check_list(value, f"{where} option {key!r}")
+        elif key in options:
+            checked[key] = None
+    if options.get("chain") is not None:
+        checked["chain"] = check_list(options["chain"], f"{where} option 'chain'")
+    elif "chain" in options:
+        checked["chain"] = None
+    if options.get("chord") is not None:
+        checked["chord"] = check(options["chord"], f"{where} option 'chord'")
+    elif "chord" in options:
+        checked["chord"] = None
+    return checked
+
+
+_NESTED = frozenset({"link", "link_error", "chain", "chord"})
+
+
+def _required(kwargs: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in kwargs:
+        raise CanvasError(f"{where}: kwargs lack {key!r}")
+    return kwargs[key]
+
+
+def _type(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# -- what applying publishes --------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TaskNode:
+    """The id of one task applied, and the result it follows (a chain's previous step)."""
+
+    id: str
+    parent: ResultNode | None = None
+
+
+@dataclass(slots=True)
+class GroupNode:
+    """A group's id and its members' results, in ``group_index`` order."""
+
+    id: str
+    children: list[ResultNode]
+    parent: ResultNode | None = None
+
+
+ResultNode = TaskNode | GroupNode
+
+
+@dataclass(slots=True)
+class TaskCall:
+    """One message to publish.
+
+    ``options`` holds every name of :data:`MESSAGE_OPTION_NAMES` (``None`` when unset), which
+    ``build_task_message`` takes as they are, and the signature's ``SendOptions`` that are set
+    (:data:`SEND_OPTION_NAMES`: queue, priority, countdown, eta...), for the publisher's plan.
+    """
+
+    task: str
+    id: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+
+    def message_options(self) -> dict[str, Any]:
+        """The canvas keyword arguments of ``build_task_message`` (an unset ``reply_to`` left
+        out: the publisher has its own default)."""
+        found = {name: self.options[name] for name in MESSAGE_OPTION_NAMES}
+        if found["reply_to"] is None:
+            del found["reply_to"]
+        return found
+
+    def send_options(self) -> dict[str, Any]:
+        """The options that are ``sending.SendOptions``."""
+        return {key: value for key, value in self.options.items() if key in SEND_OPTION_NAMES}
+
+
+@dataclass(slots=True)
+class ChordStart:
+    """A chord whose header is published by this expansion.
+
+    Before its header messages go out, the result store must learn the chord's ``size``
+    (Redis: ``celery-taskset-meta-<group_id>.s``), or, on a store without a native join, a
+    ``celery.chord_unlock`` task must be published for it: ``header`` gives the results it
+    polls (a chain in the header is its last step, a chord its body).
+    """
+
+    group_id: str
+    size: int
+    body: SignatureDict
+    header: list[ResultNode]
+
+    @property
+    def header_ids(self) -> list[str]:
+        """The ids of the header's results, in ``group_index`` order."""
+        return [node.id for node in self.header]
+
+
+@dataclass(slots=True)
+class Expansion:
+    """Everything one :func:`apply` asks of a publisher."""
+
+    calls: list[TaskCall] = field(default_factory=list)
+    """The messages, in publish order."""
+    chords: list[ChordStart] = field(default_factory=list)
+    """Chords to set up before any of ``calls`` is published."""
+    result: ResultNode | None = None
+    """The ids of what was applied: a task's, a group's, a chain's last step's (its
+    ``parent`` links go back to the first step) or a chord's body's (whose root parent is
+    the header group)."""
+
+
+def apply(
+    sig: SignatureDict,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    chain: list[SignatureDict] | None = None,
+    parent_id: str | None = None,
+    root_id: str | None = None,
+    priority: int | None = None,
+    reply_to: str | None = None,
+    new_id: Callable[[], str] = ids.uuid,
+    **options: Any,
+) -> Expansion:
+    """Celery's ``sig.apply_async(args, kwargs, **options)``, as the messages it publishes.
+
+    ``args`` are prepended to the signature's own (unless it is immutable) and ``kwargs``
+    merged into its own; ``options`` (``task_id``, ``group_id``, ``group_index``, ``chord``,
+    ``link``, ``link_error``, ``queue``, ``countdown``...) override the signature's, except a
+    ``group_id`` it already has; ``None`` values are ignored. ``chain`` is the embed chain
+    for the first message (the remaining steps, last first). ``parent_id`` and ``root_id``
+    go in the headers of the messages published now; ``reply_to`` in the options of each
+    signature frozen here (the client's reply queue). A worker continues a chain with
+    ``apply(chain[-1], (retval,), chain=chain[:-1], parent_id=..., root_id=...,
+    priority=...)``. Raises :class:`~celeriac.errors.CanvasError` for a malformed ``sig``.
+    """
+    context = _Context(new_id, reply_to, parent_id, root_id)
+    call = {key: value for key, value in options.items() if value is not None}
+    if chain is not None:
+        call["chain"] = chain
+    if priority is not None:
+        call["priority"] = priority
+    result = _apply(check(sig, "signature"), list(args), dict(kwargs or {}), call, context)
+    return Expansion(context.calls, context.chords, result)
+
+
+def freeze(
+    sig: SignatureDict,
+    *,
+    new_id: Callable[[], str] = ids.uuid,
+    reply_to: str | None = None,
+    task_id: str | None = None,
+    group_id: str | None = None,
+    group_index: int | None = None,
+    chord: SignatureDict | None = None,
+) -> tuple[SignatureDict, ResultNode]:
+    """A copy of ``sig`` with every id it will run under assigned (Celery's ``freeze``), and
+    those ids as a result tree. Applying the copy publishes under the same ids.
+
+    ``task_id`` is the id of the task whose result is the signature's (a chain's last step,
+    a chord's body; a group's own id). A ``chunks`` signature comes back as the group of
+    ``celery.starmap`` signatures it is sent as.
+    """
+    frozen = check(sig, "signature")
+    context = _Context(new_id, reply_to, None, None)
+    node = _freeze(
+        frozen, context, task_id=task_id, group_id=group_id, chord=chord, group_index=group_index
+    )
+    return frozen, node
+
+
+def apply_callbacks(
+    callbacks: Sequence[SignatureDict],
+    retval: Any,
+    *,
+    parent_id: str,
+    root_id: str | None,
+    priority: int | None = None,
+    reply_to: str | None = None,
+    new_id: Callable[[], str] = ids.uuid,
+) -> list[Expansion]:
+    """What a worker publishes for a finished task's ``link`` callbacks (its embed
+    ``callbacks``), as Celery's does: one callback is applied alone; of several, each group
+    is applied on its own and all the others together as one new group."""
+    common: dict[str, Any] = {
+        "parent_id": parent_id,
+        "root_id": root_id,
+        "priority": priority,
+        "reply_to": reply_to,
+        "new_id": new_id,
+    }
+    if len(callbacks) == 1:
+        return [apply(callbacks[0], (retval,), **common)]
+    checked = check_list(list(callbacks), "callbacks")
+    groups = [sig for sig in checked if sig["subtask_type"] == "group"]
+    others = [sig for sig in checked if sig["subtask_type"] != "group"]
+    expansions = [apply(group, (retval,), **common) for group in groups]
+    if others:
+        expansions.append(apply(group_dict(others), (retval,), **common))
+    return expansions
+
+
+def apply_errbacks(
+    errbacks: Sequence[SignatureDict],
+    failed_id: str,
+    *,
+    root_id: str | None,
+    reply_to: str | None = None,
+    new_id: Callable[[], str] = ids.uuid,
+) -> Expansion:
+    """The messages of a failed task's old-style errbacks (those the worker does not call in
+    process): one group of them, each called with the failed task's id first."""
+    return apply(
+        group_dict(list(errbacks)),
+        (failed_id,),
+        parent_id=failed_id,
+        root_id=root_id or failed_id,
+        reply_to=reply_to,
+        new_id=new_id,
+    )
+
+
+def chord_size(sig: SignatureDict) -> int:
+    """How many results a chord whose header member is ``sig`` waits for from it (Celery's
+    ``_descend``): a task 1, a group the sum of its members, a chain its last step's, a
+    chord its body's, chunks one per chunk."""
+    subtask_type = sig.get("subtask_type")
+    kwargs = sig["kwargs"]
+    if subtask_type == "group":
+        return sum(chord_size(member) for member in kwargs["tasks"])
+    if subtask_type == "chain":
+        for step in reversed(kwargs["tasks"]):
+            size = chord_size(step)
+            if size:
+                return size
+        return 0
+    if subtask_type == "chord":
+        return chord_size(kwargs["body"])
+    if subtask_type == "chunks":
+        return -(-len(kwargs["it"]) // int(kwargs["n"]))
+    return 1
+
+
+# -- the machinery ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Context:
+    """What one application shares: where ids come from, the ids of the task publishing
+    (headers only), and what it has published so far."""
+
+    new_id: Callable[[], str]
+    reply_to: str | None
+    parent_id: str | None
+    root_id: str | None
+    calls: list[TaskCall] = field(default_factory=list)
+    chords: list[ChordStart] = field(default_factory=list)
+
+
+def _merge(own: Mapping[str, Any], call: Mapping[str, Any]) -> dict[str, Any]:
+    """Celery's option merge: the call's options win, except those the signature keeps."""
+    merged = dict(own)
+    for key, value in call.items():
+        if value is not None and not (key in _KEPT_OPTIONS and key in own):
+            merged[key] = value
+    return merged
+
+
+def _as_list(value: Any) -> list[Any] | None:
+    if value is None:
+        return None
+    return [value] if isinstance(value, Mapping) else list(value)
+
+
+def _apply(
+    sig: SignatureDict,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    call: dict[str, Any],
+    context: _Context,
+) -> ResultNode:
+    subtask_type = sig["subtask_type"]
+    if subtask_type == "chain":
+        return _apply_chain(sig, args, kwargs, call, context)
+    if subtask_type == "group":
+        return _apply_group(sig, args, kwargs, call, context)
+    if subtask_type == "chord":
+        return _apply_chord(sig, args, kwargs, call, context)
+    if subtask_type == "chunks":
+        _chunks_to_group(sig)
+        return _apply_group(sig, args, kwargs, call, context)
+    if subtask_type in ("xmap", "xstarmap"):
+        sig["immutable"] = True  # the task and items are its kwargs: no partial arguments
+    return _apply_task(sig, args, kwargs, call, context)
+
+
+def _apply_task(
+    sig: SignatureDict,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    call: dict[str, Any],
+    context: _Context,
+) -> TaskNode:
+    options = _merge(sig["options"], call)
+    if sig["immutable"]:
+        args, kwargs = list(sig["args"]), dict(sig["kwargs"])
+    else:
+        args, kwargs = [*args, *sig["args"]], {**sig["kwargs"], **kwargs}
+    task_id = options.get("task_id") or context.new_id()
+    message_options: dict[str, Any] = {
+        "group": options.get("group_id"),
+        "group_index": options.get("group_index"),
+        "chain": options.get("chain"),
+        "chord": options.get("chord"),
+        "callbacks": _as_list(options.get("link")),
+        "errbacks": _as_list(options.get("link_error")),
+        "parent_id": context.parent_id or options.get("parent_id"),
+        "root_id": context.root_id or options.get("root_id"),
+        "reply_to": options.get("reply_to") or context.reply_to,
+    }
+    for key in SEND_OPTION_NAMES:
+        value = options.get(key)
+        if value is not None:
+            message_options[key] = (
+                parse_iso(value) if key in ("eta", "expires") and isinstance(value, str) else value
+            )
+    context.calls.append(TaskCall(sig["task"], task_id, args, kwargs, message_options))
+    return TaskNode(task_id)
+
+
+def _apply_chain(
+    sig: SignatureDict,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    call: dict[str, Any],
+    context: _Context,
+) -> ResultNode:
+    options = _merge(sig["options"], call)
+    args = list(sig["args"]) if sig["immutable"] else [*args, *sig["args"]]
+    steps = _chain_steps(sig)
+    if not steps:
+        raise CanvasError(f"a chain needs at least one task: {_short(sig)}")
+    errbacks = _as_list(options.get("link_error")) or []
+    # Last step first, as Celery: a group followed by a step becomes a chord with that
+    # step as its body, and the last step takes the chain's id, group and chord.
+    frozen: list[SignatureDict] = []
+    results: list[ResultNode] = []
+    for step in reversed(steps):
+        if step["subtask_type"] == "group" and frozen:
+            body_node = results.pop()
+            step = chord_dict(step, frozen.pop())
+            if results:  # the step after the body now follows the chord
+                _unlink(results[-1], body_node)
+        if not frozen:
+            node = _freeze(
+                step,
+                context,
+                task_id=options.get("task_id"),
+                group_id=options.get("group_id"),
+                chord=options.get("chord"),
+                group_index=options.get("group_index"),
+            )
+        else:
+            node = _freeze(step, context)
+        if results:
+            _first_of(results[-1]).parent = node
+        for errback in errbacks:
+            _link_error(step, errback)
+        frozen.append(step)
+        results.append(node)
+    for callback in _as_list(options.get("link")) or []:
+        _link(frozen[0], callback)
+    first = frozen.pop()
+    first_call = {key: value for key, value in options.items() if key not in _CHAIN_RUN_OPTIONS}
+    first_call["chain"] = [*(options.get("chain") or []), *frozen]
+    applied = _apply(first, args, kwargs, first_call, context)
+    return applied if not frozen else results[0]
+
+
+def _chain_steps(sig: SignatureDict) -> list[SignatureDict]:
+    """A chain's steps with nested chains spliced in (their ``link`` moved to their last
+    step, their ``link_error`` to every step), one-member groups unwrapped and empty
+    groups dropped (unless nothing else is left)."""
+    steps: list[SignatureDict] = []
+    pending = list(reversed(sig["kwargs"]["tasks"]))
+    while pending:
+        step = pending.pop()
+        if step["subtask_type"] == "group":
+            members = step["kwargs"]["tasks"]
+            if len(members) == 1:
+                pending.append(members[0])
+                continue
+            if not members:
+                continue
+        if step["subtask_type"] == "chain":
+            inner = step["kwargs"]["tasks"]
+            for callback in _as_list(step["options"].get("link")) or []:
+                if inner:
+                    _link(inner[-1], callback)
+            for errback in _as_list(step["options"].get("link_error")) or []:
+                for task in inner:
+                    _link_error(task, errback)
+            pending.extend(reversed(inner))
+            continue
+        steps.append(step)
+    if not steps and any(t["subtask_type"] == "group" for t in sig["kwargs"]["tasks"]):
+        steps.append(group_dict([]))
+    return steps
+
+
+def _apply_group(
+    sig: SignatureDict,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    call: dict[str, Any],
+    context: _Context,
+) -> GroupNode:
+    options = _merge(sig["options"], call)
+    if options.get("link") or options.get("link_error"):
+        raise CanvasError(
+            "a group takes no link or link_error: make it a chord to run a task after it,"
+            " or put the error callback on each of its tasks"
+        )
+    group_id = options.pop("task_id", None) or context.new_id()
+    options["group_id"] = group_id
+    chord = options.pop("chord", None)
+    options.pop("group_index", None)
+    children: list[ResultNode] = []
+    for index, member in enumerate(_group_members(sig)):
+        _freeze(member, context, group_id=group_id, group_index=index)
+        member_call = dict(options)
+        if chord is not None:
+            member_call["chord"] = chord
+        children.append(_apply(member, args, kwargs, member_call, context))
+    return GroupNode(group_id, children)
+
+
+def _group_members(sig: SignatureDict) -> list[SignatureDict]:
+    """A group's tasks with nested groups flattened and empty chains dropped."""
+    members: list[SignatureDict] = []
+    for task in sig["kwargs"]["tasks"]:
+        if task["subtask_type"] == "group":
+            members.extend(_group_members(task))
+        elif task["subtask_type"] == "chunks":
+            _chunks_to_group(task)
+            members.extend(_group_members(task))
+        elif task["subtask_type"] == "chain" and not task["kwargs"]["tasks"]:
+            continue
+        else:
+            members.append(task)
+    return members
+
+
+def _apply_chord(
+    sig: SignatureDict,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    call: dict[str, Any],
+    context: _Context,
+) -> ResultNode:
+    args = list(sig["args"]) if sig["immutable"] else [*args, *sig["args"]]
+    kwargs = {**sig["kwargs"].get("kwargs", {}), **kwargs}
+    header = _chord_header(sig)
+    body = sig["kwargs"]["body"]
+    options = _merge(sig["options"], call)
+    header_delay: dict[str, Any] = {
+        key: options.pop(key) for key in ("countdown", "eta") if key in options
+    }
+    task_id = options.pop("task_id", None)
+    for callback in _as_list(options.pop("link", None)) or []:
+        _link(body, callback)
+    for errback in _as_list(options.pop("link_error", None)) or []:
+        _link_error(body, errback)
+    # The body inherits the call's options (the chain after the chord, the group and chord
+    # the chord is part of...), but not the parent: the header task that completes the
+    # chord is the body's parent.
+    body_options = {key: value for key, value in options.items() if key != "parent_id"}
+    if context.root_id is not None:
+        body_options.setdefault("root_id", context.root_id)
+    body["options"] = _merge(body["options"], body_options)
+    group_id = header["options"].get("task_id") or context.new_id()
+    header["options"]["task_id"] = group_id
+    body_node = _freeze(body, context, task_id=task_id, group_id=group_id)
+    members = _group_members(header)
+    if not members:
+        _apply(body, [[]], {}, {}, context)
+        _first_of(body_node).parent = GroupNode(group_id, [])
+        return body_node
+    header_call = {
+        key: value
+        for key, value in options.items()
+        if key not in ("chain", "chord", "group_id", "group_index")
+    }
+    header_call.update(header_delay, task_id=group_id, chord=body)
+    start = ChordStart(group_id, sum(chord_size(m) for m in members), body, [])
+    context.chords.append(start)
+    header_node = _apply_group(header, args, kwargs, header_call, context)
+    start.header = header_node.children
+    _first_of(body_node).parent = header_node
+    return body_node
+
+
+def _chord_header(sig: SignatureDict) -> SignatureDict:
+    header = sig["kwargs"]["header"]
+    if isinstance(header, list):
+        header = sig["kwargs"]["header"] = group_dict(header)
+    return header  # type: ignore[no-any-return]
+
+
+def _chunks_to_group(sig: SignatureDict) -> None:
+    """Turn a ``chunks`` signature, in place, into the group of starmaps it is sent as."""
+    task, items, size = sig["kwargs"]["task"], sig["kwargs"]["it"], sig["kwargs"]["n"]
+    parts = [
+        xstarmap_dict(copy.deepcopy(task), items[at : at + size])
+        for at in range(0, len(items), size)
+    ]
+    group = group_dict(parts, **sig["options"])
+    sig.clear()
+    sig.update(group)
+
+
+def _freeze(
+    sig: SignatureDict,
+    context: _Context,
+    *,
+    task_id: str | None = None,
+    group_id: str | None = None,
+    chord: SignatureDict | None = None,
+    group_index: int | None = None,
+) -> ResultNode:
+    """Assign ``sig``'s ids in place (Celery's ``freeze``) and return its result tree.
+
+    ``task_id``, ``group_id``, ``chord`` and ``group_index`` go to the task whose result is
+    the signature's: a chain's last step, a chord's body (a group keeps ``task_id`` as its
+    own id and gives the others to each member)."""
+    if sig["subtask_type"] == "chunks":
+        _chunks_to_group(sig)
+    freezer = _FREEZERS.get(sig["subtask_type"], _freeze_task)
+    return freezer(sig, context, task_id, group_id, chord, group_index)
+
+
+def _freeze_task(
+    sig: SignatureDict,
+    context: _Context,
+    task_id: str | None,
+    group_id: str | None,
+    chord: SignatureDict | None,
+    group_index: int | None,
+) -> ResultNode:
+    options = sig["options"]
+    tid = options.get("task_id") or task_id or context.new_id()
+    options["task_id"] = tid
+    if context.reply_to and "reply_to" not in options:
+        options["reply_to"] = context.reply_to
+    if group_id and "group_id" not in options:
+        options["group_id"] = group_id
+    if chord:
+        options["chord"] = chord
+    if group_index is not None:
+        options["group_index"] = group_index
+    return TaskNode(tid)
+
+
+def _freeze_group(
+    sig: SignatureDict,
+    context: _Context,
+    task_id: str | None,
+    group_id: str | None,
+    chord: SignatureDict | None,
+    group_index: int | None,
+) -> ResultNode:
+    options = sig["options"]
+    gid = options.get("task_id") or task_id or context.new_id()
+    options["task_id"] = gid
+    if group_id:
+        options["group_id"] = group_id
+    if chord:
+        options["chord"] = chord
+    if group_index is not None:
+        options["group_index"] = group_index
+    children = [
+        _freeze(member, context, group_id=group_id, chord=chord, group_index=index)
+        for index, member in enumerate(_group_members(sig))
+    ]
+    return GroupNode(gid, children)
+
+
+def _freeze_chain(
+    sig: SignatureDict,
+    context: _Context,
+    task_id: str | None,
+    group_id: str | None,
+    chord: SignatureDict | None,
+    group_index: int | None,
+) -> ResultNode:
+    tasks = sig["kwargs"]["tasks"]
+    if not tasks:
+        raise CanvasError(f"a chain needs at least one task: {_short(sig)}")
+    previous: ResultNode | None = None
+    for step in tasks[:-1]:
+        node = _freeze(step, context)
+        if previous is not None:
+            _first_of(node).parent = previous
+        previous = node
+    last = _freeze(
+        tasks[-1], context, task_id=task_id, group_id=group_id, chord=chord,
+        group_index=group_index,
+    )  # fmt: skip
+    if previous is not None:
+        _first_of(last).parent = previous
+    sig["options"]["task_id"] = last.id
+    return last
+
+
+def _freeze_chord(
+    sig: SignatureDict,
+    context: _Context,
+    task_id: str | None,
+    group_id: str | None,
+    chord: SignatureDict | None,
+    group_index: int | None,
+) -> ResultNode:
+    header_node = _freeze(_chord_header(sig), context)
+    sig["options"]["task_id"] = header_node.id
+    body_node = _freeze(
+        sig["kwargs"]["body"], context, task_id=task_id, group_id=group_id, chord=chord,
+        group_index=group_index,
+    )  # fmt: skip
+    _first_of(body_node).parent = header_node
+    return body_node
+
+
+_FREEZERS = {"group": _freeze_group, "chain": _freeze_chain, "chord": _freeze_chord}
+
+
+def _first_of(node: ResultNode) -> ResultNode:
+    """The earliest result ``node`` follows (a chain's first step), to link it to what
+    runs before it."""
+    while node.parent is not None:
+        node = node.parent
+    return node
+
+
+def _unlink(node: ResultNode, target: ResultNode) -> None:
+    """Cut the link from ``node``'s line of parents to ``target``."""
+    while node.parent is not None and node.parent is not target:
+        node = node.parent
+    if node.parent is target:
+        node.parent = None
+
+
+def _link(sig: SignatureDict, callback: SignatureDict) -> None:
+    """Add a success callback as Celery's ``sig.link`` does for each kind."""
+    subtask_type = sig["subtask_type"]
+    if subtask_type == "chord":
+        _link(sig["kwargs"]["body"], callback)
+    elif subtask_type == "group" and sig["kwargs"]["tasks"]:
+        _link(sig["kwargs"]["tasks"][0], {**copy.deepcopy(callback), "immutable": True})
+    else:
+        _append_option(sig, "link", callback)
+
+
+def _link_error(sig: SignatureDict, errback: SignatureDict) -> None:
+    """Add an error callback as Celery's ``sig.link_error`` does for each kind."""
+    subtask_type = sig["subtask_type"]
+    if subtask_type == "chord":
+        _link_error(sig["kwargs"]["body"], errback)
+    elif subtask_type == "group":
+        for member in sig["kwargs"]["tasks"]:
+            _link_error(member, copy.deepcopy(errback))
+    else:
+        _append_option(sig, "link_error", errback)
+
+
+def _append_option(sig: SignatureDict, key: str, value: SignatureDict) -> None:
+    items = _as_list(sig["options"].get(key)) or []
+    if value not in items:
+        items.append(value)
+    sig["options"][key] = items

@@ -1,0 +1,639 @@
+"""The canvas protocol layer against the messages real Celery 5.7 published.
+
+Each fixture in ``tests/fixtures/celery-canvas/`` holds every task message one canvas put on
+Redis: first the client's, then those Celery workers published as steps finished. Each test
+rebuilds the client's messages with :func:`canvas.apply` from the same canvas, and each later
+message with the ``apply`` a worker makes at that point (a chain's next step, callbacks, a
+chord's body), and compares headers (but ``origin``), decoded bodies and the ``reply_to`` and
+``priority`` properties.
+
+Ids: ``apply`` takes its new ids from ``new_id``; each test hands it the fixture's ids in the
+order ``apply`` asks for them (a chain is frozen last step first, as Celery does), so every id
+must land where Celery put it.
+
+Two normalisations, applied to both sides (see :func:`normalised`):
+
+* ``argsrepr``/``kwargsrepr`` are compared as values with tuples read as lists: Celery shows
+  ``(1, 2)`` for arguments that went through Python code and ``[5, 5]`` for ones read off the
+  wire, a difference JSON cannot carry;
+* in signature dicts inside a body, options whose value is ``null`` are dropped, and Celery's
+  ``add_to_parent``: Celery copies the options of the call applying a chord (``root_id:
+  null``, ``priority: null``, ``add_to_parent: false``) into its body; a null option is the
+  same as none, and ``add_to_parent`` only concerns Celery's in-process result trail.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celeriac import sending
+from celeriac.errors import CanvasError, ProtocolError
+from celeriac.protocol import canvas
+from celeriac.protocol.canvas import (
+    ChordStart,
+    Expansion,
+    GroupNode,
+    TaskCall,
+    TaskNode,
+    chain_dict,
+    chord_dict,
+    chunks_dict,
+    group_dict,
+    signature,
+    xmap_dict,
+    xstarmap_dict,
+)
+from celeriac.protocol.message import build_task_message
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "celery-canvas"
+#: The Celery client's reply queue (its ``oid``), in every signature it froze.
+CLIENT = "53a1879e-7a18-3f8b-ba4a-8dc83dd9a381"
+#: The Celery worker's, in the messages it published for signatures it froze itself.
+WORKER = "492f8419-7be5-3517-864d-2f8ba04f2132"
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+class Message:
+    """One captured message: its headers, decoded body and properties."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.headers: dict[str, Any] = raw["headers"]
+        self.body: list[Any] = raw["body_decoded"]
+        self.properties: dict[str, Any] = raw["properties"]
+
+    @property
+    def id(self) -> str:
+        return str(self.headers["id"])
+
+    @property
+    def root_id(self) -> str:
+        return str(self.headers["root_id"])
+
+    @property
+    def embed(self) -> dict[str, Any]:
+        return dict(self.body[2])
+
+
+def captured(scenario: str) -> tuple[list[Message], dict[str, Any]]:
+    data = json.loads((FIXTURES / f"canvas-redis-{scenario}.json").read_text())
+    return [Message(raw) for raw in data["messages"]], data["result_ids"]
+
+
+class Ids:
+    """A ``new_id`` that hands out the given ids in order and knows whether all were used."""
+
+    def __init__(self, *values: str) -> None:
+        self._values: Iterator[str] = iter(values)
+        self.left = list(values)
+
+    def __call__(self) -> str:
+        value = next(self._values)
+        self.left.remove(value)
+        return value
+
+
+def no_ids() -> str:
+    raise AssertionError("this apply should not need a new id")
+
+
+def task(name: str, *args: Any, immutable: bool = False, **kwargs: Any) -> dict[str, Any]:
+    return signature(f"rapp.{name}", args, kwargs, immutable=immutable)
+
+
+def built(call: TaskCall) -> dict[str, Any]:
+    """What ``build_task_message`` makes of ``call``, in the shape of :func:`expected`."""
+    priority = call.send_options().get("priority")
+    envelope = build_task_message(
+        call.task,
+        call.id,
+        call.args,
+        call.kwargs,
+        **call.message_options(),
+        **({"priority": priority} if priority is not None else {}),
+    )
+    return normalised(
+        envelope.headers,
+        json.loads(envelope.body),
+        envelope.properties["reply_to"],
+        envelope.properties["priority"],
+    )
+
+
+def expected(message: Message) -> dict[str, Any]:
+    return normalised(
+        message.headers,
+        message.body,
+        message.properties["reply_to"],
+        message.properties["priority"],
+    )
+
+
+def normalised(headers: dict[str, Any], body: Any, reply_to: str, priority: int) -> dict[str, Any]:
+    headers = {key: value for key, value in headers.items() if key != "origin"}
+    for key in ("argsrepr", "kwargsrepr"):
+        headers[key] = _as_lists(ast.literal_eval(headers[key]))
+    return {
+        "headers": headers,
+        "body": _signature_options_cleaned(body),
+        "reply_to": reply_to,
+        "priority": priority,
+    }
+
+
+def _as_lists(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_as_lists(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _as_lists(item) for key, item in value.items()}
+    return value
+
+
+def _signature_options_cleaned(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_signature_options_cleaned(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    cleaned = {key: _signature_options_cleaned(item) for key, item in value.items()}
+    if "subtask_type" in cleaned and isinstance(cleaned.get("options"), dict):
+        cleaned["options"] = {
+            key: item
+            for key, item in cleaned["options"].items()
+            if item is not None and key != "add_to_parent"
+        }
+    return cleaned
+
+
+def assert_publishes(expansion: Expansion, messages: list[Message]) -> None:
+    assert [call.id for call in expansion.calls] == [m.id for m in messages]
+    for call, message in zip(expansion.calls, messages, strict=True):
+        assert built(call) == expected(message), f"message {call.id} ({call.task})"
+
+
+def worker_step(previous: Message, retval: Any, *, new_id: Callable[[], str] = no_ids) -> Expansion:
+    """What a worker publishes after ``previous`` returned ``retval``: its chain's next step."""
+    chain = previous.embed["chain"]
+    return canvas.apply(
+        chain[-1],
+        (retval,),
+        chain=chain[:-1],
+        parent_id=previous.id,
+        root_id=previous.root_id,
+        priority=None,
+        reply_to=WORKER,
+        new_id=new_id,
+    )
+
+
+def chord_body(last_part: Message, results: list[Any]) -> Expansion:
+    """What the worker whose header task ``last_part`` completes a chord publishes."""
+    return canvas.apply(
+        last_part.embed["chord"],
+        (results,),
+        parent_id=last_part.id,
+        root_id=last_part.root_id,
+        reply_to=WORKER,
+        new_id=no_ids,
+    )
+
+
+def ids_of(node: canvas.ResultNode | None) -> Any:
+    """A result tree as plain data: (id, parent) for a task, (id, [children]) for a group."""
+    if node is None:
+        return None
+    if isinstance(node, GroupNode):
+        return (node.id, [ids_of(child) for child in node.children], ids_of(node.parent))
+    return (node.id, ids_of(node.parent))
+
+
+# -- chains -----------------------------------------------------------------------------------
+
+
+def test_chain3() -> None:
+    m, result = captured("chain3")
+    ids = Ids(m[2].id, m[1].id, m[0].id)
+    canvas_ = chain_dict([task("add", 1, 2), task("add", 10), task("mul", 2)])
+    expansion = canvas.apply(canvas_, reply_to=CLIENT, new_id=ids)
+    assert_publishes(expansion, m[:1])
+    assert ids.left == [] and expansion.chords == []
+    assert isinstance(expansion.result, TaskNode)
+    assert expansion.result.id == result["id"]
+    assert expansion.result.parent is not None
+    assert expansion.result.parent.id == result["parent"]
+    assert ids_of(expansion.result) == (m[2].id, (m[1].id, (m[0].id, None)))
+
+    assert_publishes(worker_step(m[0], 3), m[1:2])
+    assert_publishes(worker_step(m[1], 13), m[2:3])
+
+
+def test_chain_immutable() -> None:
+    m, result = captured("chain-immutable")
+    canvas_ = chain_dict([task("add", 1, 2), task("add", 5, 5, immutable=True), task("mul", 3)])
+    expansion = canvas.apply(canvas_, reply_to=CLIENT, new_id=Ids(m[2].id, m[1].id, m[0].id))
+    assert_publishes(expansion, m[:1])
+    assert_publishes(worker_step(m[0], 3), m[1:2])  # 3 is not passed: add.si(5, 5)
+    assert_publishes(worker_step(m[1], 10), m[2:3])
+    assert expansion.result is not None and expansion.result.id == result["id"]
+
+
+def test_chain_link_error_reaches_every_step() -> None:
+    m, result = captured("chain-link_error")
+    on_error = task("on_error")
+    canvas_ = chain_dict([task("add", 1, 2), task("boom"), task("mul", 3)])
+    expansion = canvas.apply(
+        canvas_,
+        link_error=on_error,
+        reply_to=CLIENT,
+        new_id=Ids(result["id"], result["parent"], m[0].id),
+    )
+    assert_publishes(expansion, m[:1])
+    assert_publishes(worker_step(m[0], 3), m[1:2])
+
+
+def test_a_chain_with_options_of_its_own_passes_them_to_its_steps() -> None:
+    canvas_ = chain_dict([task("add", 1, 2), task("mul", 3)], task_id="last", queue="q")
+    expansion = canvas.apply(canvas_, new_id=Ids("first"))
+    (call,) = expansion.calls
+    assert call.id == "first"
+    assert call.send_options() == {"queue": "q"}
+    assert [step["options"]["task_id"] for step in call.options["chain"]] == ["last"]
+
+
+# -- groups -----------------------------------------------------------------------------------
+
+
+def test_group2() -> None:
+    m, result = captured("group2")
+    expansion = canvas.apply(
+        group_dict([task("add", 1, 1), task("add", 2, 2)]),
+        reply_to=CLIENT,
+        new_id=Ids(result["id"], m[0].id, m[1].id),
+    )
+    assert_publishes(expansion, m)
+    assert ids_of(expansion.result) == (result["id"], [(m[0].id, None), (m[1].id, None)], None)
+
+
+def test_group_of_chains() -> None:
+    # Only the chain's last step belongs to the group: the first message has group null.
+    m, result = captured("group-of-chains")
+    canvas_ = group_dict([chain_dict([task("add", 1, 1), task("mul", 10)]), task("add", 3, 3)])
+    expansion = canvas.apply(
+        canvas_, reply_to=CLIENT, new_id=Ids(result["id"], m[0].id, m[2].id, m[1].id)
+    )
+    assert_publishes(expansion, m[:2])
+    assert isinstance(expansion.result, GroupNode)
+    assert [child.id for child in expansion.result.children] == result["results"]
+    assert_publishes(worker_step(m[0], 2), m[2:3])
+
+
+def test_a_group_refuses_a_link() -> None:
+    with pytest.raises(CanvasError, match="make it a chord"):
+        canvas.apply(group_dict([task("add", 1, 1)]), link=task("tsum"))
+
+
+# -- chords -----------------------------------------------------------------------------------
+
+
+def test_chord2() -> None:
+    m, result = captured("chord2")
+    gid = result["parent"]
+    body = task("tsum")
+    expansion = canvas.apply(
+        chord_dict(group_dict([task("add", 1, 1), task("add", 2, 2)]), body),
+        reply_to=CLIENT,
+        new_id=Ids(gid, result["id"], m[0].id, m[1].id),
+    )
+    assert_publishes(expansion, m[:2])
+    (start,) = expansion.chords
+    assert (start.group_id, start.size, start.header_ids) == (gid, 2, [m[0].id, m[1].id])
+    assert start.body == m[0].embed["chord"]
+    assert ids_of(expansion.result) == (
+        result["id"],
+        (gid, [(m[0].id, None), (m[1].id, None)], None),
+    )
+    assert_publishes(chord_body(m[1], [2, 4]), m[2:3])
+
+
+@pytest.mark.parametrize("scenario", ["chord-body-chain", "group-then-chain-in-chain"])
+def test_chord_with_a_chain_as_body(scenario: str) -> None:
+    # group-then-chain-in-chain: Celery's client turned chain(group, chain(tsum, mul)) into
+    # this very chord before applying it.
+    m, result = captured(scenario)
+    gid, body_first = result["parent"], m[2].id
+    mul = 10 if scenario == "chord-body-chain" else 2
+    body = chain_dict([task("tsum"), task("mul", mul)])
+    expansion = canvas.apply(
+        chord_dict(group_dict([task("add", 1, 1), task("add", 2, 2)]), body),
+        reply_to=CLIENT,
+        new_id=Ids(gid, body_first, result["id"], m[0].id, m[1].id),
+    )
+    assert_publishes(expansion, m[:2])
+    assert expansion.chords[0].size == 2
+    assert_publishes(chord_body(m[1], [2, 4]), m[2:3])
+    assert_publishes(worker_step(m[2], 6), m[3:4])
+
+
+def test_chain_group_upgrade() -> None:
+    # chain(add, group(mul, mul), tsum) is sent as chain(add, chord(group(mul, mul), tsum)).
+    m, result = captured("chain-group-upgrade")
+    gid, body_id = result["parent"], result["id"]
+    canvas_ = chain_dict(
+        [task("add", 1, 1), group_dict([task("mul", 2), task("mul", 3)]), task("tsum")]
+    )
+    expansion = canvas.apply(
+        canvas_, reply_to=CLIENT, new_id=Ids(body_id, gid, m[1].id, m[2].id, m[0].id)
+    )
+    assert_publishes(expansion, m[:1])
+    assert expansion.chords == []  # the chord starts when add has run
+    assert ids_of(expansion.result) == (
+        body_id,
+        (gid, [(m[1].id, None), (m[2].id, None)], (m[0].id, None)),
+    )
+
+    step = worker_step(m[0], 2)
+    assert_publishes(step, m[1:3])
+    assert [(c.group_id, c.size, c.header_ids) for c in step.chords] == [
+        (gid, 2, [m[1].id, m[2].id])
+    ]
+    assert_publishes(chord_body(m[2], [4, 6]), m[3:4])
+
+
+def test_a_group_inside_a_chain_takes_the_next_step_as_chord_body() -> None:
+    # Celery's worker does this with a chain dict [group, tsum, mul]: the rest of the chain
+    # follows the chord's body.
+    canvas_ = chain_dict(
+        [group_dict([task("add", 1, 1), task("add", 2, 2)]), task("tsum"), task("mul", 2)]
+    )
+    expansion = canvas.apply(canvas_, new_id=Ids("mul", "tsum", "gid", "a1", "a2"))
+    assert [call.id for call in expansion.calls] == ["a1", "a2"]
+    body = expansion.calls[0].options["chord"]
+    assert body["task"] == "rapp.tsum"
+    assert body["options"]["group_id"] == "gid"
+    assert [step["options"]["task_id"] for step in body["options"]["chain"]] == ["mul"]
+    assert ids_of(expansion.result) == (
+        "mul",
+        ("tsum", ("gid", [("a1", None), ("a2", None)], None)),
+    )
+
+
+def test_chord_nested() -> None:
+    m, result = captured("chord-nested")
+    outer_gid, outer_body = result["parent"], result["id"]
+    inner_gid, inner_body = m[0].headers["group"], m[3].id
+    inner = chord_dict(group_dict([task("add", 1, 1), task("add", 2, 2)]), task("tsum"))
+    canvas_ = chord_dict(group_dict([inner, task("add", 5, 5)]), task("tsum"))
+    expansion = canvas.apply(
+        canvas_,
+        reply_to=CLIENT,
+        new_id=Ids(outer_gid, outer_body, inner_gid, m[0].id, m[1].id, inner_body, m[2].id),
+    )
+    assert_publishes(expansion, m[:3])
+    sizes = {start.group_id: (start.size, start.header_ids) for start in expansion.chords}
+    assert sizes == {outer_gid: (2, [inner_body, m[2].id]), inner_gid: (2, [m[0].id, m[1].id])}
+    assert_publishes(chord_body(m[1], [2, 4]), m[3:4])
+    assert_publishes(chord_body(m[3], [6, 10]), m[4:5])
+
+
+def test_chord_empty_header_publishes_the_body_at_once() -> None:
+    m, result = captured("chord-empty-header")
+    expansion = canvas.apply(
+        chord_dict(group_dict([]), task("tsum")),
+        reply_to=CLIENT,
+        new_id=Ids(result["parent"], result["id"]),
+    )
+    assert_publishes(expansion, m)
+    assert expansion.chords == []
+    assert ids_of(expansion.result) == (result["id"], (result["parent"], [], None))
+
+
+def test_chord_size_counts_what_each_header_member_returns() -> None:
+    chain_ending_in_group = chain_dict([task("a"), group_dict([task("b"), task("c")])])
+    chord_member = chord_dict(group_dict([task("d"), task("e")]), task("f"))
+    header = group_dict([task("x"), chain_ending_in_group, chord_member])
+    assert canvas.chord_size(header) == 1 + 2 + 1
+    assert canvas.chord_size(chunks_dict(task("add"), [[1, 1]] * 7, 3)) == 3
+
+
+# -- callbacks and errbacks ---------------------------------------------------------------------
+
+
+def test_link_multi_publishes_one_group_of_the_callbacks() -> None:
+    m, result = captured("link-multi")
+    callbacks = [task("mul", 10), task("echo", "x")]
+    expansion = canvas.apply(
+        task("add", 2, 2), link=callbacks, reply_to=CLIENT, new_id=Ids(result["id"])
+    )
+    assert_publishes(expansion, m[:1])
+
+    published = canvas.apply_callbacks(
+        m[0].embed["callbacks"],
+        4,
+        parent_id=m[0].id,
+        root_id=m[0].root_id,
+        reply_to=WORKER,
+        new_id=Ids(m[1].headers["group"], m[1].id, m[2].id),
+    )
+    (group,) = published
+    assert_publishes(group, m[1:3])
+
+
+def test_one_callback_is_published_alone() -> None:
+    (expansion,) = canvas.apply_callbacks(
+        [task("mul", 10)], 4, parent_id="p", root_id="r", new_id=Ids("cb")
+    )
+    (call,) = expansion.calls
+    assert (call.id, call.args, call.options["group"], call.options["parent_id"]) == (
+        "cb",
+        [4, 10],
+        None,
+        "p",
+    )
+
+
+def test_old_style_errbacks_are_one_group_called_with_the_failed_id() -> None:
+    m, result = captured("link_error-old-style")
+    expansion = canvas.apply(
+        task("boom", 1), link_error=task("old_errback"), reply_to=CLIENT, new_id=Ids(result["id"])
+    )
+    assert_publishes(expansion, m[:1])
+    errbacks = canvas.apply_errbacks(
+        m[0].embed["errbacks"],
+        m[0].id,
+        root_id=m[0].root_id,
+        reply_to=WORKER,
+        new_id=Ids(m[1].headers["group"], m[1].id),
+    )
+    assert_publishes(errbacks, m[1:2])
+
+
+# -- map, starmap, chunks ---------------------------------------------------------------------
+
+
+def test_map() -> None:
+    m, result = captured("map")
+    expansion = canvas.apply(
+        xmap_dict(task("add"), [[1, 2], [3, 4]]), reply_to=CLIENT, new_id=Ids(result["id"])
+    )
+    assert_publishes(expansion, m)
+
+
+def test_starmap() -> None:
+    m, result = captured("starmap")
+    expansion = canvas.apply(
+        xstarmap_dict(task("add"), [(1, 2), (3, 4)]), reply_to=CLIENT, new_id=Ids(result["id"])
+    )
+    assert_publishes(expansion, m)
+
+
+def test_chunks_are_a_group_of_starmaps() -> None:
+    m, result = captured("chunks")
+    pairs = list(zip(range(6), range(6), strict=True))
+    expansion = canvas.apply(
+        chunks_dict(task("add"), pairs, 3),
+        reply_to=CLIENT,
+        new_id=Ids(result["id"], *result["results"]),
+    )
+    assert_publishes(expansion, m)
+    assert isinstance(expansion.result, GroupNode)
+    assert expansion.result.id == result["id"]
+
+
+def test_map_ignores_partial_arguments() -> None:
+    expansion = canvas.apply(xmap_dict(task("add"), [[1, 2]]), (99,), new_id=Ids("m"))
+    assert (expansion.calls[0].args, expansion.calls[0].kwargs["it"]) == ([], [[1, 2]])
+
+
+# -- freezing, options ------------------------------------------------------------------------
+
+
+def test_freeze_then_apply_publishes_under_the_frozen_ids() -> None:
+    canvas_ = chord_dict(
+        group_dict([task("add", 1, 1), chain_dict([task("add", 2, 2), task("mul", 2)])]),
+        chain_dict([task("tsum"), task("mul", 10)]),
+    )
+    frozen, node = canvas.freeze(canvas_, reply_to=CLIENT)
+    expansion = canvas.apply(frozen, new_id=no_ids)
+    assert ids_of(expansion.result) == ids_of(node)
+    assert canvas_["options"] == {}  # the given dict is left alone
+    header_ids = [call.id for call in expansion.calls]
+    assert len(set(header_ids)) == 2
+    assert expansion.chords[0].group_id == frozen["options"]["task_id"]
+
+
+def test_call_options_override_the_signature_but_a_group_id_it_has_stays() -> None:
+    sig = signature("rapp.add", (1,), options={"queue": "a", "group_id": "g", "countdown": 5})
+    expansion = canvas.apply(
+        sig, (2,), {"k": 1}, queue="b", group_id="other", priority=3, new_id=Ids("t")
+    )
+    (call,) = expansion.calls
+    assert (call.args, call.kwargs) == ([2, 1], {"k": 1})
+    assert call.options["group"] == "g"
+    assert call.send_options() == {"queue": "b", "countdown": 5, "priority": 3}
+
+
+def test_an_eta_from_a_dict_becomes_a_datetime() -> None:
+    sig = signature("rapp.add", options={"eta": "2026-12-03T11:51:13.434933+00:00"})
+    (call,) = canvas.apply(sig, new_id=Ids("t")).calls
+    assert call.send_options()["eta"].isoformat() == "2026-12-03T11:51:13.434933+00:00"
+
+
+def test_send_option_names_are_the_publishers() -> None:
+    assert canvas.SEND_OPTION_NAMES == sending.OPTION_NAMES
+
+
+def test_chord_start_is_a_dataclass_the_publisher_reads() -> None:
+    start = ChordStart("g", 2, task("tsum"), [TaskNode("a"), TaskNode("b")])
+    assert start.header_ids == ["a", "b"]
+
+
+# -- check ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sig", "message"),
+    [
+        ("rapp.add", "embed 'chain'[1]: a signature must be a dict, got str"),
+        ({"args": []}, "embed 'chain'[1]: 'task' must be a non-empty string, got None"),
+        (
+            {"task": "x", "subtask_type": "xyz"},
+            "embed 'chain'[1]: unknown subtask_type 'xyz'",
+        ),
+        ({"task": "x", "args": 5}, "embed 'chain'[1]: 'args' must be a list, got int"),
+        ({"task": "x", "kwargs": []}, "embed 'chain'[1]: 'kwargs' must be a dict, got list"),
+        ({"task": "x", "options": 1}, "embed 'chain'[1]: 'options' must be a dict, got int"),
+        ({"task": "x", "immutable": "no"}, "'immutable' must be true or false"),
+        ({"task": "x", "options": {"task_id": 5}}, "option 'task_id' must be a string"),
+        ({"task": "x", "options": {"group_index": "0"}}, "option 'group_index' must be an int"),
+        (
+            {"task": "x", "options": {"link": [{"task": ""}]}},
+            "embed 'chain'[1] option 'link'[0]: 'task' must be a non-empty string",
+        ),
+        (
+            {"task": "celery.chain", "subtask_type": "chain", "kwargs": {}},
+            "embed 'chain'[1]: kwargs lack 'tasks'",
+        ),
+        (
+            chain_dict([task("a"), {"task": "b", "subtask_type": "nope"}]),
+            "embed 'chain'[1] tasks[1]: unknown subtask_type 'nope'",
+        ),
+        (
+            chord_dict(task("a"), task("b")),
+            "embed 'chain'[1] header: a chord's header must be a group or a list",
+        ),
+        (
+            {"task": "celery.chord", "subtask_type": "chord", "kwargs": {"header": []}},
+            "embed 'chain'[1]: kwargs lack 'body'",
+        ),
+        (
+            {**chunks_dict(task("add"), [], 2), "kwargs": {"task": task("add"), "it": [], "n": 0}},
+            "chunk size 'n' must be a positive int, got 0",
+        ),
+        (
+            {**xmap_dict(task("add"), []), "kwargs": {"task": task("add"), "it": 3}},
+            "kwargs 'it' must be a list, got int",
+        ),
+    ],
+)
+def test_check_names_the_problem_and_where(sig: object, message: str) -> None:
+    with pytest.raises(CanvasError) as caught:
+        canvas.check(sig, "embed 'chain'[1]")
+    assert message in str(caught.value)
+    assert isinstance(caught.value, ProtocolError)
+
+
+def test_check_fills_celerys_defaults_and_copies() -> None:
+    given: dict[str, Any] = {"task": "rapp.add", "options": {"link": task("cb")}}
+    checked = canvas.check(given, "callbacks[0]")
+    assert checked == {
+        "task": "rapp.add",
+        "args": [],
+        "kwargs": {},
+        "options": {"link": [task("cb")]},
+        "subtask_type": None,
+        "immutable": False,
+    }
+    checked["options"]["link"].append("x")
+    assert given["options"]["link"] == task("cb")
+
+
+def test_apply_checks_what_it_is_given() -> None:
+    with pytest.raises(CanvasError, match="signature tasks\\[0\\]: 'task' must be"):
+        canvas.apply(chain_dict([{"task": None}]))
+
+
+def test_every_fixture_message_holds_valid_signatures() -> None:
+    for path in sorted(FIXTURES.glob("canvas-redis-*.json")):
+        for raw in json.loads(path.read_text())["messages"]:
+            embed = raw["body_decoded"][2]
+            for key in ("callbacks", "errbacks", "chain"):
+                if embed[key] is not None:
+                    canvas.check_list(embed[key], f"{path.name} embed {key!r}")
+            if embed["chord"] is not None:
+                canvas.check(embed["chord"], f"{path.name} embed 'chord'")

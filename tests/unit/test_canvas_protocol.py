@@ -65,9 +65,10 @@ class Message:
     """One captured message: its headers, decoded body and properties."""
 
     def __init__(self, raw: dict[str, Any]) -> None:
-        self.headers: dict[str, Any] = raw["headers"]
-        self.body: list[Any] = raw["body_decoded"]
         self.properties: dict[str, Any] = raw["properties"]
+        # Redis captures keep the headers beside the properties, AMQP ones inside them.
+        self.headers: dict[str, Any] = raw.get("headers") or self.properties["headers"]
+        self.body: list[Any] = raw["body_decoded"]
 
     @property
     def id(self) -> str:
@@ -82,8 +83,8 @@ class Message:
         return dict(self.body[2])
 
 
-def captured(scenario: str) -> tuple[list[Message], dict[str, Any]]:
-    data = json.loads((FIXTURES / f"canvas-redis-{scenario}.json").read_text())
+def captured(scenario: str, broker: str = "redis") -> tuple[list[Message], dict[str, Any]]:
+    data = json.loads((FIXTURES / f"canvas-{broker}-{scenario}.json").read_text())
     return [Message(raw) for raw in data["messages"]], data["result_ids"]
 
 
@@ -110,14 +111,14 @@ def task(name: str, *args: Any, immutable: bool = False, **kwargs: Any) -> dict[
 
 def built(call: TaskCall) -> dict[str, Any]:
     """What ``build_task_message`` makes of ``call``, in the shape of :func:`expected`."""
-    priority = call.send_options().get("priority")
+    sent = call.send_options()
     envelope = build_task_message(
         call.task,
         call.id,
         call.args,
         call.kwargs,
         **call.message_options(),
-        **({"priority": priority} if priority is not None else {}),
+        **{key: sent[key] for key in ("priority", "ignore_result") if key in sent},
     )
     return normalised(
         envelope.headers,
@@ -132,7 +133,7 @@ def expected(message: Message) -> dict[str, Any]:
         message.headers,
         message.body,
         message.properties["reply_to"],
-        message.properties["priority"],
+        message.properties.get("priority", 0),
     )
 
 
@@ -411,6 +412,49 @@ def test_chord_empty_header_publishes_the_body_at_once() -> None:
     assert_publishes(expansion, m)
     assert expansion.chords == []
     assert ids_of(expansion.result) == (result["id"], (result["parent"], [], None))
+
+
+@pytest.mark.parametrize("scenario", ["chord2", "chord-body-chain"])
+def test_chord_unlock_joins_on_a_store_without_native_join(scenario: str) -> None:
+    # AMQP broker, SQLite result store: the client publishes celery.chord_unlock, then the
+    # header; the body comes from the worker that ran chord_unlock.
+    m, result = captured(scenario, broker="amqp-dbbackend")
+    unlock, parts, body = m[0], m[1:3], m[3]
+    client = unlock.properties["reply_to"]
+    gid = result["parent"]
+    if scenario == "chord2":
+        body_sig, new_ids = task("tsum"), Ids(gid, result["id"], parts[0].id, parts[1].id)
+    else:
+        body_sig = chain_dict([task("tsum"), task("mul", 10)])
+        new_ids = Ids(gid, body.id, result["id"], parts[0].id, parts[1].id)
+    header = group_dict([task("add", 1, 1), task("add", 2, 2)])
+    expansion = canvas.apply(chord_dict(header, body_sig), reply_to=client, new_id=new_ids)
+    assert_publishes(expansion, parts)
+    (start,) = expansion.chords
+
+    call = canvas.chord_unlock_call(
+        start, new_id=Ids(unlock.id), exchange_type="direct", reply_to=client
+    )
+    assert call.send_options() == {"countdown": 1.0, "ignore_result": True}
+    message, captured_unlock = built(call), expected(unlock)
+    # Celery's saferepr elides deep levels ("((...), None)", "[...]") where repr() does not;
+    # the eta is the publisher's (now + countdown), and so is the priority (none here).
+    for side in (message, captured_unlock):
+        headers = side["headers"]
+        del headers["argsrepr"], headers["kwargsrepr"], headers["eta"], side["priority"]
+    assert message == captured_unlock
+
+    ran_unlock = canvas.apply(
+        start.body, ([2, 4],), parent_id=unlock.id, root_id=unlock.root_id, new_id=no_ids
+    )
+    assert_publishes(ran_unlock, [body])
+
+
+def test_result_tuple_is_celerys_as_tuple() -> None:
+    chain_result = TaskNode("c", TaskNode("b", TaskNode("a")))
+    assert canvas.result_tuple(chain_result) == [["c", [["b", [["a", None], None]], None]], None]
+    group = GroupNode("g", [TaskNode("x"), TaskNode("y")])
+    assert canvas.result_tuple(group) == [["g", None], [[["x", None], None], [["y", None], None]]]
 
 
 def test_chord_size_counts_what_each_header_member_returns() -> None:

@@ -357,11 +357,11 @@ class ChordStart:
 class Expansion:
     """Everything one :func:`apply` asks of a publisher."""
 
-    calls: list[TaskCall] = field(default_factory=list)
+    calls: list[TaskCall]
     """The messages, in publish order."""
-    chords: list[ChordStart] = field(default_factory=list)
+    chords: list[ChordStart]
     """Chords to set up before any of ``calls`` is published."""
-    result: ResultNode | None = None
+    result: ResultNode
     """The ids of what was applied: a task's, a group's, a chain's last step's (its
     ``parent`` links go back to the first step) or a chord's body's (whose root parent is
     the header group)."""
@@ -476,6 +476,50 @@ def apply_errbacks(
         reply_to=reply_to,
         new_id=new_id,
     )
+
+
+def chord_unlock_call(
+    start: ChordStart,
+    *,
+    new_id: Callable[[], str] = ids.uuid,
+    countdown: float = 1.0,
+    interval: float | None = None,
+    max_retries: int | None = None,
+    exchange_type: str | None = None,
+    reply_to: str | None = None,
+) -> TaskCall:
+    """The ``celery.chord_unlock`` message that joins ``start`` on a result store without a
+    native join: a task (Celery's, or the worker's own) that polls the header's results
+    every ``interval`` seconds (``None``: its default, 1 s) and then applies the body.
+
+    Published ``countdown`` seconds from now, with the body's ``queue`` and ``priority``,
+    its result ignored, and ``reply_to`` as the header's. ``exchange_type`` is the body
+    queue's exchange type, which Celery's unlock task reuses for its retries (``"direct"``
+    on AMQP).
+    """
+    kwargs: dict[str, Any] = {
+        "interval": interval,
+        "max_retries": max_retries,
+        "result": [result_tuple(node) for node in start.header],
+    }
+    if exchange_type is not None:
+        kwargs["_chord_unlock_exchange_type"] = exchange_type
+    options: dict[str, Any] = dict.fromkeys(MESSAGE_OPTION_NAMES)
+    options.update(reply_to=reply_to, countdown=countdown, ignore_result=True)
+    for key in ("queue", "priority"):
+        if start.body["options"].get(key) is not None:
+            options[key] = start.body["options"][key]
+    return TaskCall("celery.chord_unlock", new_id(), [start.group_id, start.body], kwargs, options)
+
+
+def result_tuple(node: ResultNode) -> list[Any]:
+    """A result tree in Celery's ``as_tuple()`` form, as JSON carries it: a task is
+    ``[[id, <parent>], null]``, a group ``[[id, <parent>], [<member>, ...]]``. Celery's
+    ``chord_unlock`` and ``GroupResult.restore`` read this form."""
+    parent = result_tuple(node.parent) if node.parent is not None else None
+    if isinstance(node, GroupNode):
+        return [[node.id, parent], [result_tuple(child) for child in node.children]]
+    return [[node.id, parent], None]
 
 
 def chord_size(sig: SignatureDict) -> int:

@@ -10,7 +10,7 @@ from celeriac._state import current_app
 from celeriac.app import Celery, shared_task
 from celeriac.ids import uuid
 from celeriac.resources import Resource, use
-from celeriac.result import AsyncResult
+from celeriac.result import AsyncResult, GroupResult, ResultSet
 from celeriac.task import AsyncTask, StreamingTask, SyncTask, Task
 
 try:
@@ -23,7 +23,9 @@ __all__ = [
     "AsyncResult",
     "AsyncTask",
     "Celery",
+    "GroupResult",
     "Resource",
+    "ResultSet",
     "StreamingTask",
     "SyncTask",
     "Task",

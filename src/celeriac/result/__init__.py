@@ -2,19 +2,30 @@
 
 Methods that read the store (``get``, ``ready``, ``successful``, ``failed``, ``refresh``,
 ``forget``) are awaited in async code and block in sync code: one implementation, the sync
-side goes through ``celeriac._bridge``. Properties (``state``, ``result``, ...) read the store
-in sync code, as in Celery; in async code a property cannot await, so they show what the last
-awaited call read, and say so if nothing was read yet.
+side goes through ``celeriac._bridge``. Properties (``state``, ``result``, ``children``, ...)
+read the store in sync code, as in Celery; in async code a property cannot await, so they
+show what the last awaited call read, and say so if nothing was read yet.
+
+The results of several tasks (``ResultSet``, ``GroupResult``) live in
+:mod:`celeriac.result.group` and are importable from here. :func:`result_from_tuple` turns
+Celery's nested result tuples (a record's ``children``, a saved group) back into results.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Generator, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Generator,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, cast
 
 from celeriac import _bridge, _state, states
 from celeriac._bridge import answer, dual
@@ -26,6 +37,21 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 T = TypeVar("T")
+
+#: Celery's result tuple: ``((id, parent's tuple or None), None)`` for a task,
+#: ``((group id, parent's tuple or None), [member tuples])`` for a group. Stored as JSON, the
+#: tuples come back as lists: :func:`result_from_tuple` reads both.
+ResultTuple: TypeAlias = tuple[tuple[str, "ResultTuple | None"], "list[ResultTuple] | None"]
+
+
+def refuse_wait_in_task(disable_sync_subtasks: bool) -> None:
+    """Refuse to wait for results inside a running task, unless the caller opted out."""
+    if disable_sync_subtasks and _state.inside_task.get():
+        raise SyncWaitInTaskError(
+            "Never call result.get() within a task: the task you wait for may need the "
+            "worker slot this one holds, which deadlocks the worker. Chain the tasks, or "
+            "pass disable_sync_subtasks=False if you know the wait is safe."
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +122,28 @@ async def _next(events: AsyncGenerator[Event, None]) -> Event:
 
 
 class AsyncResult(Generic[R]):
-    """The state and result of one task, by id. ``await`` a freshly sent one to confirm it."""
+    """The state and result of one task, by id. ``await`` a freshly sent one to confirm it.
 
-    def __init__(self, id: str, app: Celery | None = None, *, task_name: str | None = None):
+    ``parent`` is the result of what came before this task, set by whoever builds the
+    result: a chain's result is its last task's, linked through ``parent`` to the earlier
+    ones; a chord's body result has its header's :class:`GroupResult` as parent. It is not
+    read from the store.
+    """
+
+    def __init__(
+        self,
+        id: str,
+        app: Celery | None = None,
+        *,
+        task_name: str | None = None,
+        parent: AsyncResult[Any] | GroupResult | None = None,
+    ):
         if app is None:
             app = _state.get_current_app()
         self.id = id
         self.app = app
         self.task_name = task_name
+        self.parent = parent
         self._meta: Meta | None = None
         self._sending: asyncio.Future[None] | None = None
 
@@ -121,6 +161,11 @@ class AsyncResult(Generic[R]):
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+    def as_tuple(self) -> ResultTuple:
+        """Celery's tuple for this result, its parents nested in it (see :data:`ResultTuple`)."""
+        parent = self.parent.as_tuple() if self.parent is not None else None
+        return (self.id, parent), None
 
     def __await__(self) -> Generator[Any, None, AsyncResult[R]]:
         """Wait until the broker has the message (an async ``delay`` publishes eagerly)."""
@@ -141,12 +186,7 @@ class AsyncResult(Generic[R]):
         Inside a running task this refuses (deadlock risk) unless ``disable_sync_subtasks``
         is False. ``timeout`` raises :class:`celeriac.errors.TimeoutError`.
         """
-        if disable_sync_subtasks and _state.inside_task.get():
-            raise SyncWaitInTaskError(
-                "Never call result.get() within a task: the task you wait for may need the "
-                "worker slot this one holds, which deadlocks the worker. Chain the tasks, or "
-                "pass disable_sync_subtasks=False if you know the wait is safe."
-            )
+        refuse_wait_in_task(disable_sync_subtasks)
         return dual(self._get(timeout, propagate))
 
     def wait(
@@ -255,6 +295,15 @@ class AsyncResult(Generic[R]):
         value = self._current().get("date_done")
         return datetime.fromisoformat(value) if isinstance(value, str) else None
 
+    @property
+    def children(self) -> list[AsyncResult[Any] | GroupResult] | None:
+        """The results of the tasks this task started, as its record lists them (None when
+        the record names none)."""
+        children = self._current().get("children")
+        if children is None:
+            return None
+        return [result_from_tuple(child, self.app) for child in children]
+
 
 class EagerResult(AsyncResult[R]):
     """The outcome of a task run in the caller (``Task.apply``, or ``delay`` under
@@ -346,3 +395,30 @@ class EagerResult(AsyncResult[R]):
         return self._value
 
     info = result
+
+
+def result_from_tuple(
+    result: ResultTuple | Sequence[Any] | AsyncResult[Any] | GroupResult,
+    app: Celery | None = None,
+) -> AsyncResult[Any] | GroupResult:
+    """The result a Celery result tuple (or its JSON form, lists for tuples) stands for: an
+    :class:`AsyncResult`, or a :class:`GroupResult` when the tuple lists members; parents
+    and nested groups included. A result passed in is returned as it is."""
+    if isinstance(result, AsyncResult | GroupResult):
+        return result
+    if app is None:
+        app = _state.get_current_app()
+    head, members = result
+    # Celery's oldest tuples name a bare id where newer ones pair it with the parent's tuple.
+    id, parent_tuple = head if isinstance(head, list | tuple) else (head, None)
+    parent = result_from_tuple(parent_tuple, app) if parent_tuple else None
+    if members is not None:
+        return GroupResult(
+            id, [result_from_tuple(member, app) for member in members], parent=parent, app=app
+        )
+    return AsyncResult(id, app, parent=parent)
+
+
+# Last: the results of several tasks are built on AsyncResult and read from here too.
+from celeriac.result.group import GroupResult as GroupResult  # noqa: E402
+from celeriac.result.group import ResultSet as ResultSet  # noqa: E402

@@ -457,6 +457,59 @@ def test_result_tuple_is_celerys_as_tuple() -> None:
     assert canvas.result_tuple(group) == [["g", None], [[["x", None], None], [["y", None], None]]]
 
 
+def test_a_chord_gives_its_task_id_and_link_to_its_body_and_delays_only_its_header() -> None:
+    canvas_ = chord_dict(group_dict([task("add", 1, 1), task("add", 2, 2)]), task("tsum"))
+    expansion = canvas.apply(
+        canvas_,
+        task_id="body",
+        link=task("notify"),
+        link_error=task("cleanup"),
+        countdown=5,
+        queue="q",
+        new_id=Ids("gid", "a1", "a2"),
+    )
+    assert expansion.result.id == "body"
+    for call in expansion.calls:
+        assert call.send_options() == {"countdown": 5, "queue": "q"}
+        body = call.options["chord"]
+        assert body["options"]["task_id"] == "body"
+        assert body["options"]["link"] == [task("notify")]
+        assert body["options"]["link_error"] == [task("cleanup")]
+        assert body["options"]["queue"] == "q" and "countdown" not in body["options"]
+    (start,) = expansion.chords
+    (body_call,) = canvas.apply(start.body, ([2, 4],), new_id=no_ids).calls
+    assert body_call.options["callbacks"] == [task("notify")]
+    assert body_call.send_options() == {"queue": "q"}
+
+
+def test_nested_chains_are_spliced_with_their_callbacks() -> None:
+    inner = chain_dict([task("b"), task("c")], link=task("done"), link_error=task("oops"))
+    expansion = canvas.apply(chain_dict([task("a"), inner]), new_id=Ids("c", "b", "a"))
+    (call,) = expansion.calls
+    assert (call.task, call.options["errbacks"]) == ("rapp.a", None)
+    c_step, b_step = call.options["chain"]
+    assert (c_step["task"], b_step["task"]) == ("rapp.c", "rapp.b")
+    assert c_step["options"]["link"] == [task("done")]
+    assert b_step["options"]["link_error"] == c_step["options"]["link_error"] == [task("oops")]
+    assert ids_of(expansion.result) == ("c", ("b", ("a", None)))
+
+
+def test_a_chain_step_that_is_a_group_or_chunks_runs_as_a_chord_header() -> None:
+    canvas_ = chain_dict([chunks_dict(task("add"), [[1, 1], [2, 2], [3, 3]], 2), task("tsum")])
+    expansion = canvas.apply(canvas_, new_id=Ids("tsum", "gid", "p1", "p2"))
+    assert [(c.task, c.id, c.options["group"]) for c in expansion.calls] == [
+        ("celery.starmap", "p1", "gid"),
+        ("celery.starmap", "p2", "gid"),
+    ]
+    assert [(s.group_id, s.size) for s in expansion.chords] == [("gid", 2)]
+
+
+def test_a_single_member_group_in_a_chain_is_that_member() -> None:
+    canvas_ = chain_dict([task("a"), group_dict([task("b")])])
+    (call,) = canvas.apply(canvas_, new_id=Ids("b", "a")).calls
+    assert [step["task"] for step in call.options["chain"]] == ["rapp.b"]
+
+
 def test_chord_size_counts_what_each_header_member_returns() -> None:
     chain_ending_in_group = chain_dict([task("a"), group_dict([task("b"), task("c")])])
     chord_member = chord_dict(group_dict([task("d"), task("e")]), task("f"))
@@ -665,6 +718,17 @@ def test_check_fills_celerys_defaults_and_copies() -> None:
     }
     checked["options"]["link"].append("x")
     assert given["options"]["link"] == task("cb")
+
+
+def test_check_copies_nested_signatures_and_plain_kwargs() -> None:
+    inner = task("add", 1, tasks=[1], body={"x": 1})
+    given = chord_dict(group_dict([inner]), chain_dict([task("tsum")]))
+    checked = canvas.check(given, "signature")
+    assert checked == given
+    checked["kwargs"]["header"]["kwargs"]["tasks"][0]["kwargs"]["tasks"].append(2)
+    checked["kwargs"]["body"]["kwargs"]["tasks"][0]["options"]["task_id"] = "x"
+    assert inner["kwargs"] == {"tasks": [1], "body": {"x": 1}}
+    assert given["kwargs"]["body"]["kwargs"]["tasks"][0]["options"] == {}
 
 
 def test_apply_checks_what_it_is_given() -> None:

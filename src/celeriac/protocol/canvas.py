@@ -208,7 +208,12 @@ def check_list(sigs: object, where: str) -> list[SignatureDict]:
 def _check_kwargs(subtask_type: str | None, kwargs: Mapping[str, Any], where: str) -> Any:
     if subtask_type is None:
         return copy.deepcopy(dict(kwargs))
-    checked = copy.deepcopy(dict(kwargs))
+    # Signatures inside are copied by their own check, once: copying them here too would
+    # cost a canvas nested n deep n copies of its innermost signatures.
+    inside = _SIGNATURE_KWARGS.get(subtask_type, ("task",))
+    checked = {
+        key: value if key in inside else copy.deepcopy(value) for key, value in kwargs.items()
+    }
     if subtask_type in ("chain", "group"):
         checked["tasks"] = check_list(_required(kwargs, "tasks", where), f"{where} tasks")
     elif subtask_type == "chord":
@@ -223,7 +228,6 @@ def _check_kwargs(subtask_type: str | None, kwargs: Mapping[str, Any], where: st
         inner = kwargs.get("kwargs", {})
         if not isinstance(inner, Mapping):
             raise CanvasError(f"{where}: kwargs 'kwargs' must be a dict, got {_type(inner)}")
-        checked["kwargs"] = copy.deepcopy(dict(inner))
     else:  # xmap, xstarmap, chunks
         checked["task"] = check(_required(kwargs, "task", where), f"{where} task")
         items = _required(kwargs, "it", where)
@@ -264,6 +268,8 @@ def _check_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 _NESTED = frozenset({"link", "link_error", "chain", "chord"})
+#: The kwargs holding signatures, for each kind of canvas (map, starmap, chunks: "task").
+_SIGNATURE_KWARGS = {"chain": ("tasks",), "group": ("tasks",), "chord": ("header", "body")}
 
 
 def _required(kwargs: Mapping[str, Any], key: str, where: str) -> Any:
@@ -681,12 +687,14 @@ def _apply_chain(
 
 def _chain_steps(sig: SignatureDict) -> list[SignatureDict]:
     """A chain's steps with nested chains spliced in (their ``link`` moved to their last
-    step, their ``link_error`` to every step), one-member groups unwrapped and empty
-    groups dropped (unless nothing else is left)."""
+    step, their ``link_error`` to every step), chunks turned into their group, one-member
+    groups unwrapped and empty groups dropped (unless nothing else is left)."""
     steps: list[SignatureDict] = []
     pending = list(reversed(sig["kwargs"]["tasks"]))
     while pending:
         step = pending.pop()
+        if step["subtask_type"] == "chunks":
+            _chunks_to_group(step)
         if step["subtask_type"] == "group":
             members = step["kwargs"]["tasks"]
             if len(members) == 1:

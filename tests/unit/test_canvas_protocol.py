@@ -745,3 +745,191 @@ def test_every_fixture_message_holds_valid_signatures() -> None:
                     canvas.check_list(embed[key], f"{path.name} embed {key!r}")
             if embed["chord"] is not None:
                 canvas.check(embed["chord"], f"{path.name} embed 'chord'")
+
+
+# -- running canvases end to end ----------------------------------------------------------------
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "rapp.add": lambda x, y: x + y,
+    "rapp.mul": lambda x, y: x * y,
+    "rapp.tsum": lambda values: sum(values),
+    "rapp.echo": lambda *values: list(values),
+}
+
+
+def _call(name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    if name in ("celery.map", "celery.starmap"):
+        function = FUNCTIONS[kwargs["task"]["task"]]
+        items = kwargs["it"]
+        return [function(*i) if name == "celery.starmap" else function(i) for i in items]
+    return FUNCTIONS[name](*args, **kwargs)
+
+
+def run(expansion: Expansion) -> dict[str, Any]:
+    """Run every message of ``expansion`` and of what follows it, as workers would: the
+    chain's next step, the callbacks, the chord body once a chord's header is all in.
+    Returns each task's result by id; no id may run twice, and a parent runs first."""
+    results: dict[str, Any] = {}
+    chords: dict[str, tuple[int, dict[tuple[int, str], Any]]] = {}
+    queue: list[TaskCall] = []
+
+    def publish(published: Expansion) -> None:
+        for start in published.chords:  # set up before the header is published
+            chords[start.group_id] = (start.size, {})
+        queue.extend(published.calls)
+
+    publish(expansion)
+    while queue:
+        call = queue.pop(0)
+        options = call.options
+        assert call.id not in results, f"{call.id} published twice"
+        assert options["parent_id"] is None or options["parent_id"] in results
+        value = results[call.id] = _call(call.task, call.args, call.kwargs)
+        root_id = options["root_id"] or call.id
+        callbacks = options["callbacks"] or []
+        for published in canvas.apply_callbacks(
+            callbacks, value, parent_id=call.id, root_id=root_id
+        ):
+            publish(published)
+        if options["chain"]:
+            chain = options["chain"]
+            publish(
+                canvas.apply(
+                    chain[-1], (value,), chain=chain[:-1], parent_id=call.id, root_id=root_id
+                )
+            )
+        if options["chord"] is not None:
+            size, parts = chords[options["group"]]
+            parts[options["group_index"], call.id] = value
+            if len(parts) == size:
+                joined = [parts[key] for key in sorted(parts)]
+                body = options["chord"]
+                publish(canvas.apply(body, (joined,), parent_id=call.id, root_id=root_id))
+    return results
+
+
+def value_of(node: canvas.ResultNode, results: dict[str, Any]) -> Any:
+    if isinstance(node, GroupNode):
+        return [value_of(child, results) for child in node.children]
+    return results[node.id]
+
+
+RUNS: list[tuple[str, dict[str, Any], Any]] = [
+    ("chain", chain_dict([task("add", 1, 2), task("add", 10), task("mul", 2)]), 26),
+    (
+        "chain, immutable step",
+        chain_dict([task("add", 1, 2), task("add", 5, 5, immutable=True), task("mul", 3)]),
+        30,
+    ),
+    (
+        "group of chains",
+        group_dict([chain_dict([task("add", 1, 1), task("mul", 10)]), task("add", 3, 3)]),
+        [20, 6],
+    ),
+    (
+        "chord, chain body",
+        chord_dict(
+            group_dict([task("add", 1, 1), task("add", 2, 2)]),
+            chain_dict([task("tsum"), task("mul", 10)]),
+        ),
+        60,
+    ),
+    (
+        "group upgraded in a chain",
+        chain_dict([task("add", 1, 1), group_dict([task("mul", 2), task("mul", 3)]), task("tsum")]),
+        10,
+    ),
+    (
+        "two upgrades in a chain",
+        chain_dict(
+            [
+                task("add", 1, 1),
+                group_dict([task("mul", 2), task("mul", 3)]),
+                task("tsum"),
+                group_dict([task("mul", 2), task("mul", 3)]),
+                task("tsum"),
+            ]
+        ),
+        50,
+    ),
+    (
+        "group first in a chain",
+        chain_dict(
+            [group_dict([task("add", 1, 1), task("add", 2, 2)]), task("tsum"), task("mul", 2)]
+        ),
+        12,
+    ),
+    (
+        "nested chord",
+        chord_dict(
+            group_dict(
+                [
+                    chord_dict(group_dict([task("add", 1, 1), task("add", 2, 2)]), task("tsum")),
+                    task("add", 5, 5),
+                ]
+            ),
+            task("tsum"),
+        ),
+        16,
+    ),
+    (
+        "chord with a chain and a chord in its header",
+        chord_dict(
+            group_dict(
+                [
+                    chain_dict([task("add", 1, 1), task("mul", 10)]),
+                    chord_dict(group_dict([task("add", 1, 1), task("add", 2, 2)]), task("tsum")),
+                    task("add", 3, 3),
+                ]
+            ),
+            task("tsum"),
+        ),
+        20 + 6 + 6,
+    ),
+    (
+        "chain ending in a group, in a chord header",
+        chord_dict(
+            group_dict(
+                [
+                    task("add", 0, 1),
+                    chain_dict([task("add", 1, 1), group_dict([task("mul", 2), task("mul", 3)])]),
+                ]
+            ),
+            task("tsum"),
+        ),
+        1 + 4 + 6,
+    ),
+    (
+        "chord in a chain, then a step",
+        chain_dict(
+            [
+                chord_dict(group_dict([task("add", 1, 1), task("add", 2, 2)]), task("tsum")),
+                task("mul", 10),
+                task("add", 1),
+            ]
+        ),
+        61,
+    ),
+    ("empty chord header", chord_dict(group_dict([]), task("tsum")), 0),
+    (
+        "chunks",
+        chunks_dict(task("add"), [[i, i] for i in range(6)], 4),
+        [[0, 2, 4, 6], [8, 10]],
+    ),
+    ("starmap in a chain", chain_dict([xstarmap_dict(task("add"), [[1, 2]]), task("tsum")]), 3),
+]
+
+
+@pytest.mark.parametrize(
+    ("canvas_", "value"), [case[1:] for case in RUNS], ids=[case[0] for case in RUNS]
+)
+def test_a_canvas_run_by_workers_gives_its_value(canvas_: dict[str, Any], value: Any) -> None:
+    expansion = canvas.apply(canvas_)
+    results = run(expansion)
+    assert value_of(expansion.result, results) == value
+
+
+def test_callbacks_run_with_the_result() -> None:
+    expansion = canvas.apply(task("add", 2, 2), link=[task("mul", 10), task("echo", "x")])
+    results = run(expansion)
+    assert sorted(map(str, results.values())) == ["4", "40", "[4, 'x']"]

@@ -77,6 +77,21 @@ NOT_FOR = {
             ),
             _NO_KEYS,
         ),
+        **dict.fromkeys(
+            (
+                "test_the_last_part_gets_every_part_in_index_order",
+                "test_parts_without_an_index_come_last_in_order_of_their_record",
+                "test_racing_parts_complete_the_chord_for_one_caller",
+                "test_parts_from_other_connections_complete_the_chord_once",
+                "test_a_part_that_comes_twice_counts_once",
+                "test_a_part_before_chord_start_counts",
+                "test_failed_parts_carry_the_exception_record",
+                "test_after_chord_done_a_late_part_is_ignored",
+                "test_a_group_is_saved_restored_and_forgotten",
+                "test_chord_joins_and_groups_expire",
+            ),
+            "rpc:// cannot join chords (Celery's rpc backend refuses them too)",
+        ),
     },
 }
 #: Backends whose counters and leases expire by a ``clock`` they are given (the others, by

@@ -2,7 +2,17 @@
 
 Shared, like the memory broker, by every instance with the same URL in the process; a
 waiter on another event loop (the sync API's private thread) is woken on its own loop.
-Counters and leases live beside the records, each changed under the namespace's lock.
+Counters, leases, saved groups and chord joins live beside the records, each changed under
+the namespace's lock.
+
+A chord join is Redis's (Celery's) in one dict entry per group: the header's size (set by
+:meth:`~MemoryBackend.chord_start`), the parts received keyed by ``"<task id>:<index>"``
+(so a redelivered part counts once), and the claim: the token of the caller that completed
+the chord, for :data:`CHORD_CLAIM_SECONDS`, then ``"done"`` for :data:`CHORD_DONE_SECONDS`
+once :meth:`~MemoryBackend.chord_done` ran, so that a late copy of a part finds the chord
+over. Only :meth:`~MemoryBackend.chord_part` checks for completion, as Celery's
+part-return does: the producer calls ``chord_start`` before it publishes the last header
+task, so the last part always finds the size.
 """
 
 from __future__ import annotations
@@ -10,14 +20,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from celeriac import errors
-from celeriac.transports.backend import Changes, EventLog, KeyValueBackend, Log
+from celeriac.protocol.serialization import json_text, json_value
+from celeriac.transports.backend import (
+    Changes,
+    ChordPart,
+    EventLog,
+    KeyValueBackend,
+    Log,
+    Meta,
+    decode,
+)
 from celeriac.transports.broker import now
 from celeriac.transports.memory.broker import reset_memory_transports
 from celeriac.transports.options import checked_options
@@ -25,6 +45,16 @@ from celeriac.transports.options import checked_options
 __all__ = ["MemoryBackend", "clear_results", "reset_memory_transports"]
 
 _Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[bytes]"]
+
+#: How long the caller that completed a chord holds it, to publish the body: Celery's
+#: estimate of a publish with its default retry policy (21 s). Should that caller die, a
+#: redelivered copy of a part may claim the chord again once this has passed.
+CHORD_CLAIM_SECONDS = 21.0
+#: How long a chord is known to be over after :meth:`MemoryBackend.chord_done` (Celery's
+#: ``"done"`` marker): a late copy of a part then neither counts nor completes it again.
+CHORD_DONE_SECONDS = 300.0
+#: The claim of a chord whose body is published.
+DONE = "done"
 
 
 @dataclass(slots=True)
@@ -48,6 +78,8 @@ class _Results:
         self.watchers: dict[str, set[_Watcher]] = {}
         self.counters: dict[str, tuple[int, float | None]] = {}  # key -> value, expires at
         self.leases: dict[str, tuple[str, float]] = {}  # name -> holder, expires at
+        self.groups: dict[str, tuple[bytes, float | None]] = {}  # id -> record, expires at
+        self.chords: dict[str, _Chord] = {}
 
     def changed(self, task_id: str) -> None:
         """Wake the task's streams, each on its own loop. Call without the lock held."""
@@ -72,6 +104,27 @@ class _Results:
                 waiters.remove(waiter)
             if not waiters:
                 self.waiters.pop(task_id, None)
+
+
+@dataclass(slots=True)
+class _Chord:
+    """One chord's join: Redis's ``.s``, ``.j`` and ``.d`` (expiring together), and ``.c``."""
+
+    size: int | None = None
+    #: ``"<task id>:<index>"`` -> (index, the part as Redis keeps it).
+    parts: dict[str, tuple[int | None, bytes]] = field(default_factory=dict)
+    expires_at: float | None = None
+    holder: str | None = None  # a claim's token, or DONE
+    held_until: float = 0.0
+
+    def live(self, at: float) -> _Chord:
+        """Itself, with what expired by ``at`` dropped."""
+        if self.expires_at is not None and self.expires_at <= at:
+            self.size, self.expires_at = None, None
+            self.parts.clear()
+        if self.holder is not None and self.held_until <= at:
+            self.holder = None
+        return self
 
 
 class _Watcher(Changes):
@@ -123,8 +176,8 @@ def _resolve(future: asyncio.Future[bytes], data: bytes) -> None:
 class MemoryBackend(KeyValueBackend):
     """Results in this process's memory. Options: none (any is a ConfigurationError).
 
-    ``clock`` (wall time by default) is what counters and leases expire by: a test may pass
-    one it moves itself."""
+    ``clock`` (wall time by default) is what counters, leases, saved groups and chord joins
+    expire by: a test may pass one it moves itself."""
 
     def __init__(
         self,
@@ -139,6 +192,7 @@ class MemoryBackend(KeyValueBackend):
         checked_options(self.options, {}, "result_backend_transport_options", "memory://")
         self._results = _results_for(url)
         self._pending: set[asyncio.Future[bytes]] = set()
+        self._claims: dict[str, str] = {}  # group id -> the token of a chord this one claimed
         self._closed = False
 
     async def close(self) -> None:
@@ -258,3 +312,95 @@ class MemoryBackend(KeyValueBackend):
             lease = self._results.leases.get(name)
             if lease is not None and lease[0] == holder:
                 del self._results.leases[name]
+
+    # -- groups and chords -----------------------------------------------------------------
+
+    joins_chords = True
+
+    async def save_group(self, group_id: str, meta: Meta, *, expires: float | None) -> None:
+        expires_at = None if expires is None else self.clock() + expires
+        with self._results.lock:
+            self._results.groups[group_id] = (json_text(meta).encode(), expires_at)
+
+    async def restore_group(self, group_id: str) -> Meta | None:
+        with self._results.lock:
+            group = self._results.groups.get(group_id)
+            if group is not None and group[1] is not None and group[1] <= self.clock():
+                del self._results.groups[group_id]
+                group = None
+        return None if group is None else decode(group[0])
+
+    async def forget_group(self, group_id: str) -> None:
+        with self._results.lock:
+            self._results.groups.pop(group_id, None)
+
+    async def chord_start(self, group_id: str, size: int, *, expires: float | None) -> None:
+        at = self.clock()
+        with self._results.lock:
+            chord = self._chord(group_id, at)
+            chord.holder = None  # a chord started again (a frozen one applied twice) runs anew
+            chord.size = size
+            chord.expires_at = None if expires is None else at + expires
+
+    async def chord_part(
+        self, group_id: str, part: ChordPart, *, expires: float | None
+    ) -> list[ChordPart] | None:
+        at = self.clock()
+        with self._results.lock:
+            chord = self._chord(group_id, at)
+            if chord.holder == DONE:
+                return None
+            chord.parts.setdefault(part_key(part), (part.index, part_member(part)))
+            if expires is not None:
+                chord.expires_at = at + expires
+            if chord.size != len(chord.parts) or chord.holder is not None:
+                return None
+            token = uuid.uuid4().hex
+            chord.holder, chord.held_until = token, at + CHORD_CLAIM_SECONDS
+            parts = sorted(chord.parts.values(), key=part_order)
+        self._claims[group_id] = token
+        return [decode_part(member, index) for index, member in parts]
+
+    async def chord_done(self, group_id: str) -> None:
+        """Drop the chord, if this instance's :meth:`chord_part` holds its claim still
+        (else another caller took it over: its ``chord_done`` drops it)."""
+        token = self._claims.pop(group_id, None)
+        at = self.clock()
+        with self._results.lock:
+            chord = self._results.chords.get(group_id)
+            if token is None or chord is None or chord.live(at).holder != token:
+                return
+            chord.size, chord.expires_at = None, None
+            chord.parts.clear()
+            chord.holder, chord.held_until = DONE, at + CHORD_DONE_SECONDS
+
+    def _chord(self, group_id: str, at: float) -> _Chord:
+        """The group's live chord, made if missing. Lock held."""
+        chord = self._results.chords.get(group_id)
+        if chord is None:
+            chord = self._results.chords[group_id] = _Chord()
+        return chord.live(at)
+
+
+def part_key(part: ChordPart) -> str:
+    """What makes a part the same part twice: Celery's ``"<task id>:<index>"`` (``+inf``
+    for no index), so a header that names one task twice still counts both."""
+    return f"{part.task_id}:{'+inf' if part.index is None else part.index}"
+
+
+def part_member(part: ChordPart) -> bytes:
+    """The part as Celery keeps it: ``[1, task_id, state, value]`` in kombu's JSON."""
+    return json_text([1, part.task_id, part.state, part.value]).encode()
+
+
+def part_order(entry: tuple[int | None, bytes]) -> tuple[bool, int, bytes]:
+    """Redis's order of a sorted set scored by index: by index (None, +inf, last), then by
+    the member's bytes."""
+    index, member = entry
+    return index is None, 0 if index is None else index, member
+
+
+def decode_part(member: bytes, index: int | None) -> ChordPart:
+    """A part from its stored ``[1, task_id, state, value]`` and its index."""
+    _, task_id, state, value = json_value(member)
+    return ChordPart(task_id, index, state, value)

@@ -32,6 +32,20 @@ MULTI), named by the caller, so Celery's own counter keys can be used; leases ar
 ``celeriac-lease-<name>`` taken and renewed by ``lua/lease_acquire.lua`` (SET NX PX, or a
 PEXPIRE by the same holder, in one atomic step) and released by ``lua/lease_release.lua``.
 Both expire by Redis's clock.
+
+Groups and chords are Celery 5.7's keys, so Celery 5.7 and 5.6 workers and clients can take
+part in the same chord. ``save_group`` writes ``celery-taskset-meta-<id>`` (SETEX and PUBLISH,
+as Celery's ``GroupResult.save()``). A chord's join lives beside it, under the same name
+with a suffix: ``.s`` the header's size (:meth:`~RedisBackend.chord_start`: ``DEL .c``, then
+``SET .s <size> EX <expires>``), ``.j`` a sorted set of ``[1, task_id, state, value]``
+scored by the group index (+inf without one), ``.t`` the size's diff (added parts), ``.d``
+the parts recorded (``"<task id>:<score>"``), ``.c`` the claim. ``lua/chord_part.lua``
+records a part and claims the chord when ``.j`` counts ``.s + .t`` parts (``SET .c <token>
+NX EX 6``); the claimer reads ``.j`` (ZRANGE), holds the claim for the body's publish
+(``lua/chord_extend.lua``, 21 s) and, in :meth:`~RedisBackend.chord_done`, drops the join
+and sets ``.c`` to ``"done"`` for 300 s (``lua/chord_done.lua``). The numbers are Celery's
+defaults, as captured. Only a part checks for completion: the producer calls
+``chord_start`` before it publishes the last header task, so the last part finds the size.
 """
 
 from __future__ import annotations
@@ -39,18 +53,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 from celeriac import errors
-from celeriac.transports.backend import Changes, EventLog, KeyValueBackend, Log, is_ready
+from celeriac.protocol.serialization import json_text
+from celeriac.transports.backend import (
+    Changes,
+    ChordPart,
+    EventLog,
+    KeyValueBackend,
+    Log,
+    Meta,
+    decode,
+    is_ready,
+)
 from celeriac.transports.background import Background
 from celeriac.transports.broker import Broker
+from celeriac.transports.memory.backend import decode_part, part_member
 from celeriac.transports.options import Option
 from celeriac.transports.redis.broker import RedisBroker
-from celeriac.transports.redis.client import Client, Connection, Reply, ReplyError, Script
+from celeriac.transports.redis.client import (
+    Arg,
+    Client,
+    Connection,
+    Pipeline,
+    Reply,
+    ReplyError,
+    Script,
+)
 from celeriac.transports.redis.connection import (
     UNREACHABLE,
     Coalescer,
@@ -69,6 +104,13 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "celery-task-meta-"
 EVENTS_PREFIX = "celeriac-task-events-"
 LEASE_PREFIX = "celeriac-lease-"
+GROUP_PREFIX = "celery-taskset-meta-"
+#: Celery's defaults: the claim of the caller that completed a chord holds for twice the
+#: join timeout (5 s, at least 5 s); once the parts are read, for the body's publish with
+#: its retries (3 retries, 4 s connection timeout: 21 s); ``"done"`` stays for 300 s.
+CHORD_CLAIM_SECONDS = 6
+CHORD_PUBLISH_SECONDS = 21
+CHORD_DONE_SECONDS = 300
 _OPTIONS = {"global_keyprefix": Option(str, "")}
 _CLOSE_TIMEOUT = 2.0
 #: Redis's smallest ``proto-max-bulk-len``: a shorter record needs no check of the server's.
@@ -155,6 +197,8 @@ class RedisBackend(KeyValueBackend):
         self.key_prefix = prefix + KEY_PREFIX
         self.events_prefix = prefix + EVENTS_PREFIX
         self._lease_scripts: tuple[Script, Script] | None = None  # acquire, release
+        self._chord_scripts: tuple[Script, Script, Script] | None = None  # part, extend, done
+        self._claims: dict[str, str] = {}  # group id -> the token of a chord this one claimed
         self._client: Client | None = None
         #: The broker whose client ``connect`` borrows (``share_connection``), if any.
         self._lender: RedisBroker | None = None
@@ -296,12 +340,7 @@ class RedisBackend(KeyValueBackend):
                 commands.append(["RPUSH", record.events, data])
                 if expires is not None:
                     commands.append(["PEXPIRE", record.events, max(1, round(expires * 1000))])
-            if expires is None:
-                commands.append(["SET", key, data])
-            elif expires == int(expires) and expires >= 1:
-                commands.append(["SETEX", key, int(expires), data])  # Celery's command
-            else:
-                commands.append(["PSETEX", key, max(1, round(expires * 1000)), data])
+            commands.append(_set_command(key, data, expires))
             commands.append(["PUBLISH", key, data])
             spans.append((record, start, len(commands)))
 
@@ -428,6 +467,105 @@ class RedisBackend(KeyValueBackend):
         if self._lease_scripts is None:
             self._lease_scripts = (_script("lease_acquire.lua"), _script("lease_release.lua"))
         return self._lease_scripts
+
+    # -- groups and chords -----------------------------------------------------------------
+
+    joins_chords = True
+
+    def group_key(self, group_id: str, suffix: str = "") -> str:
+        """Celery's key of a group's record (``suffix`` ``""``) or of its chord join."""
+        return f"{self.prefix}{GROUP_PREFIX}{group_id}{suffix}"
+
+    async def save_group(self, group_id: str, meta: Meta, *, expires: float | None) -> None:
+        key, data = self.group_key(group_id), json_text(meta).encode()
+        pipe = self.client.pipeline()
+        pipe.add(*_set_command(key, data, expires))
+        pipe.add("PUBLISH", key, data)  # as Celery's backend publishes every record it sets
+        await self._run(pipe, f"save the group {group_id}")
+
+    async def restore_group(self, group_id: str) -> Meta | None:
+        try:
+            data = await self.client.execute("GET", self.group_key(group_id))
+        except _DRIVER_ERRORS as exc:
+            raise self.failed(exc, f"restore the group {group_id}") from exc
+        return None if data is None else decode(data)
+
+    async def forget_group(self, group_id: str) -> None:
+        try:
+            await self.client.execute("DEL", self.group_key(group_id))
+        except _DRIVER_ERRORS as exc:
+            raise self.failed(exc, f"forget the group {group_id}") from exc
+
+    async def chord_start(self, group_id: str, size: int, *, expires: float | None) -> None:
+        pipe = self.client.pipeline()
+        # A chord started again (a frozen one applied twice) runs anew: no claim, no "done".
+        pipe.add("DEL", self.group_key(group_id, ".c"))
+        keep: list[Arg] = []  # Celery's SET ... EX; PX for a fraction of a second
+        if expires is not None:
+            whole = expires == int(expires) and expires >= 1
+            keep = ["EX", int(expires)] if whole else ["PX", _milliseconds(expires)]
+        pipe.add("SET", self.group_key(group_id, ".s"), int(size), *keep)
+        await self._run(pipe, f"start the chord {group_id}")
+
+    async def chord_part(
+        self, group_id: str, part: ChordPart, *, expires: float | None
+    ) -> list[ChordPart] | None:
+        record, extend, _ = self._chords()
+        score = "+inf" if part.index is None else str(int(part.index))
+        token = uuid.uuid4().hex
+        claim, size = self.group_key(group_id, ".c"), self.group_key(group_id, ".s")
+        joined = self.group_key(group_id, ".j")
+        keys = [joined, self.group_key(group_id, ".t"), size, self.group_key(group_id, ".d")]
+        keys += [self.group_key(group_id), claim]
+        seconds = _seconds(expires)
+        args: list[Arg] = [part.task_id, part_member(part), 1, score, seconds, seconds]
+        args += [CHORD_CLAIM_SECONDS, token]
+        try:
+            _, claimed = await self.client.run_script(record, keys, args)
+        except _DRIVER_ERRORS as exc:
+            raise self.failed(exc, f"record a part of the chord {group_id}") from exc
+        if claimed != 1:
+            return None
+        pipe = self.client.pipeline()
+        pipe.add("ZRANGE", joined, 0, -1, "WITHSCORES")
+        pipe.run_script(extend, [claim, size], [token, CHORD_PUBLISH_SECONDS])
+        listed, held = await self._run(pipe, f"read the parts of the chord {group_id}")
+        if held != 1:  # lost meanwhile: the claim lapsed and another caller took it
+            log.warning("chord %s: its claim was lost before its parts were read", group_id)
+            return None
+        self._claims[group_id] = token
+        return [
+            decode_part(member, _index(score))
+            for member, score in zip(listed[::2], listed[1::2], strict=True)
+        ]
+
+    async def chord_done(self, group_id: str) -> None:
+        """Drop the join and mark the chord over, if this instance's :meth:`chord_part`
+        holds its claim still (else another caller took it over and drops it itself)."""
+        token = self._claims.pop(group_id, None)
+        if token is None:
+            return
+        _, _, done = self._chords()
+        keys = [self.group_key(group_id, suffix) for suffix in (".c", ".j", ".t", ".s", ".d")]
+        try:
+            dropped = await self.client.run_script(done, keys, [token, CHORD_DONE_SECONDS])
+        except _DRIVER_ERRORS as exc:
+            raise self.failed(exc, f"end the chord {group_id}") from exc
+        if dropped != 1:
+            log.warning("chord %s: its claim was lost before its join was dropped", group_id)
+
+    def _chords(self) -> tuple[Script, Script, Script]:
+        """The chord scripts, read on first use."""
+        if self._chord_scripts is None:
+            names = ("chord_part.lua", "chord_extend.lua", "chord_done.lua")
+            self._chord_scripts = (_script(names[0]), _script(names[1]), _script(names[2]))
+        return self._chord_scripts
+
+    async def _run(self, pipe: Pipeline, doing: str) -> list[Reply]:
+        try:
+            return await pipe.execute()
+        except _DRIVER_ERRORS as exc:
+            raise self.failed(exc, doing) from exc
 
 
 class _StreamWatcher(Watcher, Changes):
@@ -713,6 +851,29 @@ class _Listener:
 
 def _milliseconds(seconds: float) -> int:
     return max(1, round(seconds * 1000))
+
+
+def _set_command(key: str, data: bytes, expires: float | None) -> list[Any]:
+    """SET ``key``, kept ``expires`` seconds: Celery's SETEX for whole seconds, PSETEX for a
+    fraction, a plain SET for None (forever)."""
+    if expires is None:
+        return ["SET", key, data]
+    if expires == int(expires) and expires >= 1:
+        return ["SETEX", key, int(expires), data]
+    return ["PSETEX", key, _milliseconds(expires), data]
+
+
+def _seconds(expires: float | None) -> int | float:
+    """A chord script's expiry argument: Celery's whole seconds (0: none), or a fraction."""
+    if expires is None:
+        return 0
+    return int(expires) if expires == int(expires) else expires
+
+
+def _index(score: bytes) -> int | None:
+    """A part's group index from its score in ``.j`` (+inf: none)."""
+    value = float(score)
+    return None if math.isinf(value) else int(value)
 
 
 def _celery_prefix(prefix: str) -> str:

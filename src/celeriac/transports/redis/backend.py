@@ -70,11 +70,12 @@ from celeriac.transports.backend import (
     Log,
     Meta,
     decode,
+    decode_part,
     is_ready,
+    part_member,
 )
 from celeriac.transports.background import Background
 from celeriac.transports.broker import Broker
-from celeriac.transports.memory.backend import decode_part, part_member
 from celeriac.transports.options import Option
 from celeriac.transports.redis.broker import RedisBroker
 from celeriac.transports.redis.client import (

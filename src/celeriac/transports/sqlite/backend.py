@@ -42,6 +42,9 @@ from typing import Any, NamedTuple
 from celeriac import errors
 from celeriac.protocol.serialization import json_text
 from celeriac.transports.backend import (
+    CHORD_CLAIM_SECONDS,
+    CHORD_DONE_SECONDS,
+    DONE,
     Changes,
     ChordPart,
     EventLog,
@@ -49,16 +52,11 @@ from celeriac.transports.backend import (
     Log,
     Meta,
     decode,
-)
-from celeriac.transports.broker import now, wait_for_signal
-from celeriac.transports.memory.backend import (
-    CHORD_CLAIM_SECONDS,
-    CHORD_DONE_SECONDS,
-    DONE,
     decode_part,
     part_key,
     part_member,
 )
+from celeriac.transports.broker import now, wait_for_signal
 from celeriac.transports.options import Option, checked_options
 from celeriac.transports.sqlite.database import (
     Database,

@@ -11,6 +11,11 @@ Ids: ``apply`` takes its new ids from ``new_id``; each test hands it the fixture
 order ``apply`` asks for them (a chain is frozen last step first, as Celery does), so every id
 must land where Celery put it.
 
+Beyond the captures: canvases run end to end through ``apply`` as workers would
+(:func:`run`) must give their values, and, where Celery is installed, the whole stream of
+messages of 28 canvases must equal what Celery 5.7's own canvas code publishes for them
+(the differential tests at the end, ids compared by where they first appear).
+
 Two normalisations, applied to both sides (see :func:`normalised`):
 
 * ``argsrepr``/``kwargsrepr`` are compared as values with tuples read as lists: Celery shows

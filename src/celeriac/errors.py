@@ -8,7 +8,8 @@ errors does not swallow it by accident.
 
     CeleriacError
      ├── ConfigurationError        a setting, URL or app path is wrong, or a driver is missing
-     │    └── ResultsNotStored     a result was asked for, but no result backend is configured
+     │    ├── ResultsNotStored     a result was asked for, but no result backend is configured
+     │    └── ChordsNotSupported   a chord was applied, but the result store cannot join one
      ├── BrokerError               the broker or result store could not be reached or failed
      │    ├── BrokerUnreachable    the broker is out of reach now: trying again may work
      │    ├── BackendUnreachable   the result store is out of reach now: storing again may work
@@ -54,6 +55,12 @@ class ResultsNotStored(ConfigurationError, NotImplementedError):
     """A task's result or state was asked for, but the app stores none: no result backend is
     configured and its broker keeps no results (RabbitMQ). A ``NotImplementedError`` too, as
     Celery raises one there."""
+
+
+class ChordsNotSupported(ConfigurationError, NotImplementedError):
+    """A chord was applied on an app whose result store cannot join one (``rpc://``, or no
+    result backend): raised before any of its messages is published. A
+    ``NotImplementedError`` too, as Celery raises one there."""
 
 
 class BrokerError(CeleriacError):

@@ -85,12 +85,16 @@ def check_options(options: Mapping[str, object]) -> None:
     raise TypeError(f"unsupported task option {name!r}: {why}. The options are: {supported}")
 
 
-def plan(conf: Settings, name: str, **options: Unpack[SendOptions]) -> Plan:
+def plan(
+    conf: Settings, name: str, *, now: datetime | None = None, **options: Unpack[SendOptions]
+) -> Plan:
     """Celery's defaults and conversions for one send call (``countdown`` becomes an ETA,
-    numeric ``expires`` counts from now, a naive ``eta`` is UTC). An option that is not one
-    of ``SendOptions`` is a TypeError (see :func:`check_options`)."""
+    numeric ``expires`` counts from ``now``, a naive ``eta`` is UTC). An option that is not
+    one of ``SendOptions`` is a TypeError (see :func:`check_options`). ``now`` (default: the
+    clock) lets the messages of one canvas share one ETA for one countdown, so that they
+    are published as one batch."""
     check_options(options)
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     eta = options.get("eta")
     countdown = options.get("countdown")
     if countdown is not None:
@@ -124,7 +128,7 @@ def build(
 ) -> Envelope:
     """The message of one call under ``plan``."""
     return protocol.build_task_message(
-        plan.name, task_id, args or (), dict(kwargs or {}), **_options(plan)
+        plan.name, task_id, args or (), dict(kwargs or {}), **message_options(plan)
     )
 
 
@@ -135,7 +139,7 @@ def build_many(plan: Plan, task_ids: Sequence[str], calls: Sequence[object]) -> 
         (task_id, *arguments(call, index))
         for index, (task_id, call) in enumerate(zip(task_ids, calls, strict=True))
     ]
-    return protocol.build_task_messages(plan.name, split, **_options(plan))
+    return protocol.build_task_messages(plan.name, split, **message_options(plan))
 
 
 @contextlib.contextmanager
@@ -159,7 +163,8 @@ def collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-def _options(plan: Plan) -> dict[str, Any]:
+def message_options(plan: Plan) -> dict[str, Any]:
+    """The keyword arguments of ``protocol.message.build_task_message`` that ``plan`` sets."""
     return {
         "serializer": plan.serializer,
         "eta": plan.eta,

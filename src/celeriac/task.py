@@ -227,7 +227,7 @@ class Task(Generic[P, R]):
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, task_id=task_id, **options)
         return self.app.send_task(
-            self.name, args, kwargs, task_id=task_id, **self._with_defaults(options)
+            self.name, args, kwargs, task_id=task_id, **self.with_defaults(options)
         )
 
     def delay_many(
@@ -247,7 +247,7 @@ class Task(Generic[P, R]):
         ``Celery.send_many``); under ``task_always_eager``, each call runs here instead."""
         if self.app.conf.task_always_eager:
             return self._apply_each(calls, options)
-        return self.app.send_many(self.name, calls, **self._with_defaults(options))
+        return self.app.send_many(self.name, calls, **self.with_defaults(options))
 
     def _apply_each(
         self, calls: Iterable[Sequence[Any] | Mapping[str, Any]], options: SendOptions
@@ -259,7 +259,7 @@ class Task(Generic[P, R]):
             return cast(Awaitable[list[AsyncResult[R]]], results)
         return _all_finished(results)
 
-    def _with_defaults(self, options: SendOptions) -> SendOptions:
+    def with_defaults(self, options: SendOptions) -> SendOptions:
         """The call's options, with this task's own where the call gives none."""
         own = self.options
         merged = options.copy()

@@ -29,15 +29,17 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # the client, in one direction: app -> task -> sending, result -> _state, _bridge
     "result": ("protocol", "_bridge", "_state"),
     "sending": ("protocol", "config", "_state"),
-    "task": ("resources", "_bridge", "_state", "result", "sending"),
     "connections": ("protocol", "transports", "config", "sending"),
+    "canvas": ("protocol", "transports", "config", "sending", "connections", "result", "_bridge",
+               "_state"),
+    "task": ("resources", "_bridge", "_state", "result", "sending", "canvas"),
     "app": ("protocol", "transports", "config", "discovery", "resources", "_bridge", "_state",
-            "connections", "task", "sending", "result"),
+            "connections", "task", "sending", "result", "canvas"),
     "worker": ("protocol", "transports", "config", "resources", "_bridge", "_state",
-               "connections", "app", "task", "result"),
+               "connections", "app", "task", "result", "canvas"),
     "web": ("protocol", "result"),
     "cli": ("*",),
-    "__init__": ("_state", "app", "resources", "result", "task"),
+    "__init__": ("_state", "app", "canvas", "resources", "result", "task"),
 }  # fmt: skip
 
 

@@ -1,0 +1,148 @@
+"""Publishing what applying a canvas asks for (a ``protocol.canvas.Expansion``).
+
+The client (``chain(...).apply_async()``) and the worker (a chain's next step, callbacks, a
+chord's body) both end here, so both check chords, set up their joins and batch messages the
+same way. Order matters: a chord the result store cannot join is refused before anything is
+published, and every chord's size is in the store before any of its header messages is
+(WAVE2 §1.8: a header task that ends before the size is known would never complete it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, cast
+
+from celeriac import sending
+from celeriac.connections import Connection, publish_in_chunks
+from celeriac.errors import ChordsNotSupported
+from celeriac.protocol.canvas import ChordStart, Expansion, TaskCall
+from celeriac.protocol.envelope import Envelope
+from celeriac.protocol.message import build_task_message
+from celeriac.transports.backend import ResultBackend
+
+if TYPE_CHECKING:
+    from celeriac.app import Celery
+    from celeriac.sending import SendOptions
+
+#: Celery's words when a chord is applied on ``rpc://`` (``NotImplementedError`` there too).
+RPC_CHORDS = 'The "rpc" result backend does not support chords!'
+
+
+@dataclass(slots=True)
+class Batch:
+    """Consecutive messages that go to one queue with one priority and ETA: one
+    ``publish_in_chunks`` call, so a group of 10,000 is a few round trips."""
+
+    queue: str
+    priority: int
+    eta: float | None
+    envelopes: list[Envelope] = field(default_factory=list)
+
+
+async def publish(app: Celery, expansion: Expansion, *, conn: Connection | None = None) -> None:
+    """Publish ``expansion``: refuse chords the result store cannot join, tell it the size
+    of every chord, then publish the messages in order, batched. ``conn`` defaults to the
+    app's connection on this loop (a worker passes its own)."""
+    if conn is None:
+        conn = await app.connection()
+    check_chords(conn.backend, expansion.chords)
+    batches = build(app, expansion.calls, reply_to=conn.backend.reply_to)
+    await start_chords(app, conn.backend, expansion.chords)
+    await send(conn, batches)
+
+
+def check_chords(backend: ResultBackend, chords: Sequence[ChordStart]) -> None:
+    """Raise :class:`~celeriac.errors.ChordsNotSupported` when ``chords`` is not empty and
+    ``backend`` cannot join a chord."""
+    if not chords or backend.joins_chords:
+        return
+    if backend.url.partition(":")[0] == "rpc":
+        error = ChordsNotSupported(RPC_CHORDS)
+        error.add_note("Use a Redis or SQLite result backend to run chords.")
+        raise error
+    raise ChordsNotSupported(str(backend.no_groups("join a chord")))
+
+
+async def start_chords(app: Celery, backend: ResultBackend, chords: Sequence[ChordStart]) -> None:
+    """Tell the store each chord's size, before any header message exists."""
+    for chord in chords:
+        await backend.chord_start(chord.group_id, chord.size, expires=app.conf.result_expires)
+
+
+def build(app: Celery, calls: Sequence[TaskCall], *, reply_to: str | None = None) -> list[Batch]:
+    """The messages of ``calls``, in order, in batches of the same queue, priority and ETA.
+
+    Each message takes the options of the registered task of its name (queue, priority,
+    serializer, limits, ``ignore_result``) where the call sets none, as ``apply_async``
+    does. ``reply_to`` is the publisher's reply queue (``rpc://``): it goes in every task
+    signature these messages carry with an id of its own and no reply queue, as Celery
+    freezes them, so a chain's later steps report to the caller. Raises, with nothing
+    published, for a message that cannot be built (arguments the serializer refuses...).
+    """
+    tasks = app.tasks if calls else {}
+    now = datetime.now(UTC)  # one ETA per countdown: a group with one is still one batch
+    batches: list[Batch] = []
+    with sending.collector_paused():
+        for call in calls:
+            options = call.send_options()
+            task = tasks.get(call.task)
+            if task is not None:
+                options = dict(task.with_defaults(cast("SendOptions", options)))
+            plan = sending.plan(app.conf, call.task, now=now, **options)
+            envelope = build_message(plan, call, reply_to)
+            last = batches[-1] if batches else None
+            if last is None or (last.queue, last.priority, last.eta) != (
+                plan.queue,
+                plan.priority,
+                plan.visible_at,
+            ):
+                last = Batch(plan.queue, plan.priority, plan.visible_at)
+                batches.append(last)
+            last.envelopes.append(envelope)
+    return batches
+
+
+def build_message(plan: sending.Plan, call: TaskCall, reply_to: str | None = None) -> Envelope:
+    """One call's message: ``plan``'s options, with the call's canvas options where set."""
+    options = sending.message_options(plan)
+    for key, value in call.message_options().items():
+        if value is not None:
+            options[key] = value
+    if reply_to:
+        for key in ("chain", "callbacks", "errbacks"):
+            for sig in options.get(key) or ():
+                _address(sig, reply_to)
+        if options.get("chord") is not None:
+            _address(options["chord"], reply_to)
+    return build_task_message(call.task, call.id, call.args, call.kwargs, **options)
+
+
+async def send(conn: Connection, batches: Sequence[Batch]) -> None:
+    """Publish ``batches`` in order (``publish_in_chunks`` names the reply queue of
+    ``rpc://`` in each message that has none)."""
+    for batch in batches:
+        await publish_in_chunks(conn, batch.envelopes, batch.queue, batch.priority, batch.eta)
+
+
+def _address(sig: Mapping[str, Any], reply_to: str) -> None:
+    """Name ``reply_to`` in every frozen task signature inside ``sig`` that names none."""
+    pending: list[Any] = [sig]
+    while pending:
+        item = pending.pop()
+        if not isinstance(item, Mapping):
+            continue
+        options = item.get("options")
+        if isinstance(options, dict):
+            frozen_task = item.get("subtask_type") is None and options.get("task_id")
+            if frozen_task and not options.get("reply_to"):
+                options["reply_to"] = reply_to
+            for key in ("chain", "chord"):
+                nested = options.get(key)
+                pending.extend(nested if isinstance(nested, list) else [nested])
+        kwargs = item.get("kwargs")
+        if item.get("subtask_type") is not None and isinstance(kwargs, Mapping):
+            for key in ("tasks", "header", "body", "task"):
+                nested = kwargs.get(key)
+                pending.extend(nested if isinstance(nested, list) else [nested])

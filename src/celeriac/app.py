@@ -436,14 +436,22 @@ class Celery:
         event: bool = False,
         reply_to: str | None = None,
         backend: ResultBackend | None = None,
+        children: list[Any] | None = None,
     ) -> None:
         """Write a task's record in Celery's format to the result store; with ``event``, a
         state that is not final also joins the task's event log (what ``stream()`` reads).
         ``reply_to`` is the task message's (rpc:// sends the record there). ``backend`` is
         this loop's, for a caller that holds it (the worker, for every task: finding the
-        loop's connection costs more than the rest of this method)."""
+        loop's connection costs more than the rest of this method). ``children``: the
+        results the task published (Celery's ``as_tuple()`` form), as the record lists them."""
         meta = make_meta(
-            task_id, state, result, traceback=traceback, parent_id=parent_id, group_id=group_id
+            task_id,
+            state,
+            result,
+            traceback=traceback,
+            parent_id=parent_id,
+            group_id=group_id,
+            children=children,
         )
         if backend is None:
             backend = (await self.connection()).backend

@@ -27,7 +27,8 @@ errors does not swallow it by accident.
      │    ├── SoftTimeLimitExceeded   raised inside a task when its soft limit passes
      │    ├── TimeLimitExceeded    the task was stopped at ``time_limit``
      │    ├── MaxRetriesExceededError ``self.retry()`` with no retries left
-     │    └── TaskRevokedError     the task expired or was revoked and never ran
+     │    ├── TaskRevokedError     the task expired or was revoked and never ran
+     │    └── ChordError           a chord's header task failed: its body never runs
      └── SyncWaitInTaskError       ``result.get()`` inside a task (deadlock risk), not opted out
 
     Control-flow signals (plain ``Exception`` subclasses, not CeleriacError)
@@ -164,6 +165,12 @@ class MaxRetriesExceededError(TaskError):
 
 class TaskRevokedError(TaskError):
     """The task expired (or was revoked) before it ran."""
+
+
+class ChordError(TaskError):
+    """A chord's body was not run because a task of its header failed (or was revoked):
+    stored as the body's FAILURE (under Celery's ``celery.exceptions``), naming the task
+    that failed and its exception, and given to the body's error callbacks."""
 
 
 class Retry(Exception):

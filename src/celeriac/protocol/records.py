@@ -24,6 +24,7 @@ _CELERY_MODULES: dict[type[BaseException], str] = {
     errors.TaskRevokedError: "celery.exceptions",
     errors.MaxRetriesExceededError: "celery.exceptions",
     errors.NotRegistered: "celery.exceptions",
+    errors.ChordError: "celery.exceptions",
     errors.SoftTimeLimitExceeded: "billiard.exceptions",
     errors.TimeLimitExceeded: "billiard.exceptions",
 }
@@ -40,13 +41,16 @@ def make_meta(
     traceback: str | None = None,
     parent_id: str | None = None,
     group_id: str | None = None,
+    children: list[Any] | None = None,
 ) -> Meta:
-    """The record Celery stores for ``status``; ``date_done`` is set for ready states only."""
+    """The record Celery stores for ``status``; ``date_done`` is set for ready states only.
+    ``children`` are the results the task published, each in Celery's ``as_tuple()`` form
+    (``[[id, parent], None]`` for a task): a chain's next step, a ``link`` callback."""
     meta: Meta = {
         "status": status,
         "result": result,
         "traceback": traceback,
-        "children": [],
+        "children": children if children is not None else [],
         "date_done": datetime.now(UTC).isoformat() if status in states.READY_STATES else None,
         "task_id": task_id,
     }

@@ -8,6 +8,17 @@ from importlib import metadata as _metadata
 from celeriac import states
 from celeriac._state import current_app
 from celeriac.app import Celery, shared_task
+from celeriac.canvas import (
+    Signature,
+    chain,
+    chord,
+    chunks,
+    group,
+    maybe_signature,
+    signature,
+    xmap,
+    xstarmap,
+)
 from celeriac.ids import uuid
 from celeriac.resources import Resource, use
 from celeriac.result import AsyncResult, GroupResult, ResultSet
@@ -26,13 +37,22 @@ __all__ = [
     "GroupResult",
     "Resource",
     "ResultSet",
+    "Signature",
     "StreamingTask",
     "SyncTask",
     "Task",
     "__version__",
+    "chain",
+    "chord",
+    "chunks",
     "current_app",
+    "group",
+    "maybe_signature",
     "shared_task",
+    "signature",
     "states",
     "use",
     "uuid",
+    "xmap",
+    "xstarmap",
 ]

@@ -22,6 +22,8 @@ from typing import Any, Literal, ParamSpec, Protocol, TypedDict, TypeVar, Unpack
 
 from celeriac import _bridge, _state, config, sending
 from celeriac._bridge import dual
+from celeriac.canvas import Signature, signature
+from celeriac.canvas.signature import send
 from celeriac.config import Settings
 from celeriac.connections import Connection, Connections, address, publish_in_chunks
 from celeriac.discovery import Packages, discover
@@ -31,7 +33,7 @@ from celeriac.protocol.envelope import Envelope
 from celeriac.protocol.records import make_meta
 from celeriac.resources import Resource
 from celeriac.result import AsyncResult
-from celeriac.sending import SendOptions
+from celeriac.sending import CanvasOptions, SendOptions
 from celeriac.states import READY_STATES
 from celeriac.task import AsyncTask, StreamingTask, SyncTask, Task, TaskOptions
 from celeriac.transports.backend import ResultBackend
@@ -346,14 +348,22 @@ class Celery:
         kwargs: Mapping[str, Any] | None = None,
         *,
         task_id: str | None = None,
-        **options: Unpack[SendOptions],
+        **options: Unpack[CanvasOptions],
     ) -> AsyncResult[Any]:
         """Queue a task by name. In async code the publish starts now; await to confirm it.
 
         The message is built here, so bad arguments (unserializable, bad priority) raise in
-        the caller in both calling styles.
+        the caller in both calling styles. A canvas option (``link=``...) sends it as
+        ``app.signature(name, args, kwargs).apply_async(...)`` does, never inline.
         """
-        plan = sending.plan(self.conf, name, **options)
+        try:
+            plan = sending.plan(self.conf, name, **cast(SendOptions, options))
+        except TypeError:  # an option plan() does not take: a canvas one, or a mistake
+            if sending.CANVAS_OPTION_NAMES.isdisjoint(options):
+                raise
+            sig = Signature(name, args, kwargs, app=self)
+            sent = send(sig, None, None, {"task_id": task_id, **options})
+            return cast(AsyncResult[Any], sent)
         task_id = task_id or uuid()
         envelope = sending.build(plan, task_id, args, kwargs)
         queue, priority, when = plan.queue, plan.priority, plan.visible_at
@@ -421,6 +431,11 @@ class Celery:
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
         return AsyncResult(task_id, self)
+
+    def signature(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature on this app: ``app.signature("proj.add", (2, 2), countdown=10)``
+        (see :func:`celeriac.canvas.signature`)."""
+        return signature(*args, app=self, **kwargs)
 
     # -- results --------------------------------------------------------------------------------
 

@@ -63,25 +63,50 @@ class SendOptions(TypedDict, total=False):
 #: The option names ``SendOptions`` lists: what a send call accepts besides ``task_id``.
 OPTION_NAMES = frozenset(SendOptions.__optional_keys__)
 
-#: Celery's options that need its canvas (callbacks, chains, chords, groups).
-_CANVAS_OPTIONS = frozenset({"link", "link_error", "chain", "chord", "group_id", "group_index"})
+
+class CanvasOptions(SendOptions, total=False):
+    """``SendOptions`` and Celery's canvas options, as ``apply_async``, ``send_task`` and
+    signatures take them: ``link``/``link_error`` callbacks (a signature or a list of
+    them), the ``chain`` still to run, the ``chord`` the task is part of, its group, and the
+    ids of the task that sends it."""
+
+    link: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+    link_error: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+    chain: Sequence[Mapping[str, Any]] | None
+    chord: Mapping[str, Any] | None
+    group_id: str | None
+    group_index: int | None
+    parent_id: str | None
+    root_id: str | None
+    reply_to: str | None
 
 
-def check_options(options: Mapping[str, object]) -> None:
+#: Celery's canvas options: a call that gives one goes through a signature
+#: (``celeriac.canvas``); a send call of many messages takes none.
+CANVAS_OPTION_NAMES = frozenset(CanvasOptions.__optional_keys__) - OPTION_NAMES
+
+
+def check_options(options: Mapping[str, object], *, canvas: bool = False) -> None:
     """Raise TypeError naming the first option celeriac does not support: one accepted and
-    ignored would leave the caller believing its callback, route or policy is in place."""
+    ignored would leave the caller believing its callback, route or policy is in place.
+    ``canvas``: the call also takes :data:`CANVAS_OPTION_NAMES`."""
     if OPTION_NAMES.issuperset(options):
         return
-    name = sorted(set(options) - OPTION_NAMES)[0]
-    if name in _CANVAS_OPTIONS:
+    unknown = set(options) - OPTION_NAMES
+    if canvas:
+        unknown -= CANVAS_OPTION_NAMES
+        if not unknown:
+            return
+    name = sorted(unknown)[0]
+    if name in CANVAS_OPTION_NAMES:
         why = (
-            "it needs Celery's canvas (callbacks, chains, chords, groups), which celeriac does"
-            " not have yet: send the next task from the end of this one, or await this"
-            " result and send it"
+            "a canvas option applies to one task: give it to apply_async, send_task or a"
+            " signature (add.s(2, 2).apply_async(link=...)), not to a call that sends many"
         )
     else:
         why = "celeriac does not support it"
-    supported = ", ".join(["task_id", *sorted(OPTION_NAMES)])
+    names = OPTION_NAMES | CANVAS_OPTION_NAMES if canvas else OPTION_NAMES
+    supported = ", ".join(["task_id", *sorted(names)])
     raise TypeError(f"unsupported task option {name!r}: {why}. The options are: {supported}")
 
 

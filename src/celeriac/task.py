@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack, cast
 
 from celeriac import _bridge, _state, resources, sending, states
 from celeriac._bridge import answer, dual
+from celeriac.canvas import Signature, composites
 from celeriac.errors import MaxRetriesExceededError, Retry
 from celeriac.ids import uuid
 from celeriac.resources import injected_parameters
@@ -25,7 +26,7 @@ from celeriac.result import AsyncResult, EagerResult
 
 if TYPE_CHECKING:
     from celeriac.app import Celery
-    from celeriac.sending import SendOptions
+    from celeriac.sending import CanvasOptions, SendOptions
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -95,7 +96,7 @@ class Task(Generic[P, R]):
         if options.bind:
             params = params[1:]
         #: What a message's args and kwargs must fit.
-        self.signature = signature.replace(parameters=params)
+        self.call_signature = signature.replace(parameters=params)
         # Shapes (number of args, keyword names) known to fit: binding depends on nothing
         # else, and most tasks are sent with one or two shapes, so each is checked once.
         self._fitting: set[tuple[int, frozenset[str]]] = set()
@@ -149,7 +150,7 @@ class Task(Generic[P, R]):
         """Raise TypeError unless a call with these arguments fits the task's parameters."""
         shape = (len(args), frozenset(kwargs))
         if shape not in self._fitting:
-            self.signature.bind(*args, **kwargs)
+            self.call_signature.bind(*args, **kwargs)
             if len(self._fitting) < _SHAPES_KEPT:  # **kwargs tasks could see endless shapes
                 self._fitting.add(shape)
 
@@ -180,7 +181,7 @@ class Task(Generic[P, R]):
         task_id: str | None = None,
         retries: int = 0,
         throw: bool | None = None,
-        **options: Unpack[SendOptions],
+        **options: Unpack[CanvasOptions],
     ) -> EagerResult[R]:
         """Run the task here and now, as Celery's ``apply`` does (for tests): no broker, no
         store. Returns an :class:`EagerResult`; a failure is its FAILURE state, or raised
@@ -194,8 +195,14 @@ class Task(Generic[P, R]):
         runs to its end on the sync bridge's event loop; called from async code, it starts
         as an asyncio task at once and the result is awaited (``await task.apply(...)``, or
         ``await result.get()``), since blocking the caller's loop on it would deadlock.
+
+        With a canvas option (``link=``...), it runs as ``self.signature(args, kwargs).apply()``
+        (see :mod:`celeriac.canvas.eager`).
         """
-        sending.check_options(options)
+        if options and not sending.OPTION_NAMES.issuperset(options):
+            sending.check_options(options, canvas=True)
+            sig = self.signature(args, kwargs)
+            return cast(EagerResult[R], sig.apply(task_id=task_id, **options))
         throw = self.app.conf.task_eager_propagates if throw is None else throw
         result: EagerResult[R] = EagerResult(task_id or uuid(), self.app, task_name=self.name)
         call = EagerCall(self, result, list(args or ()), dict(kwargs or {}), retries, throw)
@@ -220,10 +227,16 @@ class Task(Generic[P, R]):
         kwargs: Mapping[str, Any] | None = None,
         *,
         task_id: str | None = None,
-        **options: Unpack[SendOptions],
+        **options: Unpack[CanvasOptions],
     ) -> AsyncResult[R]:
         """Queue the task with Celery's options (see ``Celery.send_task``); under the
-        ``task_always_eager`` setting, run it here instead (see :meth:`apply`)."""
+        ``task_always_eager`` setting, run it here instead (see :meth:`apply`).
+
+        A canvas option (``link``, ``link_error``, ``chain``, ``chord``, ``group_id``,
+        ``group_index``, ``parent_id``, ``root_id``, ``reply_to``) sends it as
+        ``self.signature(args, kwargs).apply_async(**options)`` does (``send_task`` turns
+        to the canvas only when its plain path refuses an option: none of it runs
+        otherwise)."""
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, task_id=task_id, **options)
         return self.app.send_task(
@@ -275,6 +288,42 @@ class Task(Generic[P, R]):
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:
         return AsyncResult(task_id, self.app, task_name=self.name)
+
+    # -- signatures (Celery's canvas) --------------------------------------------------------
+
+    def signature(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature:
+        """A signature of this task: the call to make later, to compose or to send
+        (``Signature(task, args, kwargs, options)``; ``immutable=True`` for ``si``)."""
+        immutable = bool(options.pop("immutable", False))
+        return Signature(self, args, kwargs, options, immutable=immutable, app=self._app)
+
+    subtask = signature
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """``add.s(2, 2)``: a signature whose task gets the previous result in front of
+        these arguments in a chain."""
+        return self.signature(args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """``add.si(2, 2)``: an immutable signature, which ignores the previous result."""
+        return self.signature(args, kwargs, immutable=True)
+
+    def map(self, it: Iterable[Any]) -> composites.xmap:
+        """One ``celery.map`` message that calls this task for each item of ``it``."""
+        return composites.xmap(self.s(), it, app=self._app)
+
+    def starmap(self, it: Iterable[Sequence[Any]]) -> composites.xstarmap:
+        """One ``celery.starmap`` message that calls this task with each item's arguments."""
+        return composites.xstarmap(self.s(), it, app=self._app)
+
+    def chunks(self, it: Iterable[Sequence[Any]], n: int) -> composites.chunks:
+        """The items of ``it`` in chunks of ``n``, one ``celery.starmap`` message each."""
+        return composites.chunks(self.s(), it, n, app=self._app)
 
     # -- inside a running task ------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ published, and every chord's size is in the store before any of its header messa
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -146,3 +147,28 @@ def _address(sig: Mapping[str, Any], reply_to: str) -> None:
             for key in ("tasks", "header", "body", "task"):
                 nested = kwargs.get(key)
                 pending.extend(nested if isinstance(nested, list) else [nested])
+
+
+def publish_soon(app: Celery, expansion: Expansion) -> asyncio.Task[None]:
+    """:func:`publish` for async code that cannot wait: the messages are built here (so a
+    bad argument raises in the caller) and published by a task the app holds until it ends
+    (``app.close()`` waits for it), as ``send_task`` does. Await the task to confirm."""
+    conn = app._connections.current()
+    if conn is not None:
+        check_chords(conn.backend, expansion.chords)
+    batches = build(app, expansion.calls, reply_to=conn.backend.reply_to if conn else None)
+
+    async def publishing() -> None:
+        nonlocal batches
+        current = conn or await app.connection()
+        if conn is None:
+            check_chords(current.backend, expansion.chords)
+            if current.backend.reply_to:  # rpc://: its reply queue is known only now
+                batches = build(app, expansion.calls, reply_to=current.backend.reply_to)
+        await start_chords(app, current.backend, expansion.chords)
+        await send(current, batches)
+
+    task = asyncio.get_running_loop().create_task(publishing())
+    app._sending.add(task)
+    task.add_done_callback(app._sent)
+    return task

@@ -17,6 +17,10 @@ that says why is stored instead, or, if even that is refused, the task is logged
 When the broker loses a held message with its connection (RabbitMQ puts it back, the outage
 that keeps the result store away may be the same one), the copy it redelivers is not run
 again by this worker: it waits for the first run's outcome to be stored, then is acked.
+
+A message that is a canvas step (its embed names a chain, callbacks, errbacks or a chord)
+goes through :class:`~celeriac.worker.canvas.CanvasSteps` too, at the points its module doc
+lists; one whose embed is malformed is dead-lettered before it runs.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from celeriac import _state, states
 from celeriac.connections import Connection
 from celeriac.errors import (
     BackendUnreachable,
+    CanvasError,
     NotRegistered,
     ProtocolError,
     ResultRejected,
@@ -49,12 +54,16 @@ from celeriac.protocol.records import exception_to_dict
 from celeriac.task import Request, Task
 from celeriac.transports.broker import Delivery
 from celeriac.transports.urls import redacted
-from celeriac.worker import limits
+from celeriac.worker import builtins, limits
+from celeriac.worker.canvas import CanvasSteps, Embed, carries_canvas, read_embed
 
 if TYPE_CHECKING:
     from celeriac.worker.worker import Worker
 
 logger = logging.getLogger("celeriac.worker")
+
+#: Importing them registers Celery's ``celery.*`` tasks on every app a worker may run.
+BUILTINS = builtins
 
 #: With ``ignore_result`` these states are not written (RETRY and PROGRESS still are).
 _NOT_STORED_WHEN_IGNORED = states.READY_STATES | {states.STARTED}
@@ -94,6 +103,7 @@ class Execution:
         self._runs: dict[_RunKey, list[asyncio.Future[bool]] | None] = {}
         #: Tasks whose outcome was stored after an outage (see REMEMBERED_LATE_STORES).
         self._stored_late: OrderedDict[_RunKey, None] = OrderedDict()
+        self.canvas = CanvasSteps(self.app, conn, executor)
 
     async def handle(self, delivery: Delivery, ran: Callable[[], None]) -> None:
         """Settle ``delivery`` exactly once, whatever happens (cancelled: requeued).
@@ -136,6 +146,13 @@ class Execution:
             await self.broker.dead_letter(delivery, f"malformed message: {exc}")
             self.hooks.task_rejected(delivery, f"malformed message: {exc}")
             return True
+        canvas: Embed | None = None
+        if carries_canvas(message.embed):
+            try:
+                canvas = read_embed(message)
+            except CanvasError as exc:
+                await self._malformed_canvas(message, delivery, exc)
+                return True
         task = self.app.tasks.get(message.task)
         if task is None:
             reason = (
@@ -145,9 +162,10 @@ class Execution:
             logger.error(
                 "task %s[%s] rejected: %s (moved to dead letters)", message.task, message.id, reason
             )
-            await self._store(
-                message, states.FAILURE, exception_to_dict(NotRegistered(reason)), None
-            )
+            record = exception_to_dict(NotRegistered(reason))
+            await self._store(message, states.FAILURE, record, None)
+            if canvas is not None:
+                await self.canvas.rejected(message, canvas, record)
             await self.broker.dead_letter(delivery, reason)
             self.hooks.task_rejected(delivery, reason)
             return True
@@ -159,16 +177,30 @@ class Execution:
                 message.id,
                 message.expires.isoformat(),
             )
-            await self._store(
-                message, states.REVOKED, exception_to_dict(TaskRevokedError("expired")), None
-            )
+            record = exception_to_dict(TaskRevokedError("expired"))
+            await self._store(message, states.REVOKED, record, None)
+            if canvas is not None:
+                await self.canvas.revoked(message, canvas, record)
             await self.broker.ack(delivery)
             self.hooks.task_revoked(self._request(message, delivery), "expired")
             return True
         if message.eta is not None and message.eta.timestamp() > now + ETA_SLACK:
             await self.broker.defer(delivery, message.eta.timestamp())
             return True
-        return await self._run(task, message, delivery, ran)
+        return await self._run(task, message, delivery, ran, canvas)
+
+    async def _malformed_canvas(
+        self, message: TaskMessage, delivery: Delivery, exc: CanvasError
+    ) -> None:
+        """A message whose embed is malformed: its task does not run; FAILURE under the ids
+        it names, the message to the dead letters."""
+        reason = f"malformed canvas: {exc}"
+        logger.error(
+            "task %s[%s] rejected: %s (moved to dead letters)", message.task, message.id, reason
+        )
+        await self.canvas.malformed(message, exc)
+        await self.broker.dead_letter(delivery, reason)
+        self.hooks.task_rejected(delivery, reason)
 
     async def _run(
         self,
@@ -176,15 +208,19 @@ class Execution:
         message: TaskMessage,
         delivery: Delivery,
         ran: Callable[[], None],
+        canvas: Embed | None,
     ) -> bool:
         try:
             task.check_arguments(message.args, message.kwargs)
         except TypeError as exc:
-            reason = f"wrong arguments for {task.name}{task.signature}: {exc}"
+            reason = f"wrong arguments for {task.name}{task.call_signature}: {exc}"
             logger.error(
                 "task %s[%s] rejected: %s (moved to dead letters)", task.name, message.id, reason
             )
-            await self._store(message, states.FAILURE, exception_to_dict(TypeError(reason)), None)
+            record = exception_to_dict(TypeError(reason))
+            await self._store(message, states.FAILURE, record, None)
+            if canvas is not None:
+                await self.canvas.rejected(message, canvas, record)
             await self.broker.dead_letter(delivery, reason)
             self.hooks.task_rejected(delivery, reason)
             return True
@@ -192,12 +228,15 @@ class Execution:
         if delivery.redelivered and await self._ran_here(key, task, message, ran):
             await self.broker.ack(delivery)
             return True
+        if canvas is not None and await self.canvas.ran_before(message, canvas):
+            await self.broker.ack(delivery)
+            return True
         if key in self._runs:  # the same message published twice: the first run owns it
-            return await self._run_once(task, message, delivery, ran)
+            return await self._run_once(task, message, delivery, ran, canvas)
         self._runs[key] = None
         stored = False
         try:
-            stored = await self._run_once(task, message, delivery, ran)
+            stored = await self._run_once(task, message, delivery, ran, canvas)
         finally:
             self._ended(key, stored)
         return stored
@@ -247,6 +286,7 @@ class Execution:
         message: TaskMessage,
         delivery: Delivery,
         ran: Callable[[], None],
+        canvas: Embed | None,
     ) -> bool:
         acks_late = task.acks_late
         if not acks_late:
@@ -277,10 +317,20 @@ class Execution:
                 outcome = states.RETRY
             except Exception as exc:
                 outcome = await self._failed(
-                    task, message, delivery, exc, request, time.perf_counter() - started
+                    task, message, delivery, exc, request, time.perf_counter() - started, canvas
                 )
             else:
                 runtime = time.perf_counter() - started
+                children = None
+                if canvas is not None:
+                    try:  # Celery's order: the next steps are published, then SUCCESS stored
+                        children = await self.canvas.succeeded(message, canvas, value)
+                    except CanvasError as exc:
+                        await self._failed(task, message, delivery, exc, request, runtime, canvas)
+                        # Where the message was held (acks_late), it goes to the dead letters.
+                        await self.broker.dead_letter(delivery, f"malformed canvas: {exc}")
+                        state = states.FAILURE
+                        return True
                 hooks.task_succeeded(request, value, runtime)
 
                 def succeeded() -> None:
@@ -295,7 +345,11 @@ class Execution:
 
                 # Logged once the result is stored, or held through an outage (the task
                 # did succeed); a result the store refused is logged as such instead.
-                await self._store(message, states.SUCCESS, value, None, stored=succeeded)
+                await self._store(
+                    message, states.SUCCESS, value, None, stored=succeeded, children=children
+                )
+                if canvas is not None:
+                    await self.canvas.stored_success(message, canvas, value)
                 outcome = states.SUCCESS
             if acks_late:
                 await self.broker.ack(delivery)
@@ -367,9 +421,10 @@ class Execution:
         exc: Exception,
         request: Request,
         runtime: float,
+        canvas: Embed | None = None,
     ) -> str:
-        """Retry the task if it asks to be retried on ``exc``, else store its FAILURE; the
-        state it ends in."""
+        """Retry the task if it asks to be retried on ``exc``, else store its FAILURE (then
+        fail what follows it in its canvas); the state it ends in."""
         if task.options.autoretry_for and isinstance(exc, task.options.autoretry_for):
             request_token = _state.current_request.set(request)
             try:
@@ -392,6 +447,8 @@ class Execution:
         )
         self.hooks.task_failed(request, exc, runtime)
         await self._store(message, states.FAILURE, exception_to_dict(exc), tb)
+        if canvas is not None:
+            await self.canvas.failed(message, canvas, request, exc, tb)
         return states.FAILURE
 
     async def _retry(
@@ -450,6 +507,7 @@ class Execution:
         *,
         event: bool = False,
         stored: Callable[[], None] | None = None,
+        children: list[Any] | None = None,
     ) -> None:
         """Store a state of the task, through outages (see the module doc). One that cannot
         be stored ever fails the task if it is a PROGRESS value; a final one is replaced by
@@ -462,11 +520,11 @@ class Execution:
             return
         try:
             try:  # the common case first, without the retry loop's coroutine
-                await self._store_state(message, state, result, tb, event)
+                await self._store_state(message, state, result, tb, event, children)
             except BackendUnreachable as exc:
                 if stored is not None:
                     stored()
-                await self._until_stored(message, state, result, tb, event, exc)
+                await self._until_stored(message, state, result, tb, event, exc, children)
                 return
             if self._outage.since is not None:
                 self._outage.stored(message)
@@ -518,7 +576,13 @@ class Execution:
             )
 
     def _store_state(
-        self, message: TaskMessage, state: str, result: Any, tb: str | None, event: bool
+        self,
+        message: TaskMessage,
+        state: str,
+        result: Any,
+        tb: str | None,
+        event: bool,
+        children: list[Any] | None = None,
     ) -> Coroutine[Any, Any, None]:
         """The store of one state of the task (its coroutine, not awaited here)."""
         return self.app.store_state(
@@ -531,6 +595,7 @@ class Execution:
             event=event,
             reply_to=message.reply_to,
             backend=self.backend,
+            children=children,
         )
 
     async def _until_stored(
@@ -541,6 +606,7 @@ class Execution:
         tb: str | None,
         event: bool,
         error: BackendUnreachable,
+        children: list[Any] | None = None,
     ) -> None:
         """After a store failed with ``error``: the store again and again, with backoff,
         while the store is unreachable (see the module doc); a cancellation (the worker
@@ -553,7 +619,7 @@ class Execution:
             delay = min(delay * random.uniform(0.75, 1.25), STORE_RETRY_MAX_DELAY)
             try:
                 await asyncio.sleep(delay)
-                await self._store_state(message, state, result, tb, event)
+                await self._store_state(message, state, result, tb, event, children)
             except BackendUnreachable as exc:
                 error = exc
                 continue

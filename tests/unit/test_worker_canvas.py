@@ -9,13 +9,14 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from celeriac import Celery, states
-from celeriac.canvas.publish import publish
+from celeriac.canvas.publish import build, publish, send
 from celeriac.protocol import canvas
 from celeriac.protocol.canvas import signature
 from celeriac.protocol.message import build_task_message
@@ -320,3 +321,54 @@ async def test_a_chain_and_a_chord_on_sqlite(tmp_path: Path) -> None:
         async with worker_of(app):
             assert (await record(app, chain.result.id))["result"] == 26
             assert (await record(app, chord.result.id))["result"] == [2, 4, 6]
+
+
+async def test_chord_unlock_polls_the_header_then_publishes_the_body(app: Celery) -> None:
+    gate = asyncio.Event()
+
+    @app.task(name="t.gated")
+    async def gated(x: int) -> int:
+        await asyncio.wait_for(gate.wait(), TIMEOUT)
+        return x
+
+    header = canvas.group_dict([sig("t.add", 1, 1), sig("t.gated", 5)])
+    expansion = canvas.apply(canvas.chord_dict(header, sig("t.collect")))
+    unlock = canvas.chord_unlock_call(expansion.chords[0], countdown=0, interval=0.01)
+    # As a Celery client on a store without a native join sends it: no chord size, so the
+    # header's parts never complete the chord; celery.chord_unlock does.
+    conn = await app.connection()
+    await send(conn, build(app, [unlock, *expansion.calls]))
+    async with worker_of(app):
+        await record(app, expansion.calls[0].id)
+        gate.set()
+        body = await record(app, expansion.result.id)
+    assert body["status"] == states.SUCCESS and body["result"] == [2, 5]
+    polled = await conn.backend.get(unlock.id)  # its result is ignored, its retries stored
+    assert polled is not None and polled["status"] == states.RETRY
+
+
+async def test_chord_unlock_fails_the_body_when_a_header_task_failed(app: Celery) -> None:
+    header = canvas.group_dict([sig("t.boom"), sig("t.add", 1, 1)])
+    expansion = canvas.apply(canvas.chord_dict(header, sig("t.collect")))
+    unlock = canvas.chord_unlock_call(expansion.chords[0], countdown=0, interval=0.01)
+    conn = await app.connection()
+    await send(conn, build(app, [*expansion.calls, unlock]))
+    async with worker_of(app):
+        body = await record(app, expansion.result.id)
+    assert body["result"]["exc_type"] == "ChordError"
+    assert body["result"]["exc_message"] == [
+        f"Dependency {expansion.calls[0].id} raised ValueError('kaboom')"
+    ]
+
+
+async def test_an_expired_header_task_is_a_revoked_chord_part(app: Celery) -> None:
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    header = canvas.group_dict([sig("t.add", 1, 1), sig("t.add", 2, 2, expires=past)])
+    expansion = await start(app, canvas.chord_dict(header, sig("t.collect")))
+    expired_id = expansion.calls[1].id
+    async with worker_of(app):
+        body = await record(app, expansion.result.id)
+        assert (await record(app, expired_id))["status"] == states.REVOKED
+    assert body["result"]["exc_message"] == [
+        f"Dependency {expired_id} raised TaskRevokedError('expired')"
+    ]

@@ -21,6 +21,7 @@ from celeriac.protocol import canvas
 from celeriac.protocol.canvas import signature
 from celeriac.protocol.message import build_task_message
 from celeriac.task import Request
+from celeriac.worker.hooks import WorkerHook
 from celeriac.worker.worker import Worker
 
 TIMEOUT = 10
@@ -372,3 +373,29 @@ async def test_an_expired_header_task_is_a_revoked_chord_part(app: Celery) -> No
     assert body["result"]["exc_message"] == [
         f"Dependency {expired_id} raised TaskRevokedError('expired')"
     ]
+
+
+async def test_a_chord_part_on_a_store_without_joins_is_a_logged_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = Celery("nj", broker=f"memory://{uuid.uuid4().hex}", backend="disabled://")
+    register_tasks(app)
+    ended = asyncio.Event()
+
+    class Ended(WorkerHook):
+        def task_ended(self, request: Request, state: str | None, runtime: float) -> None:
+            ended.set()
+
+    body = sig("t.collect", task_id=str(uuid.uuid4()), group_id="g1")
+    envelope = build_task_message("t.add", str(uuid.uuid4()), [1, 1], group="g1", chord=body)
+    async with app.setup():
+        await (await app.connection()).broker.publish(app.conf.task_default_queue, envelope)
+        worker = Worker(app, hooks=[Ended()])
+        running = asyncio.get_running_loop().create_task(worker.run())
+        try:
+            await asyncio.wait_for(ended.wait(), TIMEOUT)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(running, TIMEOUT)
+    assert ("add", 1, 1) in calls_of(app)  # the task ran
+    assert any("cannot join chords" in r.getMessage() for r in caplog.records)

@@ -209,25 +209,31 @@ class chord(Signature, subtask_type="chord"):
             self,
             task,
             args or (),
-            {"kwargs": inner, "header": _header(header), "body": maybe_signature(body)},
+            {"kwargs": inner, "header": _header_tasks(header), "body": maybe_signature(body)},
             options,
             subtask_type="chord",
             app=app,
         )
 
     def _adopt(self) -> None:
-        self.kwargs["header"] = _header(self.kwargs.get("header"))
+        header = self.kwargs.get("header")
+        # A frozen chord's header is a group dict (its id in its options): kept as a group.
+        if isinstance(header, Mapping):
+            self.kwargs["header"] = maybe_signature(header)
+        else:
+            self.kwargs["header"] = signatures(header or [])
         self.kwargs["body"] = maybe_signature(self.kwargs.get("body"))
 
     def _nested_app(self) -> Celery | None:
         if self.body is not None:
             return self.body.app
-        return self.tasks.app if self.tasks.tasks else None
+        tasks = list(self.tasks)
+        return tasks[0].app if tasks else None
 
     @property
-    def tasks(self) -> group:
-        """The header group."""
-        return cast(group, self.kwargs["header"])
+    def tasks(self) -> list[Signature] | group:
+        """The header: a list of signatures as Celery keeps it (a group once frozen)."""
+        return cast("list[Signature] | group", self.kwargs["header"])
 
     header = tasks
 
@@ -387,15 +393,17 @@ def maybe_unroll_group(sig: group) -> Signature:
     return tasks[0].clone() if len(tasks) == 1 else sig
 
 
-def _header(header: Any) -> group | None:
+def _header_tasks(header: Any) -> list[Signature] | None:
+    """A chord's header as Celery's ``chord()`` keeps it: a list of signatures (a group's
+    or a chain's tasks, a signature alone in a list)."""
     if header is None:
         return None
-    if isinstance(header, group):
-        return header
     if isinstance(header, Mapping):
-        sig = maybe_signature(header)
-        return sig if isinstance(sig, group) else group([sig])
-    return group(list(header))
+        header = maybe_signature(header)
+        if isinstance(header, group | _chain):
+            return list(header.tasks)
+        return [header]
+    return signatures(header)
 
 
 def _listed(value: Any) -> list[Any]:

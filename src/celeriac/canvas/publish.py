@@ -48,22 +48,39 @@ async def publish(app: Celery, expansion: Expansion, *, conn: Connection | None 
     app's connection on this loop (a worker passes its own)."""
     if conn is None:
         conn = await app.connection()
-    check_chords(conn.backend, expansion.chords)
+    check_chords(conn.backend, expansion)
     batches = build(app, expansion.calls, reply_to=conn.backend.reply_to)
     await start_chords(app, conn.backend, expansion.chords)
     await send(conn, batches)
 
 
-def check_chords(backend: ResultBackend, chords: Sequence[ChordStart]) -> None:
-    """Raise :class:`~celeriac.errors.ChordsNotSupported` when ``chords`` is not empty and
-    ``backend`` cannot join a chord."""
-    if not chords or backend.joins_chords:
+def check_chords(backend: ResultBackend, expansion: Expansion) -> None:
+    """Raise :class:`~celeriac.errors.ChordsNotSupported` when ``expansion`` starts a chord,
+    or carries one in a chain to be run later, and ``backend`` cannot join chords."""
+    if backend.joins_chords or not (expansion.chords or _chains_a_chord(expansion.calls)):
         return
     if backend.url.partition(":")[0] == "rpc":
         error = ChordsNotSupported(RPC_CHORDS)
         error.add_note("Use a Redis or SQLite result backend to run chords.")
         raise error
     raise ChordsNotSupported(str(backend.no_groups("join a chord")))
+
+
+def _chains_a_chord(calls: Sequence[TaskCall]) -> bool:
+    """Whether a later step of a chain these calls start is a chord (Celery refuses those
+    up front too, rather than when the step before it ends)."""
+    pending: list[Any] = []
+    for call in calls:
+        pending.extend(call.options.get("chain") or ())
+    while pending:
+        sig = pending.pop()
+        if not isinstance(sig, Mapping):
+            continue
+        if sig.get("subtask_type") == "chord":
+            return True
+        if sig.get("subtask_type") in ("chain", "group"):
+            pending.extend((sig.get("kwargs") or {}).get("tasks") or ())
+    return False
 
 
 async def start_chords(app: Celery, backend: ResultBackend, chords: Sequence[ChordStart]) -> None:
@@ -155,14 +172,14 @@ def publish_soon(app: Celery, expansion: Expansion) -> asyncio.Task[None]:
     (``app.close()`` waits for it), as ``send_task`` does. Await the task to confirm."""
     conn = app._connections.current()
     if conn is not None:
-        check_chords(conn.backend, expansion.chords)
+        check_chords(conn.backend, expansion)
     batches = build(app, expansion.calls, reply_to=conn.backend.reply_to if conn else None)
 
     async def publishing() -> None:
         nonlocal batches
         current = conn or await app.connection()
         if conn is None:
-            check_chords(current.backend, expansion.chords)
+            check_chords(current.backend, expansion)
             if current.backend.reply_to:  # rpc://: its reply queue is known only now
                 batches = build(app, expansion.calls, reply_to=current.backend.reply_to)
         await start_chords(app, current.backend, expansion.chords)

@@ -350,6 +350,11 @@ class Signature(dict[str, Any]):
             return _chain(self, other, app=self._app)
         return NotImplemented
 
+    def __ror__(self, other: object) -> Signature:  # type: ignore[override]
+        # Declared so that ``sig | group(...)`` reads as Signature.__or__ to the type
+        # checker, not as dict's reflected merge (it never merges dicts).
+        return NotImplemented
+
     # -- copying, pickling, printing -----------------------------------------------------------
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Signature:

@@ -125,7 +125,7 @@ async def test_a_task_called_inline_outside_a_worker_gets_a_clear_error_or_its_a
         await query("select 1")
     assert await query("select 1", conn="fake") == "fake: select 1"
     # Not part of what a message may carry: the worker fills it in.
-    assert "conn" not in query.signature.parameters
+    assert "conn" not in query.call_signature.parameters
 
 
 async def test_a_message_that_passes_an_injected_parameter_is_rejected() -> None:

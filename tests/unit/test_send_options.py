@@ -11,7 +11,9 @@ from celeriac import sending
 from inprocess import memory_app
 
 
-def test_link_is_refused_naming_the_option_and_canvas() -> None:
+def test_a_link_that_is_not_a_signature_is_refused_naming_the_option() -> None:
+    """``link``/``link_error`` take signatures, as Celery's canvas does: a task name (what
+    a Celery user may pass by mistake) is a TypeError that names the option and the form."""
     app = memory_app("options")
 
     @app.task
@@ -19,11 +21,11 @@ def test_link_is_refused_naming_the_option_and_canvas() -> None:
         return x + y
 
     options: dict[str, Any] = {"link": "callback"}
-    with pytest.raises(TypeError, match="'link'") as raised:
+    with pytest.raises(TypeError, match="'link' must be a signature") as raised:
         add.apply_async((1, 2), **options)
-    assert "canvas" in str(raised.value)
-    with pytest.raises(TypeError, match=r"'link_error'.*canvas"):
-        add.apply_async((1, 2), link_error="errback")  # type: ignore[call-arg]
+    assert "add.s(2)" in str(raised.value)
+    with pytest.raises(TypeError, match="'link_error' must be a signature"):
+        add.apply_async((1, 2), link_error="errback")  # type: ignore[arg-type]
 
 
 def test_an_unknown_option_is_refused_with_the_supported_ones_listed() -> None:

@@ -208,7 +208,7 @@ def test_map_starmap_and_chunks_json_is_celerys_but_for_their_type() -> None:
 
     capp = celery.Celery("peer", set_as_current=False)
 
-    @capp.task(name="rapp.add")
+    @capp.task(name="rapp.add", shared=False)  # not on every Celery app of the process
     def add_(x: int, y: int) -> int:
         return x + y
 

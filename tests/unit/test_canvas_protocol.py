@@ -988,7 +988,7 @@ class CeleryPeer:
         self.app.backend.set_chord_size = self.sizes.__setitem__
         self.app.backend.apply_chord = lambda *args, **kwargs: None
         for name, function in FUNCTIONS.items():
-            self.app.task(name=name)(_named(function))
+            self.app.task(name=name, shared=False)(_named(function))
 
     def _record(self, producer: Any, name: str, message: Any, **options: Any) -> None:
         self.sent.append((dict(message.headers), json.loads(json.dumps(message.body))))

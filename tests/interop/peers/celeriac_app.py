@@ -107,3 +107,43 @@ async def progress_then_wait(self: Any, name: str) -> str:
             return "released"
         await asyncio.sleep(0.01)
     return "timed out"
+
+
+# -- canvas: the same names and behaviour in celery_app ------------------------------------
+
+#: Which framework ran a task, as ``interop.add_noted`` records it.
+SIDE = "celeriac"
+
+
+@app.task(name="interop.mul")
+def mul(x: int, y: int) -> int:
+    return x * y
+
+
+@app.task(name="interop.tsum")
+async def tsum(values: list[int]) -> int:
+    return sum(values)
+
+
+@app.task(name="interop.boom")
+def boom(*args: Any) -> None:
+    raise ValueError("kaboom")
+
+
+@app.task(name="interop.add_noted")
+def add_noted(x: int, y: int, name: str) -> int:
+    """``x + y``, leaving a line in marker ``name`` saying which framework ran it."""
+    settings.mark(name, f"{SIDE} {x} {y}")
+    return x + y
+
+
+@app.task(name="interop.on_error_old")
+def on_error_old(task_id: str, name: str) -> None:
+    """An old-style errback: published as a task, called with the failed task's id."""
+    settings.mark(name, f"old {task_id}")
+
+
+@app.task(name="interop.on_error_new")
+def on_error_new(request: Any, exc: BaseException, traceback: Any, name: str) -> None:
+    """A new-style errback: called in the worker that ran the failed task."""
+    settings.mark(name, f"new {request.id} {type(exc).__name__} {exc}")

@@ -111,6 +111,7 @@ def build_task_message(
     errbacks: list[dict[str, Any]] | None = None,
     chain: list[dict[str, Any]] | None = None,
     chord: dict[str, Any] | None = None,
+    replaced_task_nesting: int | None = 0,
 ) -> Envelope:
     """Build the message Celery 5.7 would publish for this call, byte for byte.
 
@@ -119,6 +120,8 @@ def build_task_message(
     headers after the standard ones; one that reuses a standard name raises ``ValueError``.
     ``argsrepr`` is the ``repr`` of ``args`` as given (a list shows as ``[...]``, anything
     else as a tuple, as Celery does), cut to :data:`ARGSREPR_MAXSIZE` characters.
+    ``replaced_task_nesting`` counts the ``Task.replace`` calls the task stands in for
+    (None: 0).
     """
     if not isinstance(task, str) or not task:
         raise ValueError(f"task name must be a non-empty string, got {task!r}")
@@ -142,7 +145,7 @@ def build_task_message(
         "kwargsrepr": _truncated_repr(kwargs),
         "origin": origin or _default_origin(),
         "ignore_result": ignore_result,
-        "replaced_task_nesting": 0,
+        "replaced_task_nesting": replaced_task_nesting or 0,
         "stamped_headers": None,
         "stamps": {},
     }

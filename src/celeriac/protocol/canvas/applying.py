@@ -283,6 +283,7 @@ def _apply_task(
         "parent_id": context.parent_id or options.get("parent_id"),
         "root_id": context.root_id or options.get("root_id"),
         "reply_to": options.get("reply_to") or context.reply_to,
+        "replaced_task_nesting": options.get("replaced_task_nesting"),
     }
     for key in SEND_OPTION_NAMES:
         value = options.get(key)

@@ -38,6 +38,7 @@ MESSAGE_OPTION_NAMES: tuple[str, ...] = (
     "parent_id",
     "root_id",
     "reply_to",
+    "replaced_task_nesting",
 )
 
 #: The options of a signature that go to the publisher as ``sending.SendOptions`` (the same

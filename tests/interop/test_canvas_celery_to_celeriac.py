@@ -24,6 +24,11 @@ from services import wait_until
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 20
+PRIORITY_NUMBERING = (
+    "on Redis a priority inside a signature dict (a later step's .set(priority=...)) is a bare"
+    " number each worker publishes in its own numbering: celeriac's 9 is most urgent, Celery's"
+    " 0 on Redis, and nothing translates the dicts, so the step runs at 9 - p of what was meant"
+)
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +195,85 @@ def test_map_starmap_and_chunks(celery: ModuleType) -> None:
     assert mapped.get(timeout=TIMEOUT) == [3, 12]
     assert starmapped.get(timeout=TIMEOUT) == [3, 7]
     assert chunked.get(timeout=TIMEOUT) == [[0, 2], [4, 6], [8]]
+
+
+# -- more shapes -----------------------------------------------------------------------------
+
+
+def test_nested_chord_and_empty_header(celery: ModuleType) -> None:
+    inner = chord([celery.add.s(1, 1), celery.add.s(2, 2)], celery.tsum.s())
+    outer = chord([inner, celery.add.s(3, 3)], celery.tsum.s()).apply_async()
+    assert outer.get(timeout=TIMEOUT) == 12
+    empty = chord([], celery.tsum.s()).apply_async()
+    assert empty.get(timeout=TIMEOUT) == 0
+
+
+def test_group_of_chords_and_a_chord_with_a_group_body(celery: ModuleType) -> None:
+    chords = group(
+        chord([celery.add.s(i, i) for i in range(3)], celery.tsum.s()),
+        chord([celery.add.s(i, 1) for i in range(3)], celery.tsum.s()),
+    ).apply_async()
+    assert chords.get(timeout=TIMEOUT) == [6, 6]
+    fanned = chord(
+        [celery.add.s(1, 1), celery.add.s(2, 2)], group(celery.tsum.s(), celery.echo.s())
+    ).apply_async()
+    assert fanned.get(timeout=TIMEOUT) == [6, {"args": [[2, 4]], "kwargs": {}}]
+
+
+def test_a_chain_failing_inside_a_chord_header_fails_the_body(
+    interop: InteropRun, celery: ModuleType
+) -> None:
+    """The header member's last step never runs: its stored FAILURE still counts as the
+    chord part, so the chord completes (with a ChordError)."""
+    header = [celery.add.s(1, 1), celery.add.s(1, 1) | celery.boom.s() | celery.add.s(1)]
+    result = chord(header, celery.tsum.s()).apply_async()
+    with pytest.raises(ChordError, match=r"raised ValueError\('kaboom'\)"):
+        result.get(timeout=TIMEOUT, follow_parents=False)
+
+
+def test_a_failing_body_calls_its_errback_and_many_links_run_as_a_group(
+    interop: InteropRun, celery: ModuleType
+) -> None:
+    name = interop.marker()
+    body = celery.boom.s().set(link_error=[celery.on_error_new.s(name)])
+    result = chord([celery.add.s(1, 1)], body).apply_async()
+    with pytest.raises(ValueError, match="kaboom"):
+        result.get(timeout=TIMEOUT)
+    assert _lines(interop.marks / name, 1) == [f"new {result.id} ValueError kaboom"]
+
+    first, second = celery.mul.s(10), celery.echo.s("x")
+    linked = [first.freeze(), second.freeze()]
+    parent = celery.add.apply_async((2, 2), link=[first, second])
+    assert parent.get(timeout=TIMEOUT) == 4
+    assert [r.get(timeout=TIMEOUT) for r in linked] == [40, {"args": [4, "x"], "kwargs": {}}]
+    records = [interop.result_record(r.id) for r in linked]
+    assert all(r is not None and r["group_id"] for r in records)
+    assert records[0]["group_id"] == records[1]["group_id"]  # type: ignore[index]
+
+
+def test_a_later_step_goes_to_its_own_queue_at_its_own_priority(
+    interop: InteropRun, celery: ModuleType, queue: str, request: pytest.FixtureRequest
+) -> None:
+    if interop.transport == "redis":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=PRIORITY_NUMBERING))
+    other = interop.queue()
+    line = celery.whoami.si().set(queue=queue) | celery.whoami.si().set(queue=other, priority=7)
+    result = line.apply_async()
+    second = result.get(timeout=TIMEOUT)
+    # (priorities as celeriac numbers them: Celery's p is 9 - p on Redis, p on RabbitMQ)
+    meant = 9 - 7 if interop.transport == "redis" else 7
+    assert second["queue"] == other
+    assert second["priority"] == meant
+
+
+def test_a_later_step_is_not_given_the_priority_of_the_step_before(
+    celery: ModuleType, interop: InteropRun
+) -> None:
+    """As Celery's worker (``task_inherit_parent_priority`` is off by default), the next step
+    goes out at its own priority, here the default, not at its parent message's."""
+    line = celery.whoami.si().set(priority=7) | celery.whoami.si()
+    result = line.apply_async()
+    second, first = result.get(timeout=TIMEOUT), result.parent.get(timeout=TIMEOUT)
+    assert first["priority"] == (2 if interop.transport == "redis" else 7)
+    # the default: none given (None), or 0 as the publisher or the broker writes it
+    assert (second["priority"] or 0) == 0

@@ -9,6 +9,8 @@ points; a message whose embed is empty (:func:`carries_canvas` is false) never g
 
 * Success, before SUCCESS is stored (Celery's order, so the record's ``children`` names what
   was published): the ``link`` callbacks (several: one group), then the chain's next step.
+  Each goes out with its signature's own priority, not the finished message's: Celery
+  passes the parent's on only under ``task_inherit_parent_priority`` (off by default).
   After it: the chord part, and the chord's body (or its failure) from the one worker
   whose part completed the chord.
 * Failure (final, not a retry), after FAILURE is stored: the chord part, the same FAILURE
@@ -177,7 +179,6 @@ class CanvasSteps:
                 value,
                 parent_id=message.id,
                 root_id=root_id,
-                priority=message.priority,
             )
         if embed.chain:
             expansions.append(
@@ -187,7 +188,6 @@ class CanvasSteps:
                     chain=embed.chain[:-1],
                     parent_id=message.id,
                     root_id=root_id,
-                    priority=message.priority,
                 )
             )
         for expansion in expansions:

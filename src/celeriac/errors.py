@@ -1,8 +1,8 @@
 """Every exception celeriac raises: its errors under one root, its control-flow signals apart.
 
 ``except CeleriacError`` catches celeriac's errors and nothing else: a signal that only asks
-the worker to do something (``Retry``) is not an error, so task code that handles celeriac's
-errors does not swallow it by accident.
+the worker to do something (``Retry``, ``Replace``) is not an error, so task code that
+handles celeriac's errors does not swallow it by accident.
 
 ::
 
@@ -32,7 +32,8 @@ errors does not swallow it by accident.
      └── SyncWaitInTaskError       ``result.get()`` inside a task (deadlock risk), not opted out
 
     Control-flow signals (plain ``Exception`` subclasses, not CeleriacError)
-     └── Retry                     raised by ``self.retry()`` to ask the worker for a retry
+     ├── Retry                     raised by ``self.retry()`` to ask the worker for a retry
+     └── Replace                   raised by ``self.replace(sig)``: ``sig`` runs in its place
 
 Messages name the problem and, where there is one, the fix.
 """
@@ -40,6 +41,7 @@ Messages name the problem and, where there is one, the fix.
 from __future__ import annotations
 
 import builtins
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -188,6 +190,22 @@ class Retry(Exception):
         self.exc = exc
         self.when = when
         super().__init__(message or f"Retry at {when.isoformat()}" + (f": {exc!r}" if exc else ""))
+
+
+class Replace(Exception):
+    """Raised by ``self.replace(sig)``; the worker catches it, publishes ``sig`` in the
+    task's place and stores nothing under the task's id (Celery raises ``Ignore`` there):
+    the replacement's result is stored under it.
+
+    ``sig`` is the replacement as the worker publishes it, already prepared the way
+    Celery's ``Task.replace`` prepares it (frozen with the task's id, the task's chain,
+    callbacks, errbacks and chord membership carried over). A signal like :class:`Retry`,
+    for the same reason: ``except CeleriacError`` in the task lets it through.
+    """
+
+    def __init__(self, sig: Mapping[str, Any]) -> None:
+        self.sig = sig
+        super().__init__(f"Replaced by {sig.get('task')!r}")
 
 
 class SyncWaitInTaskError(CeleriacError):

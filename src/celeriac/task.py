@@ -8,18 +8,19 @@ type error when ``add`` takes ints) and ``R`` its result (so ``await r.get()`` i
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import random
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack, cast
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar, Unpack, cast
 
 from celeriac import _bridge, _state, resources, sending, states
 from celeriac._bridge import answer, dual
-from celeriac.canvas import Signature, composites
-from celeriac.errors import MaxRetriesExceededError, Retry
+from celeriac.canvas import Signature, composites, signature
+from celeriac.errors import CanvasError, MaxRetriesExceededError, Replace, Retry
 from celeriac.ids import uuid
 from celeriac.resources import injected_parameters
 from celeriac.result import AsyncResult, EagerResult
@@ -57,6 +58,17 @@ class Request:
     time_limit: float | None = None
     soft_time_limit: float | None = None
     is_eager: bool = False
+    #: The message's canvas, as Celery's request has it (signature dicts from its embed):
+    #: what ``self.replace(sig)`` hands on to the replacement.
+    group_index: int | None = None
+    callbacks: list[dict[str, Any]] | None = None
+    errbacks: list[dict[str, Any]] | None = None
+    #: The chain's remaining steps, last first (the next one is ``chain[-1]``).
+    chain: list[dict[str, Any]] | None = None
+    #: The body of the chord this task is a header task of.
+    chord: dict[str, Any] | None = None
+    #: How many ``self.replace()`` calls this task stands in for (the message's header).
+    replaced_task_nesting: int = 0
 
 
 @dataclass(slots=True)
@@ -352,6 +364,21 @@ class Task(Generic[P, R]):
             eta = datetime.now(UTC) + timedelta(seconds=delay)
         raise Retry(exc, eta)
 
+    def replace(self, sig: Mapping[str, Any]) -> NoReturn:
+        """Replace this task with ``sig`` (a task, chain, group...), as Celery's
+        ``Task.replace``: raises, so nothing after it runs (``return self.replace(sig)``
+        reads best); the worker publishes ``sig`` and stores nothing for this task.
+
+        ``sig``'s result becomes this task's: it runs under this task's id (a chain's last
+        step; a group becomes a chord whose ``celery.accumulate`` body has it, its result
+        the group's list). It takes over what followed this task: the rest of its chain,
+        its ``link`` callbacks and errbacks, its place in a chord. Its messages count one
+        more ``replaced_task_nesting``. Applied eagerly (``Task.apply``), ``sig`` runs here
+        and its value is this task's result. Raises CanvasError for a ``sig`` already part
+        of a chord, or an empty chain.
+        """
+        raise Replace(replacement(self.request, sig, self._app))
+
     def backoff_countdown(self, retries: int) -> float:
         """The countdown ``autoretry_for`` uses: exponential backoff with full jitter."""
         factor = self.options.retry_backoff
@@ -387,6 +414,75 @@ class Task(Generic[P, R]):
         return dual(stored)
 
 
+def replacement(request: Request, sig: Mapping[str, Any], app: Celery | None = None) -> Signature:
+    """What ``Task.replace(sig)`` publishes in the place of ``request``'s task, Celery 5.7's
+    way: a copy of ``sig`` (a group made a chord with a ``celery.accumulate`` body, so it
+    has a last task) that links the request's callbacks and errbacks, frozen with the
+    request's id, with its chord membership, root id and nesting, and followed by the
+    rest of its chain (whose steps keep their own ids)."""
+    new = _ending_in_one_task(signature(copy.deepcopy(dict(sig)), app=app), app)
+    for callback in request.callbacks or ():
+        new.link(callback)
+    for errback in request.errbacks or ():
+        new.link_error(errback)
+    if isinstance(new, composites._chain) and "link" in new.options:
+        for callback in _listed(new.options.pop("link")):  # on the last task: run once
+            new.tasks[-1].link(callback)
+    new.freeze(request.id or None)
+    nesting = request.replaced_task_nesting + 1
+    _takes_the_place_of(new, request, nesting)
+    for step in reversed(request.chain or ()):
+        new = new | signature(copy.deepcopy(step), app=app).set(replaced_task_nesting=nesting)
+    return new
+
+
+def _ending_in_one_task(new: Signature, app: Celery | None) -> Signature:
+    """``new``, checked, with a group (alone or ending a chain) made a chord, as Celery
+    does: a replacement's result is one task's, stored under the replaced id."""
+    if "chord" in new.options:
+        raise CanvasError(
+            "a signature replacing a task must not be part of a chord: replace the task"
+            " with the chord itself"
+        )
+    if isinstance(new, composites._chain) and not new.tasks:
+        raise CanvasError("cannot replace a task with an empty chain")
+    if isinstance(new, composites.group):
+        return new | _accumulate(app)
+    if isinstance(new, composites._chain) and isinstance(new.tasks[-1], composites.group):
+        new.tasks = [*new.tasks[:-1], new.tasks[-1] | _accumulate(app)]
+    return new
+
+
+def _takes_the_place_of(new: Signature, request: Request, nesting: int) -> None:
+    """Give the frozen replacement the replaced task's chord membership, root id and
+    ``replaced_task_nesting`` (each step of a chain the nesting too)."""
+    new.set(
+        chord=request.chord,
+        group_id=request.group,
+        group_index=request.group_index,
+        root_id=request.root_id,
+        replaced_task_nesting=nesting,
+    )
+    if isinstance(new, composites._chain):
+        for task in new.tasks:
+            task.set(replaced_task_nesting=nesting)
+    if isinstance(new, composites.chord):
+        # Celery's chord gives its options to its body, unset ones too: the body is in no
+        # group (not the header's) unless the replaced task was.
+        new.body.set(chord=request.chord, group_id=request.group, group_index=request.group_index)
+
+
+def _accumulate(app: Celery | None) -> Signature:
+    """The body Celery gives a group that replaces a task: its result is the group's list."""
+    return Signature("celery.accumulate", (), {"index": 0}, app=app)
+
+
+def _listed(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, Mapping) else list(value)
+
+
 async def _all_finished(results: list[AsyncResult[R]]) -> list[AsyncResult[R]]:
     for result in results:
         await result
@@ -417,6 +513,9 @@ class EagerCall:
             token = _state.current_request.set(self._request())
             try:
                 value = _drained(self.task.run(*self.args, **self.kwargs))
+            except Replace as replaced:
+                self._replaced_sync(replaced)
+                return
             except Exception as exc:
                 if not self._again(exc):
                     self._failed(exc)
@@ -432,6 +531,9 @@ class EagerCall:
             token = _state.current_request.set(self._request())
             try:
                 value = await _drained_async(self.task.run(*self.args, **self.kwargs))
+            except Replace as replaced:
+                await self._replaced_async(replaced)
+                return
             except Exception as exc:
                 if not self._again(exc):
                     self._failed(exc)
@@ -441,6 +543,26 @@ class EagerCall:
                 return
             finally:
                 _state.current_request.reset(token)
+
+    def _replaced_sync(self, replaced: Replace) -> None:
+        """``self.replace(sig)``: ``sig`` runs here, its outcome is this task's."""
+        try:
+            value = _eager_value(Signature.from_dict(replaced.sig, app=self.task.app).apply())
+        except Exception as exc:
+            self._failed(exc)
+        else:
+            self.result.finish(states.SUCCESS, value)
+
+    async def _replaced_async(self, replaced: Replace) -> None:
+        try:
+            outcome = Signature.from_dict(replaced.sig, app=self.task.app).apply()
+            if isinstance(outcome, EagerResult) and outcome.state == states.STARTED:
+                await outcome  # an async def task, started on this loop
+            value = _eager_value(outcome)
+        except Exception as exc:
+            self._failed(exc)
+        else:
+            self.result.finish(states.SUCCESS, value)
 
     def _request(self) -> Request:
         return Request(
@@ -470,6 +592,14 @@ class EagerCall:
         self.result.finish(states.FAILURE, exc, trace)
         if self.throw:
             raise exc
+
+
+def _eager_value(outcome: Any) -> Any:
+    """The value of an eagerly applied canvas (a group's: its members' values), its
+    exception raised."""
+    if isinstance(outcome, EagerResult):
+        return outcome._outcome(propagate=True)
+    return [_eager_value(member) for member in outcome.results]
 
 
 def _drained(value: Any) -> Any:

@@ -21,6 +21,10 @@ again by this worker: it waits for the first run's outcome to be stored, then is
 A message that is a canvas step (its embed names a chain, callbacks, errbacks or a chord)
 goes through :class:`~celeriac.worker.canvas.CanvasSteps` too, at the points its module doc
 lists; one whose embed is malformed is dead-lettered before it runs.
+
+A task that calls ``self.replace(sig)`` (:class:`~celeriac.errors.Replace`) ends without a
+record of its own: the replacement, which ``Task.replace`` froze with the task's id, is
+published before the message is acknowledged, and its result is stored under that id.
 """
 
 from __future__ import annotations
@@ -38,16 +42,20 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from celeriac import _state, states
+from celeriac.canvas.publish import publish
 from celeriac.connections import Connection
 from celeriac.errors import (
     BackendUnreachable,
     CanvasError,
+    ChordsNotSupported,
     NotRegistered,
     ProtocolError,
+    Replace,
     ResultRejected,
     Retry,
     TaskRevokedError,
 )
+from celeriac.protocol import canvas as canvas_protocol
 from celeriac.protocol import message as protocol
 from celeriac.protocol.message import TaskMessage
 from celeriac.protocol.records import exception_to_dict
@@ -68,6 +76,10 @@ BUILTINS = builtins
 #: With ``ignore_result`` these states are not written (RETRY and PROGRESS still are).
 _NOT_STORED_WHEN_IGNORED = states.READY_STATES | {states.STARTED}
 PROGRESS = states.PROGRESS
+
+#: The state a task that replaced itself ends in, for hooks (Celery's ``IGNORED``): never
+#: stored, its replacement's result is.
+REPLACED = "IGNORED"
 
 #: An ETA this close is run now rather than deferred (clock skew, rounding).
 ETA_SLACK = 0.005
@@ -96,6 +108,7 @@ class Execution:
         self.broker = conn.broker
         self.backend = conn.backend
         self.executor = executor
+        self.conn = conn
         self.hooks = worker.hooks
         self._outage = _StoreOutage(conn.backend.url)
         #: Tasks running here (or storing their outcome), each with the futures of the
@@ -312,9 +325,11 @@ class Execution:
                     value = await self._call(task, message, request)
                 finally:
                     ran()
-            except Retry as retry:
-                await self._retry(task, message, delivery, retry, request)
-                outcome = states.RETRY
+            except (Retry, Replace) as signal:
+                runtime = time.perf_counter() - started
+                outcome = await self._signalled(
+                    task, message, delivery, signal, request, runtime, canvas
+                )
             except Exception as exc:
                 outcome = await self._failed(
                     task, message, delivery, exc, request, time.perf_counter() - started, canvas
@@ -451,6 +466,47 @@ class Execution:
             await self.canvas.failed(message, canvas, request, exc, tb)
         return states.FAILURE
 
+    async def _signalled(
+        self,
+        task: Task[Any, Any],
+        message: TaskMessage,
+        delivery: Delivery,
+        signal: Retry | Replace,
+        request: Request,
+        runtime: float,
+        canvas: Embed | None,
+    ) -> str:
+        """The task raised ``self.retry()`` or ``self.replace()``: the state it ends in."""
+        if isinstance(signal, Retry):
+            await self._retry(task, message, delivery, signal, request)
+            return states.RETRY
+        return await self._replaced(task, message, delivery, signal, request, runtime, canvas)
+
+    async def _replaced(
+        self,
+        task: Task[Any, Any],
+        message: TaskMessage,
+        delivery: Delivery,
+        replaced: Replace,
+        request: Request,
+        runtime: float,
+        canvas: Embed | None,
+    ) -> str:
+        """``self.replace(sig)``: publish the replacement, from this task (its parent), and
+        store nothing; the state it ends in. A replacement that cannot be applied (a chord
+        the result store cannot join...) fails the task instead."""
+        try:
+            expansion = canvas_protocol.apply(
+                dict(replaced.sig), parent_id=message.id, root_id=message.root_id or message.id
+            )
+            await publish(self.app, expansion, conn=self.conn)
+        except (CanvasError, ChordsNotSupported) as exc:
+            return await self._failed(task, message, delivery, exc, request, runtime, canvas)
+        logger.info(
+            "task %s[%s] replaced by %s", task.name, message.id, _short(replaced.sig["task"])
+        )
+        return REPLACED
+
     async def _retry(
         self,
         task: Task[Any, Any],
@@ -483,6 +539,7 @@ class Execution:
             reply_to=message.reply_to or "",
             priority=delivery.priority,
             headers=_custom_headers(message),
+            replaced_task_nesting=_nesting(message),
             **_embed(message),
         )
         await self.broker.publish(
@@ -661,6 +718,12 @@ class Execution:
             headers=message.headers,
             time_limit=message.time_limit,
             soft_time_limit=message.soft_time_limit,
+            group_index=message.group_index,
+            callbacks=message.embed.get("callbacks"),
+            errbacks=message.embed.get("errbacks"),
+            chain=message.embed.get("chain"),
+            chord=message.embed.get("chord"),
+            replaced_task_nesting=_nesting(message),
         )
 
 
@@ -715,6 +778,12 @@ def _given_up(message: TaskMessage, state: str) -> None:
 
 def _custom_headers(message: TaskMessage) -> dict[str, Any]:
     return {k: v for k, v in message.headers.items() if k not in protocol.STANDARD_HEADERS}
+
+
+def _nesting(message: TaskMessage) -> int:
+    """The message's ``replaced_task_nesting`` header (0 when absent or not a count)."""
+    value = message.headers.get("replaced_task_nesting")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _embed(message: TaskMessage) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from celeriac import errors
-from celeriac.errors import CeleriacError, Retry
+from celeriac.errors import CeleriacError, Replace, Retry
 from inprocess import memory_app, run_worker
 
 
@@ -33,7 +33,7 @@ def test_every_class_in_errors_is_drawn_in_its_docstring_tree() -> None:
 
 
 def test_every_error_but_the_signals_is_a_celeriac_error() -> None:
-    signals = {Retry}
+    signals = {Retry, Replace}
     for cls in _exception_classes():
         assert issubclass(cls, CeleriacError) != (cls in signals), cls
 

@@ -9,7 +9,8 @@ delivery's life:
 - then one of ``task_succeeded``, ``task_failed`` (a final failure: not retried),
   ``task_retried`` (a retry was published);
 - ``task_ended``: after that, once the outcome is stored and the message settled, with the
-  final state (SUCCESS, FAILURE or RETRY); always, with None for a task cut short;
+  final state (SUCCESS, FAILURE, RETRY, or IGNORED for a task that replaced itself with
+  ``self.replace()``); always, with None for a task cut short;
 - ``task_rejected``: a delivery that never ran, moved to the dead letters with its reason
   (malformed, unknown task, wrong arguments, too large); ``task_revoked``: a task that
   expired before it started.

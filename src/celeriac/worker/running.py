@@ -53,7 +53,11 @@ class RunningRequests(WorkerHook):
         self._running[request.id] = Running(request, time.time(), asyncio.current_task())
 
     def task_ended(self, request: Request, state: str | None, runtime: float) -> None:
-        self._running.pop(request.id, None)
+        # Only this run's entry: a task that replaced itself may already have its
+        # replacement, under the same id, running here.
+        running = self._running.get(request.id)
+        if running is not None and running.request is request:
+            del self._running[request.id]
 
     def active(self) -> list[Running]:
         """What runs now, oldest first."""

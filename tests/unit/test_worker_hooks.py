@@ -15,6 +15,7 @@ from celeriac import Celery
 from celeriac.task import Request
 from celeriac.transports.broker import Delivery
 from celeriac.worker.hooks import Hooks, WorkerHook
+from celeriac.worker.running import RunningRequests
 from celeriac.worker.worker import Worker
 from inprocess import memory_app
 
@@ -219,3 +220,16 @@ async def test_a_task_cut_short_still_ends_and_leaves_the_registry() -> None:
         await asyncio.wait_for(running, 10)
     assert rec.of(result.id) == ["received", "started", "ended None"]
     assert len(worker.running) == 0
+
+
+def test_the_registry_drops_only_the_run_that_ended() -> None:
+    """A task that replaced itself ends after its replacement (same id) has started here:
+    the replacement stays listed until its own end."""
+    registry = RunningRequests()
+    replaced, replacement = Request(id="t1", task="a"), Request(id="t1", task="b")
+    registry.task_started(replaced)
+    registry.task_started(replacement)
+    registry.task_ended(replaced, "IGNORED", 0.1)
+    assert [running.request for running in registry.active()] == [replacement]
+    registry.task_ended(replacement, "SUCCESS", 0.1)
+    assert registry.active() == []

@@ -222,7 +222,7 @@ async def test_a_task_cut_short_still_ends_and_leaves_the_registry() -> None:
     assert len(worker.running) == 0
 
 
-def test_the_registry_drops_only_the_run_that_ended() -> None:
+async def test_the_registry_drops_only_the_run_that_ended() -> None:
     """A task that replaced itself ends after its replacement (same id) has started here:
     the replacement stays listed until its own end."""
     registry = RunningRequests()

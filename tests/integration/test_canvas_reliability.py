@@ -19,6 +19,11 @@ ended (its result stored) is not run again.
 
 The steps record their runs in a file (``apps/canvas_reliable.py``); the held step waits,
 of its own accord, for a release file that the test writes once the second worker runs it.
+
+The last test kills the worker in the narrower window between publishing the next step and
+storing the step's result: the next step then exists twice, and two copies running side by
+side in one worker each publish the rest of the chain. It is marked ``xfail`` (strict)
+until the worker makes such a copy wait for the first one, as it does for a redelivered copy.
 """
 
 from __future__ import annotations
@@ -69,7 +74,8 @@ def read_runs(marks: Path, kind: str) -> Runs:
     path = marks / "runs.jsonl"
     out: Runs = defaultdict(list)
     if path.exists():
-        for line in path.read_text().splitlines():
+        # A line still being written (no newline yet) is left for the next read.
+        for line in path.read_text().split("\n")[:-1]:
             record = json.loads(line)
             if record["kind"] == kind:
                 out[record["index"]].append(record)
@@ -184,3 +190,86 @@ def test_kill_9_in_the_last_header_task_the_chord_body_runs_once(
         assert_stored(canvas_reliable.app, starts[index][0]["id"], 10 * index)
     assert_stored(canvas_reliable.app, starts[last][0]["id"], 10 * last)
     print(f"\nchord killed in its last header task completed in {elapsed:.2f} s")
+
+
+#: Why the next test does not run on Redis.
+COPY_LOST_ON_REDIS = (
+    "worker A may have popped step 3 with BRPOP and died before recording it in 'unacked'"
+    " (the message is lost: transports/redis/broker.py, _Blocker.pop then _record), or it"
+    " comes back after the second copy and waits for it: no two copies run side by side"
+)
+#: Why the next test fails: see its docstring.
+OVERLAPPING_COPIES = (
+    "a fresh (not redelivered) copy of a canvas step that arrives while the first copy runs"
+    " in the same worker runs too (worker/execution.py, _run: 'if key in self._runs'), and"
+    " each copy publishes the rest of the chain"
+)
+
+
+def test_kill_9_between_publishing_the_next_step_and_storing_the_chain_does_not_fork(
+    start_worker: Callable[..., WorkerProcess],
+    canvas_reliable: Any,
+    marks: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Worker A kills itself (SIGKILL) right after step 2 published step 3, before it stored
+    step 2's result or acknowledged it. Worker B gets step 3 (A's copy) and step 2 again,
+    which publishes step 3 a second time, under the same id, while the first copy runs
+    (step 3 holds until released). Step 3 may run twice (the price of at-least-once), but
+    the chain must not fork: step 4 must run once.
+
+    It does not, today: the second copy of step 3 is not redelivered, so the worker runs it
+    beside the first instead of waiting for the first one's outcome (as it does for a
+    redelivered copy), the rule of ``celeriac.worker.canvas`` (a step whose result is
+    stored is not run again) comes too late for both, and each publishes step 4: the rest
+    of the chain runs twice, under the same ids. On SQLite and RabbitMQ the first copy
+    always comes first and runs; on Redis the scenario is not deterministic
+    (``COPY_LOST_ON_REDIS``).
+    """
+    if request.node.callspec.params["broker_url"] == "redis":
+        pytest.skip(COPY_LOST_ON_REDIS)
+    request.applymarker(pytest.mark.xfail(strict=True, reason=OVERLAPPING_COPIES))
+    a = start_worker("-c", CONCURRENCY, "-n", "A@canvas", app=APP)
+    step = canvas_reliable.step
+    died, held, last = 2, 3, STEPS - 1
+    steps = [
+        step.s([], 0),
+        *(step.s(i, hold=i == held, die_after_publish=i == died) for i in range(1, STEPS)),
+    ]
+    result = chain(*steps).apply_async()
+    assert a.proc.wait(TIMEOUT) == -signal.SIGKILL
+    # At debug level, B says when a copy waits for the run of the same step in progress.
+    b = start_worker("-c", CONCURRENCY, "-n", "B@canvas", "-l", "debug", app=APP)
+    held_id = wait_until(lambda: read_runs(marks, "start")[held], TIMEOUT, "step 3")[0]["id"]
+
+    def lines(*texts: str) -> int:
+        return sum(any(text in line for text in texts) for line in b.log().splitlines())
+
+    in_hand = (f"[{held_id}] received", f"[{held_id}]: a redelivered copy waits")
+    wait_until(lambda: lines(*in_hand) >= 2, TIMEOUT, "both copies of step 3 on B")
+    (marks / "release").touch()
+    assert result.get(timeout=TIMEOUT) == list(range(STEPS))
+    # Every copy of step 3 settled, and every copy of step 4 they published too.
+    published = f"[{held_id}] succeeded"
+    settled = (
+        published,
+        f"[{held_id}] is a canvas step already",
+        f"[{held_id}]: a redelivered copy of a run of this worker",
+    )
+    wait_until(lambda: lines(*settled) >= 2, TIMEOUT, "both copies of step 3 settled")
+    last_id = read_runs(marks, "start")[last][0]["id"]
+    wait_until(
+        lambda: (
+            lines(f"[{last_id}] succeeded", f"[{last_id}] is a canvas step already")
+            >= lines(published)
+        ),
+        TIMEOUT,
+        "every copy of step 4 settled",
+    )
+
+    starts = read_runs(marks, "start")
+    for index in range(STEPS):
+        ids = {record["id"] for record in starts[index]}
+        assert len(ids) == 1, f"step {index} ran under {len(ids)} ids"
+    assert len(starts[held]) <= 2
+    assert pids(starts[last]) == [b.proc.pid], f"step {last} ran {len(starts[last])}x"

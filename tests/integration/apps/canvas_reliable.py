@@ -20,15 +20,23 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celeriac import Celery
+from celeriac.worker.canvas import CanvasSteps
+
+if TYPE_CHECKING:
+    from celeriac.protocol.message import TaskMessage
+    from celeriac.worker.canvas import Embed
 
 app = Celery("canvas_reliable")
 
 RUNS = "runs.jsonl"
 RELEASE = "release"
+#: Made (once) by the worker that kills itself after publishing a step's next step.
+DIED = "died-after-publish"
 #: How long a holding step waits for its release before it gives up (and fails the test).
 HOLD_LIMIT = 60.0
 #: Between two looks for the release file.
@@ -75,9 +83,35 @@ async def wait_for_release() -> None:
         await asyncio.sleep(HOLD_POLL)
 
 
+_publish_next_steps = CanvasSteps.succeeded
+
+
+async def publish_then_die(
+    steps: CanvasSteps, message: TaskMessage, embed: Embed, value: Any
+) -> list[Any]:
+    """:meth:`CanvasSteps.succeeded`, after which the first worker to publish the next
+    step of a step called with ``die_after_publish`` kills itself (SIGKILL): its next step
+    is out, its own result not stored, its message not acknowledged. No worker hook can be
+    given to the ``celeriac worker`` command between those two points, hence the patch."""
+    children = await _publish_next_steps(steps, message, embed, value)
+    if message.kwargs.get("die_after_publish"):
+        try:
+            os.close(os.open(marks() / DIED, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            return children
+        os.kill(os.getpid(), signal.SIGKILL)
+    return children
+
+
+CanvasSteps.succeeded = publish_then_die  # type: ignore[method-assign, assignment]
+
+
 @app.task(bind=True, acks_late=True)
-async def step(self: Any, done: list[int], index: int, hold: bool = False) -> list[int]:
-    """A chain step: the indexes of the steps before it, then its own."""
+async def step(
+    self: Any, done: list[int], index: int, hold: bool = False, die_after_publish: bool = False
+) -> list[int]:
+    """A chain step: the indexes of the steps before it, then its own. ``die_after_publish``:
+    see :func:`publish_then_die`."""
     record("start", self.request, index)
     if hold:
         await wait_for_release()

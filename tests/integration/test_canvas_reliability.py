@@ -21,9 +21,10 @@ The steps record their runs in a file (``apps/canvas_reliable.py``); the held st
 of its own accord, for a release file that the test writes once the second worker runs it.
 
 The last test kills the worker in the narrower window between publishing the next step and
-storing the step's result: the next step then exists twice, and two copies running side by
-side in one worker each publish the rest of the chain. It is marked ``xfail`` (strict)
-until the worker makes such a copy wait for the first one, as it does for a redelivered copy.
+storing the step's result: the next step then exists twice, and the second copy, arriving
+while the first runs in the same worker, waits for the first one's outcome (as a
+redelivered copy does) instead of running beside it and publishing the rest of the chain
+a second time.
 """
 
 from __future__ import annotations
@@ -198,12 +199,6 @@ COPY_LOST_ON_REDIS = (
     " (the message is lost: transports/redis/broker.py, _Blocker.pop then _record), or it"
     " comes back after the second copy and waits for it: no two copies run side by side"
 )
-#: Why the next test fails: see its docstring.
-OVERLAPPING_COPIES = (
-    "a fresh (not redelivered) copy of a canvas step that arrives while the first copy runs"
-    " in the same worker runs too (worker/execution.py, _run: 'if key in self._runs'), and"
-    " each copy publishes the rest of the chain"
-)
 
 
 def test_kill_9_between_publishing_the_next_step_and_storing_the_chain_does_not_fork(
@@ -218,17 +213,13 @@ def test_kill_9_between_publishing_the_next_step_and_storing_the_chain_does_not_
     (step 3 holds until released). Step 3 may run twice (the price of at-least-once), but
     the chain must not fork: step 4 must run once.
 
-    It does not, today: the second copy of step 3 is not redelivered, so the worker runs it
-    beside the first instead of waiting for the first one's outcome (as it does for a
-    redelivered copy), the rule of ``celeriac.worker.canvas`` (a step whose result is
-    stored is not run again) comes too late for both, and each publishes step 4: the rest
-    of the chain runs twice, under the same ids. On SQLite and RabbitMQ the first copy
-    always comes first and runs; on Redis the scenario is not deterministic
-    (``COPY_LOST_ON_REDIS``).
+    The second copy of step 3 is not a redelivery: the worker makes it wait for the first
+    copy's outcome all the same (any canvas message may be such a copy), so step 4 is
+    published once. On SQLite and RabbitMQ the first copy always comes first and runs; on
+    Redis the scenario is not deterministic (``COPY_LOST_ON_REDIS``).
     """
     if request.node.callspec.params["broker_url"] == "redis":
         pytest.skip(COPY_LOST_ON_REDIS)
-    request.applymarker(pytest.mark.xfail(strict=True, reason=OVERLAPPING_COPIES))
     a = start_worker("-c", CONCURRENCY, "-n", "A@canvas", app=APP)
     step = canvas_reliable.step
     died, held, last = 2, 3, STEPS - 1

@@ -238,7 +238,11 @@ class Execution:
             self.hooks.task_rejected(delivery, reason)
             return True
         key = (message.id, message.retries)
-        if delivery.redelivered and await self._ran_here(key, task, message, ran):
+        # A canvas step may come twice without a redelivery: a worker that died after
+        # publishing the next step, before its ack, has that step published again by the
+        # copy that runs in its place. A copy of a run in progress here waits for it.
+        copy_possible = delivery.redelivered or canvas is not None
+        if copy_possible and await self._ran_here(key, task, message, ran):
             await self.broker.ack(delivery)
             return True
         if canvas is not None and await self.canvas.ran_before(message, canvas):

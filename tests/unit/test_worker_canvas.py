@@ -294,6 +294,29 @@ async def test_a_malformed_embed_is_dead_lettered_with_a_failure(app: Celery) ->
     assert ("add", 1, 1) not in calls_of(app)  # the task did not run
 
 
+async def test_a_malformed_later_step_is_found_when_it_becomes_the_next(app: Celery) -> None:
+    """Only the next step is checked before a task runs (the rest goes on as it came): a bad
+    step further on fails the step before it, which the worker that is to publish it finds,
+    and the steps from there on get FAILURE; the steps before it ran."""
+    first, second, bad = (str(uuid.uuid4()) for _ in range(3))
+    chain = [
+        {"task": "t.mul", "args": 2, "options": {"task_id": bad}},  # the last step: malformed
+        sig("t.add", 10, task_id=second),
+    ]
+    envelope = build_task_message("t.add", first, [1, 1], chain=chain)
+    conn = await app.connection()
+    await conn.broker.publish(app.conf.task_default_queue, envelope)
+    async with worker_of(app):
+        ran = await record(app, first)
+        failed = await record(app, second)
+        also = await record(app, bad)
+    assert ran["status"] == states.SUCCESS and ran["result"] == 2
+    assert failed["status"] == also["status"] == states.FAILURE
+    assert "'args' must be a list" in failed["result"]["exc_message"][0]
+    letters = await conn.broker.dead_letters()
+    assert len(letters) == 1 and "malformed canvas" in letters[0].reason
+
+
 async def test_a_copy_of_a_finished_step_does_not_fork_the_chain(app: Celery) -> None:
     chain = canvas.chain_dict([sig("t.add", 1, 2), sig("t.add", 10), sig("t.add", 100)])
     expansion = await start(app, chain)

@@ -81,6 +81,9 @@ class Embed:
     """A message's canvas, checked: what the worker does after its task."""
 
     #: The chain's remaining steps, last first (as on the wire: the next one is ``[-1]``).
+    #: Only the next one is checked here; the others go on as they came, each checked when
+    #: it becomes the next step (as Celery's worker does): checking the whole rest at every
+    #: step would cost a chain of n steps n²/2 checks.
     chain: list[Signature]
     callbacks: list[Signature]
     errbacks: list[Signature]
@@ -94,7 +97,9 @@ def read_embed(message: TaskMessage) -> Embed:
     """The message's canvas, checked; :class:`~celeriac.errors.CanvasError` names what is
     malformed and where."""
     embed = message.embed
-    chain = canvas.check_list(embed["chain"] or [], "embed 'chain'")
+    chain = list(embed["chain"] or [])  # a list of dicts: parse_task_message checked that
+    if chain:
+        chain[-1] = canvas.check(chain[-1], f"embed 'chain'[{len(chain) - 1}]")
     callbacks = canvas.check_list(embed["callbacks"] or [], "embed 'callbacks'")
     errbacks = canvas.check_list(embed["errbacks"] or [], "embed 'errbacks'")
     chord = embed["chord"]
@@ -235,8 +240,13 @@ class CanvasSteps:
         """Celery's ``_fail_chain``: store the FAILURE ``record`` under the id of every step
         of ``chain`` (and of whatever runs inside one: a chord's body, a group's members),
         and return the chord part of each that is a chord header task."""
-        for sig in chain:
-            await self._fail_signature(sig, record, tb)
+        for index, sig in enumerate(chain):
+            try:  # the steps after the next one were not checked (see Embed.chain)
+                checked = canvas.check(sig, f"embed 'chain'[{index}]")
+            except CanvasError as exc:
+                logger.error("cannot fail a later step of a chain: %s", exc)
+                continue
+            await self._fail_signature(checked, record, tb)
 
     async def _fail_signature(self, sig: Signature, record: Any, tb: str | None) -> None:
         subtask_type = sig["subtask_type"]

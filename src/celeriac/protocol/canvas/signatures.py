@@ -165,7 +165,8 @@ def check(sig: object, where: str) -> SignatureDict:
         immutable=immutable,
     )
     for key, value in sig.items():  # keys Celery does not write are kept as they came
-        checked.setdefault(key, copy.deepcopy(value))
+        if key not in checked:
+            checked[key] = copy.deepcopy(value)
     return checked
 
 

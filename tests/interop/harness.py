@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -163,14 +162,17 @@ class InteropRun:
 
     def stop_worker(self, worker: WorkerProcess) -> None:
         """Warm shutdown (SIGTERM) of a celeriac worker, killed if it takes over 30 s. A
-        Celery worker is stopped cold (SIGQUIT): its warm shutdown on RabbitMQ waits for its
-        event loop's next wake-up, about 10 s when no message comes, and a test's worker has
-        nothing left to finish (what it held goes back to its queue, deleted with the run)."""
+        Celery worker is killed: its warm shutdown on RabbitMQ waits for its event loop's
+        next wake-up (about 10 s when no message comes), its cold one (SIGQUIT) did not
+        always end a solo pool, and a test's worker has nothing left to finish (what it
+        held goes back to its queue, or stays under the run's prefix, deleted with it)."""
         if worker in self.workers:
             self.workers.remove(worker)
-        celery = "celery" in worker.argv[:4]
         try:
-            worker.stop(signal.SIGQUIT if celery else signal.SIGTERM, timeout=30)
+            if "celery" in worker.argv[:4]:
+                worker.kill()
+            else:
+                worker.stop(timeout=30)
         finally:
             worker.close()
 

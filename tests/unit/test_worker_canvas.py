@@ -422,3 +422,16 @@ async def test_a_chord_part_on_a_store_without_joins_is_a_logged_failure(
             await asyncio.wait_for(running, TIMEOUT)
     assert ("add", 1, 1) in calls_of(app)  # the task ran
     assert any("cannot join chords" in r.getMessage() for r in caplog.records)
+
+
+def test_chord_unlock_polls_later_and_later_up_to_a_cap() -> None:
+    """celery.chord_unlock (a chord on a store without a native join) backs off: from its
+    interval, half as long again each time, up to 10 s (or the interval, if longer)."""
+    from celeriac.worker.builtins import chord_unlock_delay
+
+    delays = [chord_unlock_delay(None, retries) for retries in range(12)]
+    assert delays[:3] == [1.0, 1.5, 2.25]
+    assert delays == sorted(delays)
+    assert delays[-1] == 10.0
+    assert chord_unlock_delay(0.5, 0) == 0.5
+    assert chord_unlock_delay(30.0, 5) == 30.0  # an interval above the cap is kept

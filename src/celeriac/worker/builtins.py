@@ -29,9 +29,23 @@ if TYPE_CHECKING:
     from celeriac.app import Celery
     from celeriac.task import Task
 
-#: How often ``celery.chord_unlock`` looks at the header's results when its message names
-#: no interval (Celery's ``result_chord_retry_interval`` default).
+#: How soon ``celery.chord_unlock`` first looks at the header's results again when its
+#: message names no interval (Celery's ``result_chord_retry_interval`` default).
 CHORD_UNLOCK_INTERVAL = 1.0
+#: Each later look comes this many times later than the one before, up to the cap: a long
+#: chord is not polled every second for its whole life, a short one is still joined soon.
+CHORD_UNLOCK_BACKOFF = 1.5
+CHORD_UNLOCK_MAX_INTERVAL = 10.0
+
+
+def chord_unlock_delay(interval: float | None, retries: int) -> float:
+    """Seconds until ``celery.chord_unlock``'s next look, after ``retries`` looks: the
+    message's ``interval`` (or :data:`CHORD_UNLOCK_INTERVAL`), growing by
+    :data:`CHORD_UNLOCK_BACKOFF` each time, capped at :data:`CHORD_UNLOCK_MAX_INTERVAL` (or
+    at ``interval`` when that is longer). Celery polls at a fixed interval."""
+    first = interval or CHORD_UNLOCK_INTERVAL
+    cap = max(first, CHORD_UNLOCK_MAX_INTERVAL)
+    return min(first * CHORD_UNLOCK_BACKOFF ** min(retries, 64), cap)
 
 
 def register(app: Celery) -> None:
@@ -48,7 +62,8 @@ def register(app: Celery) -> None:
         **kwargs: Any,
     ) -> None:
         """Poll the header's results; once all are ready, publish the body with their
-        values (or fail it with a ChordError); until then, retry in ``interval`` s."""
+        values (or fail it with a ChordError); until then, retry later and later
+        (:func:`chord_unlock_delay`)."""
         request = self.request
         conn = await self.app.connection()
         parts = await header_parts(conn.backend, result or [])
@@ -57,7 +72,7 @@ def register(app: Celery) -> None:
                 raise MaxRetriesExceededError(
                     f"chord {group_id}: its header was not ready after {max_retries} retries"
                 )
-            wait = interval or CHORD_UNLOCK_INTERVAL
+            wait = chord_unlock_delay(interval, request.retries)
             raise Retry(None, datetime.now(UTC) + timedelta(seconds=wait))
         body = canvas.check(callback, "celery.chord_unlock body")
         await CanvasSteps(self.app, conn).finish_chord(

@@ -321,6 +321,16 @@ class Celery:
         """This loop's broker and result store, connected on first use."""
         return await self._connections.get()
 
+    def current_connection(self) -> Connection | None:
+        """This loop's broker and result store if they are open (never opens them)."""
+        return self._connections.current()
+
+    def hold(self, sending: asyncio.Future[Any]) -> None:
+        """Keep a publish started in async code until it ends: ``close()`` waits for it, so
+        a caller that never awaits it still has its messages sent."""
+        self._sending.add(sending)
+        sending.add_done_callback(self._sent)
+
     @asynccontextmanager
     async def setup(self) -> AsyncIterator[Celery]:
         """Connect now and close on exit: ``async with app.setup(): ...`` (web lifespans)."""
@@ -370,15 +380,14 @@ class Celery:
         result: AsyncResult[Any] = AsyncResult(task_id, self, task_name=name)
         if _bridge.in_async_context():
             loop = asyncio.get_running_loop()
-            conn = self._connections.current()
+            conn = self.current_connection()
             sending_now: asyncio.Future[None] | None = None
             if conn is not None:
                 address(envelope, conn.backend)
                 sending_now = conn.broker.publish_now(queue, envelope, priority=priority, eta=when)
             if sending_now is None:
                 sending_now = loop.create_task(self._publish(queue, envelope, priority, when))
-            self._sending.add(sending_now)
-            sending_now.add_done_callback(self._sent)
+            self.hold(sending_now)
             result._sending = sending_now
         else:
             _bridge.run(self._publish(queue, envelope, priority, when))
@@ -409,8 +418,7 @@ class Celery:
             return cast(Awaitable[list[AsyncResult[Any]]], _bridge.run(sending_many))
         # Started now, as send_task's publish is: a forgotten await still queues the batch.
         started = asyncio.get_running_loop().create_task(sending_many)
-        self._sending.add(started)
-        started.add_done_callback(self._sent)
+        self.hold(started)
         return started
 
     async def _send_many(

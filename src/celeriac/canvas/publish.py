@@ -170,7 +170,7 @@ def publish_soon(app: Celery, expansion: Expansion) -> asyncio.Task[None]:
     """:func:`publish` for async code that cannot wait: the messages are built here (so a
     bad argument raises in the caller) and published by a task the app holds until it ends
     (``app.close()`` waits for it), as ``send_task`` does. Await the task to confirm."""
-    conn = app._connections.current()
+    conn = app.current_connection()
     if conn is not None:
         check_chords(conn.backend, expansion)
     batches = build(app, expansion.calls, reply_to=conn.backend.reply_to if conn else None)
@@ -186,6 +186,5 @@ def publish_soon(app: Celery, expansion: Expansion) -> asyncio.Task[None]:
         await send(current, batches)
 
     task = asyncio.get_running_loop().create_task(publishing())
-    app._sending.add(task)
-    task.add_done_callback(app._sent)
+    app.hold(task)
     return task

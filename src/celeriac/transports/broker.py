@@ -118,6 +118,17 @@ class Broker(ABC):
         """The broker, for the worker's ready line (a password hidden)."""
         return redacted(self.url)
 
+    def priority_to_wire(self, priority: int) -> int:
+        """celeriac's ``priority`` (0-9, higher first) as this broker's messages carry it,
+        which is also how a Celery signature dict on it means its ``priority`` option (a
+        canvas step's, published later by whichever worker runs the step before it). The
+        same number on every broker but Redis, where kombu runs lower numbers first."""
+        return priority
+
+    def priority_from_wire(self, priority: int) -> int:
+        """The inverse of :meth:`priority_to_wire`."""
+        return priority
+
     async def ping(self) -> None:
         """One round trip: raise :class:`~celeriac.errors.BrokerUnreachable` if the broker
         does not answer. A worker says it is ready only once this returns. Default: an

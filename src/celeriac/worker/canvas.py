@@ -196,7 +196,7 @@ class CanvasSteps:
                 )
             )
         for expansion in expansions:
-            await publish(self.app, expansion, conn=self.conn)
+            await publish(self.app, expansion, conn=self.conn, from_wire=True)
         return [canvas.result_tuple(expansion.result) for expansion in expansions]
 
     async def stored_success(self, message: TaskMessage, embed: Embed, value: Any) -> None:
@@ -334,7 +334,7 @@ class CanvasSteps:
         values = [p.value for p in parts]
         try:
             expansion = canvas.apply(body, (values,), parent_id=parent_id, root_id=root_id)
-            await publish(self.app, expansion, conn=self.conn)
+            await publish(self.app, expansion, conn=self.conn, from_wire=True)
         except (CanvasError, ChordsNotSupported) as exc:
             logger.error("chord %s: its body cannot be applied: %s", group_id, exc)
             error = ChordError(f"Callback error: {exc!r}")
@@ -409,7 +409,7 @@ class CanvasSteps:
             expansion = canvas.apply_errbacks(
                 published, request.id, root_id=request.root_id or request.id
             )
-            await publish(self.app, expansion, conn=self.conn)
+            await publish(self.app, expansion, conn=self.conn, from_wire=True)
 
     async def _call(self, task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
         """Run a task's function here, as the worker runs tasks: ``async def`` on the loop,

@@ -257,6 +257,12 @@ class RedisBroker(Broker):
         except ReplyError as exc:
             raise self._refused(exc, "a message") from exc
 
+    def priority_to_wire(self, priority: int) -> int:
+        return kombu.celery_priority(priority)
+
+    def priority_from_wire(self, priority: int) -> int:
+        return kombu.celery_priority(priority)  # 9 - p: its own inverse
+
     def publish_now(
         self, queue: str, envelope: Envelope, *, priority: int = 0, eta: float | None = None
     ) -> asyncio.Future[None] | None:

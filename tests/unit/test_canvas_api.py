@@ -626,3 +626,30 @@ async def test_canvases_run_on_a_worker() -> None:
         assert await pairs.get(timeout=10) == [[0, 2], [4]]
 
     await run_worker(app, work)
+
+
+async def test_get_follows_parents_to_where_the_canvas_broke() -> None:
+    """``get()`` of a failed chord body raises, as Celery's does by default
+    (``follow_parents``), the failure of the header task that broke it; with
+    ``follow_parents=False``, the body's own ChordError."""
+    app = make_app("follow-parents")
+    add, tsum = app.tasks["rapp.add"], app.tasks["rapp.tsum"]
+
+    @app.task(name="rapp.boom")
+    def boom(x: int) -> int:
+        raise ValueError(f"kaboom {x}")
+
+    async def work() -> None:
+        joined = await chord([add.s(1, 1), boom.s(2)], tsum.s()).delay()
+        with pytest.raises(ValueError, match="kaboom 2"):
+            await joined.get(timeout=10)
+        with pytest.raises(Exception, match=r"Dependency .* raised ValueError") as own:
+            await joined.get(timeout=10, follow_parents=False)
+        assert type(own.value).__name__ == "ChordError"
+        line = await (add.s(1, 2) | boom.s() | add.s(5)).delay()
+        with pytest.raises(ValueError, match="kaboom 3"):
+            await line.get(timeout=10)
+        fine = await (add.s(1, 2) | add.s(5)).delay()
+        assert await fine.get(timeout=10) == 8
+
+    await run_worker(app, work)

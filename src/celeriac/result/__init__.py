@@ -180,28 +180,36 @@ class AsyncResult(Generic[R]):
         timeout: float | None = None,
         propagate: bool = True,
         disable_sync_subtasks: bool = True,
+        follow_parents: bool = True,
     ) -> Awaitable[R]:
         """The task's return value once it is ready; re-raises its exception if it failed.
 
         Inside a running task this refuses (deadlock risk) unless ``disable_sync_subtasks``
-        is False. ``timeout`` raises :class:`celeriac.errors.TimeoutError`.
+        is False. ``timeout`` raises :class:`celeriac.errors.TimeoutError`. With
+        ``follow_parents`` (Celery's default), a failed task that follows others (a
+        chain's step, a chord's body: see ``parent``) raises the failure of the earliest of
+        them that failed, as Celery's does: the error where the canvas broke.
         """
         refuse_wait_in_task(disable_sync_subtasks)
-        return dual(self._get(timeout, propagate))
+        return dual(self._get(timeout, propagate, follow_parents))
 
     def wait(
         self,
         timeout: float | None = None,
         propagate: bool = True,
         disable_sync_subtasks: bool = True,
+        follow_parents: bool = True,
     ) -> Awaitable[R]:
         """Celery's other name for :meth:`get`, with the same arguments."""
-        return self.get(timeout, propagate, disable_sync_subtasks)
+        return self.get(timeout, propagate, disable_sync_subtasks, follow_parents)
 
-    async def _get(self, timeout: float | None, propagate: bool) -> R:
+    async def _get(self, timeout: float | None, propagate: bool, follow_parents: bool = True) -> R:
         await self
         backend = (await self.app.connection()).backend
         self._meta = await backend.wait(self.id, timeout)
+        failed = self._meta.get("status") in states.PROPAGATE_STATES
+        if failed and propagate and follow_parents and self.parent is not None:
+            await _raise_parent_failure(self.parent, backend)
         return cast(R, self._outcome(propagate))
 
     def _outcome(self, propagate: bool) -> Any:
@@ -334,6 +342,7 @@ class EagerResult(AsyncResult[R]):
         timeout: float | None = None,
         propagate: bool = True,
         disable_sync_subtasks: bool = True,
+        follow_parents: bool = True,
     ) -> Awaitable[R]:
         """The return value; re-raises the task's exception when it failed and ``propagate``.
         A result known at once needs no wait, so this is allowed inside a task too."""
@@ -341,7 +350,7 @@ class EagerResult(AsyncResult[R]):
             return self._get(timeout, propagate)
         return cast(Awaitable[R], self._outcome(propagate))
 
-    async def _get(self, timeout: float | None, propagate: bool) -> R:
+    async def _get(self, timeout: float | None, propagate: bool, follow_parents: bool = True) -> R:
         try:
             await asyncio.wait_for(self._finished(), timeout)
         except builtins.TimeoutError:
@@ -422,3 +431,22 @@ def result_from_tuple(
 # Last: the results of several tasks are built on AsyncResult and read from here too.
 from celeriac.result.group import GroupResult as GroupResult  # noqa: E402
 from celeriac.result.group import ResultSet as ResultSet  # noqa: E402
+
+
+async def _raise_parent_failure(parent: AsyncResult[Any] | GroupResult, backend: Any) -> None:
+    """Raise the failure of the earliest of ``parent`` and its own parents that failed (a
+    group: its first member that failed, in order); nothing when none did. One read per
+    result, done only for a task that failed."""
+    lineage: list[Any] = []
+    node: Any = parent
+    while node is not None:
+        lineage.append(node)
+        node = node.parent
+    for node in reversed(lineage):
+        members = node.results if hasattr(node, "results") else [node]
+        for member in members:
+            if not isinstance(member, AsyncResult) or isinstance(member, EagerResult):
+                continue
+            meta = await backend.get(member.id)
+            if meta is not None and meta.get("status") in states.PROPAGATE_STATES:
+                raise exception_from_dict(meta.get("result"), meta.get("traceback"))

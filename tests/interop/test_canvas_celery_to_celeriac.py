@@ -39,7 +39,7 @@ def celery(interop: InteropRun, worker: WorkerProcess) -> Iterator[ModuleType]:
 
     celery_app.configure()
     yield celery_app
-    celery_app.app.close()
+    celery_app.close()
 
 
 def _lines(path: Path, count: int) -> list[str]:

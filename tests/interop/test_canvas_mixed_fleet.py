@@ -55,11 +55,9 @@ class Client:
     chord_error: type[Exception]
 
     def wait(self, result: Any) -> Any:
-        """The result's value; a chord's body waits on its own record only (Celery's client
-        may raise a failed header task's error instead of the body's ChordError)."""
-        if self.name == "celery":
-            return result.get(timeout=TIMEOUT, follow_parents=False)
-        return result.get(timeout=TIMEOUT)
+        """The result's value; a chord's body waits on its own record only (by default both
+        clients raise a failed header task's error instead of the body's ChordError)."""
+        return result.get(timeout=TIMEOUT, follow_parents=False)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +103,7 @@ def clients(interop: InteropRun, fleet: Fleet) -> Iterator[dict[str, Client]]:
             celeriac.errors.ChordError,
         ),
     }
-    celery_app.app.close()
+    celery_app.close()
     celeriac_app.app.close()
 
 

@@ -21,6 +21,7 @@ from celeriac import states
 from celeriac.errors import RemoteTaskError, TaskRevokedError
 from interop.harness import InteropRun, WorkerProcess
 from interop.peers import settings
+from interop.peers.closing import close_celery_app
 from interop.peers.errors import InteropError, TransientError
 from services import wait_until
 
@@ -256,7 +257,7 @@ def test_celeriac_priority_9_is_celerys_default(interop: InteropRun, celeriac: M
     try:
         client.send_task("interop.record_priority", (name, "celery"), queue=queue)
     finally:
-        client.close()
+        close_celery_app(client)
     worker = interop.start_celery_worker([queue], "--pool=solo", "--prefetch-multiplier=1")
     try:
         path = interop.marks / name
@@ -340,9 +341,9 @@ def test_celeriac_reads_celery_results_under_a_prefix_without_separator(
     try:
         writer.backend.mark_as_done(task_id, 42)
     finally:
-        writer.close()
+        close_celery_app(writer)
     reader = CeleriacApp("reader", result_backend_transport_options=backend)
     try:
         assert reader.AsyncResult(task_id).state == states.SUCCESS
     finally:
-        reader.close()
+        close_celery_app(reader)

@@ -21,6 +21,7 @@ from celery.exceptions import TaskRevokedError
 
 from interop.harness import InteropRun, WorkerProcess
 from interop.peers import settings
+from interop.peers.closing import close_celery_app
 from interop.peers.errors import InteropError, TransientError
 from services import wait_until
 
@@ -42,7 +43,7 @@ def celery(interop: InteropRun, worker: WorkerProcess) -> Iterator[ModuleType]:
 
     celery_app.configure()
     yield celery_app
-    celery_app.app.close()
+    celery_app.close()
 
 
 # -- arguments and results -------------------------------------------------------------------
@@ -274,4 +275,4 @@ def test_celery_reads_celeriac_results_under_a_prefix_without_separator(
     try:
         assert reader.AsyncResult(task_id).state == states.SUCCESS
     finally:
-        reader.close()
+        close_celery_app(reader)

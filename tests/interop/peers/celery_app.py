@@ -12,16 +12,23 @@ from typing import Any
 from celery import Celery
 
 from interop.peers import settings
+from interop.peers.closing import close_celery_app
 from interop.peers.errors import InteropError, TransientError
 
 app = Celery("interop_celery_peer")
+
+
+def close() -> None:
+    """Close the peer app and what its result backend opened (see ``closing``)."""
+    close_celery_app(app)
 
 
 def configure() -> None:
     """(Re)read the settings from the environment. Called again (the module's run on the
     next broker), it first drops what Celery cached from the last run: its connections and
     producers, its queue declarations and its result backend."""
-    app.close()
+    close()
+    app._backend_cache = None  # the next run's backend is made afresh
     app.__dict__.pop("amqp", None)
     app._local = threading.local()
     app.conf.update(

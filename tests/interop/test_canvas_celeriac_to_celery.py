@@ -275,3 +275,14 @@ def test_a_later_step_is_not_given_the_priority_of_the_step_before(
     assert first["priority"] == (2 if interop.transport == "redis" else 7)
     # the default: none given (None), or 0 as the publisher or the broker writes it
     assert (second["priority"] or 0) == 0
+
+
+def test_a_task_that_replaces_itself_with_a_chain_or_a_group(
+    interop: InteropRun, celeriac: ModuleType
+) -> None:
+    """``self.replace()`` in the other side's worker: the replacement runs under the
+    replaced task's id, and a chain continues after it."""
+    assert celeriac.replaced_by_chain.delay(4).get(timeout=TIMEOUT) == 18
+    assert celeriac.replaced_by_group.delay(3).get(timeout=TIMEOUT) == [0, 2, 4]
+    line = (celeriac.replaced_by_chain.s(1) | celeriac.add.s(100)).apply_async()
+    assert line.get(timeout=TIMEOUT) == 112

@@ -7,7 +7,7 @@ import asyncio
 import time
 from typing import Any
 
-from celeriac import Celery
+from celeriac import Celery, chain, group
 from interop.peers import settings
 from interop.peers.errors import InteropError, TransientError
 
@@ -147,3 +147,15 @@ def on_error_old(task_id: str, name: str) -> None:
 def on_error_new(request: Any, exc: BaseException, traceback: Any, name: str) -> None:
     """A new-style errback: called in the worker that ran the failed task."""
     settings.mark(name, f"new {request.id} {type(exc).__name__} {exc}")
+
+
+@app.task(name="interop.replaced_by_chain", bind=True)
+def replaced_by_chain(self: Any, x: int) -> None:
+    """Replaces itself with ``mul(x, 2) | add(10)``: its result is that chain's."""
+    raise self.replace(chain(mul.s(x, 2), add.s(10)))
+
+
+@app.task(name="interop.replaced_by_group", bind=True)
+def replaced_by_group(self: Any, n: int) -> None:
+    """Replaces itself with a group: its result is the list of the members' results."""
+    raise self.replace(group(mul.s(i, 2) for i in range(n)))

@@ -193,6 +193,21 @@ async def test_a_failing_header_task_fails_the_body_with_a_chord_error(app: Cele
     assert boom_id in message
 
 
+async def test_a_failing_header_fails_each_task_of_a_group_body(app: Celery) -> None:
+    """Celery's ``_handle_group_chord_error``: a chord whose body is a group fails every
+    member of that group with the ChordError."""
+    boom_id, first, second = (str(uuid.uuid4()) for _ in range(3))
+    header = canvas.group_dict([sig("t.add", 1, 1), sig("t.boom", task_id=boom_id)])
+    body = canvas.group_dict([sig("t.mul", 2, task_id=first), sig("t.mul", 3, task_id=second)])
+    await start(app, canvas.chord_dict(header, body))
+    async with worker_of(app):
+        records = [await record(app, member) for member in (first, second)]
+    for failed in records:
+        assert failed["status"] == states.FAILURE
+        assert failed["result"]["exc_type"] == "ChordError"
+        assert boom_id in failed["result"]["exc_message"][0]
+
+
 async def test_a_chord_whose_body_is_a_chain(app: Celery) -> None:
     header = canvas.group_dict([sig("t.add", 1, 1), sig("t.add", 2, 2)])
     body = canvas.chain_dict([sig("t.tsum"), sig("t.mul", 10)])

@@ -24,8 +24,11 @@ points; a message whose embed is empty (:func:`carries_canvas` is false) never g
   nobody waits for them.
 * A chord part on a result store that cannot join chords (``rpc://``, ``disabled://``): the
   body's id gets a FAILURE that says so, never a silent drop.
-* A malformed embed is found before the task runs: FAILURE under every id it names that can
-  be read, the message to the dead letters.
+* A malformed embed (its callbacks, error callbacks, chord, or the chain's next step) is
+  found before the task runs: FAILURE under every id it names that can be read, the message
+  to the dead letters. The chain's later steps go on as they came and are checked when they
+  become the next (as Celery's worker does: checking them all at each step costs a chain of
+  n steps n²/2 checks).
 
 All of it happens before the message is acknowledged, so a worker killed halfway runs the
 step again (at-least-once) rather than losing the rest of the chain. The ids of later steps
@@ -35,7 +38,9 @@ already has a final record in the result store is a copy of a step that ran to i
 (its next steps were published before that record was stored). It is not run again; it
 only repeats what is safe to repeat (the chord part, which the store counts once, and, for
 a FAILURE, the later ids' FAILURE records) and is acknowledged. Its error callbacks are not
-called again. This costs one read of the store per canvas message (not for plain tasks),
+called again. (A copy that arrives while the first run is still going on in this worker
+waits for that run's outcome instead: see ``Execution._run``.) This costs one read of the
+store per canvas message (not for plain tasks),
 and only on stores that keep records (not ``rpc://`` or ``disabled://``). One consequence
 is Celery's too: a frozen canvas applied twice runs once.
 """

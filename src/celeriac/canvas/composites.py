@@ -30,15 +30,16 @@ def _steps(tasks: tuple[Any, ...]) -> list[Any]:
     return list(tasks)
 
 
-class _chain(Signature, subtask_type="chain"):
-    """A chain as it is stored: its tasks in running order, each given the previous one's
-    result. Made by ``|`` and by :class:`chain`."""
+class _Tasks(Signature):
+    """A signature whose kwargs hold a list of signatures, ``tasks`` (a chain, a group)."""
+
+    #: Its ``subtask_type``, also its task's name after ``celery.``.
+    kind: str
 
     def __init__(self, *tasks: Any, app: Celery | None = None, **options: Any) -> None:
-        steps = signatures(_steps(tasks))
-        Signature.__init__(
-            self, "celery.chain", (), {"tasks": steps}, options, subtask_type="chain", app=app
-        )
+        kind = self.kind
+        members = {"tasks": signatures(_steps(tasks))}
+        Signature.__init__(self, f"celery.{kind}", (), members, options, subtask_type=kind, app=app)
 
     def _adopt(self) -> None:
         self.kwargs["tasks"] = signatures(self.kwargs.get("tasks") or [])
@@ -53,6 +54,13 @@ class _chain(Signature, subtask_type="chain"):
     @tasks.setter
     def tasks(self, tasks: Iterable[Any]) -> None:
         self.kwargs["tasks"] = signatures(tasks)
+
+
+class _chain(_Tasks, subtask_type="chain"):
+    """A chain as it is stored: its tasks in running order, each given the previous one's
+    result. Made by ``|`` and by :class:`chain`."""
+
+    kind = "chain"
 
     def unchain_tasks(self) -> list[Signature]:
         """Copies of its tasks carrying its ``link`` (the last) and ``link_error`` (each)."""
@@ -115,29 +123,11 @@ class chain(_chain):
         return super().__new__(cls)
 
 
-class group(Signature, subtask_type="group"):
+class group(_Tasks, subtask_type="group"):
     """``group(a, b)`` (or a list or generator of signatures): the tasks run in parallel;
     its result is a :class:`~celeriac.result.GroupResult`."""
 
-    def __init__(self, *tasks: Any, app: Celery | None = None, **options: Any) -> None:
-        members = signatures(_steps(tasks))
-        Signature.__init__(
-            self, "celery.group", (), {"tasks": members}, options, subtask_type="group", app=app
-        )
-
-    def _adopt(self) -> None:
-        self.kwargs["tasks"] = signatures(self.kwargs.get("tasks") or [])
-
-    def _nested_app(self) -> Celery | None:
-        return self.tasks[0].app if self.tasks else None
-
-    @property
-    def tasks(self) -> list[Signature]:
-        return cast(list[Signature], self.kwargs["tasks"])
-
-    @tasks.setter
-    def tasks(self, tasks: Iterable[Any]) -> None:
-        self.kwargs["tasks"] = signatures(tasks)
+    kind = "group"
 
     def link(self, callback: Mapping[str, Any]) -> Signature:
         """Celery's: the callback goes, immutable, on the first task (a chord is the way to

@@ -15,11 +15,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import pytest
 
+from interop.canvas_clients import Client, closed, configured
 from interop.harness import InteropRun, WorkerProcess
 from services import wait_until
 
@@ -43,23 +42,6 @@ class Fleet:
         return self.celery_only if side == "celery" else self.celeriac_only
 
 
-@dataclass
-class Client:
-    """One side as the client: its peer module and its canvas primitives."""
-
-    name: str
-    peer: ModuleType
-    chain: Any
-    group: Any
-    chord: Any
-    chord_error: type[Exception]
-
-    def wait(self, result: Any) -> Any:
-        """The result's value; a chord's body waits on its own record only (by default both
-        clients raise a failed header task's error instead of the body's ChordError)."""
-        return result.get(timeout=TIMEOUT, follow_parents=False)
-
-
 @pytest.fixture(scope="module")
 def fleet(interop: InteropRun) -> Fleet:
     celery_only, celeriac_only = interop.queue(), interop.queue()
@@ -76,35 +58,9 @@ def fleet(interop: InteropRun) -> Fleet:
 @pytest.fixture(scope="module")
 def clients(interop: InteropRun, fleet: Fleet) -> Iterator[dict[str, Client]]:
     """Both peers, configured for this run, as clients."""
-    import celery
-    import celery.exceptions
-
-    import celeriac
-    import celeriac.errors
-    from interop.peers import celeriac_app, celery_app
-
-    celery_app.configure()
-    celeriac_app.configure()
-    yield {
-        "celery": Client(
-            "celery",
-            celery_app,
-            celery.chain,
-            celery.group,
-            celery.chord,
-            celery.exceptions.ChordError,
-        ),
-        "celeriac": Client(
-            "celeriac",
-            celeriac_app,
-            celeriac.chain,
-            celeriac.group,
-            celeriac.chord,
-            celeriac.errors.ChordError,
-        ),
-    }
-    celery_app.close()
-    celeriac_app.app.close()
+    yield {side: configured(side) for side in ("celery", "celeriac")}
+    for side in ("celery", "celeriac"):
+        closed(side)
 
 
 @pytest.fixture(params=["celery", "celeriac"])

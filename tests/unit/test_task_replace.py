@@ -338,3 +338,42 @@ async def test_the_messages_are_celerys(scenario: str) -> None:
         ours = [(e.headers, json.loads(e.body)) for e in published]
     assert len(ours) == len(celerys)
     assert _shape(ours) == _shape(celerys)
+
+
+async def test_the_replacement_runs_while_the_replaced_run_is_still_settling(
+    app: Celery,
+) -> None:
+    """The replacement takes the replaced task's id, one replacement level deeper: it is no
+    copy of that task, so it runs even while the replaced run is still being settled here
+    (its ack held back until the replacement has run), instead of waiting for it."""
+    replaced_id = str(uuid.uuid4())
+    replacement_ran = asyncio.Event()
+    add = app.tasks["rapp.add"]
+
+    @app.task(name="rapp.swap_late", bind=True, acks_late=True)
+    def swap_late(self: Any, x: int) -> int:  # acknowledged after the replacement is out
+        return self.replace(add.s(x, 100))  # type: ignore[no-any-return]
+
+    class Watch(WorkerHook):
+        def task_started(self, request: Request) -> None:
+            if request.id == replaced_id and request.task == "rapp.add":
+                replacement_ran.set()
+
+    broker = (await app.connection()).broker
+    ack = broker.ack
+
+    async def ack_once_the_replacement_ran(delivery: Any) -> None:
+        if delivery.envelope.headers.get("task") == "rapp.swap_late":
+            await asyncio.wait_for(replacement_ran.wait(), TIMEOUT)
+        await ack(delivery)
+
+    broker.ack = ack_once_the_replacement_ran  # type: ignore[method-assign]
+    last_id = str(uuid.uuid4())  # a step after it: the replacement carries the chain on
+    line = canvas.chain_dict(
+        [sig("swap_late", 1, task_id=replaced_id), sig("add", 5, task_id=last_id)]
+    )
+    await start(app, line)
+    async with worker_of(app, Watch()):
+        done, last = await record(app, replaced_id), await record(app, last_id)
+    assert done["status"] == states.SUCCESS and done["result"] == 101
+    assert last["result"] == 106

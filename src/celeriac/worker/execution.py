@@ -92,8 +92,10 @@ STORE_RETRY_MAX_DELAY = 5.0
 #: copy of their message the broker redelivers is acked, not run again.
 REMEMBERED_LATE_STORES = 10_000
 
-#: A task run, as its redelivered copies know it: the message's id and retry count.
-_RunKey = tuple[str, int]
+#: A task run, as its copies know it: the message's id, retry count and replacement depth
+#: (the last step of a task's ``self.replace()`` takes the task's id, one level deeper: it is
+#: no copy of the task, and must not wait for it).
+_RunKey = tuple[str, int, int]
 #: What storing a state can fail with, short of an outage: the state cannot be encoded, or the
 #: store refused it.
 _NOT_STORABLE = (TypeError, ValueError, ResultRejected)
@@ -237,7 +239,7 @@ class Execution:
             await self.broker.dead_letter(delivery, reason)
             self.hooks.task_rejected(delivery, reason)
             return True
-        key = (message.id, message.retries)
+        key = _run_key(message)
         # A canvas step may come twice without a redelivery: a worker that died after
         # publishing the next step, before its ack, has that step published again by the
         # copy that runs in its place. A copy of a run in progress here waits for it.
@@ -693,7 +695,7 @@ class Execution:
             return
 
     def _remember_late(self, message: TaskMessage) -> None:
-        self._stored_late[(message.id, message.retries)] = None
+        self._stored_late[_run_key(message)] = None
         if len(self._stored_late) > REMEMBERED_LATE_STORES:
             self._stored_late.popitem(last=False)
 
@@ -782,6 +784,10 @@ def _given_up(message: TaskMessage, state: str) -> None:
 
 def _custom_headers(message: TaskMessage) -> dict[str, Any]:
     return {k: v for k, v in message.headers.items() if k not in protocol.STANDARD_HEADERS}
+
+
+def _run_key(message: TaskMessage) -> _RunKey:
+    return message.id, message.retries, _nesting(message)
 
 
 def _nesting(message: TaskMessage) -> int:

@@ -197,8 +197,9 @@ class Replace(Exception):
     task's place and stores nothing under the task's id (Celery raises ``Ignore`` there):
     the replacement's result is stored under it.
 
-    ``sig`` is the replacement as the worker publishes it, already prepared the way
-    Celery's ``Task.replace`` prepares it (frozen with the task's id, the task's chain,
+    ``sig`` is the signature the task is replaced with, as the task gave it; whoever runs
+    the task prepares it the way Celery's ``Task.replace`` does
+    (:func:`celeriac.task.replacement`: frozen with the task's id, the task's chain,
     callbacks, errbacks and chord membership carried over). A signal like :class:`Retry`,
     for the same reason: ``except CeleriacError`` in the task lets it through.
     """

@@ -377,7 +377,9 @@ class Task(Generic[P, R]):
         and its value is this task's result. Raises CanvasError for a ``sig`` already part
         of a chord, or an empty chain.
         """
-        raise Replace(replacement(self.request, sig, self._app))
+        new = signature(copy.deepcopy(dict(sig)), app=self._app)
+        _ending_in_one_task(new, self._app)  # its errors here, in the task, as Celery's
+        raise Replace(new)
 
     def backoff_countdown(self, retries: int) -> float:
         """The countdown ``autoretry_for`` uses: exponential backoff with full jitter."""
@@ -419,7 +421,12 @@ def replacement(request: Request, sig: Mapping[str, Any], app: Celery | None = N
     way: a copy of ``sig`` (a group made a chord with a ``celery.accumulate`` body, so it
     has a last task) that links the request's callbacks and errbacks, frozen with the
     request's id, with its chord membership, root id and nesting, and followed by the
-    rest of its chain (whose steps keep their own ids)."""
+    rest of its chain (whose steps keep their own ids).
+
+    What it takes from ``request`` came in a message, with priorities in the wire's
+    numbers: a worker gives ``sig`` in those numbers too
+    (:func:`~celeriac.canvas.publish.signatures_to_wire`) and publishes the whole as it
+    continues any canvas, ``from_wire``."""
     new = _ending_in_one_task(signature(copy.deepcopy(dict(sig)), app=app), app)
     for callback in request.callbacks or ():
         new.link(callback)
@@ -514,7 +521,7 @@ class EagerCall:
             try:
                 value = _drained(self.task.run(*self.args, **self.kwargs))
             except Replace as replaced:
-                self._replaced_sync(replaced)
+                self._replaced_sync(replacement(self._running(), replaced.sig, self.task.app))
                 return
             except Exception as exc:
                 if not self._again(exc):
@@ -532,7 +539,9 @@ class EagerCall:
             try:
                 value = await _drained_async(self.task.run(*self.args, **self.kwargs))
             except Replace as replaced:
-                await self._replaced_async(replaced)
+                await self._replaced_async(
+                    replacement(self._running(), replaced.sig, self.task.app)
+                )
                 return
             except Exception as exc:
                 if not self._again(exc):
@@ -544,18 +553,23 @@ class EagerCall:
             finally:
                 _state.current_request.reset(token)
 
-    def _replaced_sync(self, replaced: Replace) -> None:
+    def _running(self) -> Request:
+        request = _state.current_request.get()
+        assert request is not None  # set around the run that raised
+        return request
+
+    def _replaced_sync(self, new: Signature) -> None:
         """``self.replace(sig)``: ``sig`` runs here, its outcome is this task's."""
         try:
-            value = _eager_value(Signature.from_dict(replaced.sig, app=self.task.app).apply())
+            value = _eager_value(new.apply())
         except Exception as exc:
             self._failed(exc)
         else:
             self.result.finish(states.SUCCESS, value)
 
-    async def _replaced_async(self, replaced: Replace) -> None:
+    async def _replaced_async(self, new: Signature) -> None:
         try:
-            outcome = Signature.from_dict(replaced.sig, app=self.task.app).apply()
+            outcome = new.apply()
             if isinstance(outcome, EagerResult) and outcome.state == states.STARTED:
                 await outcome  # an async def task, started on this loop
             value = _eager_value(outcome)

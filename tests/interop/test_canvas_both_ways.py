@@ -294,6 +294,20 @@ def test_a_later_step_is_not_given_the_priority_of_the_step_before(
     assert (second["priority"] or 0) == 0
 
 
+def test_a_replacement_and_the_steps_it_inherits_keep_their_priorities(
+    interop: InteropRun, peer: ModuleType
+) -> None:
+    """The replacing worker's own signature holds its numbers; the rest of the chain it
+    inherits came in the message, in the wire's: each step runs at the urgency its author
+    meant (on Redis the two differ, and converting the inherited steps again would turn a
+    2 back into a 7)."""
+    line = peer.replaced_by_urgent_whoami.si() | peer.whoami.si().set(priority=7)
+    result = line.apply_async()
+    second, first = result.get(timeout=TIMEOUT), result.parent.get(timeout=TIMEOUT)
+    assert first["priority"] == 4  # set by the peer, read by the peer
+    assert second["priority"] == (9 - 7 if interop.transport == "redis" else 7)
+
+
 def test_a_task_that_replaces_itself_with_a_chain_or_a_group(
     interop: InteropRun, peer: ModuleType
 ) -> None:

@@ -260,9 +260,15 @@ class _ToWire(Priorities):
         self.broker = broker
 
     def in_signatures(self, sigs: Any) -> Any:
-        if self.broker.priority_to_wire(0) == 0 and self.broker.priority_to_wire(9) == 9:
-            return sigs  # the same numbers: nothing to copy
-        return _with_priorities(sigs, self.broker.priority_to_wire)
+        return signatures_to_wire(self.broker, sigs)
+
+
+def signatures_to_wire(broker: Broker, sigs: Any) -> Any:
+    """Signatures (a dict or a list of them) with celeriac's priorities as ``broker``'s
+    wire means them: copies, unless the numbers are the same."""
+    if broker.priority_to_wire(0) == 0 and broker.priority_to_wire(9) == 9:
+        return sigs  # the same numbers: nothing to copy
+    return _with_priorities(sigs, broker.priority_to_wire)
 
 
 def _with_priorities(sig: Any, convert: Callable[[int], int]) -> Any:

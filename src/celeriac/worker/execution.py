@@ -23,8 +23,9 @@ goes through :class:`~celeriac.worker.canvas.CanvasSteps` too, at the points its
 lists; one whose embed is malformed is dead-lettered before it runs.
 
 A task that calls ``self.replace(sig)`` (:class:`~celeriac.errors.Replace`) ends without a
-record of its own: the replacement, which ``Task.replace`` froze with the task's id, is
-published before the message is acknowledged, and its result is stored under that id.
+record of its own: the replacement, frozen with the task's id
+(:func:`~celeriac.task.replacement`), is published before the message is acknowledged,
+and its result is stored under that id.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from celeriac import _state, states
-from celeriac.canvas.publish import publish
+from celeriac.canvas.publish import publish, signatures_to_wire
 from celeriac.connections import Connection
 from celeriac.errors import (
     BackendUnreachable,
@@ -59,7 +60,7 @@ from celeriac.protocol import canvas as canvas_protocol
 from celeriac.protocol import message as protocol
 from celeriac.protocol.message import TaskMessage
 from celeriac.protocol.records import exception_to_dict
-from celeriac.task import Request, Task
+from celeriac.task import Request, Task, replacement
 from celeriac.transports.broker import Delivery
 from celeriac.transports.urls import redacted
 from celeriac.worker import builtins, limits
@@ -502,10 +503,11 @@ class Execution:
         store nothing; the state it ends in. A replacement that cannot be applied (a chord
         the result store cannot join...) fails the task instead."""
         try:
+            new = replacement(request, signatures_to_wire(self.broker, replaced.sig), self.app)
             expansion = canvas_protocol.apply(
-                dict(replaced.sig), parent_id=message.id, root_id=message.root_id or message.id
+                dict(new), parent_id=message.id, root_id=message.root_id or message.id
             )
-            await publish(self.app, expansion, conn=self.conn)
+            await publish(self.app, expansion, conn=self.conn, from_wire=True)
         except (CanvasError, ChordsNotSupported) as exc:
             return await self._failed(task, message, delivery, exc, request, runtime, canvas)
         logger.info(

@@ -171,6 +171,12 @@ def replaced_by_chain(self: Any, x: int) -> None:
     raise self.replace(chain(mul.s(x, 2), add.s(10)))
 
 
+@app.task(name="interop.replaced_by_urgent_whoami", bind=True)
+def replaced_by_urgent_whoami(self: Any) -> None:
+    """Replaces itself with ``whoami`` at priority 4 (in this side's numbers)."""
+    raise self.replace(whoami.si().set(priority=4))
+
+
 @app.task(name="interop.replaced_by_group", bind=True)
 def replaced_by_group(self: Any, n: int) -> None:
     """Replaces itself with a group: its result is the list of the members' results."""

@@ -251,6 +251,25 @@ async def test_error_callbacks_new_style_in_process_old_style_published(app: Cel
     assert ("old_errback", failed_id) in calls
 
 
+async def test_a_task_called_with_wrong_arguments_has_its_error_callbacks_called(
+    app: Celery,
+) -> None:
+    """As in Celery, where the call raises TypeError in the worker: the message is refused
+    (dead-lettered here) and the task's errbacks hear of the TypeError, both forms."""
+    old = str(uuid.uuid4())
+    errbacks = [sig("t.on_error"), sig("t.old_errback", task_id=old)]
+    expansion = await start(app, sig("t.mul", 1, 2, 3, link_error=errbacks))
+    failed_id = expansion.result.id
+    async with worker_of(app):
+        assert (await record(app, old))["result"] == failed_id
+        assert (await record(app, failed_id))["status"] == states.FAILURE
+    new_style = [c for c in calls_of(app) if c[0] == "on_error"]
+    assert [c[1:3] for c in new_style] == [(failed_id, "TypeError")]
+    assert "wrong arguments for t.mul" in new_style[0][3]
+    assert "too many positional arguments" in new_style[0][3]
+    assert await (await app.connection()).broker.dead_letter_count() == 1
+
+
 async def test_a_failing_step_fails_the_rest_of_its_chain(app: Celery) -> None:
     chain = canvas.chain_dict([sig("t.add", 1, 1), sig("t.boom"), sig("t.mul", 2)])
     expansion = await start(app, chain)

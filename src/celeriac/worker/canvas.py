@@ -19,9 +19,10 @@ points; a message whose embed is empty (:func:`carries_canvas` is false) never g
   positional parameter besides the signature's own arguments) is called here as
   ``errback(request, exc, traceback)``; the others are published as one group, called with
   the failed task's id.
-* A task that expired: its chord part (REVOKED). A task rejected before it ran (not
-  registered, wrong arguments): its chain's later ids and its chord part fail with it, so
-  nobody waits for them.
+* A task that expired: its chord part (REVOKED). A task called with wrong arguments fails
+  as above, error callbacks included (Celery's call raises TypeError in the worker). A task
+  not registered here: its chain's later ids and its chord part fail with it, so nobody
+  waits for them; its error callbacks are not called (Celery's worker calls none either).
 * A chord part on a result store that cannot join chords (``rpc://``, ``disabled://``): the
   body's id gets a FAILURE that says so, never a silent drop.
 * A malformed embed (its callbacks, error callbacks, chord, or the chain's next step) is
@@ -227,8 +228,9 @@ class CanvasSteps:
             await self.call_errbacks(embed.errbacks, request, exc, tb)
 
     async def rejected(self, message: TaskMessage, embed: Embed, record: Any) -> None:
-        """A task that never ran and never will (dead-lettered with a FAILURE): its chain's
-        later ids and its chord part fail the same way."""
+        """A task not registered here (dead-lettered with a FAILURE): its chain's later ids
+        and its chord part fail the same way; its errbacks are not called, as Celery's
+        worker calls none for an unknown task."""
         if embed.chord is not None:
             await self._chord_part(message, embed, states.FAILURE, record)
         await self.fail_chain(embed.chain, record, None)

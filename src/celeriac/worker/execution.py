@@ -233,10 +233,12 @@ class Execution:
             logger.error(
                 "task %s[%s] rejected: %s (moved to dead letters)", task.name, message.id, reason
             )
-            record = exception_to_dict(TypeError(reason))
-            await self._store(message, states.FAILURE, record, None)
+            error = TypeError(reason)
+            await self._store(message, states.FAILURE, exception_to_dict(error), None)
             if canvas is not None:
-                await self.canvas.rejected(message, canvas, record)
+                # As Celery's call raising TypeError: a failure of the task, errbacks too.
+                request = self._request(message, delivery)
+                await self.canvas.failed(message, canvas, request, error, None)
             await self.broker.dead_letter(delivery, reason)
             self.hooks.task_rejected(delivery, reason)
             return True

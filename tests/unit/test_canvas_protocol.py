@@ -345,6 +345,8 @@ def test_chord_with_a_chain_as_body(scenario: str) -> None:
         new_id=Ids(gid, body_first, result["id"], m[0].id, m[1].id),
     )
     assert_publishes(expansion, m[:2])
+    assert expansion.result.parent is not None
+    assert expansion.result.parent.id == gid  # Celery's: the header, not the body's chain
     assert expansion.chords[0].size == 2
     assert_publishes(chord_body(m[1], [2, 4]), m[2:3])
     assert_publishes(worker_step(m[2], 6), m[3:4])
@@ -646,7 +648,12 @@ def test_freeze_then_apply_publishes_under_the_frozen_ids() -> None:
     )
     frozen, node = canvas.freeze(canvas_, reply_to=CLIENT)
     expansion = canvas.apply(frozen, new_id=no_ids)
-    assert ids_of(expansion.result) == ids_of(node)
+    assert expansion.result.id == node.id
+    # As Celery's: the frozen body chain links back through its steps to the header; the
+    # applied chord's result has the header itself for its parent.
+    assert node.parent is not None and node.parent.parent is not None
+    assert expansion.result.parent is not None
+    assert ids_of(expansion.result.parent) == ids_of(node.parent.parent)
     assert canvas_["options"] == {}  # the given dict is left alone
     header_ids = [call.id for call in expansion.calls]
     assert len(set(header_ids)) == 2

@@ -499,7 +499,7 @@ def _apply_chord(
     members = _group_members(header)
     if not members:
         _apply(body, [[]], {}, {}, context)
-        _first_of(body_node).parent = GroupNode(group_id, [])
+        body_node.parent = GroupNode(group_id, [])
         return body_node
     header_call = {
         key: value
@@ -511,7 +511,9 @@ def _apply_chord(
     context.chords.append(start)
     header_node = _apply_group(header, args, kwargs, header_call, context)
     start.header = header_node.children
-    _first_of(body_node).parent = header_node
+    # Celery's chord.run: the result it returns (the body's last task's) has the header
+    # for its parent, even when the body is a chain (whose links its freeze had made).
+    body_node.parent = header_node
     return body_node
 
 

@@ -175,6 +175,53 @@ def test_a_group_inside_a_chain_becomes_a_chord(peer: ModuleType, client: Client
     assert result.get(timeout=TIMEOUT) == 10
 
 
+def test_a_failing_task_in_each_shape(
+    interop: InteropRun, peer: ModuleType, client: Client
+) -> None:
+    """A group member, a step of a chain in a group, a step of a chord's chain body, a
+    member of a group inside a chain (a chord there), a mapped item and a replacement,
+    each failing: the failure reaches what waits on it, and the rest of the shape ends."""
+    kaboom = r"kaboom"
+    grouped = client.group(peer.add.s(1, 1), peer.boom.s(), peer.add.s(2, 2)).apply_async()
+    chains = client.group(peer.add.s(1, 1) | peer.boom.s() | peer.mul.s(2), peer.add.s(3, 3))
+    of_chains = chains.apply_async()
+    chain_body = peer.tsum.s() | peer.boom.s() | peer.add.s(1)
+    chord_body = client.chord([peer.add.s(1, 1), peer.add.s(2, 2)], chain_body).apply_async()
+    upgraded = peer.add.s(1, 1) | client.group(peer.mul.s(2), peer.boom.s()) | peer.tsum.s()
+    chained_group = upgraded.apply_async()
+    mapped = peer.boom.map([[1], [2]]).apply_async()
+    replaced = (peer.replaced_by_boom.s() | peer.add.s(1)).apply_async()
+
+    with pytest.raises(ValueError, match=kaboom):
+        grouped.get(timeout=TIMEOUT)
+    assert grouped.join(timeout=TIMEOUT, propagate=False)[::2] == [2, 4]
+    assert grouped.failed() and not grouped.successful()
+    assert grouped.results[1].state == states.FAILURE
+
+    with pytest.raises(ValueError, match=kaboom):
+        of_chains.get(timeout=TIMEOUT)
+    failed_line = of_chains.results[0]  # the chain's last step: never ran, stored failed
+    assert failed_line.state == states.FAILURE
+    assert of_chains.results[1].get(timeout=TIMEOUT) == 6
+
+    with pytest.raises(ValueError, match=kaboom):
+        client.wait(chord_body)
+    # (the result's parent is the header, on both sides, even for a chain body)
+    assert chord_body.parent.get(timeout=TIMEOUT) == [2, 4]
+    record = interop.result_record(chord_body.id)
+    assert record is not None and record["status"] == states.FAILURE
+
+    with pytest.raises(client.chord_error, match=r"raised ValueError\('kaboom'\)"):
+        client.wait(chained_group)
+
+    with pytest.raises(ValueError, match=kaboom):
+        mapped.get(timeout=TIMEOUT)
+
+    with pytest.raises(ValueError, match=kaboom):
+        client.wait(replaced)  # the step after the replacement fails with it
+    assert replaced.parent.state == states.FAILURE
+
+
 # -- link and link_error ---------------------------------------------------------------------
 
 

@@ -177,6 +177,12 @@ def replaced_by_urgent_whoami(self: Any) -> None:
     raise self.replace(whoami.si().set(priority=4))
 
 
+@app.task(name="interop.replaced_by_boom", bind=True)
+def replaced_by_boom(self: Any) -> None:
+    """Replaces itself with ``boom``, which fails: the failure is this task's."""
+    raise self.replace(boom.s())
+
+
 @app.task(name="interop.replaced_by_group", bind=True)
 def replaced_by_group(self: Any, n: int) -> None:
     """Replaces itself with a group: its result is the list of the members' results."""

@@ -112,6 +112,48 @@ async def test_fanout_ignores_routing_keys(broker: Broker, exchange: str) -> Non
         assert await bodies(messages, b"no key") == [b"for all", b"no key"]
 
 
+async def test_a_direct_broadcast_reaches_only_its_routing_key(
+    make_broker: MakeBroker, exchange: str
+) -> None:
+    """As Celery's replies on ``reply.celery.pidbox``: each inbox gets its own key's."""
+    sender, receiver = await make_broker(), await make_broker()
+    async with (
+        receiver.subscribe(exchange, routing_key="inbox-a", kind="direct") as a,
+        receiver.subscribe(exchange, routing_key="inbox-b", kind="direct") as b,
+    ):
+        await sender.broadcast(exchange, envelope("for a", ticket="t-a"), "inbox-a", kind="direct")
+        await sender.broadcast(exchange, envelope("for b"), "inbox-b", kind="direct")
+        await sender.broadcast(exchange, envelope("a again"), "inbox-a", kind="direct")
+        first = await receive(a)
+        assert message(first) == message(envelope("for a", ticket="t-a"))
+        assert (await receive(b)).body == b"for b"  # "for a" came first, had b got it
+        assert (await receive(a)).body == b"a again"  # nor did a get "for b"
+
+
+async def test_a_direct_broadcast_nobody_is_bound_for_is_dropped(
+    make_broker: MakeBroker, exchange: str
+) -> None:
+    sender, receiver = await make_broker(), await make_broker()
+    await sender.broadcast(exchange, envelope("to nobody"), "nobody", kind="direct")
+    async with receiver.subscribe(exchange, routing_key="someone", kind="direct") as messages:
+        await sender.broadcast(exchange, envelope("still nobody"), "nobody", kind="direct")
+        await sender.broadcast(exchange, envelope("someone"), "someone", kind="direct")
+        assert (await receive(messages)).body == b"someone"
+
+
+async def test_a_direct_broadcast_after_its_subscription_closed_is_not_kept(
+    make_broker: MakeBroker, exchange: str
+) -> None:
+    sender, receiver = await make_broker(), await make_broker()
+    async with receiver.subscribe(exchange, routing_key="inbox", kind="direct") as first:
+        await sender.broadcast(exchange, envelope("while open"), "inbox", kind="direct")
+        assert (await receive(first)).body == b"while open"
+    await sender.broadcast(exchange, envelope("after close"), "inbox", kind="direct")
+    async with receiver.subscribe(exchange, routing_key="inbox", kind="direct") as again:
+        await sender.broadcast(exchange, envelope("reopened"), "inbox", kind="direct")
+        assert (await receive(again)).body == b"reopened"
+
+
 async def test_closing_ends_the_iteration(make_broker: MakeBroker, exchange: str) -> None:
     broker = await make_broker()
     subscription = await broker.subscribe(exchange).open()
@@ -147,7 +189,7 @@ async def test_bad_arguments_are_refused(broker: Broker, exchange: str) -> None:
     with pytest.raises(ValueError, match="exchange"):
         await broker.broadcast("", envelope("x"))
     with pytest.raises(ValueError, match="kind"):
-        broker.subscribe(exchange, kind="direct")  # type: ignore[arg-type]
+        broker.subscribe(exchange, kind="headers")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,17 @@
 """Broadcasts on RabbitMQ: real exchanges, declared as Celery declares them.
 
 A ``fanout`` exchange is declared as kombu's Mailbox declares ``celery.pidbox`` (not
-durable), a ``topic`` one as Celery's events declare ``celeryev`` (durable); neither is
-auto-deleted. A Celery peer on the same server declares the same, so both share them. A
-subscriber binds a server-named queue of its own (exclusive, auto-deleted with its channel)
-with its routing key pattern (the empty key on a fanout exchange) and consumes it without
-acks: what is not there when a message is routed never sees it.
+durable), a ``direct`` one as it declares ``reply.celery.pidbox`` (not durable), a ``topic``
+one as Celery's events declare ``celeryev`` (durable); none is auto-deleted. A Celery peer on
+the same server declares the same, so both share them. A subscriber binds a server-named
+queue of its own (exclusive, auto-deleted with its channel) with its routing key pattern (the
+empty key on a fanout exchange) and consumes it without acks: what is not there when a
+message is routed never sees it.
+
+A ``direct`` subscriber is a reply inbox, declared as kombu declares a Celery client's reply
+queue: named ``<routing key>.<exchange>``, exclusive, auto-deleted, not durable, with kombu's
+``x-expires`` and ``x-message-ttl``, bound with the routing key itself. It is deleted on
+close, so a message sent to its key afterwards is routed nowhere.
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ from celeriac.transports.amqp.connection import UNREACHABLE, declare_error
 from celeriac.transports.broker import ExchangeKind, Subscription
 
 #: Durability by kind: Celery's pidbox exchange is transient, its events exchange durable.
-DURABLE: dict[str, bool] = {"fanout": False, "topic": True}
+DURABLE: dict[str, bool] = {"fanout": False, "topic": True, "direct": False}
+#: A reply queue's arguments, kombu's defaults (Celery's ``control_queue_expires`` 10 s and
+#: ``control_queue_ttl`` 300 s).
+REPLY_QUEUE_ARGUMENTS: dict[str, int] = {"x-expires": 10_000, "x-message-ttl": 300_000}
 
 
 async def declare_exchange(channel: AbstractChannel, name: str, kind: ExchangeKind) -> None:
@@ -33,6 +42,12 @@ async def declare_exchange(channel: AbstractChannel, name: str, kind: ExchangeKi
         )
     except amqp_errors.ChannelPreconditionFailed as exc:
         raise declare_error(exc) from None
+
+
+def reply_queue(exchange: str, routing_key: str) -> str:
+    """A ``direct`` subscription's queue, named as kombu names a reply queue
+    (``<oid>.reply.celery.pidbox``)."""
+    return f"{routing_key}.{exchange}"
 
 
 class AmqpSubscription(Subscription):
@@ -52,13 +67,23 @@ class AmqpSubscription(Subscription):
         self._to_envelope = to_envelope
         self._describe = describe
         self._channel: AbstractChannel | None = None
+        self._queue: str | None = None
 
     async def _open(self) -> None:
         channel = self._channel = await self._open_channel()
         await declare_exchange(channel, self.exchange, self.kind)
-        declared = await channel.queue_declare("", exclusive=True, auto_delete=True)
-        queue = str(declared.queue)
-        binding = self.routing_key if self.kind == "topic" else ""
+        if self.kind == "direct":
+            declared = await channel.queue_declare(
+                reply_queue(self.exchange, self.routing_key),
+                exclusive=True,
+                auto_delete=True,
+                durable=False,
+                arguments=dict(REPLY_QUEUE_ARGUMENTS),
+            )
+        else:
+            declared = await channel.queue_declare("", exclusive=True, auto_delete=True)
+        queue = self._queue = str(declared.queue)
+        binding = "" if self.kind == "fanout" else self.routing_key
         await channel.queue_bind(queue, self.exchange, routing_key=binding)
         await channel.basic_consume(queue, self._arrived, no_ack=True)
         channel.closing.add_done_callback(self._lost)
@@ -81,4 +106,8 @@ class AmqpSubscription(Subscription):
         channel, self._channel = self._channel, None
         if channel is not None and not channel.is_closed:
             with contextlib.suppress(*UNREACHABLE, amqp_errors.AMQPError, RuntimeError):
+                if self.kind == "direct" and self._queue is not None:
+                    # Now, not when RabbitMQ gets round to auto-deleting it: a message sent
+                    # to this key after close must find no queue (nor one opened again).
+                    await channel.queue_delete(self._queue)
                 await channel.close()

@@ -75,7 +75,7 @@ from celeriac.transports.broker import (
     now,
 )
 from celeriac.transports.options import Option
-from celeriac.transports.redis import fanout, kombu
+from celeriac.transports.redis import direct, fanout, kombu
 from celeriac.transports.redis.client import Client, Connection, Pipeline, ReplyError, Script
 from celeriac.transports.redis.connection import (
     UNREACHABLE,
@@ -293,10 +293,14 @@ class RedisBroker(Broker):
     async def _broadcast(
         self, exchange: str, envelope: Envelope, routing_key: str, kind: ExchangeKind
     ) -> None:
-        """PUBLISH on kombu's fanout channel (see ``fanout.py``); the kind makes no
-        difference on Redis, where Celery's events exchange is a fanout with patterns."""
-        name = fanout.channel(self.prefix, self.client.address.db, exchange, routing_key)
+        """PUBLISH on kombu's fanout channel (see ``fanout.py``), the same for ``topic``
+        (Celery's events exchange is a fanout with patterns on Redis); a ``direct`` message
+        goes onto the lists of the queues bound with its routing key (see ``direct.py``)."""
         try:
+            if kind == "direct":
+                await direct.publish(self.client, self.prefix, exchange, envelope, routing_key)
+                return
+            name = fanout.channel(self.prefix, self.client.address.db, exchange, routing_key)
             await self.client.execute(
                 "PUBLISH", name, fanout.encode(envelope, exchange, routing_key)
             )
@@ -306,6 +310,8 @@ class RedisBroker(Broker):
             raise self._refused(exc, "a broadcast") from exc
 
     def _subscribe(self, exchange: str, routing_key: str, kind: ExchangeKind) -> Subscription:
+        if kind == "direct":
+            return direct.DirectSubscription(self.client, self.prefix, exchange, routing_key, kind)
         return fanout.RedisSubscription(self.client, self.prefix, exchange, routing_key, kind)
 
     def _unreachable(

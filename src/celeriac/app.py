@@ -26,9 +26,11 @@ from celeriac.canvas import Signature, signature
 from celeriac.canvas.signature import send
 from celeriac.config import Settings
 from celeriac.connections import Connection, Connections, address, publish_in_chunks
+from celeriac.control import Control
 from celeriac.discovery import Packages, discover
 from celeriac.errors import ResourceError
 from celeriac.ids import new_ids, uuid
+from celeriac.protocol.clock import LamportClock
 from celeriac.protocol.envelope import Envelope
 from celeriac.protocol.records import make_meta
 from celeriac.resources import Resource
@@ -126,6 +128,10 @@ class Celery:
         self._context: dict[str, Any] | None = None
         self._connections = Connections(self.conf)
         self._sending: set[asyncio.Future[Any]] = set()
+        #: The Lamport clock of this process's remote-control messages and events.
+        self.clock = LamportClock()
+        #: Remote control of the workers (``app.control.inspect().active()``).
+        self.control = Control(self)
         for register in _state.apps.made(self):
             register(self)
         if set_as_current:

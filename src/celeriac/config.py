@@ -135,6 +135,11 @@ class Settings:
     #: Seconds the event loop may stay blocked (an ``async def`` task calling ``time.sleep``)
     #: before the worker logs a warning naming the task (celeriac's); 0 or None: no check.
     worker_loop_block_warning: float | None = 1.0
+    #: Workers answer remote control (``celery inspect``, Flower, ``app.control``).
+    worker_enable_remote_control: bool = True
+    #: The name remote-control exchanges are made of: ``<name>.pidbox`` for requests,
+    #: ``reply.<name>.pidbox`` for replies (Celery's).
+    control_exchange: str = "celery"
     #: Several pools in one command: name -> {"queues": [...], "processes": N,
     #: "concurrency": N} (see celeriac.worker.pools).
     worker_pools: dict[str, dict[str, Any]] | None = None

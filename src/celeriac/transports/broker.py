@@ -39,7 +39,7 @@ MAX_PRIORITY = 9
 
 #: An exchange's type: ``fanout`` (every subscriber gets every message, as ``celery.pidbox``)
 #: or ``topic`` (subscribers pick routing keys by pattern, as ``celeryev``).
-ExchangeKind = Literal["fanout", "topic"]
+ExchangeKind = Literal["fanout", "topic", "direct"]
 
 
 @dataclass(slots=True)
@@ -247,7 +247,10 @@ class Broker(ABC):
         Fire-and-forget, as Celery's fanout: nothing is stored for later subscribers, and
         returning means the broker took the message, not that anyone received it. ``kind``
         is the exchange's type; on RabbitMQ it must be the type the exchange was declared
-        with (Celery's: ``fanout`` for ``celery.pidbox``, ``topic`` for ``celeryev``).
+        with (Celery's: ``fanout`` for ``celery.pidbox``, ``topic`` for ``celeryev``,
+        ``direct`` for ``reply.celery.pidbox``). A ``direct`` message goes to the
+        subscriptions whose routing key is the message's, on Redis and RabbitMQ through the
+        queue each such subscription binds, as kombu routes Celery's remote-control replies.
         """
         check_exchange(exchange, kind)
         self._check(PublishRequest(exchange, envelope))
@@ -262,8 +265,11 @@ class Broker(ABC):
         messages: async for envelope in messages: ...``. Entering returns once the server
         has the subscription: a broadcast made after that is never missed. On a ``topic``
         exchange only routing keys matching ``routing_key`` come (AMQP's patterns: ``*``
-        one word, ``#`` zero or more); a ``fanout`` exchange ignores routing keys. Closing
-        the broker closes its subscriptions.
+        one word, ``#`` zero or more); on a ``direct`` one only ``routing_key`` itself (a
+        client's reply inbox: Redis and RabbitMQ give it a queue of its own, named
+        ``<routing_key>.<exchange>`` as kombu names a reply queue, deleted on close); a
+        ``fanout`` exchange ignores routing keys. Closing the broker closes its
+        subscriptions.
         """
         check_exchange(exchange, kind)
         subscription = self._subscribe(exchange, routing_key, kind)
@@ -308,7 +314,7 @@ class Subscription(ABC):
         #: Messages dropped because :attr:`max_pending` were waiting.
         self.dropped = 0
         self.on_close: Callable[[Subscription], None] | None = None
-        self._wanted = topic_matcher(routing_key) if kind == "topic" else None
+        self._wanted = _matcher(routing_key, kind)
         self._inbox: deque[Envelope] = deque()
         self._arrival = asyncio.Event()
         self._error: BaseException | None = None
@@ -403,6 +409,16 @@ def check_exchange(exchange: str, kind: str) -> None:
         raise ValueError(f"broadcasts need an exchange name, not {exchange!r}")
     if kind not in get_args(ExchangeKind):
         raise ValueError(f"exchange kind {kind!r} is not one of {get_args(ExchangeKind)}")
+
+
+def _matcher(routing_key: str, kind: ExchangeKind) -> Callable[[str], bool] | None:
+    """Which routing keys a subscription takes: all (fanout), those matching its pattern
+    (topic), or exactly its own (direct)."""
+    if kind == "topic":
+        return topic_matcher(routing_key)
+    if kind == "direct":
+        return routing_key.__eq__
+    return None
 
 
 def topic_matcher(pattern: str) -> Callable[[str], bool]:

@@ -32,6 +32,7 @@ from celeriac.transports.broker import Delivery
 from celeriac.worker.execution import Execution
 from celeriac.worker.hooks import Hooks, WorkerHook
 from celeriac.worker.loop_watch import LoopWatch
+from celeriac.worker.mailbox import Mailbox
 from celeriac.worker.running import RunningRequests
 from celeriac.worker.threads import TaskThreads
 
@@ -92,7 +93,18 @@ class Worker:
         self.on_ready = on_ready
         #: The tasks running in this process (``inspect active``), kept by a hook.
         self.running = RunningRequests()
-        self.hooks = Hooks([self.running, *hooks])
+        own: list[WorkerHook] = [self.running]
+        #: Remote control (``celery inspect``, Flower, ``app.control``), unless switched off.
+        self.mailbox: Mailbox | None = None
+        if conf.worker_enable_remote_control:
+            self.mailbox = Mailbox(app.clock)
+            own.append(self.mailbox)
+        self.hooks = Hooks([*own, *hooks])
+        #: The broker and result store, once the worker reached them.
+        self.conn: Connection | None = None
+        self._slots: asyncio.Semaphore | None = None
+        #: Slots being taken out of use (``pool_shrink``) as running tasks free them.
+        self._shrinking: set[asyncio.Task[bool]] = set()
         self._signals = 0
         self._failure: BaseException | None = None
         self.processed = 0
@@ -122,7 +134,8 @@ class Worker:
         _bridge.use_loop(loop)
         executor = TaskThreads(self.threads, "celeriac-task")
         execution = Execution(self, conn, executor)
-        slots = asyncio.Semaphore(self.concurrency)
+        slots = self._slots = asyncio.Semaphore(self.concurrency)
+        self.conn = conn
         consumer = loop.create_task(self._consume(conn, execution, slots))
         consumer.add_done_callback(self._consumer_ended)
         watching = None
@@ -235,6 +248,24 @@ class Worker:
                     return
         finally:
             await deliveries.aclose()
+
+    def resize(self, change: int) -> None:
+        """Run ``change`` more tasks at once (fewer if negative; never fewer than one):
+        remote control's ``pool_grow`` and ``pool_shrink``. Growing frees slots at once;
+        shrinking takes slots as running tasks give them back."""
+        if self._slots is None:
+            raise RuntimeError("the worker is not running")
+        change = max(change, 1 - self.concurrency)
+        self.concurrency += change
+        if change > 0:
+            for _ in range(change):
+                self._slots.release()
+        elif change < 0:
+            loop = asyncio.get_running_loop()
+            for _ in range(-change):
+                taking = loop.create_task(self._slots.acquire())
+                self._shrinking.add(taking)
+                taking.add_done_callback(self._shrinking.discard)
 
     def _finished(self, handler: asyncio.Task[None], *, slot: _Slot) -> None:
         self._running.pop(handler, None)

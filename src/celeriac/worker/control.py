@@ -1,0 +1,85 @@
+"""The ``control`` commands: what ``celery control``, Flower's buttons and ``app.control``
+make a worker do, with Celery 5.7's replies (``shared/celery-protocol/WAVE2.md`` §2.3).
+
+A command celeriac's worker cannot carry out answers ``{"error": ...}`` with the reason, as
+Celery's answers for a pool that cannot do it (Flower shows the text): never a silent
+``ok``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celeriac.worker.commands import NO_REPLY, ControlContext, command
+
+logger = logging.getLogger("celeriac.worker")
+
+
+@command("control")
+def shutdown(context: ControlContext, msg: str | None = None) -> Any:
+    """Stop the worker gracefully (no reply, as Celery's)."""
+    logger.warning("%s: remote control asked it to shut down", context.hostname)
+    context.worker.stop()
+    return NO_REPLY
+
+
+@command("control")
+def pool_grow(context: ControlContext, n: int = 1) -> dict[str, str]:
+    """Run ``n`` more tasks at once."""
+    context.worker.resize(int(n))
+    return {"ok": "pool will grow"}
+
+
+@command("control")
+def pool_shrink(context: ControlContext, n: int = 1) -> dict[str, str]:
+    """Run ``n`` fewer tasks at once (never fewer than one)."""
+    context.worker.resize(-int(n))
+    return {"ok": "pool will shrink"}
+
+
+@command("control")
+def autoscale(context: ControlContext, max: int | None = None, min: int | None = None) -> Any:
+    """Celery's autoscaler: celeriac has none (``pool_grow``/``pool_shrink`` resize)."""
+    return {"error": "autoscale is not in celeriac: use pool_grow / pool_shrink"}
+
+
+@command("control")
+def pool_restart(context: ControlContext, **arguments: Any) -> dict[str, str]:
+    """Reload modules in a pool's processes: not in celeriac (restart the worker)."""
+    return {"error": "pool_restart is not in celeriac: restart the worker to load new code"}
+
+
+@command("control")
+def time_limit(
+    context: ControlContext,
+    task_name: str | None = None,
+    hard: float | None = None,
+    soft: float | None = None,
+) -> dict[str, str]:
+    """Set a task's hard and soft time limits (seconds) in this worker."""
+    task = context.worker.app.tasks.get(task_name or "")
+    if task is None:
+        return {"error": "unknown task"}
+    task.options.time_limit = float(hard) if hard else None
+    task.options.soft_time_limit = float(soft) if soft else None
+    logger.info(
+        "%s: new time limits for %s: hard %s, soft %s", context.hostname, task_name, hard, soft
+    )
+    return {"ok": "time limits set successfully"}
+
+
+@command("control")
+def rate_limit(
+    context: ControlContext, task_name: str | None = None, rate_limit: Any = None
+) -> dict[str, str]:
+    """Change a task's rate limit: not yet in celeriac, so an error that says so."""
+    if context.worker.app.tasks.get(task_name or "") is None:
+        return {"error": "unknown task"}
+    return {"error": "rate limits are not in celeriac yet: the limit was not changed"}
+
+
+@command("control")
+def election(context: ControlContext, **arguments: Any) -> None:
+    """Celery's gossip election (broken in Celery itself): ignored."""
+    return None

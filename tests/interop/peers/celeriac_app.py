@@ -155,6 +155,13 @@ def replaced_by_chain(self: Any, x: int) -> None:
     raise self.replace(chain(mul.s(x, 2), add.s(10)))
 
 
+@app.task(name="interop.wait_for_mark")
+def wait_for_mark(name: str) -> str:
+    """Runs until the test creates marker ``name`` (remote control sees it running)."""
+    settings.wait_for_marker(name)
+    return name
+
+
 @app.task(name="interop.replaced_by_urgent_whoami", bind=True)
 def replaced_by_urgent_whoami(self: Any) -> None:
     """Replaces itself with ``whoami`` at priority 4 (in this side's numbers)."""

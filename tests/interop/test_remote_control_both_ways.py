@@ -1,0 +1,183 @@
+"""Remote control across the two: real Celery's ``app.control`` and ``celery inspect`` /
+``celery control`` reach a celeriac worker, and celeriac's ``app.control`` reaches a real
+Celery worker, on Redis and on RabbitMQ.
+
+Each side's worker is a subprocess started once for the module; requests name their
+destination, so the other worker of the module stays out of the replies.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from interop.harness import TESTS, InteropRun, WorkerProcess
+from services import wait_until
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 20
+
+
+def node_of(worker: WorkerProcess) -> str:
+    return worker.argv[worker.argv.index("-n") + 1]
+
+
+@pytest.fixture(scope="module")
+def celeriac_worker(interop: InteropRun) -> WorkerProcess:
+    return interop.start_celeriac_worker(interop.pool[:2])
+
+
+@pytest.fixture(scope="module")
+def celery_worker(interop: InteropRun) -> WorkerProcess:
+    return interop.start_celery_worker(interop.pool[2:4])
+
+
+@pytest.fixture(scope="module")
+def celery(interop: InteropRun, celeriac_worker: WorkerProcess) -> Iterator[ModuleType]:
+    """The Celery peer, as the client."""
+    from interop.peers import celery_app
+
+    celery_app.configure()
+    node = node_of(celeriac_worker)
+    # The worker subscribes to the pidbox right after its ready line: wait for its answer.
+    wait_until(
+        lambda: celery_app.app.control.inspect([node], timeout=0.5).ping(),
+        TIMEOUT,
+        "the celeriac worker to answer Celery's ping",
+    )
+    yield celery_app
+    celery_app.close()
+
+
+@pytest.fixture(scope="module")
+def celeriac(interop: InteropRun, celery_worker: WorkerProcess) -> Iterator[ModuleType]:
+    """The celeriac peer, as the client."""
+    from interop.peers import celeriac_app
+
+    celeriac_app.configure()
+    node = node_of(celery_worker)
+    wait_until(
+        lambda: celeriac_app.app.control.inspect([node], timeout=0.5).ping(),
+        TIMEOUT,
+        "the Celery worker to answer celeriac's ping",
+    )
+    yield celeriac_app
+    celeriac_app.app.close()
+
+
+# -- Celery's client, celeriac's worker -----------------------------------------------------
+
+
+def test_celerys_inspect_reads_a_celeriac_worker(
+    interop: InteropRun, celery: ModuleType, celeriac_worker: WorkerProcess
+) -> None:
+    node = node_of(celeriac_worker)
+    inspect = celery.app.control.inspect([node], timeout=5)
+    assert inspect.ping() == {node: {"ok": "pong"}}
+    stats = inspect.stats()[node]
+    assert isinstance(stats["total"], dict) and stats["pid"] == celeriac_worker.proc.pid
+    assert stats["broker"]["transport"] == interop.transport
+    registered = inspect.registered()[node]
+    assert "interop.add" in registered and not any(n.startswith("celery.") for n in registered)
+    queues = [q["name"] for q in inspect.active_queues()[node]]
+    assert queues == celeriac_worker.argv[celeriac_worker.argv.index("-Q") + 1].split(",")
+    assert inspect.active() == {node: []}
+    assert inspect.scheduled() == {node: []}
+    assert isinstance(inspect.conf()[node], dict)
+    assert inspect.clock()[node]["clock"] > 0
+
+
+def test_celerys_inspect_sees_a_running_task_on_a_celeriac_worker(
+    interop: InteropRun, celery: ModuleType, celeriac_worker: WorkerProcess
+) -> None:
+    node, name = node_of(celeriac_worker), interop.marker()
+    queue = interop.pool[0]
+    result = celery.app.send_task("interop.wait_for_mark", (name,), queue=queue)
+    inspect = celery.app.control.inspect([node], timeout=5)
+    active = wait_until(lambda: inspect.active()[node], TIMEOUT, "the task to run")
+    assert [(t["id"], t["name"]) for t in active] == [(result.id, "interop.wait_for_mark")]
+    assert active[0]["args"] == [name] and active[0]["acknowledged"] is True
+    found = inspect.query_task(result.id)[node]
+    assert found[result.id][0] == "active"
+    (interop.marks / name).touch()
+    assert result.get(timeout=TIMEOUT) == name
+
+
+def test_celerys_control_acts_on_a_celeriac_worker(
+    celery: ModuleType, celeriac_worker: WorkerProcess
+) -> None:
+    node = node_of(celeriac_worker)
+    control = celery.app.control
+    grown = control.pool_grow(2, destination=[node], reply=True, timeout=5)
+    assert grown == [{node: {"ok": "pool will grow"}}]
+    assert control.inspect([node], timeout=5).stats()[node]["pool"]["max-concurrency"] > 2
+    limited = control.time_limit("interop.add", soft=10, hard=20, destination=[node], reply=True)
+    assert limited == [{node: {"ok": "time limits set successfully"}}]
+    unknown = control.broadcast("no_such_cmd", destination=[node], reply=True, timeout=5)
+    assert unknown == [{node: {"error": "KeyError('no_such_cmd')"}}]
+
+
+def test_the_celery_command_line_inspects_a_celeriac_worker(
+    interop: InteropRun, celery: ModuleType, celeriac_worker: WorkerProcess
+) -> None:
+    node = node_of(celeriac_worker)
+    env = dict(os.environ, **interop.env())
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    argv = [sys.executable, "-m", "celery", "-A", "interop.peers.celery_app"]
+    for command, expected in (("ping", "pong"), ("registered", "interop.add")):
+        ran = subprocess.run(
+            [*argv, "inspect", command, "-d", node, "-t", "5"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert f"{node}: OK" in ran.stdout and expected in ran.stdout, ran.stdout
+
+
+def test_celerys_shutdown_stops_a_celeriac_worker(interop: InteropRun, celery: ModuleType) -> None:
+    worker = interop.start_celeriac_worker([interop.private_queue()])
+    node = node_of(worker)
+    inspect = celery.app.control.inspect([node], timeout=0.5)
+    wait_until(inspect.ping, TIMEOUT, "the new worker to answer")
+    celery.app.control.shutdown(destination=[node])
+    assert worker.proc.wait(TIMEOUT) == 0
+    assert "remote control asked it to shut down" in worker.log()
+
+
+# -- celeriac's client, Celery's worker -----------------------------------------------------
+
+
+def test_celeriacs_inspect_reads_a_celery_worker(
+    celeriac: ModuleType, celery_worker: WorkerProcess
+) -> None:
+    node = node_of(celery_worker)
+    inspect = celeriac.app.control.inspect([node], timeout=5)
+    assert inspect.ping() == {node: {"ok": "pong"}}
+    stats: dict[str, Any] = inspect.stats()[node]
+    assert stats["pid"] == celery_worker.proc.pid and "broker" in stats
+    assert "interop.add" in inspect.registered()[node]
+    queues = {q["name"] for q in inspect.active_queues()[node]}
+    assert queues == set(celery_worker.argv[celery_worker.argv.index("-Q") + 1].split(","))
+    replies = celeriac.app.control.broadcast("no_such_cmd", destination=[node], reply=True)
+    ((_, value),) = replies[0].items()
+    assert "no_such_cmd" in value["error"]
+
+
+def test_celeriacs_ping_without_a_destination_hears_both_kinds_of_worker(
+    celeriac: ModuleType,
+    celery: ModuleType,
+    celery_worker: WorkerProcess,
+    celeriac_worker: WorkerProcess,
+) -> None:
+    replies = celeriac.app.control.ping(timeout=2)
+    nodes = {node for reply in replies for node in reply}
+    assert {node_of(celery_worker), node_of(celeriac_worker)} <= nodes

@@ -140,6 +140,10 @@ class Settings:
     #: The name remote-control exchanges are made of: ``<name>.pidbox`` for requests,
     #: ``reply.<name>.pidbox`` for replies (Celery's).
     control_exchange: str = "celery"
+    #: Seconds a revoke holds: a task revoked this long ago runs if it comes (Celery keeps
+    #: revoked ids 3 hours: ``CELERY_WORKER_REVOKE_EXPIRES``).
+    worker_revoke_expires: float = 10800.0
+
     #: Several pools in one command: name -> {"queues": [...], "processes": N,
     #: "concurrency": N} (see celeriac.worker.pools).
     worker_pools: dict[str, dict[str, Any]] | None = None

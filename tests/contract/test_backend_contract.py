@@ -286,6 +286,23 @@ async def _is_zero(value: Any) -> bool:
     return await value == 0
 
 
+async def test_revoked_ids_are_kept_until_their_end_and_seen_by_every_connection(
+    make_backend: MakeBackend,
+) -> None:
+    one, two = await key_value(make_backend), await key_value(make_backend)
+    now = time.time()
+    soon, later, past = now + 300, now + 900, now - 5
+    ids = [f"task-{uuid.uuid4().hex}" for _ in range(3)]
+    await one.add_revoked(ids[:2], soon)
+    await one.add_revoked([ids[1]], later)  # a later end wins...
+    await two.add_revoked([ids[1]], soon)  # ...and an earlier one does not shorten it
+    await two.add_revoked([ids[2]], past)  # already over: never listed
+    await two.add_revoked([], later)  # nothing to add
+    revoked = {k: v for k, v in (await two.revoked()).items() if k in ids}
+    assert revoked == {ids[0]: pytest.approx(soon), ids[1]: pytest.approx(later)}
+    assert one.keeps_revokes and two.keeps_revokes
+
+
 async def test_a_lease_has_one_holder_at_a_time(make_backend: MakeBackend) -> None:
     one, two = await key_value(make_backend), await key_value(make_backend)
     name = f"lease-{uuid.uuid4().hex}"

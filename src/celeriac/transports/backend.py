@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -211,6 +211,21 @@ class ResultBackend(ABC):
         """The chord's body is published (or failed): drop what the store kept for it."""
         raise self.no_groups("join a chord")
 
+    # -- revocations -----------------------------------------------------------------------
+
+    #: Whether the store keeps revoked task ids (:meth:`add_revoked`), so a worker that
+    #: starts after a revoke still refuses the task. A store that keeps nothing by id
+    #: (``rpc://``, ``disabled://``) leaves revokes to the workers' memory, as Celery's.
+    keeps_revokes = False
+
+    async def add_revoked(self, task_ids: Sequence[str], until: float) -> None:
+        """Record ``task_ids`` as revoked until unix time ``until`` (a later time recorded
+        for an id wins). By default nothing is kept (``keeps_revokes``)."""
+
+    async def revoked(self) -> dict[str, float]:
+        """The ids revoked now, with the unix time each revoke ends."""
+        return {}
+
     def no_groups(self, doing: str) -> NotImplementedError:
         """The error of a group or chord operation this store cannot do."""
         return NotImplementedError(
@@ -346,6 +361,18 @@ class KeyValueBackend(ResultBackend):
         is never ended), so another holder can take it at once."""
         await self._release_lease(name, holder)
 
+    # -- revocations -----------------------------------------------------------------------
+
+    keeps_revokes = True
+
+    async def add_revoked(self, task_ids: Sequence[str], until: float) -> None:
+        ids = [task_id for task_id in task_ids if isinstance(task_id, str) and task_id]
+        if ids:
+            await self._add_revoked(ids, float(until))
+
+    async def revoked(self) -> dict[str, float]:
+        return await self._revoked()
+
     # -- the primitives --------------------------------------------------------------------
 
     @abstractmethod
@@ -398,6 +425,14 @@ class KeyValueBackend(ResultBackend):
     @abstractmethod
     async def _release_lease(self, name: str, holder: str) -> None:
         """Atomically: delete the lease if ``holder`` has it."""
+
+    @abstractmethod
+    async def _add_revoked(self, task_ids: list[str], until: float) -> None:
+        """Record each id as revoked until ``until``, unless it is recorded until later."""
+
+    @abstractmethod
+    async def _revoked(self) -> dict[str, float]:
+        """The ids recorded until a time still to come (expired ones may be dropped)."""
 
 
 async def follow(

@@ -247,4 +247,6 @@ def hello(
     nothing to the worker's own greeting."""
     if from_node == context.hostname:
         return None
-    return {"revoked": [], "clock": context.clock.forward()}
+    if revoked:  # a Celery worker's list (mingle): honoured here too
+        context.worker.revokes.add(str(task_id) for task_id in revoked)
+    return {"revoked": context.worker.revokes.ids(), "clock": context.clock.forward()}

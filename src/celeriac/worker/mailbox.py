@@ -25,6 +25,7 @@ from celeriac.protocol.clock import LamportClock
 from celeriac.protocol.envelope import Envelope
 from celeriac.worker import control as _control  # noqa: F401  (registers the commands)
 from celeriac.worker import inspect as _inspect  # noqa: F401  (registers the commands)
+from celeriac.worker import revokes as _revokes  # noqa: F401  (registers the commands)
 from celeriac.worker.commands import COMMANDS, NO_REPLY, ControlContext
 from celeriac.worker.hooks import WorkerHook
 

@@ -29,10 +29,12 @@ from celeriac.errors import BackendUnreachable, BrokerUnreachable
 from celeriac.protocol.serialization import resolve_accept
 from celeriac.resources import Resources
 from celeriac.transports.broker import Delivery
+from celeriac.worker.events import WorkerEvents
 from celeriac.worker.execution import Execution
 from celeriac.worker.hooks import Hooks, WorkerHook
 from celeriac.worker.loop_watch import LoopWatch
 from celeriac.worker.mailbox import Mailbox
+from celeriac.worker.revokes import Revokes
 from celeriac.worker.running import RunningRequests
 from celeriac.worker.threads import TaskThreads
 
@@ -93,12 +95,18 @@ class Worker:
         self.on_ready = on_ready
         #: The tasks running in this process (``inspect active``), kept by a hook.
         self.running = RunningRequests()
-        own: list[WorkerHook] = [self.running]
+        #: The task ids this worker refuses (``revoke``), loaded from the store at start.
+        self.revokes = Revokes(conf.worker_revoke_expires)
+        own: list[WorkerHook] = [self.running, self.revokes]
         #: Remote control (``celery inspect``, Flower, ``app.control``), unless switched off.
         self.mailbox: Mailbox | None = None
         if conf.worker_enable_remote_control:
             self.mailbox = Mailbox(app.clock)
             own.append(self.mailbox)
+        #: Events for Flower and ``celery events``: the worker's always, its tasks' when
+        #: enabled (``worker_send_task_events``, ``enable_events``).
+        self.events = WorkerEvents(app, app.clock)
+        own.append(self.events)
         self.hooks = Hooks([*own, *hooks])
         #: The broker and result store, once the worker reached them.
         self.conn: Connection | None = None

@@ -76,6 +76,7 @@ class _Results:
         self.watchers: dict[str, set[_Watcher]] = {}
         self.counters: dict[str, tuple[int, float | None]] = {}  # key -> value, expires at
         self.leases: dict[str, tuple[str, float]] = {}  # name -> holder, expires at
+        self.revoked: dict[str, float] = {}  # task id -> revoked until
         self.groups: dict[str, tuple[bytes, float | None]] = {}  # id -> record, expires at
         self.chords: dict[str, _Chord] = {}
 
@@ -310,6 +311,20 @@ class MemoryBackend(KeyValueBackend):
             lease = self._results.leases.get(name)
             if lease is not None and lease[0] == holder:
                 del self._results.leases[name]
+
+    # -- revocations -----------------------------------------------------------------------
+
+    async def _add_revoked(self, task_ids: list[str], until: float) -> None:
+        with self._results.lock:
+            for task_id in task_ids:
+                self._results.revoked[task_id] = max(until, self._results.revoked.get(task_id, 0))
+
+    async def _revoked(self) -> dict[str, float]:
+        at = self.clock()
+        with self._results.lock:
+            live = {k: v for k, v in self._results.revoked.items() if v > at}
+            self._results.revoked = dict(live)
+            return live
 
     # -- groups and chords -----------------------------------------------------------------
 

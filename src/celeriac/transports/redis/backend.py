@@ -54,6 +54,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -105,6 +106,8 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "celery-task-meta-"
 EVENTS_PREFIX = "celeriac-task-events-"
 LEASE_PREFIX = "celeriac-lease-"
+#: The sorted set of revoked task ids, scored by when each revoke ends.
+REVOKED_KEY = "celeriac-revoked"
 GROUP_PREFIX = "celery-taskset-meta-"
 #: Celery's defaults: the claim of the caller that completed a chord holds for twice the
 #: join timeout (5 s, at least 5 s); once the parts are read, for the body's publish with
@@ -462,6 +465,37 @@ class RedisBackend(KeyValueBackend):
             await self.client.run_script(release, [key], [holder])
         except _DRIVER_ERRORS as exc:
             raise self.failed(exc, f"release the lease {name}") from exc
+
+    # -- revocations -----------------------------------------------------------------------
+
+    async def _add_revoked(self, task_ids: list[str], until: float) -> None:
+        # One sorted set scored by when each revoke ends; GT keeps the later end.
+        key = self.prefix + REVOKED_KEY
+        pipe = self.client.pipeline()
+        for first in range(0, len(task_ids), 1000):
+            chunk = task_ids[first : first + 1000]
+            pipe.add("ZADD", key, "GT", *[arg for i in chunk for arg in (repr(until), i)])
+        pipe.add("ZREMRANGEBYSCORE", key, "-inf", repr(time.time()))
+        try:
+            replies = await pipe.execute()
+        except _DRIVER_ERRORS as exc:
+            raise self.failed(exc, "record revoked tasks") from exc
+        for reply in replies:
+            if isinstance(reply, ReplyError):
+                raise self.failed(reply, "record revoked tasks") from reply
+
+    async def _revoked(self) -> dict[str, float]:
+        key = self.prefix + REVOKED_KEY
+        try:
+            reply = await self.client.execute(
+                "ZRANGE", key, repr(time.time()), "+inf", "BYSCORE", "WITHSCORES"
+            )
+        except _DRIVER_ERRORS as exc:
+            raise self.failed(exc, "read the revoked tasks") from exc
+        return {
+            bytes(reply[i]).decode("utf-8", "replace"): float(reply[i + 1])
+            for i in range(0, len(reply), 2)
+        }
 
     def _leases(self) -> tuple[Script, Script]:
         """The lease scripts, read on first use (most backends never take a lease)."""

@@ -103,6 +103,10 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.ex
 """
 _RELEASE_LEASE = "DELETE FROM celeriac_leases WHERE name = ? AND holder = ?"
 _LEASE = "SELECT holder, expires_at FROM celeriac_leases WHERE name = ?"
+_ADD_REVOKED = """
+INSERT INTO celeriac_revoked (task_id, until) VALUES (?, ?)
+ON CONFLICT (task_id) DO UPDATE SET until = max(until, excluded.until)
+"""
 _SET_LEASE = """
 INSERT INTO celeriac_leases (name, holder, expires_at) VALUES (?, ?, ?)
 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
@@ -422,6 +426,26 @@ class SQLiteBackend(KeyValueBackend):
             conn.execute(_RELEASE_LEASE, (name, holder))
 
         await self._db.run(release)
+
+    # -- revocations -----------------------------------------------------------------------
+
+    async def _add_revoked(self, task_ids: list[str], until: float) -> None:
+        at = self.clock()
+
+        def add(conn: sqlite3.Connection) -> None:
+            conn.executemany(_ADD_REVOKED, [(task_id, until) for task_id in task_ids])
+            conn.execute("DELETE FROM celeriac_revoked WHERE until <= ?", (at,))
+
+        await self._db.transaction(add)
+
+    async def _revoked(self) -> dict[str, float]:
+        def read(conn: sqlite3.Connection) -> dict[str, float]:
+            rows = conn.execute(
+                "SELECT task_id, until FROM celeriac_revoked WHERE until > ?", (self.clock(),)
+            )
+            return {str(task_id): float(until) for task_id, until in rows}
+
+        return await self._db.run(read)
 
     # -- streams ---------------------------------------------------------------------------
 

@@ -105,6 +105,10 @@ CREATE TABLE IF NOT EXISTS celeriac_leases (
     holder TEXT NOT NULL,
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS celeriac_revoked (
+    task_id TEXT PRIMARY KEY,
+    until REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS celeriac_groups (
     group_id TEXT PRIMARY KEY,
     data BLOB NOT NULL,

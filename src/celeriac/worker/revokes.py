@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celeriac.worker")
 
 #: States a revoke may overwrite with REVOKED: nobody has started the task (Celery 5.7's).
-NOT_STARTED = frozenset({states.PENDING, states.RECEIVED, states.RETRY, states.REJECTED})
+NOT_STARTED = frozenset({states.PENDING, states.RECEIVED, states.RETRY, "REJECTED"})
 #: How long the first task waits for the revoked ids to load before running anyway.
 LOAD_TIMEOUT = 10.0
 

@@ -1,7 +1,7 @@
 """The command line: parses arguments and calls the library, nothing more.
 
-``celeriac -A module:app worker|result|purge|status``. Errors are one line that says what
-to fix, with a non-zero exit code; ``-l debug`` adds the traceback.
+``celeriac -A module:app worker|result|purge|status|inspect|control``. Errors are one line
+that says what to fix, with a non-zero exit code; ``-l debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ examples:
   celeriac -A proj.tasks:app worker -Q celery,email -c 50
   celeriac -A proj.tasks:app worker -P 4 --max-tasks-per-child 1000
   celeriac -A proj.tasks:app status
+  celeriac -A proj.tasks:app inspect active -d w1@host
+  celeriac -A proj.tasks:app control pool_grow 2
   celeriac -A proj.tasks:app result 0c7e1b7a-... --follow
   celeriac run proj.web:app -P 2
 
@@ -200,7 +202,61 @@ def _parser() -> argparse.ArgumentParser:
         "--pool", action="append", default=[], help="a pool, as for 'worker' (repeatable)"
     )
     run.set_defaults(celery_pool=None)
+
+    for kind, summary, description in (
+        (
+            "inspect",
+            "ask the workers about themselves (Celery's celery inspect)",
+            "Send an inspect command to the workers (celeriac's and Celery's) and print"
+            " each reply as Celery's 'celery inspect' does. Exits 69 when no worker replied"
+            " in time.",
+        ),
+        (
+            "control",
+            "make the workers act (Celery's celery control)",
+            "Send a control command to the workers (celeriac's and Celery's) and print each"
+            " reply as Celery's 'celery control' does; a command a worker lacks gets its"
+            " error reply printed. Exits 69 when no worker replied in time.",
+        ),
+    ):
+        _remote_options(command(kind, summary, description), kind)
     return parser
+
+
+def _remote_options(parser: argparse.ArgumentParser, kind: str) -> None:
+    """``inspect``/``control``: Celery's COMMAND [ARGS] and remote-control options."""
+    from celeriac.control_output import listing
+
+    parser.epilog = f"{kind} commands:\n{listing(kind)}"
+    parser.add_argument("method", metavar="COMMAND", help=f"the {kind} command (listed below)")
+    parser.add_argument("words", nargs="*", metavar="ARG", help="the command's arguments")
+    parser.add_argument(
+        "-d",
+        "--destination",
+        help="comma-separated node names to ask (default: every worker)",
+    )
+    parser.add_argument(
+        "-t", "--timeout", type=float, default=1.0, help="seconds to wait for replies"
+    )
+    parser.add_argument("-j", "--json", action="store_true", help="print the replies as JSON")
+    parser.add_argument(
+        "-p", "--pattern", help="ask only the workers whose node name matches this pattern"
+    )
+    parser.add_argument(
+        "--matcher",
+        choices=("glob", "pcre"),
+        help="how --pattern matches: glob (shell wildcards, the default with -p) or pcre (a"
+        " regular expression searched in the name)",
+    )
+    if kind == "control":
+        parser.add_argument(
+            "--terminate",
+            action="store_true",
+            help="revoke: also stop the task if it is running",
+        )
+        parser.add_argument(
+            "--signal", help="revoke --terminate: the signal to send (e.g. SIGKILL)"
+        )
 
 
 def _worker_options(worker: argparse.ArgumentParser) -> None:
@@ -279,7 +335,14 @@ def _worker_options(worker: argparse.ArgumentParser) -> None:
         "-E",
         "--task-events",
         action="store_true",
-        help="Celery's task events (for Flower): not available yet; the command refuses it",
+        help="send task events (for Flower and celery events): sets worker_send_task_events",
+    )
+    worker.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between the worker's heartbeat events (default:"
+        " worker_heartbeat_interval, 2)",
     )
     worker.add_argument(
         "-B",
@@ -325,7 +388,15 @@ class _ProcessesOrCeleryPool(argparse.Action):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command in ("inspect", "control"):
+        from celeriac.control_output import UsageError, command_arguments
+
+        try:
+            args.arguments = command_arguments(args.command, args.method, args.words)
+        except UsageError as exc:
+            parser.error(str(exc))
     if args.command == "run" and not args.app:
         args.app = args.asgi.partition(":")[0]  # the Celery app beside the web app
     level = (args.loglevel or ("info" if args.command == "worker" else "warning")).upper()
@@ -365,6 +436,8 @@ async def _run(app: Celery, args: argparse.Namespace) -> int:
         "purge": _purge,
         "status": _status,
         "run": _run_everything,
+        "inspect": _remote,
+        "control": _remote,
     }
     return await handler[args.command](app, args)
 
@@ -384,6 +457,10 @@ def _pools(app: Celery, args: argparse.Namespace) -> list[Any]:
 
 async def _worker(app: Celery, args: argparse.Namespace) -> int:
     _refuse_missing_capabilities(args)
+    if args.task_events:
+        app.conf.worker_send_task_events = True
+    if args.heartbeat_interval is not None:
+        app.conf.worker_heartbeat_interval = args.heartbeat_interval
     if args.celery_pool == "solo" and args.concurrency is None:
         args.concurrency = 1  # Celery's solo pool runs one task at a time
     queues = _split(args.queues) or [app.conf.task_default_queue]
@@ -423,14 +500,8 @@ def _recycles(app: Celery, args: argparse.Namespace) -> bool:
 
 
 def _refuse_missing_capabilities(args: argparse.Namespace) -> None:
-    """Celery's -E and -B are accepted as options but refused: a worker that silently sent
-    no events, or ran no periodic task, would look as if it did."""
-    if args.task_events:
-        raise ConfigurationError(
-            "-E/--task-events: celeriac sends no task events yet (Flower and celery events"
-            " cannot follow it); drop -E, and follow a task with 'celeriac result ID --follow'"
-            " (its state and update_state progress) and the queues with 'celeriac status'"
-        )
+    """Celery's -B is accepted as an option but refused: a worker that silently ran no
+    periodic task would look as if it did."""
     if args.beat:
         raise ConfigurationError(
             "-B/--beat: celeriac has no beat scheduler yet; drop -B and send periodic tasks"
@@ -474,6 +545,8 @@ async def _run_everything(app: Celery, args: argparse.Namespace) -> int:
 def _worker_args(args: argparse.Namespace) -> list[str]:
     """The options a pool's processes get from the command that supervises them."""
     passed: list[str] = ["-l", args.loglevel or "info"]
+    if args.task_events:
+        passed.append("-E")
     for flag, value in (
         ("-n", args.hostname),
         ("--max-tasks-per-child", args.max_tasks_per_child),
@@ -481,6 +554,7 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
         ("--threads", args.threads),
         ("--prefetch-multiplier", args.prefetch_multiplier),
         ("--shutdown-timeout", args.shutdown_timeout),
+        ("--heartbeat-interval", args.heartbeat_interval),
     ):
         if value is not None:
             passed += [flag, str(value)]
@@ -644,6 +718,31 @@ async def _status(app: Celery, args: argparse.Namespace) -> int:
     for letter in recent:
         name = letter.envelope.headers.get("task", "?")
         print(f"  [{_printable(letter.queue)}] {_printable(name)}: {_printable(letter.reason)}")
+    return 0
+
+
+async def _remote(app: Celery, args: argparse.Namespace) -> int:
+    """``inspect``/``control``: broadcast the command, wait ``-t`` seconds (or for every
+    named node) and print the replies as Celery's command line does."""
+    from celeriac.control_output import EX_UNAVAILABLE, NO_REPLY, report
+
+    arguments = dict(args.arguments)
+    if args.command == "control" and args.method == "revoke":
+        arguments.update(terminate=args.terminate, signal=args.signal)
+    async with app.setup():
+        replies = await app.control.broadcast(
+            args.method,
+            arguments,
+            _split(args.destination) or None,
+            reply=True,
+            timeout=args.timeout,
+            pattern=args.pattern,
+            matcher=(args.matcher or "glob") if args.pattern else None,
+        )
+    if not replies:
+        print(f"Error: {NO_REPLY}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    print(report(replies, as_json=args.json, kind=args.command))
     return 0
 
 

@@ -34,6 +34,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                "_state"),
     "task": ("resources", "_bridge", "_state", "result", "sending", "canvas"),
     "control": ("protocol", "_bridge"),
+    "control_output": (),
     "app": ("protocol", "transports", "config", "discovery", "resources", "_bridge", "_state",
             "connections", "task", "sending", "result", "canvas", "control"),
     "worker": ("protocol", "transports", "config", "resources", "_bridge", "_state",

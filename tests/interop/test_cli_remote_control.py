@@ -73,7 +73,6 @@ def test_inspect_ping_prints_a_celery_workers_reply_as_celery_does(
     ours = run(interop, "celeriac.cli", "inspect", "ping", "-d", node, "-t", "5")
     theirs = run(interop, "celery", "inspect", "ping", "-d", node, "-t", "5")
     assert ours.returncode == 0, ours.stderr
-    print(f"celeriac (stderr {ours.stderr!r}):\n{ours.stdout}celery:\n{theirs.stdout}")
     assert ours.stdout == f"->  {node}: OK\n        pong\n\n1 node online.\n"
     assert theirs.returncode == 0, theirs.stderr
     assert ours.stdout == theirs.stdout

@@ -229,3 +229,10 @@ async def test_task_events_flag_sets_the_setting(
     argv = ["-A", "x:app", "worker", "-E", "--heartbeat-interval", "5"]
     assert await asyncio.to_thread(cli.main, argv) == 0
     assert seen == {"events": True, "heartbeat": 5.0}
+
+
+def test_a_supervised_workers_processes_get_the_event_options() -> None:
+    args = cli._parser().parse_args(["worker", "-E", "--heartbeat-interval", "5", "-P", "2"])
+    passed = cli._worker_args(args)
+    assert "-E" in passed
+    assert passed[passed.index("--heartbeat-interval") + 1] == "5.0"

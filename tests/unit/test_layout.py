@@ -40,6 +40,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "worker": ("protocol", "transports", "config", "resources", "_bridge", "_state",
                "connections", "app", "task", "result", "canvas"),
     "web": ("protocol", "result"),
+    "events": ("protocol", "transports", "connections", "_bridge", "config"),
     "cli": ("*",),
     "__init__": ("_state", "app", "canvas", "resources", "result", "task"),
 }  # fmt: skip

@@ -139,6 +139,62 @@ class Control:
                 replies.append({answer.node: answer.value})
         return replies
 
+    def revoke(
+        self,
+        task_id: str | Sequence[str],
+        destination: Sequence[str] | None = None,
+        terminate: bool = False,
+        signal: str = "SIGTERM",
+        **kw: Any,
+    ) -> Awaitable[Replies | None]:
+        """Revoke tasks: workers will not run them; with ``terminate``, runs in progress
+        stop too. Recorded in the result store (when it keeps revokes) as well as
+        broadcast, so a worker that starts later refuses them too."""
+        return dual(self._revoke(task_id, destination, terminate, signal, kw))
+
+    async def _revoke(
+        self,
+        task_id: str | Sequence[str],
+        destination: Sequence[str] | None,
+        terminate: bool,
+        signal: str,
+        kw: dict[str, Any],
+    ) -> Replies | None:
+        ids = [task_id] if isinstance(task_id, str) else list(task_id)
+        conn = await self.app.connection()
+        if conn.backend.keeps_revokes:
+            until = time.time() + self.app.conf.worker_revoke_expires
+            await conn.backend.add_revoked(ids, until)
+        arguments = {"task_id": task_id, "terminate": terminate, "signal": signal}
+        return await self._broadcast(
+            "revoke",
+            arguments,
+            destination,
+            kw.get("reply", False),
+            kw.get("timeout", DEFAULT_TIMEOUT),
+            kw.get("limit"),
+            kw.get("pattern"),
+            kw.get("matcher"),
+        )
+
+    def terminate(
+        self, task_id: str | Sequence[str], signal: str = "SIGTERM", **kw: Any
+    ) -> Awaitable[Replies | None]:
+        """Revoke tasks and stop their runs in progress."""
+        return self.revoke(task_id, terminate=True, signal=signal, **kw)
+
+    def revoke_by_stamped_headers(
+        self,
+        headers: dict[str, Any],
+        destination: Sequence[str] | None = None,
+        terminate: bool = False,
+        signal: str = "SIGTERM",
+        **kw: Any,
+    ) -> Awaitable[Replies | None]:
+        """Revoke the tasks stamped with these header values (in the workers' memory)."""
+        arguments = {"headers": headers, "terminate": terminate, "signal": signal}
+        return self.broadcast("revoke_by_stamped_headers", arguments, destination, **kw)
+
     def ping(
         self, destination: Sequence[str] | None = None, timeout: float = DEFAULT_TIMEOUT, **kw: Any
     ) -> Awaitable[Replies | None]:

@@ -258,6 +258,26 @@ class AsyncResult(Generic[R]):
         """Delete the stored record."""
         return dual(self._forget())
 
+    def revoke(
+        self,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: str = "SIGTERM",
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> Awaitable[None]:
+        """Revoke the task (``app.control.revoke``): workers will not run it, and with
+        ``terminate`` a run in progress stops. ``wait``: until the workers answered (for
+        ``timeout`` seconds). ``connection`` is Celery's and not used."""
+        return dual(self._revoke(terminate, signal, wait, timeout))
+
+    async def _revoke(
+        self, terminate: bool, signal: str, wait: bool, timeout: float | None
+    ) -> None:
+        await self.app.control.revoke(
+            self.id, terminate=terminate, signal=signal, reply=wait, timeout=timeout or 1.0
+        )
+
     async def _forget(self) -> None:
         backend = (await self.app.connection()).backend
         await backend.forget(self.id)
@@ -392,6 +412,17 @@ class EagerResult(AsyncResult[R]):
         return answer(self.state == states.FAILURE)
 
     def forget(self) -> Awaitable[None]:
+        return answer(None)
+
+    def revoke(
+        self,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: str = "SIGTERM",
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> Awaitable[None]:
+        """An eagerly run task has ended already: nothing to revoke."""
         return answer(None)
 
     def _current(self) -> Meta:

@@ -249,6 +249,25 @@ class ResultSet:
     async def _forget(self) -> None:
         await asyncio.gather(*(m.forget() for m in self.results))
 
+    def revoke(
+        self,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: str = "SIGTERM",
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> Awaitable[None]:
+        """Revoke every task of the set (one broadcast)."""
+        return dual(self._revoke(terminate, signal, wait, timeout))
+
+    async def _revoke(
+        self, terminate: bool, signal: str, wait: bool, timeout: float | None
+    ) -> None:
+        ids = [member.id for member in self.results]
+        await self.app.control.revoke(
+            ids, terminate=terminate, signal=signal, reply=wait, timeout=timeout or 1.0
+        )
+
 
 class GroupResult(ResultSet):
     """The results of a group's tasks, under the group's id (Celery's ``GroupResult``).

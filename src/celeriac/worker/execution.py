@@ -185,6 +185,13 @@ class Execution:
             await self.broker.dead_letter(delivery, reason)
             self.hooks.task_rejected(delivery, reason)
             return True
+        revokes = self.worker.revokes
+        if not revokes.loaded.is_set():
+            await revokes.ready()
+        if revokes.is_revoked(message.id, message.headers.get("stamps")):
+            logger.info("task %s[%s] is revoked: not run", task.name, message.id)
+            await self._revoked(message, delivery, canvas, "revoked")
+            return True
         now = time.time()
         if message.expires is not None and message.expires.timestamp() <= now:
             logger.info(
@@ -193,17 +200,24 @@ class Execution:
                 message.id,
                 message.expires.isoformat(),
             )
-            record = exception_to_dict(TaskRevokedError("expired"))
-            await self._store(message, states.REVOKED, record, None)
-            if canvas is not None:
-                await self.canvas.revoked(message, canvas, record)
-            await self.broker.ack(delivery)
-            self.hooks.task_revoked(self._request(message, delivery), "expired")
+            await self._revoked(message, delivery, canvas, "expired")
             return True
         if message.eta is not None and message.eta.timestamp() > now + ETA_SLACK:
             await self.broker.defer(delivery, message.eta.timestamp())
             return True
         return await self._run(task, message, delivery, ran, canvas)
+
+    async def _revoked(
+        self, message: TaskMessage, delivery: Delivery, canvas: Embed | None, reason: str
+    ) -> None:
+        """A task that will not run (revoked, expired): REVOKED stored with Celery's
+        reason, its chord part counted, the message acknowledged."""
+        record = exception_to_dict(TaskRevokedError(reason))
+        await self._store(message, states.REVOKED, record, None)
+        if canvas is not None:
+            await self.canvas.revoked(message, canvas, record)
+        await self.broker.ack(delivery)
+        self.hooks.task_revoked(self._request(message, delivery), reason)
 
     async def _malformed_canvas(
         self, message: TaskMessage, delivery: Delivery, exc: CanvasError
@@ -339,47 +353,94 @@ class Execution:
                 outcome = await self._signalled(
                     task, message, delivery, signal, request, runtime, canvas
                 )
+            except asyncio.CancelledError:
+                if not self._terminated(message.id):
+                    raise  # the worker stops: the message goes back
+                outcome = await self._end_terminated(task, message, request, canvas)
             except Exception as exc:
                 outcome = await self._failed(
                     task, message, delivery, exc, request, time.perf_counter() - started, canvas
                 )
             else:
                 runtime = time.perf_counter() - started
-                children = None
-                if canvas is not None:
-                    try:  # Celery's order: the next steps are published, then SUCCESS stored
-                        children = await self.canvas.succeeded(message, canvas, value)
-                    except CanvasError as exc:
-                        await self._failed(task, message, delivery, exc, request, runtime, canvas)
-                        # Where the message was held (acks_late), it goes to the dead letters.
-                        await self.broker.dead_letter(delivery, f"malformed canvas: {exc}")
-                        state = states.FAILURE
-                        return True
-                hooks.task_succeeded(request, value, runtime)
-
-                def succeeded() -> None:
-                    if logger.isEnabledFor(logging.INFO):
-                        logger.info(
-                            "task %s[%s] succeeded in %.4fs: %s",
-                            task.name,
-                            message.id,
-                            runtime,
-                            _short(value),
-                        )
-
-                # Logged once the result is stored, or held through an outage (the task
-                # did succeed); a result the store refused is logged as such instead.
-                await self._store(
-                    message, states.SUCCESS, value, None, stored=succeeded, children=children
+                succeeded = await self._succeeded(
+                    task, message, delivery, request, value, runtime, canvas
                 )
-                if canvas is not None:
-                    await self.canvas.stored_success(message, canvas, value)
-                outcome = states.SUCCESS
+                if succeeded is None:  # its canvas was malformed: failed, dead-lettered
+                    state = states.FAILURE
+                    return True
+                outcome = succeeded
             if acks_late:
                 await self.broker.ack(delivery)
             state = outcome
         finally:
             hooks.task_ended(request, state, time.perf_counter() - started)
+        return True
+
+    async def _succeeded(
+        self,
+        task: Task[Any, Any],
+        message: TaskMessage,
+        delivery: Delivery,
+        request: Request,
+        value: Any,
+        runtime: float,
+        canvas: Embed | None,
+    ) -> str | None:
+        """The task returned ``value``: what follows it published, SUCCESS stored. None
+        when its canvas turned out malformed (the task failed; its message is in the dead
+        letters)."""
+        children = None
+        if canvas is not None:
+            try:  # Celery's order: the next steps are published, then SUCCESS stored
+                children = await self.canvas.succeeded(message, canvas, value)
+            except CanvasError as exc:
+                await self._failed(task, message, delivery, exc, request, runtime, canvas)
+                # Where the message was held (acks_late), it goes to the dead letters.
+                await self.broker.dead_letter(delivery, f"malformed canvas: {exc}")
+                return None
+        self.hooks.task_succeeded(request, value, runtime)
+
+        def succeeded() -> None:
+            if logger.isEnabledFor(logging.INFO):
+                logger.info(
+                    "task %s[%s] succeeded in %.4fs: %s",
+                    task.name,
+                    message.id,
+                    runtime,
+                    _short(value),
+                )
+
+        # Logged once the result is stored, or held through an outage (the task did
+        # succeed); a result the store refused is logged as such instead.
+        await self._store(message, states.SUCCESS, value, None, stored=succeeded, children=children)
+        if canvas is not None:
+            await self.canvas.stored_success(message, canvas, value)
+        return states.SUCCESS
+
+    async def _end_terminated(
+        self, task: Task[Any, Any], message: TaskMessage, request: Request, canvas: Embed | None
+    ) -> str:
+        """A run stopped by ``revoke(terminate=True)``: REVOKED (``terminated``), its chord
+        part counted."""
+        logger.warning("task %s[%s] terminated (revoked)", task.name, message.id)
+        record = exception_to_dict(TaskRevokedError("terminated"))
+        await self._store(message, states.REVOKED, record, None)
+        if canvas is not None:
+            await self.canvas.revoked(message, canvas, record)
+        self.hooks.task_revoked(request, "terminated")
+        return states.REVOKED
+
+    def _terminated(self, task_id: str) -> bool:
+        """Whether this cancellation is a revoke's ``terminate`` of the run (the run then
+        ends REVOKED), not the worker stopping; the cancellation is taken back if so."""
+        terminating = self.worker.revokes.terminating
+        if task_id not in terminating:
+            return False
+        terminating.discard(task_id)
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()
         return True
 
     async def _call(self, task: Task[Any, Any], message: TaskMessage, request: Request) -> Any:

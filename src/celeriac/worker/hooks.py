@@ -13,7 +13,7 @@ delivery's life:
   ``self.replace()``); always, with None for a task cut short;
 - ``task_rejected``: a delivery that never ran, moved to the dead letters with its reason
   (malformed, unknown task, wrong arguments, too large); ``task_revoked``: a task that
-  expired before it started.
+  will not run or was stopped (revoked, expired, or terminated by a revoke).
 
 and ``worker_started`` (the worker is consuming) / ``worker_stopping`` (it stopped
 consuming and drains).
@@ -73,7 +73,9 @@ class WorkerHook:
         """A delivery that does not run went to the dead letters with ``reason``."""
 
     def task_revoked(self, request: Request, reason: str) -> None:
-        """A task that will not run (it expired), acknowledged and stored as REVOKED."""
+        """A task stored as REVOKED and acknowledged: ``reason`` is ``revoked`` or
+        ``expired`` (it never ran) or ``terminated`` (its run was stopped by a revoke;
+        ``task_ended`` follows then)."""
 
 
 #: The methods of :class:`WorkerHook`, the points at which hooks are called.

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import platform
+import signal
 import traceback
 from collections.abc import Sequence
 from datetime import datetime
@@ -142,7 +143,17 @@ class WorkerEvents(WorkerHook):
     def task_revoked(self, request: Request, reason: str) -> None:
         if not self.task_events:
             return
-        self._task("task-revoked", events.task_revoked(request.id, expired=reason == "expired"))
+        terminated = reason == "terminated"
+        self._task(
+            "task-revoked",
+            events.task_revoked(
+                request.id,
+                terminated=terminated,
+                # The hook is not told the signal: Celery's default, SIGTERM.
+                signum=int(signal.SIGTERM) if terminated else None,
+                expired=reason == "expired",
+            ),
+        )
 
     def task_rejected(self, delivery: Delivery, reason: str) -> None:
         if not self.task_events:

@@ -68,6 +68,7 @@ class AmqpSubscription(Subscription):
         self._describe = describe
         self._channel: AbstractChannel | None = None
         self._queue: str | None = None
+        self._consumer_tag: str | None = None
 
     async def _open(self) -> None:
         channel = self._channel = await self._open_channel()
@@ -85,7 +86,8 @@ class AmqpSubscription(Subscription):
         queue = self._queue = str(declared.queue)
         binding = "" if self.kind == "fanout" else self.routing_key
         await channel.queue_bind(queue, self.exchange, routing_key=binding)
-        await channel.basic_consume(queue, self._arrived, no_ack=True)
+        consuming = await channel.basic_consume(queue, self._arrived, no_ack=True)
+        self._consumer_tag = str(consuming.consumer_tag)
         channel.closing.add_done_callback(self._lost)
 
     async def _arrived(self, message: DeliveredMessage) -> None:
@@ -109,5 +111,9 @@ class AmqpSubscription(Subscription):
                 if self.kind == "direct" and self._queue is not None:
                     # Now, not when RabbitMQ gets round to auto-deleting it: a message sent
                     # to this key after close must find no queue (nor one opened again).
+                    # The consumer first: a queue deleted under it is a cancellation the
+                    # client logs as a warning.
+                    if self._consumer_tag is not None:
+                        await channel.basic_cancel(self._consumer_tag)
                     await channel.queue_delete(self._queue)
                 await channel.close()

@@ -219,6 +219,20 @@ class Control:
         """Let the workers run ``n`` fewer tasks at once."""
         return self.broadcast("pool_shrink", {"n": n}, destination, **kw)
 
+    def add_consumer(
+        self, queue: str, destination: Sequence[str] | None = None, **kw: Any
+    ) -> Awaitable[Replies | None]:
+        """Make the workers consume ``queue`` too."""
+        arguments = {"queue": queue, "exchange": None, "exchange_type": "direct"}
+        arguments["routing_key"] = None
+        return self.broadcast("add_consumer", arguments, destination, **kw)
+
+    def cancel_consumer(
+        self, queue: str, destination: Sequence[str] | None = None, **kw: Any
+    ) -> Awaitable[Replies | None]:
+        """Make the workers stop consuming ``queue``."""
+        return self.broadcast("cancel_consumer", {"queue": queue}, destination, **kw)
+
     def time_limit(
         self,
         task_name: str,

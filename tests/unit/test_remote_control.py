@@ -227,3 +227,24 @@ def test_the_sync_api_blocks_and_returns_the_same(app: Celery) -> None:
 
     asyncio.run(serve())
     assert replies == [[{"a@host": {"ok": "pong"}}]]
+
+
+async def test_add_and_cancel_consumer_change_the_queues_consumed(app: Celery) -> None:
+    async with workers(app, "a@host") as (worker,):
+        extra = await app.tasks["rc.add"].apply_async((1, 1), queue="extra")
+        added = await app.control.add_consumer("extra", destination=["a@host"], reply=True)
+        assert await extra.get(timeout=TIMEOUT) == 2  # waiting there: now consumed
+        again = await app.control.add_consumer("extra", destination=["a@host"], reply=True)
+        queues = (await app.control.inspect(["a@host"]).active_queues() or {})["a@host"]
+        assert [q["name"] for q in queues] == ["celery", "extra"]
+        cancelled = await app.control.cancel_consumer("extra", destination=["a@host"], reply=True)
+        assert worker.queues == ["celery"]
+        left = await app.tasks["rc.add"].apply_async((2, 2), queue="extra")
+        done = await app.tasks["rc.add"].apply_async((3, 3))
+        assert await done.get(timeout=TIMEOUT) == 6  # the default queue still consumed
+        broker = (await app.connection()).broker
+        assert (await broker.queue_sizes(["extra"])).get("extra") == 1  # left alone
+        assert await left.refresh() == "PENDING"
+    assert added == [{"a@host": {"ok": "add consumer extra"}}]
+    assert again == [{"a@host": {"ok": "already consuming from 'extra'"}}]
+    assert cancelled == [{"a@host": {"ok": "no longer consuming from extra"}}]

@@ -80,6 +80,34 @@ def rate_limit(
 
 
 @command("control")
+async def add_consumer(
+    context: ControlContext, queue: str | None = None, **options: Any
+) -> dict[str, str]:
+    """Consume ``queue`` too (Celery's exchange and routing options are taken and not
+    needed: a celeriac queue is its name)."""
+    if not queue:
+        return {"error": "add_consumer needs a queue name"}
+    worker = context.worker
+    if queue in worker.queues:
+        return {"ok": f"already consuming from {queue!r}"}
+    await worker.consume_from([*worker.queues, queue])
+    logger.info("%s: consuming from %s too (remote control)", context.hostname, queue)
+    return {"ok": f"add consumer {queue}"}
+
+
+@command("control")
+async def cancel_consumer(
+    context: ControlContext, queue: str | None = None, **options: Any
+) -> dict[str, str]:
+    """Stop consuming ``queue`` (its messages stay in it)."""
+    worker = context.worker
+    if queue in worker.queues:
+        await worker.consume_from([q for q in worker.queues if q != queue])
+        logger.info("%s: no longer consuming from %s (remote control)", context.hostname, queue)
+    return {"ok": f"no longer consuming from {queue}"}
+
+
+@command("control")
 def election(context: ControlContext, **arguments: Any) -> None:
     """Celery's gossip election (broken in Celery itself): ignored."""
     return None

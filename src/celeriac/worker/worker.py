@@ -111,6 +111,8 @@ class Worker:
         #: The broker and result store, once the worker reached them.
         self.conn: Connection | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._execution: Execution | None = None
+        self._consumer: asyncio.Task[None] | None = None
         #: Slots being taken out of use (``pool_shrink``) as running tasks free them.
         self._shrinking: set[asyncio.Task[bool]] = set()
         self._signals = 0
@@ -142,10 +144,10 @@ class Worker:
         _bridge.use_loop(loop)
         executor = TaskThreads(self.threads, "celeriac-task")
         execution = Execution(self, conn, executor)
-        slots = self._slots = asyncio.Semaphore(self.concurrency)
+        self._slots = asyncio.Semaphore(self.concurrency)
         self.conn = conn
-        consumer = loop.create_task(self._consume(conn, execution, slots))
-        consumer.add_done_callback(self._consumer_ended)
+        self._execution = execution
+        consumer = self._consumer = self._start_consumer()
         watching = None
         if self.max_memory_kib:
             watching = loop.create_task(self._watch_memory(self.max_memory_kib))
@@ -169,6 +171,8 @@ class Worker:
                 watching.cancel()
             if watch is not None:
                 watch.stop()
+            consumer = self._consumer
+            assert consumer is not None
             consumer.cancel()
             await self._within("stop consuming", {consumer})
             self.hooks.worker_stopping(self)
@@ -215,6 +219,29 @@ class Worker:
             if attempt:
                 logger.info("%s: the broker answers", self.hostname)
             return conn
+
+    def _start_consumer(self) -> asyncio.Task[None]:
+        assert self.conn is not None and self._slots is not None
+        assert self._execution is not None
+        consumer = asyncio.get_running_loop().create_task(
+            self._consume(self.conn, self._execution, self._slots)
+        )
+        consumer.add_done_callback(self._consumer_ended)
+        return consumer
+
+    async def consume_from(self, queues: Sequence[str]) -> None:
+        """Consume ``queues`` from now on instead of :attr:`queues` (remote control's
+        ``add_consumer`` and ``cancel_consumer``): the consumer is stopped, what it held
+        and had not handed out goes back, and a new one starts on the new list. Tasks
+        running go on. An empty list: the worker consumes nothing until given a queue."""
+        self.queues = list(dict.fromkeys(queues))
+        if self._consumer is None or self._stopping is None or self._stopping.is_set():
+            return
+        old = self._consumer
+        old.cancel()
+        await self._within("stop consuming", {old})
+        if self.queues and not self._stopping.is_set():
+            self._consumer = self._start_consumer()
 
     def _consumer_ended(self, consumer: asyncio.Task[None]) -> None:
         """A consumer that fails stops the worker, which then raises its error: a worker that

@@ -57,8 +57,10 @@ async def drain(
     profile_text: list[str],
     cpu_per_task: list[float],
     py_spy: str | None = None,
+    events: bool = False,
 ) -> float:
     app = Celery("drain", broker=url, backend=backend_url)
+    app.conf.worker_send_task_events = events
     app.conf.broker_transport_options = options
     app.conf.result_backend_transport_options = backend_options
     app.conf.task_default_queue = QUEUE
@@ -155,6 +157,7 @@ def main() -> None:
     parser.add_argument("--profile", default=None, help="write a cProfile summary here")
     parser.add_argument("--py-spy", default=None, help="write a py-spy summary here")
     parser.add_argument("--broker", choices=["sqlite", "redis", "amqp"], default="sqlite")
+    parser.add_argument("--events", action="store_true", help="the worker sends task events (-E)")
     parser.add_argument(
         "--harness-counter",
         action="store_true",
@@ -195,6 +198,7 @@ def main() -> None:
                         profile_text,
                         cpu_per_task,
                         f"{tmp}/py-spy.raw" if args.py_spy else None,
+                        args.events,
                     )
                 )
             if args.py_spy:
@@ -209,7 +213,8 @@ def main() -> None:
         Path(args.profile).parent.mkdir(parents=True, exist_ok=True)
         Path(args.profile).write_text("".join(profile_text))
     print(
-        f"drain on {args.broker}: {args.n} no-op tasks, concurrency {args.concurrency}:"
+        f"drain on {args.broker}: {args.n} no-op tasks, concurrency {args.concurrency},"
+        f" task events {'on' if args.events else 'off'}:"
         f" {rate:,.0f} tasks/s, {cpu_per_task[0] * 1e6:.0f} us of CPU per task (this process,"
         f" all threads); RSS after {rss:.0f} MiB"
     )

@@ -78,6 +78,9 @@ class WorkerEvents(WorkerHook):
         self._stopping = False
         self._failing = False
         self._sender: asyncio.Task[None] | None = None
+        self._pid = os.getpid()
+        #: Hours west of UTC, read again at each heartbeat (not per event: it asks the OS).
+        self._offset = events.utcoffset()
 
     # -- the worker's life ---------------------------------------------------------------
 
@@ -85,6 +88,7 @@ class WorkerEvents(WorkerHook):
         self._worker = worker
         self.hostname = worker.hostname
         self._wake = asyncio.Event()
+        self._pid = os.getpid()
         self._sender = asyncio.get_running_loop().create_task(self._send_loop())
 
     def worker_stopping(self, worker: Worker) -> None:
@@ -175,7 +179,14 @@ class WorkerEvents(WorkerHook):
                 )
             return
         self._pending.append(
-            events.event(type, fields, hostname=self.hostname, clock=self.clock.forward())
+            events.event(
+                type,
+                fields,
+                hostname=self.hostname,
+                clock=self.clock.forward(),
+                pid=self._pid,
+                offset=self._offset,
+            )
         )
         self._wake.set()
 
@@ -234,15 +245,24 @@ class WorkerEvents(WorkerHook):
         if len(waiting) == 1:
             await self._send(waiting[0], events.routing_key(waiting[0]["type"]))
             return
-        for start in range(0, len(waiting), MAX_BATCH):
-            await self._send(waiting[start : start + MAX_BATCH], events.BATCH_ROUTING_KEY)
+        # All at once: the broker's connection writes them in this order, and a sender
+        # that waited on each round trip would fall behind a busy worker.
+        await asyncio.gather(
+            *(
+                self._send(waiting[start : start + MAX_BATCH], events.BATCH_ROUTING_KEY)
+                for start in range(0, len(waiting), MAX_BATCH)
+            )
+        )
 
     async def _send_worker_event(self, type: str, freq: float) -> None:
+        self._offset = events.utcoffset()
         event = events.event(
             type,
             self._status(freq),
             hostname=self.hostname,
             clock=self.clock.forward(),
+            pid=self._pid,
+            offset=self._offset,
         )
         await self._send(event, events.routing_key(type))
 

@@ -52,12 +52,15 @@ class Events:
     def __init__(self, subscription: Subscription) -> None:
         self.subscription = subscription
         self.seen: list[Event] = []
+        #: Messages read (a task.multi batch is one).
+        self.messages = 0
 
     async def until(self, done: Callable[[list[Event]], bool]) -> list[Event]:
         """Read events until ``done(seen)``; the events seen."""
         async with asyncio.timeout(TIMEOUT):
             while not done(self.seen):
                 envelope = await anext(self.subscription)
+                self.messages += 1
                 self.seen.extend(events.parse(envelope))
         return self.seen
 
@@ -247,3 +250,17 @@ async def test_task_hooks_cost_nothing_when_task_events_are_off(app: Celery) -> 
             hooks.task_started(None)  # type: ignore[arg-type]  # never looked at
         assert worker.events._pending == pending_before
         assert app.clock.value == clock_before
+
+
+async def test_a_busy_worker_sends_every_task_event_batched(app: Celery) -> None:
+    app.conf.worker_send_task_events = True
+    count = 300
+    async with running(app) as (worker, heard):
+        results = [app.send_task("ev.add", (i, 1)) for i in range(count)]
+        for result in results:
+            await result.get(timeout=TIMEOUT)
+        await heard.until(lambda seen: len(_typed(seen, "task-succeeded")) == count)
+        messages = heard.messages
+    assert worker.events.dropped == 0
+    assert len(_typed(heard.seen, "task-received")) == count
+    assert messages < 3 * count  # several events per message

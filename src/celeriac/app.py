@@ -126,10 +126,10 @@ class Celery:
         #: process (see :mod:`celeriac.resources`).
         self.resources: dict[str, Resource[Any]] = {}
         self._context: dict[str, Any] | None = None
-        self._connections = Connections(self.conf)
-        self._sending: set[asyncio.Future[Any]] = set()
         #: The Lamport clock of this process's remote-control messages and events.
         self.clock = LamportClock()
+        self._connections = Connections(self.conf, self.clock)
+        self._sending: set[asyncio.Future[Any]] = set()
         #: Remote control of the workers (``app.control.inspect().active()``).
         self.control = Control(self)
         for register in _state.apps.made(self):
@@ -388,7 +388,7 @@ class Celery:
             loop = asyncio.get_running_loop()
             conn = self.current_connection()
             sending_now: asyncio.Future[None] | None = None
-            if conn is not None:
+            if conn is not None and conn.sent_events is None:  # else _publish sends it too
                 address(envelope, conn.backend)
                 sending_now = conn.broker.publish_now(queue, envelope, priority=priority, eta=when)
             if sending_now is None:
@@ -439,6 +439,8 @@ class Celery:
         conn = await self.connection()
         address(envelope, conn.backend)
         await conn.broker.publish(queue, envelope, priority=priority, eta=eta)
+        if conn.sent_events is not None:
+            await conn.sent_events.send(conn.broker, [envelope], queue)
 
     def _sent(self, sending: asyncio.Future[Any]) -> None:
         self._sending.discard(sending)

@@ -9,11 +9,14 @@ thread, a worker's loop and a web server's loop each get their own.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from celeriac import sending
 from celeriac.config import Settings
+from celeriac.protocol import events
+from celeriac.protocol.clock import LamportClock
 from celeriac.protocol.envelope import Envelope
 from celeriac.transports import backend_from_url, broker_from_url
 from celeriac.transports.backend import ResultBackend
@@ -23,6 +26,44 @@ from celeriac.transports.broker import Broker, PublishRequest
 #: vanish in the cost of building messages, small enough that one write stays modest.
 SEND_MANY_CHUNK = 1000
 
+logger = logging.getLogger("celeriac")
+
+
+class SentEvents:
+    """``task-sent`` events for the tasks a client publishes (``task_send_sent_event``), on
+    ``event_exchange`` after the messages: one message for one task, a ``task.multi`` batch
+    for a batch. Fire-and-forget, as Celery's: an event that cannot be sent is logged (once
+    per outage) and never fails the publish."""
+
+    def __init__(self, exchange: str, clock: LamportClock) -> None:
+        self.exchange = exchange
+        self.clock = clock
+        self._failing = False
+
+    async def send(self, broker: Broker, envelopes: Sequence[Envelope], queue: str) -> None:
+        if not envelopes:
+            return
+        sent = [
+            events.event(
+                "task-sent",
+                events.task_sent_from_headers(envelope.headers, queue),
+                hostname=str(envelope.headers.get("origin") or ""),
+                clock=self.clock.forward(),
+            )
+            for envelope in envelopes
+        ]
+        payload: dict[str, object] | list[dict[str, object]] = sent if len(sent) > 1 else sent[0]
+        key = events.BATCH_ROUTING_KEY if len(sent) > 1 else events.routing_key("task-sent")
+        try:
+            message = events.build_envelope(payload, sent[0]["hostname"])
+            await broker.broadcast(self.exchange, message, key, kind="topic")
+        except Exception as exc:  # a broker away, a batch too large: never the publish's
+            if not self._failing:
+                self._failing = True
+                logger.warning("could not send task-sent events to %r: %s", self.exchange, exc)
+            return
+        self._failing = False
+
 
 @dataclass(slots=True)
 class Connection:
@@ -30,13 +71,16 @@ class Connection:
 
     broker: Broker
     backend: ResultBackend
+    #: ``task-sent`` events, when the app sends them (None: it does not, and nothing is spent).
+    sent_events: SentEvents | None = field(default=None)
 
 
 class Connections:
     """The connections of one app, by event loop."""
 
-    def __init__(self, conf: Settings) -> None:
+    def __init__(self, conf: Settings, clock: LamportClock | None = None) -> None:
         self.conf = conf
+        self.clock = clock or LamportClock()
         self._by_loop: dict[asyncio.AbstractEventLoop, Connection] = {}
         self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
 
@@ -90,7 +134,10 @@ class Connections:
         except BaseException:
             await broker.close()
             raise
-        return Connection(broker, backend)
+        sent_events = None
+        if conf.task_send_sent_event:
+            sent_events = SentEvents(conf.event_exchange, self.clock)
+        return Connection(broker, backend, sent_events)
 
     def _forget_closed_loops(self) -> None:
         for loop in [loop for loop in self._by_loop if loop.is_closed()]:
@@ -136,6 +183,8 @@ async def publish_in_chunks(
             task.cancel()
         raise
     _raise_first_failure(publishes, len(envelopes))
+    if conn.sent_events is not None:
+        await conn.sent_events.send(conn.broker, envelopes, queue)
 
 
 def _raise_first_failure(publishes: list[tuple[asyncio.Task[None], range]], total: int) -> None:

@@ -199,3 +199,30 @@ def test_celeriacs_receiver_hears_a_celery_worker(interop: InteropRun) -> None:
     assert all("local_received" in e for e in seen)
     worker = state.workers[node]
     assert worker.sw_ident == "py-celery" and worker.alive()
+
+
+def test_celerys_receiver_hears_task_sent_from_a_celeriac_client(
+    interop: InteropRun, celery: ModuleType
+) -> None:
+    from interop.peers import celeriac_app
+
+    celeriac_app.configure()
+    app = celeriac_app.app
+    app.close()  # the setting is read when the connection opens
+    app.conf.task_send_sent_event = True
+    watcher = CeleryEvents(celery.app)
+    watcher.start()
+    try:
+        queue = interop.private_queue()
+        result = app.send_task("interop.add", (7, 8), queue=queue)
+        sent = wait_until(lambda: watcher.of("task-sent", uuid=result.id), TIMEOUT, "task-sent")
+        with watcher.lock:
+            task = watcher.state.tasks[result.id]
+            view = (task.state, task.name, task.args, task.kwargs)
+    finally:
+        watcher.stop()
+        app.conf.task_send_sent_event = False
+        app.close()
+    assert (sent[0]["queue"], sent[0]["routing_key"], sent[0]["exchange"]) == (queue, queue, "")
+    assert sent[0]["hostname"].startswith("gen")
+    assert view == ("PENDING", "interop.add", "(7, 8)", "{}")

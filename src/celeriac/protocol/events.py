@@ -277,3 +277,26 @@ def worker_status(
         "sw_ver": sw_ver,
         "sw_sys": sw_sys,
     }
+
+
+def task_sent_from_headers(headers: dict[str, Any], queue: str) -> dict[str, Any]:
+    """``task-sent``'s fields for a task message with these (protocol 2) headers, published
+    to ``queue`` through the default exchange, as Celery's producer describes it."""
+    return task_sent(
+        str(headers.get("id")),
+        str(headers.get("task")),
+        _text(headers.get("argsrepr")),
+        _text(headers.get("kwargsrepr")),
+        root_id=headers.get("root_id"),
+        parent_id=headers.get("parent_id"),
+        retries=headers.get("retries") or 0,
+        eta=headers.get("eta"),
+        expires=headers.get("expires"),
+        queue=queue,
+        exchange="",
+        routing_key=queue,
+    )
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else short_repr(value)

@@ -170,6 +170,18 @@ def _parser() -> argparse.ArgumentParser:
         " lists (RabbitMQ lists none)",
     )
 
+    events = command(
+        "events",
+        "watch the workers' events live (Celery's celery events)",
+        "Show the event stream of the workers (celeriac's and Celery's, on Redis, RabbitMQ or"
+        " the embedded SQLite file): a live table of the workers and their latest tasks, or"
+        " with --dump one line per event as 'celery events --dump' prints them. Task events"
+        " come from workers started with -E. Runs until Ctrl-C.",
+    )
+    events.add_argument(
+        "-d", "--dump", action="store_true", help="print each event as a line instead"
+    )
+
     run = command(
         "run",
         "the web app (uvicorn) and the worker pools under one supervisor",
@@ -438,6 +450,7 @@ async def _run(app: Celery, args: argparse.Namespace) -> int:
         "run": _run_everything,
         "inspect": _remote,
         "control": _remote,
+        "events": _events,
     }
     return await handler[args.command](app, args)
 
@@ -718,6 +731,16 @@ async def _status(app: Celery, args: argparse.Namespace) -> int:
     for letter in recent:
         name = letter.envelope.headers.get("task", "?")
         print(f"  [{_printable(letter.queue)}] {_printable(name)}: {_printable(letter.reason)}")
+    return 0
+
+
+async def _events(app: Celery, args: argparse.Namespace) -> int:
+    """``events``: the live table, or ``--dump``'s lines, until interrupted."""
+    from celeriac.events import dump, top
+
+    watch = dump(app, sys.stdout) if args.dump else top(app, sys.stdout)
+    async with app.setup():
+        await watch
     return 0
 
 

@@ -44,7 +44,7 @@ class WorkerHook:
     """Base class of a hook: every method does nothing; override those you need."""
 
     def worker_started(self, worker: Worker) -> None:
-        """The worker consumes (it has logged that it is ready)."""
+        """The worker consumes (it logs that it is ready once remote control listens)."""
 
     def worker_stopping(self, worker: Worker) -> None:
         """The worker stopped consuming; running tasks are drained next."""

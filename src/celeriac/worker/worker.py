@@ -39,6 +39,8 @@ from celeriac.worker.running import RunningRequests
 from celeriac.worker.threads import TaskThreads
 
 logger = logging.getLogger("celeriac.worker")
+#: The longest the ready line waits for remote control to listen.
+READY_WAIT = 5.0
 #: The longest a shutdown waits on the broker at each step besides the drain: the consumer
 #: giving back what it had not handed out, cancelled tasks being requeued. A broker that
 #: stopped answering must not keep the worker from exiting; closing the connection puts
@@ -152,19 +154,20 @@ class Worker:
         if self.max_memory_kib:
             watching = loop.create_task(self._watch_memory(self.max_memory_kib))
         watch = self._watch_loop(loop)
-        logger.info(
-            "%s ready: pid %d, queues %s, concurrency %d, broker %s, results %s",
-            self.hostname,
-            os.getpid(),
-            ",".join(self.queues),
-            self.concurrency,
-            conn.broker.describe(),
-            conn.backend.describe(),
-        )
-        if self.on_ready is not None:
-            self.on_ready()
         self.hooks.worker_started(self)
         try:
+            await self._answering()
+            logger.info(
+                "%s ready: pid %d, queues %s, concurrency %d, broker %s, results %s",
+                self.hostname,
+                os.getpid(),
+                ",".join(self.queues),
+                self.concurrency,
+                conn.broker.describe(),
+                conn.backend.describe(),
+            )
+            if self.on_ready is not None:
+                self.on_ready()
             await self._stopping.wait()
         finally:
             if watching is not None:
@@ -188,6 +191,20 @@ class Worker:
             logger.info("%s stopped after %d tasks", self.hostname, self.processed)
         if self._failure is not None:
             raise self._failure
+
+    async def _answering(self) -> None:
+        """Wait (a little) until remote control answers: once the worker says it is ready,
+        ``celery inspect`` and Flower must reach it, as they reach a Celery worker then."""
+        if self.mailbox is None:
+            return
+        try:
+            await asyncio.wait_for(self.mailbox.ready.wait(), READY_WAIT)
+        except TimeoutError:
+            logger.warning(
+                "%s: remote control is not listening yet after %g s; going on",
+                self.hostname,
+                READY_WAIT,
+            )
 
     async def _reach_broker(self) -> Connection | None:
         """The app's connection once its broker answers (None: asked to stop first).

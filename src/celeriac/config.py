@@ -144,6 +144,20 @@ class Settings:
     #: revoked ids 3 hours: ``CELERY_WORKER_REVOKE_EXPIRES``).
     worker_revoke_expires: float = 10800.0
 
+    #: Workers send task events (``-E``): ``task-received``, ``task-started``... on
+    #: ``event_exchange``, for Flower and ``celery events``. Worker events (online,
+    #: heartbeats, offline) are sent either way, as Celery's.
+    worker_send_task_events: bool = False
+    #: Clients send ``task-sent`` for each task they publish.
+    task_send_sent_event: bool = False
+    #: The exchange events go to (Celery's ``celeryev``).
+    event_exchange: str = "celeryev"
+    #: On RabbitMQ, seconds an event waits in a receiver's queue, and an unused receiver
+    #: queue lives (Celery's ``event_queue_ttl`` and ``event_queue_expires``).
+    event_queue_ttl: float = 5.0
+    event_queue_expires: float = 60.0
+    #: Seconds between a worker's heartbeats (Celery's ``--heartbeat-interval``).
+    worker_heartbeat_interval: float = 2.0
     #: Several pools in one command: name -> {"queues": [...], "processes": N,
     #: "concurrency": N} (see celeriac.worker.pools).
     worker_pools: dict[str, dict[str, Any]] | None = None

@@ -58,6 +58,9 @@ class Request:
     time_limit: float | None = None
     soft_time_limit: float | None = None
     is_eager: bool = False
+    #: Tells the worker's hooks of progress the task stored for itself (``update_state``);
+    #: None outside a worker or when no hook listens. Callable from the task's thread.
+    on_progress: Callable[[str, Any], None] | None = None
     #: The message's canvas, as Celery's request has it (signature dicts from its embed):
     #: what ``self.replace(sig)`` hands on to the replacement.
     group_index: int | None = None
@@ -413,6 +416,8 @@ class Task(Generic[P, R]):
             group_id=request.group if request else None,
             reply_to=request.reply_to if request and target == request.id else None,
         )
+        if request is not None and request.on_progress is not None and target == request.id:
+            request.on_progress(state or "PROGRESS", dict(meta or {}))
         return dual(stored)
 
 

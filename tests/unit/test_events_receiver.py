@@ -151,6 +151,17 @@ def test_a_task_follows_its_events_and_a_late_one_does_not_set_it_back() -> None
     assert state.tasks[failed["uuid"]].exception == "ValueError('kaboom')"
 
 
+def test_a_running_tasks_progress_shows_in_the_table() -> None:
+    state = State()
+    base = {"uuid": "t2", "hostname": "w@h", "timestamp": 1.0}
+    state.event(base | {"type": "task-received", "name": "tasks.resize", "clock": 1})
+    state.event(base | {"type": "task-started", "clock": 2})
+    state.event(base | {"type": "task-progress", "state": "PROGRESS", "current": 3, "total": 4})
+    task = state.tasks["t2"]
+    assert (task.state, task.progress) == ("PROGRESS", {"current": 3, "total": 4})
+    assert "PROGRESS t2  tasks.resize    .. 3/4 (75%)" in render(state, now=1.5)
+
+
 def test_tasks_kept_are_bounded() -> None:
     state = State(max_tasks=3)
     for n in range(5):

@@ -264,3 +264,41 @@ async def test_a_busy_worker_sends_every_task_event_batched(app: Celery) -> None
     assert worker.events.dropped == 0
     assert len(_typed(heard.seen, "task-received")) == count
     assert messages < 3 * count  # several events per message
+
+
+async def test_progress_of_streaming_and_update_state_tasks_is_sent(app: Celery) -> None:
+    """A value a streaming task yields, and a state a task stores for itself with
+    ``update_state``, go out as ``task-progress`` events (Celery's custom-event form:
+    the progress's keys as fields), between started and succeeded."""
+
+    @app.task(name="ev.stream")
+    async def stream(n: int) -> Any:
+        for i in range(1, n + 1):
+            yield {"current": i, "total": n}
+
+    @app.task(name="ev.report", bind=True)
+    def report(self: Any) -> str:
+        self.update_state(state="PROGRESS", meta={"current": 1, "total": 2, "uuid": "x"})
+        return "done"
+
+    app.conf.worker_send_task_events = True
+    async with running(app) as (_, heard):
+        streamed = await app.tasks["ev.stream"].delay(2)
+        reported = await app.tasks["ev.report"].delay()
+        assert await reported.get(timeout=TIMEOUT) == "done"
+        await streamed.get(timeout=TIMEOUT)
+        await heard.until(lambda seen: len(_typed(seen, "task-succeeded")) == 2)
+    assert heard.tasks(streamed.id) == [
+        "task-received",
+        "task-started",
+        "task-progress",
+        "task-progress",
+        "task-succeeded",
+    ]
+    progress = [e for e in _typed(heard.seen, "task-progress") if e["uuid"] == streamed.id]
+    assert [(e["current"], e["total"], e["state"]) for e in progress] == [
+        (1, 2, "PROGRESS"),
+        (2, 2, "PROGRESS"),
+    ]
+    (own,) = [e for e in _typed(heard.seen, "task-progress") if e["uuid"] == reported.id]
+    assert (own["current"], own["total"]) == (1, 2)  # its "uuid" key did not win

@@ -30,8 +30,24 @@ TASK_EVENT_TO_STATE = {
     "task-retried": "RETRY",
     "task-revoked": "REVOKED",
     "task-rejected": "REJECTED",
+    # celeriac's workers send a running task's progress (Celery's custom-event form).
+    "task-progress": "PROGRESS",
 }
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
+#: Fields of a ``task-progress`` event that are not the progress itself.
+PROGRESS_SKIPPED = frozenset(
+    {
+        "hostname",
+        "utcoffset",
+        "pid",
+        "clock",
+        "timestamp",
+        "type",
+        "uuid",
+        "state",
+        "local_received",
+    }
+)
 #: Worker fields an event of the worker updates.
 WORKER_FIELDS = ("freq", "active", "processed", "loadavg", "sw_ident", "sw_ver", "sw_sys", "pid")
 #: Task fields task events carry (besides uuid, type, hostname, clock, timestamps).
@@ -114,6 +130,8 @@ class TaskState:
     exception: str | None = None
     traceback: str | None = None
     clock: int = 0
+    #: The last progress the task reported (a ``task-progress`` event's own fields).
+    progress: dict[str, Any] = field(default_factory=dict)
     #: When each state was entered (the event's timestamp), by state.
     timestamps: dict[str, float] = field(default_factory=dict)
 
@@ -131,6 +149,8 @@ class TaskState:
                 setattr(self, name, event[name])
         if event["type"] != "task-sent" and isinstance(event.get("hostname"), str):
             self.worker = self.worker if late else event["hostname"]
+        if event["type"] == "task-progress" and not late:
+            self.progress = {k: v for k, v in event.items() if k not in PROGRESS_SKIPPED}
         if new_state is not None and not late:
             self.state = new_state
             self.clock = max(self.clock, clock)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from celeriac.errors import BrokerError
 from celeriac.events.receiver import EventReceiver
@@ -59,8 +59,18 @@ def _task_line(task: TaskState) -> str:
         outcome = f"-> {task.result}"
     elif task.exception:
         outcome = f"!! {task.exception}"
+    elif task.state == "PROGRESS" and task.progress:
+        outcome = _progress_text(task.progress)
     runtime = f"{task.runtime:.3f}s" if isinstance(task.runtime, int | float) else ""
     return f"    {task.state:<8} {task.uuid}  {task.name or '?'}  {runtime}  {outcome}".rstrip()
+
+
+def _progress_text(progress: dict[str, Any]) -> str:
+    """``3/10`` for a current/total progress, else its fields."""
+    current, total = progress.get("current"), progress.get("total")
+    if isinstance(current, int | float) and isinstance(total, int | float) and total:
+        return f".. {current}/{total} ({100 * current / total:.0f}%)"
+    return ".. " + ", ".join(f"{k}={v}" for k, v in sorted(progress.items()))
 
 
 async def top(app: Celery, out: TextIO, *, refresh: float = 1.0) -> None:

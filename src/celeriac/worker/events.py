@@ -56,6 +56,12 @@ STOP_TIMEOUT = 5.0
 REQUESTED_HEARTBEAT_FREQ = 5.0
 
 
+#: Fields every event has: a progress report's keys of the same names are left out.
+RESERVED = frozenset(
+    {"hostname", "utcoffset", "pid", "clock", "timestamp", "type", "uuid", "state"}
+)
+
+
 class WorkerEvents(WorkerHook):
     """The hook: builds each event when it happens and sends it from one background task."""
 
@@ -158,6 +164,15 @@ class WorkerEvents(WorkerHook):
                 expired=reason == "expired",
             ),
         )
+
+    def task_progress(self, request: Request, state: str, info: Any) -> None:
+        if not self.task_events:
+            return
+        # Celery's custom-event convention (``send_event("task-progress", current=...)``):
+        # the progress's own keys as fields, never over the event's.
+        fields = dict(info) if isinstance(info, dict) else {"info": info}
+        own = {k: v for k, v in fields.items() if isinstance(k, str) and k not in RESERVED}
+        self._task("task-progress", {**own, "uuid": request.id, "state": state})
 
     def task_rejected(self, delivery: Delivery, reason: str) -> None:
         if not self.task_events:

@@ -35,11 +35,13 @@ import contextlib
 import logging
 import os
 import random
+import threading
 import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from celeriac import _state, states
@@ -120,6 +122,10 @@ class Execution:
         #: Tasks whose outcome was stored after an outage (see REMEMBERED_LATE_STORES).
         self._stored_late: OrderedDict[_RunKey, None] = OrderedDict()
         self.canvas = CanvasSteps(self.app, conn, executor)
+        #: Whether a hook listens to progress (a request then carries a reporter).
+        self._progress_heard = "task_progress" in vars(self.hooks)
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
 
     async def handle(self, delivery: Delivery, ran: Callable[[], None]) -> None:
         """Settle ``delivery`` exactly once, whatever happens (cancelled: requeued).
@@ -468,9 +474,12 @@ class Execution:
         one is asked for once that is stored); the last one is the result."""
         last = None
         generator = task.run(*message.args, **message.kwargs)
+        request = _state.current_request.get()
         try:
             async for value in generator:
                 await self._store(message, PROGRESS, value, None, event=True)
+                if request is not None and request.on_progress is not None:
+                    request.on_progress(PROGRESS, value)
                 last = value
         finally:
             await generator.aclose()
@@ -486,6 +495,7 @@ class Execution:
         def drive() -> Any:
             last = None
             generator = task.run(*message.args, **message.kwargs)
+            request = _state.current_request.get()
             with contextlib.closing(generator):
                 while True:
                     try:
@@ -494,6 +504,8 @@ class Execution:
                         return last if stop.value is None else stop.value
                     stored = self._store(message, PROGRESS, value, None, event=True)
                     asyncio.run_coroutine_threadsafe(stored, loop).result()
+                    if request is not None and request.on_progress is not None:
+                        request.on_progress(PROGRESS, value)
                     last = value
 
         return drive
@@ -765,6 +777,20 @@ class Execution:
             self._stored_late.popitem(last=False)
 
     def _request(self, message: TaskMessage, delivery: Delivery) -> Request:
+        request = self._new_request(message, delivery)
+        if self._progress_heard:
+            request.on_progress = partial(self._progress, request)
+        return request
+
+    def _progress(self, request: Request, state: str, info: Any) -> None:
+        """A request's progress reporter: the hooks are called on the worker's loop,
+        whichever thread the task reports from."""
+        if threading.get_ident() == self._loop_thread:
+            self.hooks.task_progress(request, state, info)
+        else:
+            self._loop.call_soon_threadsafe(self.hooks.task_progress, request, state, info)
+
+    def _new_request(self, message: TaskMessage, delivery: Delivery) -> Request:
         return Request(
             id=message.id,
             task=message.task,

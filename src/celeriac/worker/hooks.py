@@ -6,6 +6,8 @@ delivery's life:
 
 - ``task_received``: the message is a task this worker will run (checks passed);
 - ``task_started``: just before the task's own code runs;
+- ``task_progress``: while it runs, each progress it reports (a value a streaming task
+  yields, a state it stores with ``update_state``), once stored;
 - then one of ``task_succeeded``, ``task_failed`` (a final failure: not retried),
   ``task_retried`` (a retry was published);
 - ``task_ended``: after that, once the outcome is stored and the message settled, with the
@@ -54,6 +56,10 @@ class WorkerHook:
 
     def task_started(self, request: Request) -> None:
         """The task's own code starts now."""
+
+    def task_progress(self, request: Request, state: str, info: Any) -> None:
+        """The running task reported progress: ``info`` stored as ``state`` (PROGRESS for a
+        value it yielded; what it gave ``update_state`` for its own id)."""
 
     def task_succeeded(self, request: Request, value: Any, runtime: float) -> None:
         """The task returned ``value`` after ``runtime`` seconds (before it is stored)."""

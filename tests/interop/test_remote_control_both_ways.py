@@ -181,3 +181,64 @@ def test_celeriacs_ping_without_a_destination_hears_both_kinds_of_worker(
     replies = celeriac.app.control.ping(timeout=2)
     nodes = {node for reply in replies for node in reply}
     assert {node_of(celery_worker), node_of(celeriac_worker)} <= nodes
+
+
+# -- both command lines ----------------------------------------------------------------------
+
+
+def _command_line(interop: InteropRun, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, **interop.env())
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-m", *argv], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_celery_command_line_revokes_and_shuts_down_celeriac_workers(
+    interop: InteropRun, celery: ModuleType, celeriac_worker: WorkerProcess
+) -> None:
+    node = node_of(celeriac_worker)
+    app = ["celery", "-A", "interop.peers.celery_app"]
+    revoked = _command_line(interop, *app, "control", "revoke", "an-id", "-d", node, "-t", "5")
+    assert revoked.returncode == 0, revoked.stderr
+    assert f"{node}: OK" in revoked.stdout and "flagged as revoked" in revoked.stdout
+    assert "an-id" in celery.app.control.inspect([node], timeout=5).revoked()[node]
+    private = interop.start_celeriac_worker([interop.private_queue()])
+    stopped = _command_line(interop, *app, "control", "shutdown", "-d", node_of(private), "-t", "1")
+    assert private.proc.wait(TIMEOUT) == 0, stopped.stdout + stopped.stderr
+
+
+def test_celery_events_dump_shows_a_celeriac_workers_events(
+    interop: InteropRun, celery: ModuleType
+) -> None:
+    env = dict(os.environ, **interop.env())
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    argv = [sys.executable, "-m", "celery", "-A", "interop.peers.celery_app", "events"]
+    dump = WorkerProcess([*argv, "--dump"], env, interop.tmp)
+    try:
+        dump.wait_for("evdump: starting capture", TIMEOUT)
+        queue = interop.private_queue()
+        worker = interop.start_celeriac_worker([queue], "-E", "--heartbeat-interval", "0.5")
+        node = node_of(worker)
+        dump.wait_for(f"{node} [", TIMEOUT)
+        result = celery.app.send_task("interop.add", (20, 22), queue=queue)
+        assert result.get(timeout=TIMEOUT) == 42
+        line = dump.wait_for(f"task succeeded: interop.add({result.id})", TIMEOUT)
+        assert node in line and "result=42" in line
+        interop.stop_worker(worker)
+        dump.wait_for(f"{node} [", TIMEOUT, count=1)
+        assert node in dump.wait_for("] shutdown: ", TIMEOUT)
+    finally:
+        dump.close()
+
+
+def test_the_celeriac_command_line_revokes_on_a_celery_worker(
+    interop: InteropRun, celeriac: ModuleType, celery_worker: WorkerProcess
+) -> None:
+    node = node_of(celery_worker)
+    argv = ["celeriac.cli", "-A", "interop.peers.celeriac_app:app", "control", "revoke"]
+    ran = _command_line(interop, *argv, "some-id", "-d", node, "-t", "5")
+    assert ran.returncode == 0, ran.stderr
+    assert f"->  {node}: OK" in ran.stdout and "flagged as revoked" in ran.stdout
+    assert "some-id" in celeriac.app.control.inspect([node], timeout=5).revoked()[node]

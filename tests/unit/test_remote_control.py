@@ -248,3 +248,27 @@ async def test_add_and_cancel_consumer_change_the_queues_consumed(app: Celery) -
     assert added == [{"a@host": {"ok": "add consumer extra"}}]
     assert again == [{"a@host": {"ok": "already consuming from 'extra'"}}]
     assert cancelled == [{"a@host": {"ok": "no longer consuming from extra"}}]
+
+
+async def test_a_celery_workers_greeting_gets_the_revoked_ids_and_shares_its_own(
+    app: Celery,
+) -> None:
+    """Mingle: a Celery worker starting broadcasts ``hello`` with its revoked ids; a
+    celeriac worker takes them and answers with every id it holds revoked, and its clock;
+    to its own name it answers null, which mingle drops."""
+    async with workers(app, "a@host") as (worker,):
+        await app.control.revoke("kept-here", reply=True, timeout=0.5)
+        replies = await app.control.broadcast(
+            "hello",
+            {"from_node": "celery@other", "revoked": ["from-celery"]},
+            reply=True,
+            destination=["a@host"],
+        )
+        own = await app.control.broadcast(
+            "hello", {"from_node": "a@host", "revoked": []}, reply=True, destination=["a@host"]
+        )
+        assert worker.revokes.is_revoked("from-celery")
+    ((_, value),) = (replies or [{}])[0].items()
+    assert value["revoked"] == ["kept-here", "from-celery"]
+    assert isinstance(value["clock"], int)
+    assert own == [{"a@host": None}]

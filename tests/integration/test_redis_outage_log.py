@@ -45,6 +45,10 @@ def server(tmp_path: Path) -> Iterator[PrivateRedis]:
 async def app(server: PrivateRedis) -> AsyncIterator[Celery]:
     app = Celery("outage", broker=server.url(0), backend=server.url(1))
     app.conf.task_default_queue = f"outage-{uuid.uuid4().hex[:12]}"
+    # The connection attempts counted are the consumer's: remote control's subscription and
+    # the heartbeats back off and retry on their own schedules (tested elsewhere).
+    app.conf.worker_enable_remote_control = False
+    app.conf.worker_heartbeat_interval = 60.0
 
     @app.task(name="outage.add")
     async def add(x: int, y: int) -> int:

@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import celeriac
+from celeriac.errors import BrokerUnreachable
 from celeriac.protocol import events
 from celeriac.protocol.clock import LamportClock
 from celeriac.transports.broker import Delivery, wait_for_signal
@@ -307,7 +308,10 @@ class WorkerEvents(WorkerHook):
             self.dropped += count
             if not self._failing:
                 self._failing = True
-                logger.warning(
+                # An outage is logged by the broker, once each way; anything else is news.
+                level = logging.DEBUG if isinstance(exc, BrokerUnreachable) else logging.WARNING
+                logger.log(
+                    level,
                     "%s: could not send events to %r (%s); dropping them until the broker"
                     " takes them again",
                     self.hostname,

@@ -19,7 +19,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from celeriac.errors import BrokerError, ProtocolError
+from celeriac.errors import BrokerError, BrokerUnreachable, ProtocolError
 from celeriac.protocol import pidbox
 from celeriac.protocol.clock import LamportClock
 from celeriac.protocol.envelope import Envelope
@@ -76,7 +76,10 @@ class Mailbox(WorkerHook):
                 return  # the subscription was closed: the broker is closing
             except BrokerError as exc:
                 self.ready.clear()
-                logger.warning(
+                # An outage is logged by the broker, once each way; a refusal is news.
+                level = logging.DEBUG if isinstance(exc, BrokerUnreachable) else logging.WARNING
+                logger.log(
+                    level,
                     "%s: remote control lost its subscription (%s); subscribing again in %g s",
                     context.hostname,
                     exc,

@@ -131,7 +131,12 @@ def test_the_celery_command_line_inspects_a_celeriac_worker(
     env = dict(os.environ, **interop.env())
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     argv = [sys.executable, "-m", "celery", "-A", "interop.peers.celery_app"]
-    for command, expected in (("ping", "pong"), ("registered", "interop.add")):
+    for command, expected in (
+        ("ping", "pong"),
+        ("active", "- empty -"),
+        ("stats", '"total"'),
+        ("registered", "interop.add"),
+    ):
         ran = subprocess.run(
             [*argv, "inspect", command, "-d", node, "-t", "5"],
             env=env,

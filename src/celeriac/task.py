@@ -58,9 +58,11 @@ class Request:
     time_limit: float | None = None
     soft_time_limit: float | None = None
     is_eager: bool = False
-    #: Tells the worker's hooks of progress the task stored for itself (``update_state``);
-    #: None outside a worker or when no hook listens. Callable from the task's thread.
-    on_progress: Callable[[str, Any], None] | None = None
+    #: Tells the worker's hooks of progress the task stored for itself (``update_state``):
+    #: ``on_progress(request, state, info)``; None outside a worker or when no hook
+    #: listens. Callable from the task's thread. (It takes the request rather than holding
+    #: it: a request referring to itself would live until a garbage collection.)
+    on_progress: Callable[[Request, str, Any], None] | None = None
     #: The message's canvas, as Celery's request has it (signature dicts from its embed):
     #: what ``self.replace(sig)`` hands on to the replacement.
     group_index: int | None = None
@@ -417,7 +419,7 @@ class Task(Generic[P, R]):
             reply_to=request.reply_to if request and target == request.id else None,
         )
         if request is not None and request.on_progress is not None and target == request.id:
-            request.on_progress(state or "PROGRESS", dict(meta or {}))
+            request.on_progress(request, state or "PROGRESS", dict(meta or {}))
         return dual(stored)
 
 

@@ -41,7 +41,6 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from celeriac import _state, states
@@ -479,7 +478,7 @@ class Execution:
             async for value in generator:
                 await self._store(message, PROGRESS, value, None, event=True)
                 if request is not None and request.on_progress is not None:
-                    request.on_progress(PROGRESS, value)
+                    request.on_progress(request, PROGRESS, value)
                 last = value
         finally:
             await generator.aclose()
@@ -505,7 +504,7 @@ class Execution:
                     stored = self._store(message, PROGRESS, value, None, event=True)
                     asyncio.run_coroutine_threadsafe(stored, loop).result()
                     if request is not None and request.on_progress is not None:
-                        request.on_progress(PROGRESS, value)
+                        request.on_progress(request, PROGRESS, value)
                     last = value
 
         return drive
@@ -779,7 +778,7 @@ class Execution:
     def _request(self, message: TaskMessage, delivery: Delivery) -> Request:
         request = self._new_request(message, delivery)
         if self._progress_heard:
-            request.on_progress = partial(self._progress, request)
+            request.on_progress = self._progress
         return request
 
     def _progress(self, request: Request, state: str, info: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 
@@ -15,7 +16,9 @@ def close_celery_app(celery: Any) -> None:
     if backend is not None:
         consumer = getattr(backend, "result_consumer", None)
         if consumer is not None:
-            consumer.stop()
+            # Its connection may be reset already (the broker's run ended).
+            with contextlib.suppress(OSError):
+                consumer.stop()
         client = backend.__dict__.get("client")
         if client is not None:
             client.connection_pool.disconnect()

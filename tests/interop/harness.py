@@ -52,6 +52,11 @@ CELERIAC_APP = "interop.peers.celeriac_app:app"
 INTEROP_BROKERS = tuple(name for name, t in TRANSPORTS.items() if t.broker and t.celery)
 
 
+def node_of(worker: WorkerProcess) -> str:
+    """A worker's node name, as its command line gave it (``-n``)."""
+    return worker.argv[worker.argv.index("-n") + 1]
+
+
 class InteropRun:
     """One test module's private corner of the shared Redis (and, on RabbitMQ, a virtual
     host of its own), and the workers it started."""

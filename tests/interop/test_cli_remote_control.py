@@ -14,16 +14,12 @@ import sys
 
 import pytest
 
-from interop.harness import CELERIAC_APP, CELERY_APP, TESTS, InteropRun, WorkerProcess
+from interop.harness import CELERIAC_APP, CELERY_APP, TESTS, InteropRun, WorkerProcess, node_of
 from services import wait_until
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 30
-
-
-def node_of(worker: WorkerProcess) -> str:
-    return worker.argv[worker.argv.index("-n") + 1]
 
 
 def run(interop: InteropRun, program: str, *argv: str) -> subprocess.CompletedProcess[str]:

@@ -16,17 +16,13 @@ from typing import Any
 import pytest
 
 from celeriac.events import EventReceiver, State
-from interop.harness import InteropRun, WorkerProcess
+from interop.harness import InteropRun, node_of
 from services import wait_until
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 20
 PROBE = "interop-probe"
-
-
-def node_of(worker: WorkerProcess) -> str:
-    return worker.argv[worker.argv.index("-n") + 1]
 
 
 class CeleryEvents:

@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import pytest
 
-from interop.harness import CELERY_APP, TESTS, InteropRun, WorkerProcess
+from interop.harness import CELERY_APP, TESTS, InteropRun, WorkerProcess, node_of
 from services import free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -45,10 +45,6 @@ TIMEOUT = 20
 #: Flower's wait for inspect replies, in ms (its default is 1000): without a destination
 #: an inspect waits this long for every method of a refresh.
 INSPECT_TIMEOUT_MS = 2000
-
-
-def node_of(worker: WorkerProcess) -> str:
-    return worker.argv[worker.argv.index("-n") + 1]
 
 
 class Flower:

@@ -17,16 +17,12 @@ from typing import Any
 
 import pytest
 
-from interop.harness import TESTS, InteropRun, WorkerProcess
+from interop.harness import TESTS, InteropRun, WorkerProcess, node_of
 from services import wait_until
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 20
-
-
-def node_of(worker: WorkerProcess) -> str:
-    return worker.argv[worker.argv.index("-n") + 1]
 
 
 @pytest.fixture(scope="module")

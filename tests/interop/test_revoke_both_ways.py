@@ -13,16 +13,12 @@ import pytest
 from celery.exceptions import TaskRevokedError as CeleryRevoked
 
 from celeriac.errors import TaskRevokedError
-from interop.harness import InteropRun, WorkerProcess
+from interop.harness import InteropRun, WorkerProcess, node_of
 from services import wait_until
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 20
-
-
-def node_of(worker: WorkerProcess) -> str:
-    return worker.argv[worker.argv.index("-n") + 1]
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,14 @@ import pytest
 import redis
 
 from integration.conftest import WorkerProcess
-from services import REDIS_HOST, REDIS_PORT, add_amqp_vhost, amqp_vhost_url, delete_amqp_vhost
+from services import (
+    REDIS_HOST,
+    REDIS_PORT,
+    add_amqp_vhost,
+    amqp_vhost_url,
+    delete_amqp_vhost,
+    wait_until,
+)
 from transports import TRANSPORTS, Corner
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -55,6 +62,18 @@ INTEROP_BROKERS = tuple(name for name, t in TRANSPORTS.items() if t.broker and t
 def node_of(worker: WorkerProcess) -> str:
     """A worker's node name, as its command line gave it (``-n``)."""
     return worker.argv[worker.argv.index("-n") + 1]
+
+
+def answering(client: Any, worker: WorkerProcess, timeout: float = 20.0) -> str:
+    """Once ``worker`` answers a ping from ``client`` (a Celery app or a celeriac one); its
+    node name."""
+    node = node_of(worker)
+    wait_until(
+        lambda: client.control.inspect([node], timeout=0.5).ping(),
+        timeout,
+        f"{node} to answer a ping",
+    )
+    return node
 
 
 class InteropRun:

@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import pytest
 
-from interop.harness import CELERY_APP, TESTS, InteropRun, WorkerProcess, node_of
+from interop.harness import CELERY_APP, TESTS, InteropRun, WorkerProcess, answering, node_of
 from services import free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -130,12 +130,7 @@ def celery(interop: InteropRun, celeriac_worker: WorkerProcess) -> Iterator[Modu
     from interop.peers import celery_app
 
     celery_app.configure()
-    node = node_of(celeriac_worker)
-    wait_until(
-        lambda: celery_app.app.control.inspect([node], timeout=0.5).ping(),
-        TIMEOUT,
-        "the celeriac worker to answer Celery's ping",
-    )
+    answering(celery_app.app, celeriac_worker)
     yield celery_app
     celery_app.close()
 

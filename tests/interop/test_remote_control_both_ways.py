@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from interop.harness import TESTS, InteropRun, WorkerProcess, node_of
+from interop.harness import TESTS, InteropRun, WorkerProcess, answering, node_of
 from services import wait_until
 
 pytestmark = pytest.mark.integration
@@ -41,13 +41,7 @@ def celery(interop: InteropRun, celeriac_worker: WorkerProcess) -> Iterator[Modu
     from interop.peers import celery_app
 
     celery_app.configure()
-    node = node_of(celeriac_worker)
-    # The worker subscribes to the pidbox right after its ready line: wait for its answer.
-    wait_until(
-        lambda: celery_app.app.control.inspect([node], timeout=0.5).ping(),
-        TIMEOUT,
-        "the celeriac worker to answer Celery's ping",
-    )
+    answering(celery_app.app, celeriac_worker)
     yield celery_app
     celery_app.close()
 
@@ -58,12 +52,7 @@ def celeriac(interop: InteropRun, celery_worker: WorkerProcess) -> Iterator[Modu
     from interop.peers import celeriac_app
 
     celeriac_app.configure()
-    node = node_of(celery_worker)
-    wait_until(
-        lambda: celeriac_app.app.control.inspect([node], timeout=0.5).ping(),
-        TIMEOUT,
-        "the Celery worker to answer celeriac's ping",
-    )
+    answering(celeriac_app.app, celery_worker)
     yield celeriac_app
     celeriac_app.app.close()
 

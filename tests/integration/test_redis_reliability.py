@@ -435,7 +435,11 @@ def _restart_mid_run(
     stores.wait_all_succeeded(ids, timeout=40)
     assert worker.proc.poll() is None, "the worker exited:\n" + worker.log()
     assert_clean_stop(worker)
-    stores.assert_broker_empty()
+    try:
+        stores.assert_broker_empty()
+    except AssertionError:
+        print(_leftovers(stores, held_before, snapshot_at) + "\nworker log:\n" + worker.log())
+        raise
 
     starts = runs(stores.events())
     assert set(starts) == set(ids), "some task never ran"
@@ -448,6 +452,34 @@ def _restart_mid_run(
         f"the {up_at - stopped_at:.2f} s outage; {len(held_before)} held at the snapshot; "
         f"{len(twice)} task(s) ran twice ({sorted(twice)});\nworker: {down}\nworker: {back}\n"
         + "\n".join(outage_lines)
+    )
+
+
+def _leftovers(stores: Stores, held_before: set[str], snapshot_at: float) -> str:
+    """What a broker that is not empty still has, to make a failure explain itself: each
+    waiting message's task id, delivery tag and redelivered flag, how often it ran, and
+    whether it was held at the snapshot; then the ``unacked`` entries' ids."""
+    starts = runs(stores.events())
+    lines = []
+    for key in kombu.consume_keys([QUEUE]):
+        for payload in stores.broker.lrange(stores.prefix + key, 0, -1):
+            raw = json.loads(payload)
+            task_id = raw.get("headers", {}).get("id")
+            properties = raw.get("properties", {})
+            info = properties.get("delivery_info", {})
+            ran = starts.get(task_id, [])
+            lines.append(
+                f"  {key}: id={task_id} tag={properties.get('delivery_tag')}"
+                f" redelivered={info.get('redelivered')} ran={len(ran)}x"
+                f" first_start={'after' if ran and ran[0]['at'] >= snapshot_at else 'before'}"
+                f"_snapshot held_before={task_id in held_before}"
+            )
+    held = sorted(stores.held())
+    indexed = stores.broker.zcard(stores.prefix + kombu.UNACKED_INDEX)
+    return (
+        f"\n{len(lines)} message(s) waiting:\n"
+        + "\n".join(lines)
+        + f"\n{len(held)} in unacked ({indexed} indexed): {held}"
     )
 
 

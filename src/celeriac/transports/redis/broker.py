@@ -157,6 +157,10 @@ class RedisBroker(Broker):
         self._index = self.prefix + kombu.UNACKED_INDEX
         self._dead = self.prefix + DEAD_LETTERS
         self._held: dict[str, _Held] = {}
+        #: Tags settled here (acked, requeued, dead-lettered) whose write has not reached
+        #: Redis yet (an outage holds it): still this broker's, refreshed and never
+        #: restored by its own sweep, or a message already run would run again.
+        self._settling: set[str] = set()
         self._claim_cache: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}
         self._windows = PrefetchWindows()
         self._bound: set[str] = set()
@@ -571,11 +575,14 @@ class RedisBroker(Broker):
     async def ack(self, delivery: Delivery) -> None:
         """Acks are pipelined: those made while one batch is in flight form the next."""
         if self._forget(delivery):
-            await _recorded(self._held.pop(delivery.tag, None))
+            self._settling.add(delivery.tag)
             try:
+                await _recorded(self._held.pop(delivery.tag, None))
                 await self._acks.add(delivery.tag)
             except _DRIVER_ERRORS as exc:  # an error reply; unreachable only once closing
                 raise self._failed(exc, "ack a message") from exc
+            finally:
+                self._settling.discard(delivery.tag)
 
     async def _flush_acks(self, tags: list[str]) -> None:
         async def flush() -> None:
@@ -647,10 +654,13 @@ class RedisBroker(Broker):
                 [tag, value, "+inf", push],
             )
 
+        self._settling.add(tag)
         try:
             await until_done(settle, self._outage, give_up=lambda: self._closed)
         except _DRIVER_ERRORS as exc:  # an error reply; unreachable only once closing
             raise self._failed(exc, f"{doing} a message") from exc
+        finally:
+            self._settling.discard(tag)
 
     # -- holders and sweeps ----------------------------------------------------------------
 
@@ -680,7 +690,7 @@ class RedisBroker(Broker):
                 await asyncio.wait_for(self._wake_sweep.wait(), timeout)
 
     async def _refresh(self) -> None:
-        tags = list(self._held)
+        tags = [*self._held, *self._settling]
         if not tags:
             return
         at = now()
@@ -712,6 +722,10 @@ class RedisBroker(Broker):
         for tag, value in zip(tags, values, strict=True):
             if value is None:  # acked or restored meanwhile; drop a stale index entry
                 pipe.add("ZREM", self._index, tag)
+                continue
+            if tag in self._held or tag in self._settling:
+                # Ours, its refresh or settlement held up by an outage: not a dead holder's.
+                pipe.add("ZADD", self._index, "XX", repr(now()), tag)
                 continue
             try:
                 raw, queue = _unacked_value(value)

@@ -162,10 +162,35 @@ class Settings:
     #: "concurrency": N} (see celeriac.worker.pools).
     worker_pools: dict[str, dict[str, Any]] | None = None
 
-    #: Accepted for Celery configs (an unknown zone name is refused, as Celery refuses it):
-    #: celeriac writes every time in UTC and reads a naive ``eta`` as UTC, as Celery 5 does,
-    #: and has no beat schedule that a zone would move. Celery's ``enable_utc=False`` writes
-    #: the same instants with a local offset, which any reader takes alike.
+    #: Rate limits (Celery's): a task without its own ``rate_limit`` has this one
+    #: (``"10/s"``, ``"100/m"``, ``"1000/h"``, a number per second; None: no limit).
+    task_default_rate_limit: str | float | None = None
+    #: Celery's ``task_annotations``: ``{"task.name": {"rate_limit": "10/s"}}``, ``"*"``
+    #: for every task, or a list of such dicts; only ``rate_limit`` is read.
+    task_annotations: dict[str, Any] | list[Any] | None = None
+    #: Every rate limit off, as Celery's ``worker_disable_rate_limits``.
+    worker_disable_rate_limits: bool = False
+
+    #: Periodic tasks (Celery's): entry name -> ``{"task", "schedule", "args", "kwargs",
+    #: "options"}`` and celeriac's ``"missed"`` (see celeriac.beat).
+    beat_schedule: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Longest sleep of the scheduler between two looks at the schedule, in seconds; runtime
+    #: changes to the stored entries are seen within it (Celery's default is 300 s).
+    beat_max_loop_interval: float = 5.0
+    #: Seconds within which another scheduler takes over when the leading one dies
+    #: (celeriac's; RedBeat's lock holds 25 minutes by default).
+    beat_failover_timeout: float = 10.0
+    #: Runs missed while no scheduler ran: ``"once"`` (Celery's: one run now), ``"all"``
+    #: (each missed run, oldest first) or ``"skip"``; an entry's ``"missed"`` key overrides.
+    beat_missed_runs: str = "once"
+    #: Celery's: a crontab run missed by more than this many seconds is skipped, whatever
+    #: the missed-runs policy says (None: no deadline).
+    beat_cron_starting_deadline: float | None = None
+
+    #: The zone crontab schedules are read in (an unknown zone name is refused, as Celery
+    #: refuses it); None: UTC. Messages carry UTC times and a naive ``eta`` is read as UTC,
+    #: as Celery 5 does; Celery's ``enable_utc=False`` writes the same instants with a local
+    #: offset, which any reader takes alike.
     timezone: str | None = None
     enable_utc: bool = True
 
@@ -348,9 +373,21 @@ def _zone_name(value: str | None) -> None:
 
 
 #: Settings whose value is checked beyond its type: one celeriac would not honour is refused.
+def _missed_runs(value: str) -> None:
+    """``beat_missed_runs``: one of the three policies."""
+    if value not in MISSED_RUN_POLICIES:
+        raise ConfigurationError(
+            f"setting 'beat_missed_runs' is {value!r}: use one of {', '.join(MISSED_RUN_POLICIES)}"
+        )
+
+
+#: What a scheduler does with runs missed while none ran (celeriac.beat).
+MISSED_RUN_POLICIES = ("once", "all", "skip")
+
 _VALUE_CHECKS: dict[str, Callable[[Any], None]] = {
     "result_serializer": _json_results,
     "timezone": _zone_name,
+    "beat_missed_runs": _missed_runs,
 }
 
 

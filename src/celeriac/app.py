@@ -33,6 +33,7 @@ from celeriac.ids import new_ids, uuid
 from celeriac.protocol.clock import LamportClock
 from celeriac.protocol.envelope import Envelope
 from celeriac.protocol.records import make_meta
+from celeriac.rates import Scope
 from celeriac.resources import Resource
 from celeriac.result import AsyncResult
 from celeriac.sending import CanvasOptions, SendOptions
@@ -61,6 +62,10 @@ class TaskKwargs(TypedDict, total=False):
     soft_time_limit: float
     acks_late: bool
     serializer: str
+    rate_limit: str | float | None
+    rate_limit_scope: Scope
+    rate_limit_key: str
+    rate_limit_burst: int
 
 
 class TaskDecorator(Protocol):

@@ -4,14 +4,20 @@
 :func:`parse_rate` turns one into a :class:`Rate` (``limit`` starts per ``period`` seconds),
 the one type the task option, the settings, remote control and the worker's gate share; a
 value that is none of these forms is a ValueError that names it, rather than a limit
-silently read as none.
+silently read as none. :func:`check_rate_options` checks the options that go with a rate
+(``rate_limit_scope``, ``rate_limit_key``, ``rate_limit_burst``) wherever they are given.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
+
+#: Whose budget a limit is: each worker process's (Celery's meaning) or one shared by every
+#: worker on the result store.
+Scope = Literal["worker", "global"]
+SCOPES: tuple[str, ...] = get_args(Scope)
 
 #: The periods Celery's rate strings name, in seconds.
 PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -75,3 +81,24 @@ def _rate(limit: float, period: float, text: str, value: Any) -> Rate | None:
 
 def _number_text(value: int | float) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def check_rate_options(
+    where: str,
+    rate_limit: Any = None,
+    scope: Any = None,
+    key: Any = None,
+    burst: Any = None,
+) -> None:
+    """Raise ValueError, naming ``where`` (the option or setting), unless each value given
+    (not None) is one celeriac can honour."""
+    try:
+        parse_rate(rate_limit)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    if scope is not None and scope not in SCOPES:
+        raise ValueError(f"{where}: rate_limit_scope is {scope!r}: use 'worker' or 'global'")
+    if key is not None and (not isinstance(key, str) or not key):
+        raise ValueError(f"{where}: rate_limit_key is {key!r}: use a non-empty string")
+    if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int) or burst < 1):
+        raise ValueError(f"{where}: rate_limit_burst is {burst!r}: use a whole number >= 1")

@@ -22,6 +22,7 @@ from celeriac._bridge import answer, dual
 from celeriac.canvas import Signature, composites, signature
 from celeriac.errors import CanvasError, MaxRetriesExceededError, Replace, Retry
 from celeriac.ids import uuid
+from celeriac.rates import Scope, check_rate_options
 from celeriac.resources import injected_parameters
 from celeriac.result import AsyncResult, EagerResult
 
@@ -95,6 +96,24 @@ class TaskOptions:
     soft_time_limit: float | None = None
     acks_late: bool | None = None
     serializer: str | None = None
+    #: Celery's ``rate_limit`` (``"10/m"``...: see :mod:`celeriac.rates`): starts allowed per
+    #: worker process, or, with ``rate_limit_scope="global"``, across every worker sharing the
+    #: result store, under ``rate_limit_key`` (the task's name by default), with bursts up to
+    #: ``rate_limit_burst`` (the limit by default). None: ``task_annotations`` or
+    #: ``task_default_rate_limit`` decide.
+    rate_limit: str | float | None = None
+    rate_limit_scope: Scope | None = None
+    rate_limit_key: str | None = None
+    rate_limit_burst: int | None = None
+
+    def __post_init__(self) -> None:
+        check_rate_options(
+            f"task {self.name!r}",
+            self.rate_limit,
+            self.rate_limit_scope,
+            self.rate_limit_key,
+            self.rate_limit_burst,
+        )
 
 
 class Task(Generic[P, R]):

@@ -66,6 +66,7 @@ from celeriac.transports.broker import Delivery
 from celeriac.transports.urls import redacted
 from celeriac.worker import builtins, limits
 from celeriac.worker.canvas import CanvasSteps, Embed, carries_canvas, read_embed
+from celeriac.worker.rate_limit_gate import RateGate
 
 if TYPE_CHECKING:
     from celeriac.worker.worker import Worker
@@ -121,6 +122,7 @@ class Execution:
         #: Tasks whose outcome was stored after an outage (see REMEMBERED_LATE_STORES).
         self._stored_late: OrderedDict[_RunKey, None] = OrderedDict()
         self.canvas = CanvasSteps(self.app, conn, executor)
+        self.rate_gate = RateGate(worker.rate_limits, conn.broker, conn.backend)
         #: Whether a hook listens to progress (a request then carries a reporter).
         self._progress_heard = "task_progress" in vars(self.hooks)
         self._loop = asyncio.get_running_loop()
@@ -210,6 +212,8 @@ class Execution:
         if message.eta is not None and message.eta.timestamp() > now + ETA_SLACK:
             await self.broker.defer(delivery, message.eta.timestamp())
             return True
+        if await self.rate_gate.deferred(task, message.id, delivery):
+            return True  # back in the queue until a start is free (never held here)
         return await self._run(task, message, delivery, ran, canvas)
 
     async def _revoked(

@@ -90,13 +90,17 @@ def registered(
     for name, task in sorted(context.worker.app.tasks.items()):
         if name.startswith("celery.") and not builtins:
             continue
-        shown = [f"{item}={value}" for item in items if (value := _task_item(task, item))]
+        shown = [f"{item}={value}" for item in items if (value := _task_item(context, task, item))]
         names.append(f"{name} [{' '.join(shown)}]" if shown else name)
     return names
 
 
-def _task_item(task: Any, item: str) -> Any:
-    """A task attribute ``registered`` shows; None when unset (not shown)."""
+def _task_item(context: ControlContext, task: Any, item: str) -> Any:
+    """A task attribute ``registered`` shows; None when unset (not shown). ``rate_limit`` is
+    the one in force in this worker (its option, annotation or default, or what remote
+    control set), as Celery's task attribute is."""
+    if item == "rate_limit":
+        return context.worker.rate_limits.rate_of(task)
     if item in ("time_limit", "soft_time_limit"):
         return getattr(task, item, None)
     options = getattr(task, "options", None)

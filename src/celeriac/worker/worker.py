@@ -34,6 +34,7 @@ from celeriac.worker.execution import Execution
 from celeriac.worker.hooks import Hooks, WorkerHook
 from celeriac.worker.loop_watch import LoopWatch
 from celeriac.worker.mailbox import Mailbox
+from celeriac.worker.rate_limits import RateLimits
 from celeriac.worker.revokes import Revokes
 from celeriac.worker.running import RunningRequests
 from celeriac.worker.threads import TaskThreads
@@ -99,6 +100,8 @@ class Worker:
         self.running = RunningRequests()
         #: The task ids this worker refuses (``revoke``), loaded from the store at start.
         self.revokes = Revokes(conf.worker_revoke_expires)
+        #: Each task's rate limit here (settings checked now; remote control changes them).
+        self.rate_limits = RateLimits(app)
         own: list[WorkerHook] = [self.running, self.revokes]
         #: Remote control (``celery inspect``, Flower, ``app.control``), unless switched off.
         self.mailbox: Mailbox | None = None
@@ -131,6 +134,7 @@ class Worker:
         try:
             conn = await self._reach_broker()
             if conn is not None:
+                self.rate_limits.check_store(conn.backend)  # before consuming anything
                 resources = Resources(self.app.resources)
                 await resources.start()  # before the first task: none waits for a model
         except BaseException:

@@ -354,3 +354,51 @@ def test_next_run_agrees_with_a_scan_of_every_minute_around_dst(
     expected = scanned(cron, after, zone, horizon=timedelta(days=2))
     assert expected is not None  # every day has a matching time within two days
     assert cron.next_run(after, zone) == expected
+
+
+def calendar_scan(cron: crontab, after: datetime, years: int) -> datetime | None:
+    """The next run in UTC found the slow way: every day, then every hour and minute of it."""
+    day = after.date()
+    while day.year < after.year + years:
+        if (
+            day.month in cron.month_of_year
+            and day.day in cron.day_of_month
+            and day.isoweekday() % 7 in cron.day_of_week
+        ):
+            for hour in sorted(cron.hour):
+                for minute in sorted(cron.minute):
+                    run = datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)
+                    if run > after:
+                        return run
+        day += timedelta(days=1)
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    after=st.datetimes(datetime(2000, 1, 1), datetime(2200, 1, 1), timezones=st.just(UTC)),
+    minutes=st.sets(st.integers(0, 59), min_size=1, max_size=3),
+    hours=st.sets(st.integers(0, 23), min_size=1, max_size=3),
+    days_of_week=st.sets(st.integers(0, 7), min_size=1, max_size=3),
+    days_of_month=st.one_of(
+        st.just(set(range(1, 32))), st.sets(st.integers(1, 31), min_size=1, max_size=3)
+    ),
+    months=st.one_of(
+        st.just(set(range(1, 13))), st.sets(st.integers(1, 12), min_size=1, max_size=3)
+    ),
+)
+def test_next_run_agrees_with_a_scan_of_every_day(
+    after: datetime,
+    minutes: set[int],
+    hours: set[int],
+    days_of_week: set[int],
+    days_of_month: set[int],
+    months: set[int],
+) -> None:
+    cron = crontab(minutes, hours, days_of_week, days_of_month, months)
+    expected = calendar_scan(cron, after, years=50)
+    found = cron.next_run(after, UTC)
+    if expected is None:  # a rare date (29 February on a Monday) or none at all
+        assert found is None or found.year >= after.year + 50
+    else:
+        assert found == expected

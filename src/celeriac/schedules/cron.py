@@ -9,6 +9,7 @@ not half a million minutes. Daylight-saving time is handled as the package docst
 
 from __future__ import annotations
 
+import bisect
 import calendar
 from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta, tzinfo
@@ -23,7 +24,7 @@ from celeriac.schedules.fields import (
     MONTH_OF_YEAR,
     FieldSpec,
 )
-from celeriac.schedules.wallclock import earliest, latest, place
+from celeriac.schedules.wallclock import Placement, earliest, latest, place
 
 #: How far ahead a run is looked for. The Gregorian calendar repeats every 400 years, so a
 #: date that falls on a matching weekday once does so within any 400 years (February 29th
@@ -34,6 +35,7 @@ SEARCH_YEARS = 400
 _LONGEST_MONTH = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _ONE_DAY = timedelta(days=1)
 _ONE_HOUR = timedelta(hours=1)
+_ONE_MINUTE = timedelta(minutes=1)
 _ALL_HOURS = frozenset(range(24))
 #: The fields in the order of crontab()'s arguments (not cron's: see from_string).
 _FIELDS = (MINUTE, HOUR, DAY_OF_WEEK, DAY_OF_MONTH, MONTH_OF_YEAR)
@@ -134,10 +136,21 @@ class crontab:  # lower case: Celery's name, which beat_schedule entries are wri
         if latest(_midnight(day + _ONE_DAY), zone) <= after:
             return None  # the whole day is past
         best: datetime | None = None
-        for hour in self._hours:
+        # The hours wholly past come first (no time of an earlier hour is placed later):
+        # bisection skips them with a few placements.
+        first_hour = bisect.bisect_left(
+            self._hours, True, key=lambda hour: latest(_hour_end(day, hour), zone) > after
+        )
+        for hour in self._hours[first_hour:]:
             start = datetime.combine(day, time(hour))
-            if latest(start + _ONE_HOUR, zone) <= after:
-                continue  # the whole hour is past
+            begin = place(start, zone)
+            if best is not None and begin.first >= best:
+                return best
+            if _plain(begin, place(start + _ONE_HOUR, zone)):
+                run = self._first_in_plain_hour(begin.first, after)
+                if run is not None:  # every later time is placed after this hour
+                    return run if best is None else min(best, run)
+                continue
             for minute in self._minutes:
                 placed = place(start.replace(minute=minute), zone)
                 if best is not None and placed.first >= best:
@@ -146,6 +159,15 @@ class crontab:  # lower case: Celery's name, which beat_schedule entries are wri
                     if run > after and (best is None or run < best):
                         best = run
         return best
+
+    def _first_in_plain_hour(self, begin: datetime, after: datetime) -> datetime | None:
+        """The first matching minute after ``after`` of an hour starting at ``begin``, in which
+        the clock neither jumps nor goes back: found by bisection, not by placing each."""
+        past = (after - begin) // _ONE_MINUTE  # minutes of the hour at or before ``after``
+        index = bisect.bisect_right(self._minutes, past)
+        if index == len(self._minutes):
+            return None
+        return begin + self._minutes[index] * _ONE_MINUTE
 
     def _runs(self, first: datetime, second: datetime | None, missing: bool) -> list[datetime]:
         """The runs a matching wall time makes, by the DST rules of the package docstring."""
@@ -173,6 +195,21 @@ class crontab:  # lower case: Celery's name, which beat_schedule entries are wri
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={text!r}" for name, text in self.texts.items())
         return f"crontab({fields})"
+
+
+def _plain(begin: Placement, end: Placement) -> bool:
+    """An hour whose start and end occur once each, exactly an hour apart: one the clock
+    runs through without a jump or a repeat (tz data has no change undone within an hour)."""
+    return (
+        not (begin.missing or end.missing)
+        and begin.second is None
+        and end.second is None
+        and end.first - begin.first == _ONE_HOUR
+    )
+
+
+def _hour_end(day: date, hour: int) -> datetime:
+    return datetime.combine(day, time(hour)) + _ONE_HOUR
 
 
 def _midnight(day: date) -> datetime:

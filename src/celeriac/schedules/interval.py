@@ -25,9 +25,10 @@ class schedule:  # lower case: Celery's name, which beat_schedule entries are wr
     counted from the Unix epoch, in UTC. For a period that divides a day that is the UTC
     clock's multiples (every 15 minutes: :00, :15, :30, :45; every 6 hours: 00:00, 06:00,
     12:00, 18:00 UTC); for any other period (7 minutes, 2 days) it is still one grid that
-    does not depend on when a scheduler started. Celery rounds to the period's unit instead;
-    the grid gives the same times for the periods people use (a minute, an hour, a
-    quarter hour) and a defined answer for the others.
+    does not depend on when a scheduler started. Celery differs: it rounds the previous run
+    down to the period's largest unit (a 15-minute period to the minute, a 2-hour one to the
+    hour) and adds the period, which agrees with the grid for a period of one unit (a
+    minute, an hour, a day) but leaves a quarter hour wherever the first run fell.
     """
 
     def __init__(self, run_every: float | timedelta, relative: bool = False) -> None:

@@ -138,6 +138,49 @@ def test_after_may_be_given_in_any_zone() -> None:
     assert crontab(minute=0).next_run(after, UTC) == at("2026-05-05T16:00")
 
 
+@pytest.mark.parametrize(
+    ("cron", "after"),
+    [
+        (crontab(minute=0, hour=0, day_of_month=1, month_of_year=1), "2026-01-01T00:00"),
+        (
+            crontab(minute=0, hour=0, day_of_month=29, month_of_year=2, day_of_week=1),
+            "2016-03-01T00:00",
+        ),
+        (crontab(), "2026-05-05T23:59:30"),
+        (crontab(minute="*/15", hour="9-17", day_of_week="mon-fri"), "2026-05-08T17:00"),
+    ],
+    ids=["yearly", "every 28 years", "every minute at 23:59", "weekdays"],
+)
+def test_next_run_reads_the_zone_a_few_dozen_times_not_once_a_minute(
+    cron: crontab, after: str
+) -> None:
+    zone = CountedZone(NEW_YORK)
+    assert cron.next_run(at(after), zone) == cron.next_run(at(after), NEW_YORK)
+    assert 0 < zone.readings < 100
+
+
+class CountedZone(tzinfo):
+    """A zone that counts how often it is read."""
+
+    def __init__(self, zone: tzinfo) -> None:
+        self.zone = zone
+        self.readings = 0
+
+    def utcoffset(self, moment: datetime | None) -> timedelta | None:
+        self.readings += 1
+        return self.zone.utcoffset(moment and moment.replace(tzinfo=self.zone))
+
+    def dst(self, moment: datetime | None) -> timedelta | None:
+        return self.zone.dst(moment and moment.replace(tzinfo=self.zone))
+
+    def tzname(self, moment: datetime | None) -> str | None:
+        return self.zone.tzname(moment and moment.replace(tzinfo=self.zone))
+
+    def fromutc(self, moment: datetime) -> datetime:
+        self.readings += 1
+        return self.zone.fromutc(moment.replace(tzinfo=self.zone)).replace(tzinfo=self)
+
+
 # -- New York ------------------------------------------------------------------------------
 
 

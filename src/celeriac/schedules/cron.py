@@ -155,7 +155,7 @@ class crontab:  # lower case: Celery's name, which beat_schedule entries are wri
                 placed = place(start.replace(minute=minute), zone)
                 if best is not None and placed.first >= best:
                     return best
-                for run in self._runs(placed.first, placed.second, placed.missing):
+                for run in self._runs(placed):
                     if run > after and (best is None or run < best):
                         best = run
         return best
@@ -169,13 +169,13 @@ class crontab:  # lower case: Celery's name, which beat_schedule entries are wri
             return None
         return begin + self._minutes[index] * _ONE_MINUTE
 
-    def _runs(self, first: datetime, second: datetime | None, missing: bool) -> list[datetime]:
+    def _runs(self, placed: Placement) -> list[datetime]:
         """The runs a matching wall time makes, by the DST rules of the package docstring."""
-        if missing:
-            return [] if self.every_hour else [first]
-        if second is not None and self.every_hour:
-            return [first, second]
-        return [first]
+        if placed.missing:
+            return [] if self.every_hour else [placed.first]
+        if placed.second is not None and self.every_hour:
+            return [placed.first, placed.second]
+        return [placed.first]
 
     def to_json(self) -> dict[str, Any]:
         """RedBeat's crontab form: ``"__type__": "crontab"`` and each field as written."""

@@ -348,3 +348,23 @@ async def test_settling_twice_does_nothing(broker: Broker, queue: str) -> None:
         await broker.ack(again)
     assert (await broker.queue_sizes()).get(queue, 0) == 0
     assert not [d for d in await broker.dead_letters() if d.reason == "late"]
+
+
+async def test_publish_once_queues_each_sequence_of_a_key_once(broker: Broker, queue: str) -> None:
+    """Where the transport can decide and publish in one step, a publish repeated with the
+    same (or an older) sequence under a key queues nothing; RabbitMQ says it cannot."""
+    key = f"once-{queue}"
+    first = await broker.publish_once(queue, envelope("a"), key=key, sequence=1000)
+    again = await broker.publish_once(queue, envelope("a again"), key=key, sequence=1000)
+    older = await broker.publish_once(queue, envelope("older"), key=key, sequence=999)
+    newer = await broker.publish_once(queue, envelope("b"), key=key, sequence=1001)
+    other = await broker.publish_once(queue, envelope("c"), key=key + "-other", sequence=5)
+    if broker.publishes_once:
+        assert (first, again, older, newer, other) == (True, False, False, True, True)
+        expected = [b"a", b"b", b"c"]
+    else:
+        assert (first, again, older, newer, other) == (True, True, True, True, True)
+        expected = [b"a", b"a again", b"older", b"b", b"c"]
+    async with consuming(broker, [queue], prefetch=10) as it:
+        assert await drain(broker, it, len(expected)) == expected
+    assert queue not in await broker.queue_sizes()

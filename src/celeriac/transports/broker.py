@@ -92,6 +92,9 @@ class Broker(ABC):
     #: than in chunks: a transport that stores one call in one transaction (SQLite) then
     #: queues a batch all or nothing.
     whole_batches: bool = False
+    #: Whether :meth:`publish_once` keeps its promise here (the check and the publish in one
+    #: atomic step); a transport that cannot (RabbitMQ) publishes every time.
+    publishes_once: bool = False
 
     def __init__(
         self,
@@ -159,6 +162,32 @@ class Broker(ABC):
         for request in requests:
             self._check(request)
         await self._publish(requests)
+
+    async def publish_once(
+        self,
+        queue: str,
+        envelope: Envelope,
+        *,
+        key: str,
+        sequence: int,
+        priority: int = 0,
+        eta: float | None = None,
+    ) -> bool:
+        """Publish unless a message was published under ``key`` with a ``sequence`` at
+        least this one, deciding and publishing in one atomic step; True when it published.
+        The scheduler publishes each run under its entry's key with the run's time, so a run
+        sent again after a crash that left it in doubt is not queued twice (see
+        celeriac.beat.store). Keys are kept until the broker is emptied."""
+        request = PublishRequest(queue, envelope, priority, eta)
+        self._check(request)
+        return await self._publish_once(request, key, sequence)
+
+    async def _publish_once(self, request: PublishRequest, key: str, sequence: int) -> bool:
+        """Atomically: unless ``key``'s sequence is ``sequence`` or more, set it to
+        ``sequence`` and publish. A transport that cannot (``publishes_once`` False)
+        publishes every time."""
+        await self._publish([request])
+        return True
 
     def _check(self, request: PublishRequest) -> None:
         if not MIN_PRIORITY <= request.priority <= MAX_PRIORITY:

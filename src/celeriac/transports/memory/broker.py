@@ -83,6 +83,17 @@ class _Transport:
         self.listeners: dict[str, list[tuple[asyncio.AbstractEventLoop, Subscription]]] = {}
         self._orders = itertools.count()
         self._tags = itertools.count(1)
+        #: publish_once's keys -> the newest sequence put under each
+        self.once: dict[str, int] = {}
+
+    def put_once(self, request: PublishRequest, key: str, sequence: int) -> bool:
+        """Put ``request`` unless ``key`` was put with ``sequence`` or a later one."""
+        with self.lock:
+            if key in self.once and self.once[key] >= sequence:
+                return False
+            self.once[key] = sequence
+        self.put([request])
+        return True
 
     def put(self, requests: Sequence[PublishRequest]) -> None:
         at = now()
@@ -211,6 +222,8 @@ def reset_memory_transports() -> None:
 class MemoryBroker(Broker):
     """Queues in this process's memory. Options: none (any is a ConfigurationError)."""
 
+    publishes_once = True
+
     def __init__(self, url: str, **settings: Any) -> None:  # settings: see Broker
         super().__init__(url, **settings)
         checked_options(self.options, {}, "broker_transport_options", "memory://")
@@ -228,6 +241,9 @@ class MemoryBroker(Broker):
 
     async def _publish(self, requests: Sequence[PublishRequest]) -> None:
         self._transport.put(requests)
+
+    async def _publish_once(self, request: PublishRequest, key: str, sequence: int) -> bool:
+        return self._transport.put_once(request, key, sequence)
 
     async def consume(
         self, queues: Sequence[str], *, prefetch: int

@@ -93,6 +93,8 @@ log = logging.getLogger(__name__)
 
 DEAD_LETTERS = "celeriac.dead"
 DEFERRED_PREFIX = "celeriac.deferred."
+#: publish_once's keys: ``<prefix>celeriac.once.<key>``.
+ONCE_PREFIX = "celeriac.once."
 _OPTIONS = {
     "visibility_timeout": Option(float, 3600.0),
     "global_keyprefix": Option(str, ""),
@@ -142,6 +144,7 @@ class RedisBroker(Broker):
 
     #: Messages published with an ETA are pushed at once (the worker parks them).
     hides_eta = False
+    publishes_once = True  # the key and the push in one script
 
     def __init__(self, url: str, **settings: Any) -> None:  # settings: see Broker
         super().__init__(url, **settings)
@@ -189,7 +192,7 @@ class RedisBroker(Broker):
 
     async def connect(self) -> None:
         self._client = client_from_url(self.url, self._client_options)
-        for name in ("claim", "settle", "defer", "purge"):
+        for name in ("claim", "settle", "defer", "purge", "publish_once"):
             self._scripts[name] = Script(_script(f"{name}.lua"))
 
     async def close(self) -> None:
@@ -260,6 +263,24 @@ class RedisBroker(Broker):
             raise self._unreachable(exc) from exc
         except ReplyError as exc:
             raise self._refused(exc, "a message") from exc
+
+    async def _publish_once(self, request: PublishRequest, key: str, sequence: int) -> bool:
+        payload = kombu.encode(request.envelope, request.queue, request.priority)
+        keys = [
+            f"{self.prefix}{ONCE_PREFIX}{key}",
+            self.prefix + kombu.list_key(request.queue, request.priority),
+        ]
+        try:
+            pipe = self.client.pipeline()
+            bound = self._bind(pipe, [request.queue])
+            pipe.run_script(self._scripts["publish_once"], keys, [sequence, payload])
+            replies = await pipe.execute()
+            self._bound.update(bound)
+        except UNREACHABLE as exc:
+            raise self._unreachable(exc) from exc
+        except ReplyError as exc:
+            raise self._refused(exc, "a message") from exc
+        return bool(replies[-1])
 
     def priority_to_wire(self, priority: int) -> int:
         return kombu.celery_priority(priority)

@@ -120,6 +120,12 @@ INSERT INTO celeriac_dead_letters (queue, envelope, reason, died_at)
 SELECT queue, CAST(IFNULL(envelope, x'') AS BLOB), ?, ? FROM celeriac_messages
 WHERE id = ? AND holder = ?
 """
+#: publish_once: the key's sequence moves forward (one row changed) or the message is not sent.
+_ADVANCE_ONCE = """
+INSERT INTO celeriac_published_once (key, sequence) VALUES (?1, ?2)
+ON CONFLICT (key) DO UPDATE SET sequence = excluded.sequence WHERE excluded.sequence > sequence
+"""
+
 _RELEASE_ORPHANS = """
 UPDATE celeriac_messages SET holder = NULL, redelivered = 1
 WHERE holder IS NOT NULL AND holder NOT IN (SELECT holder FROM celeriac_holders)
@@ -212,6 +218,7 @@ class SQLiteBroker(Broker):
         return absolute_url(self.url)
 
     whole_batches = True  # publish_many is one transaction: a batch is all or nothing
+    publishes_once = True  # the key and the message in one transaction
 
     def __init__(self, url: str, **settings: Any) -> None:  # settings: see Broker
         super().__init__(url, **settings)
@@ -281,6 +288,17 @@ class SQLiteBroker(Broker):
             for start in range(0, len(requests), _ROWS_PER_PART)
         )
         await self._db.transaction_in_parts(_insert, parts, then=self._notifier.notify)
+
+    async def _publish_once(self, request: PublishRequest, key: str, sequence: int) -> bool:
+        rows = _rows([request])
+
+        def publish(conn: sqlite3.Connection) -> bool:
+            if conn.execute(_ADVANCE_ONCE, (key, sequence)).rowcount == 0:
+                return False
+            _insert(conn, rows)
+            return True
+
+        return await self._db.transaction(publish, then=self._notifier.notify)
 
     # -- broadcasting ----------------------------------------------------------------------
 

@@ -105,6 +105,10 @@ CREATE TABLE IF NOT EXISTS celeriac_leases (
     holder TEXT NOT NULL,
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS celeriac_published_once (
+    key TEXT PRIMARY KEY,
+    sequence INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS celeriac_revoked (
     task_id TEXT PRIMARY KEY,
     until REAL NOT NULL

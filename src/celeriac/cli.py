@@ -75,6 +75,7 @@ examples:
   celeriac -A proj.tasks:app status
   celeriac -A proj.tasks:app inspect active -d w1@host
   celeriac -A proj.tasks:app control pool_grow 2
+  celeriac -A proj.tasks:app beat list
   celeriac -A proj.tasks:app result 0c7e1b7a-... --follow
   celeriac run proj.web:app -P 2
 
@@ -180,6 +181,53 @@ def _parser() -> argparse.ArgumentParser:
     )
     events.add_argument(
         "-d", "--dump", action="store_true", help="print each event as a line instead"
+    )
+
+    beat = command(
+        "beat",
+        "send periodic tasks (Celery's celery beat), or list and change them",
+        "Without an action: run a scheduler that sends the periodic tasks of beat_schedule"
+        " and of the result store when they come due, until Ctrl-C. Run as many as you like"
+        " (and workers with -B): they elect one leader through the result store and each run"
+        " is sent once; another takes over within beat_failover_timeout (10 s) of the"
+        " leader's death. Actions: list (the entries, last and next runs); add NAME TASK"
+        " (--every or --cron); pause NAME; resume NAME; remove NAME (a stored entry). Changes"
+        " are stored in the result store and taken up by the leader without a restart.",
+    )
+    beat.add_argument(
+        "action",
+        nargs="?",
+        default="run",
+        choices=("run", "list", "add", "pause", "resume", "remove"),
+        help="what to do (default: run a scheduler)",
+    )
+    beat.add_argument("words", nargs="*", metavar="NAME [TASK]", help="the entry (and task)")
+    beat.add_argument("--every", type=float, metavar="SECONDS", help="add: an interval")
+    beat.add_argument("--cron", metavar="'M H DOM MON DOW'", help="add: a crontab")
+    beat.add_argument("--args", metavar="JSON", help="add: positional arguments, a JSON list")
+    beat.add_argument("--kwargs", metavar="JSON", help="add: keyword arguments, a JSON object")
+    beat.add_argument("--queue", help="add: the queue to send to")
+    beat.add_argument(
+        "--missed", choices=("once", "all", "skip"), help="add: the missed-runs policy"
+    )
+    beat.add_argument(
+        "--max-interval",
+        type=float,
+        metavar="SECONDS",
+        help="longest sleep between looks at the schedule (default: beat_max_loop_interval, 5)",
+    )
+    beat.add_argument(
+        "-s",
+        "--schedule",
+        metavar="FILE",
+        help="Celery's schedule file: accepted and not needed (the schedule's state lives in"
+        " the result store)",
+    )
+    beat.add_argument(
+        "-S",
+        "--scheduler",
+        help="Celery's scheduler class (RedBeat, django-celery-beat): refused; celeriac's"
+        " scheduler reads beat_schedule and its own stored entries",
     )
 
     run = command(
@@ -360,7 +408,8 @@ def _worker_options(worker: argparse.ArgumentParser) -> None:
         "-B",
         "--beat",
         action="store_true",
-        help="Celery's embedded beat scheduler: not available yet; the command refuses it",
+        help="run a periodic-task scheduler in the worker too; safe on every worker of a"
+        " fleet: the schedulers elect one leader, so each run is sent once",
     )
     worker.add_argument("--child", help=argparse.SUPPRESS)  # set by the supervisor
     # Set by the supervisor: the pipe its child reports on once it consumes.
@@ -451,6 +500,7 @@ async def _run(app: Celery, args: argparse.Namespace) -> int:
         "inspect": _remote,
         "control": _remote,
         "events": _events,
+        "beat": _beat,
     }
     return await handler[args.command](app, args)
 
@@ -469,7 +519,6 @@ def _pools(app: Celery, args: argparse.Namespace) -> list[Any]:
 
 
 async def _worker(app: Celery, args: argparse.Namespace) -> int:
-    _refuse_missing_capabilities(args)
     if args.task_events:
         app.conf.worker_send_task_events = True
     if args.heartbeat_interval is not None:
@@ -512,15 +561,25 @@ def _recycles(app: Celery, args: argparse.Namespace) -> bool:
     )
 
 
-def _refuse_missing_capabilities(args: argparse.Namespace) -> None:
-    """Celery's -B is accepted as an option but refused: a worker that silently ran no
-    periodic task would look as if it did."""
-    if args.beat:
+async def _beat(app: Celery, args: argparse.Namespace) -> int:
+    from celeriac.beat.commands import manage, run_scheduler
+
+    if args.scheduler:
         raise ConfigurationError(
-            "-B/--beat: celeriac has no beat scheduler yet; drop -B and send periodic tasks"
-            " from cron or a systemd timer (a script that calls task.delay()), or from a"
-            " loop in your own service"
+            f"-S {args.scheduler}: celeriac runs its own scheduler, which reads beat_schedule"
+            " and the entries stored with 'celeriac beat add'; drop -S (entries kept by"
+            " RedBeat or django-celery-beat are not read: add them to beat_schedule)"
         )
+    if args.max_interval is not None:
+        app.conf.beat_max_loop_interval = args.max_interval
+    if args.action == "run":
+        if args.schedule:
+            logging.getLogger("celeriac.beat").info(
+                "-s %s is not needed: the schedule's state lives in the result store",
+                args.schedule,
+            )
+        return await run_scheduler(app)
+    return await manage(app, args.action, args.words, vars(args))
 
 
 async def _supervise(app: Celery, args: argparse.Namespace, pools: list[Any]) -> int:
@@ -560,6 +619,8 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
     passed: list[str] = ["-l", args.loglevel or "info"]
     if args.task_events:
         passed.append("-E")
+    if args.beat:  # every process schedules: they elect one leader among them
+        passed.append("-B")
     for flag, value in (
         ("-n", args.hostname),
         ("--max-tasks-per-child", args.max_tasks_per_child),
@@ -585,6 +646,11 @@ async def _one_worker(app: Celery, args: argparse.Namespace, queues: list[str]) 
         from celeriac.worker.supervisor import ready_reporter
 
         on_ready = ready_reporter(args.ready_fd)
+    hooks = []
+    if args.beat:
+        from celeriac.beat.embedded import EmbeddedBeat
+
+        hooks.append(EmbeddedBeat(app))
     conf = app.conf
     worker = Worker(
         app,
@@ -599,6 +665,7 @@ async def _one_worker(app: Celery, args: argparse.Namespace, queues: list[str]) 
             (args.max_memory_per_child or conf.worker_max_memory_per_child) if child else None
         ),
         on_ready=on_ready,
+        hooks=hooks,
     )
     if child is not None:
         asyncio.get_running_loop().create_task(_stop_with_parent(worker))

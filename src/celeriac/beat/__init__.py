@@ -1,0 +1,22 @@
+"""Periodic tasks: Celery's ``beat_schedule``, sent by one leader among any number of schedulers.
+
+``celeriac beat`` runs a scheduler; ``celeriac worker -B`` runs one inside the worker. Run as
+many as you like: they elect one leader through a short lease in the result store
+(:mod:`celeriac.beat.leadership`), each run is claimed once in the same store
+(:mod:`celeriac.beat.store`), and another scheduler takes over within
+``beat_failover_timeout`` of the leader's death. Runs are computed from the schedule
+(:mod:`celeriac.schedules`), in the ``timezone`` setting, never from the last send; missed
+runs follow a policy (:mod:`celeriac.beat.scheduler`). Entries can be changed at run time
+(:class:`PeriodicTasks`, ``celeriac beat list/add/pause/resume/remove``).
+
+Guarantee: each run of each entry is sent once. The one exception is a scheduler that dies
+(or is cut off for longer than its lease) after claiming a run and before the broker
+confirmed its message: the next leader cannot tell whether the message went out, and sends
+it again under the same task id rather than lose the run.
+"""
+
+from celeriac.beat.entries import Entry
+from celeriac.beat.manage import EntryInfo, PeriodicTasks
+from celeriac.beat.scheduler import Run, Scheduler
+
+__all__ = ["Entry", "EntryInfo", "PeriodicTasks", "Run", "Scheduler"]

@@ -19,9 +19,10 @@ Flower endpoints checked:
 * control: ``POST /api/worker/pool/grow/<node>``, ``POST /api/worker/pool/shrink/<node>``,
   ``POST /api/worker/queue/add-consumer/<node>``, ``POST
   /api/worker/queue/cancel-consumer/<node>``, ``POST /api/task/revoke/<id>?terminate=true``,
-  ``POST /api/task/timeout/<task>``, ``POST /api/task/rate-limit/<task>``, ``POST
-  /api/worker/pool/autoscale/<node>``, ``POST /api/worker/pool/restart/<node>`` (the last
-  three answered with the worker's error text), ``POST /api/worker/shutdown/<node>``.
+  ``POST /api/task/timeout/<task>``, ``POST /api/task/rate-limit/<task>`` (shown by the
+  inspect view's ``registered``), ``POST /api/worker/pool/autoscale/<node>``, ``POST
+  /api/worker/pool/restart/<node>`` (the last two answered with the worker's error text),
+  ``POST /api/worker/shutdown/<node>``.
 """
 
 from __future__ import annotations
@@ -315,16 +316,32 @@ def test_flower_sets_time_limits_on_the_celeriac_worker(
     assert limited.json() == {"message": "time limits set successfully"}
 
 
+def test_flower_sets_a_rate_limit_on_the_celeriac_worker(
+    flower: Flower, celeriac_worker: WorkerProcess
+) -> None:
+    node = node_of(celeriac_worker)
+    try:
+        limited = flower.post("/api/task/rate-limit/interop.add", ratelimit="10/m", workername=node)
+        assert limited.status_code == 200, limited.text
+        assert limited.json() == {"message": "new rate limit set successfully"}
+        registered = flower.inspected(node)["registered"]
+        assert "interop.add [rate_limit=10/m]" in registered
+        bad = flower.post("/api/task/rate-limit/interop.add", ratelimit="10/d", workername=node)
+        assert bad.status_code == 403
+        assert bad.text.startswith(
+            "Failed to set rate limit: 'Invalid rate limit string: bad rate limit '10/d'"
+        )
+    finally:
+        lifted = flower.post("/api/task/rate-limit/interop.add", ratelimit="0", workername=node)
+    assert lifted.json() == {"message": "rate limit disabled successfully"}
+    assert "interop.add" in flower.inspected(node)["registered"]
+
+
 def test_flower_shows_the_celeriac_workers_refusals(
     flower: Flower, celeriac_worker: WorkerProcess
 ) -> None:
-    """What celeriac does not do yet comes back as Flower's error, with the worker's reason."""
+    """What celeriac does not do comes back as Flower's error, with the worker's reason."""
     node = node_of(celeriac_worker)
-    limited = flower.post("/api/task/rate-limit/interop.add", ratelimit="10/m", workername=node)
-    assert limited.status_code == 403
-    assert limited.text == (
-        "Failed to set rate limit: 'rate limits are not in celeriac yet: the limit was not changed'"
-    )
     scaled = flower.post(f"/api/worker/pool/autoscale/{node}?min=1&max=4")
     assert scaled.status_code == 403
     assert scaled.text.startswith(f"Failed to autoscale '{node}' worker: autoscale is not in")

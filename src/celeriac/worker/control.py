@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celeriac.rates import parse_rate
 from celeriac.worker.commands import NO_REPLY, ControlContext, command
 
 logger = logging.getLogger("celeriac.worker")
@@ -73,10 +74,21 @@ def time_limit(
 def rate_limit(
     context: ControlContext, task_name: str | None = None, rate_limit: Any = None
 ) -> dict[str, str]:
-    """Change a task's rate limit: not yet in celeriac, so an error that says so."""
-    if context.worker.app.tasks.get(task_name or "") is None:
+    """Set a task's rate limit in this worker (``"10/m"``...; 0 or None: no limit), until
+    it stops; Celery's replies."""
+    try:
+        rate = parse_rate(rate_limit)
+    except ValueError as exc:
+        return {"error": f"Invalid rate limit string: {exc}"}
+    task = context.worker.app.tasks.get(task_name or "")
+    if task is None:
         return {"error": "unknown task"}
-    return {"error": "rate limits are not in celeriac yet: the limit was not changed"}
+    context.worker.rate_limits.set(task.name, rate)
+    if rate is None:
+        logger.info("%s: rate limit of %s taken off", context.hostname, task_name)
+        return {"ok": "rate limit disabled successfully"}
+    logger.info("%s: new rate limit for %s: %s", context.hostname, task_name, rate)
+    return {"ok": "new rate limit set successfully"}
 
 
 @command("control")

@@ -85,7 +85,7 @@ def registered(
 ) -> list[str]:
     """The names of the tasks this worker runs, sorted; ``celery.*`` only with
     ``builtins``; each with the ``taskinfoitems`` attributes it sets."""
-    items = TASK_INFO_ITEMS if taskinfoitems is None else tuple(taskinfoitems)
+    items = tuple(taskinfoitems or TASK_INFO_ITEMS)  # none asked: Celery's defaults
     names = []
     for name, task in sorted(context.worker.app.tasks.items()):
         if name.startswith("celery.") and not builtins:

@@ -19,8 +19,22 @@ Two classes, two jobs:
 - :class:`KeyValueBackend` is the template for stores that keep records under keys (memory,
   SQLite, Redis): it implements the contract over a handful of ``_`` primitives, and adds
   what such a store can offer beyond results: atomic counters (:meth:`~KeyValueBackend.incr`,
-  how many of a group's tasks ended) and leases (:meth:`~KeyValueBackend.acquire_lease`, one
-  holder at a time, such as one scheduler among several).
+  how many of a group's tasks ended; :meth:`~KeyValueBackend.advance_counter`, which of
+  several schedulers claims a periodic task's run), leases
+  (:meth:`~KeyValueBackend.acquire_lease`, one holder at a time, such as one scheduler among
+  several), small named documents (:meth:`~KeyValueBackend.put_document`, periodic-task
+  entries a dashboard can edit) and rate limits shared by every process on the store
+  (:meth:`~KeyValueBackend.acquire_rate`).
+
+A rate limit is a sliding-window log of start times per key, read by the store's clock (Redis's
+``TIME``; the backend's clock on SQLite and in memory), so the workers' clocks never matter.
+A start is allowed while fewer than ``limit`` starts fall in the half-open window
+``(now - period, now]`` and, for a ``burst`` below ``limit``, fewer than ``burst`` in
+``(now - period * burst / limit, now]``. A refused caller is told when to come back: never
+before the start that binds leaves its window, and, since many callers refused at once would
+otherwise all come back at the same instant and all but ``limit`` of them be refused again,
+at times handed out ``period / limit`` apart (a per-key "next retry" time):
+:func:`rate_wait` and :func:`spaced_retry` are that rule, which every store follows.
 
 Storing can fail two ways, and a backend says which (see :mod:`celeriac.errors`):
 :class:`~celeriac.errors.BackendUnreachable` when the store is out of reach now (the worker
@@ -34,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -361,6 +376,72 @@ class KeyValueBackend(ResultBackend):
         is never ended), so another holder can take it at once."""
         await self._release_lease(name, holder)
 
+    # -- run claims ------------------------------------------------------------------------
+
+    async def advance_counter(self, key: str, to: int, *, expires: float | None = None) -> int:
+        """Set the counter ``key`` to ``max(current, to)`` in one atomic step and return the
+        value it had before (0 when missing or expired).
+
+        How a scheduler claims a run: of any number of callers advancing to the same ``to``,
+        exactly one gets a value below ``to`` back, and the claim is that caller's.
+        ``expires`` is as :meth:`incr`'s, for a counter this call raises; one it leaves as it
+        is (already at ``to`` or beyond) keeps its value and its expiry.
+        """
+        _check_expires(expires, "a counter's expires")
+        return await self._advance_counter(key, int(to), expires)
+
+    async def init_counter(self, key: str, value: int, *, expires: float | None = None) -> int:
+        """Set the counter ``key`` to ``value`` if it is missing or expired, in one atomic
+        step; return the value in force afterwards (the existing one, or ``value``).
+
+        An existing counter is left as it is, expiry included: callers starting at once
+        all get the first caller's value. ``expires`` (as :meth:`incr`'s) applies to a
+        counter this call sets."""
+        _check_expires(expires, "a counter's expires")
+        return await self._init_counter(key, int(value), expires)
+
+    # -- documents ---------------------------------------------------------------------------
+
+    async def put_document(self, collection: str, name: str, data: bytes) -> None:
+        """Store ``data`` as the document ``name`` of ``collection``, replacing one of that
+        name. Documents are small named values that never expire (periodic-task entries a
+        dashboard can edit); collections are separate namespaces."""
+        await self._put_document(collection, name, bytes(data))
+
+    async def documents(self, collection: str) -> dict[str, bytes]:
+        """Every document of ``collection``, by name (empty for an unknown collection)."""
+        return await self._documents(collection)
+
+    async def delete_document(self, collection: str, name: str) -> bool:
+        """Delete the document; True if it existed (deleting a missing one is fine)."""
+        return await self._delete_document(collection, name)
+
+    # -- rate limits -------------------------------------------------------------------------
+
+    async def acquire_rate(self, key: str, limit: int, period: float, burst: int) -> float:
+        """One start under the rate limit ``key``, shared by every process on the store:
+        at most ``limit`` starts in any ``period`` seconds, at most ``burst`` of them in
+        ``period * burst / limit`` seconds (``burst == limit``: no burst check).
+
+        Returns 0.0 when the start is allowed (and recorded, by the store's clock), else the
+        seconds to wait before trying again, in one atomic step that records nothing: never
+        less than the time until the start that binds leaves its window, and spaced
+        ``period / limit`` from the retry time handed to the caller refused before (see the
+        module docstring). Every key written expires once the limit is idle.
+        """
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"a rate limit's limit must be an integer of 1 or more, not {limit!r}")
+        if not isinstance(burst, int) or not 1 <= burst <= limit:
+            raise ValueError(
+                f"a rate limit's burst must be an integer from 1 to the limit ({limit}),"
+                f" not {burst!r}"
+            )
+        if not (isinstance(period, int | float) and 0 < period < math.inf):
+            raise ValueError(
+                f"a rate limit's period must be a positive number of seconds, not {period!r}"
+            )
+        return await self._acquire_rate(key, limit, float(period), burst)
+
     # -- revocations -----------------------------------------------------------------------
 
     keeps_revokes = True
@@ -427,6 +508,35 @@ class KeyValueBackend(ResultBackend):
         """Atomically: delete the lease if ``holder`` has it."""
 
     @abstractmethod
+    async def _advance_counter(self, key: str, to: int, expires: float | None) -> int:
+        """Atomically: raise the counter to ``to`` if below it (missing or expired: 0), with
+        ``expires`` if given (a counter not raised is left as it is); the value before."""
+
+    @abstractmethod
+    async def _init_counter(self, key: str, value: int, expires: float | None) -> int:
+        """Atomically: set the counter (with ``expires``) if missing or expired; the value
+        in force afterwards."""
+
+    @abstractmethod
+    async def _put_document(self, collection: str, name: str, data: bytes) -> None:
+        """Store or replace the document."""
+
+    @abstractmethod
+    async def _documents(self, collection: str) -> dict[str, bytes]:
+        """Every document of the collection, by name."""
+
+    @abstractmethod
+    async def _delete_document(self, collection: str, name: str) -> bool:
+        """Remove the document; whether it was there."""
+
+    @abstractmethod
+    async def _acquire_rate(self, key: str, limit: int, period: float, burst: int) -> float:
+        """Atomically, by the store's clock: drop starts older than ``period``; allowed
+        (:func:`rate_wait` is 0): record the start, return 0.0; refused: return the wait
+        :func:`spaced_retry` gives, keeping the key's next retry time. Arguments are
+        checked already."""
+
+    @abstractmethod
     async def _add_revoked(self, task_ids: list[str], until: float) -> None:
         """Record each id as revoked until ``until``, unless it is recorded until later."""
 
@@ -469,6 +579,36 @@ async def follow(
                 assert log.record is not None
                 yield decode(log.record)
                 return
+
+
+def rate_wait(starts: Sequence[float], at: float, limit: int, period: float, burst: int) -> float:
+    """Seconds from ``at`` until a start is allowed under the limit (0.0: now), given the
+    start times still in the period's window (``> at - period``), oldest first.
+
+    A full window frees a place when its oldest start leaves it; with more starts than the
+    limit (a lower limit than before) when enough of them have: the one ``limit`` from the
+    newest. The burst window likewise, and the later of the two binds."""
+    wait = 0.0
+    if len(starts) >= limit:
+        wait = starts[len(starts) - limit] + period - at
+    if burst < limit:
+        window = period * burst / limit
+        recent = [start for start in starts if start > at - window]
+        if len(recent) >= burst:
+            wait = max(wait, recent[len(recent) - burst] + window - at)
+    return wait
+
+
+def spaced_retry(
+    at: float, wait: float, next_retry: float, period: float, limit: int
+) -> tuple[float, float]:
+    """A refused caller's retry time, and the key's next retry time after it.
+
+    The retry time is not before the caller's ``wait`` is over, nor before the key's
+    ``next_retry``; the next one is ``period / limit`` (one caller's share of the limit)
+    after it, so callers refused together come back one by one instead of all at once."""
+    retry = max(next_retry, at + wait)
+    return retry, retry + period / limit
 
 
 def _check_expires(seconds: float | None, what: str) -> None:

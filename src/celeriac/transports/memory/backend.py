@@ -2,8 +2,11 @@
 
 Shared, like the memory broker, by every instance with the same URL in the process; a
 waiter on another event loop (the sync API's private thread) is woken on its own loop.
-Counters, leases, saved groups and chord joins live beside the records, each changed under
-the namespace's lock.
+Counters, leases, documents, rate limits, saved groups and chord joins live beside the
+records, each changed under the namespace's lock. A rate limit is its start times (oldest
+first) and its next retry time, dropped once idle for its period; it follows
+:func:`~celeriac.transports.backend.rate_wait` and
+:func:`~celeriac.transports.backend.spaced_retry` by the backend's clock.
 
 A chord join is Redis's (Celery's) in one dict entry per group: the header's size (set by
 :meth:`~MemoryBackend.chord_start`), the parts received keyed by ``"<task id>:<index>"``
@@ -45,6 +48,8 @@ from celeriac.transports.backend import (
     part_key,
     part_member,
     part_order,
+    rate_wait,
+    spaced_retry,
 )
 from celeriac.transports.broker import now
 from celeriac.transports.memory.broker import reset_memory_transports
@@ -79,6 +84,8 @@ class _Results:
         self.revoked: dict[str, float] = {}  # task id -> revoked until
         self.groups: dict[str, tuple[bytes, float | None]] = {}  # id -> record, expires at
         self.chords: dict[str, _Chord] = {}
+        self.documents: dict[str, dict[str, bytes]] = {}  # collection -> name -> data
+        self.rates: dict[str, _Rate] = {}
 
     def changed(self, task_id: str) -> None:
         """Wake the task's streams, each on its own loop. Call without the lock held."""
@@ -123,6 +130,22 @@ class _Chord:
             self.parts.clear()
         if self.holder is not None and self.held_until <= at:
             self.holder = None
+        return self
+
+
+@dataclass(slots=True)
+class _Rate:
+    """One rate limit's log: start times, oldest first, and the next retry time to hand out."""
+
+    starts: list[float] = field(default_factory=list)
+    next_retry: float = 0.0
+    idle_at: float = 0.0  # when nothing of it matters any more
+
+    def live(self, at: float, period: float) -> _Rate:
+        """Itself, without the starts that left the period's window by ``at``."""
+        cut = at - period
+        kept = next((i for i, start in enumerate(self.starts) if start > cut), len(self.starts))
+        del self.starts[:kept]
         return self
 
 
@@ -311,6 +334,63 @@ class MemoryBackend(KeyValueBackend):
             lease = self._results.leases.get(name)
             if lease is not None and lease[0] == holder:
                 del self._results.leases[name]
+
+    async def _advance_counter(self, key: str, to: int, expires: float | None) -> int:
+        at = self.clock()
+        with self._results.lock:
+            value, expires_at = self._live_counter(key, at)
+            if value < to:
+                self._results.counters[key] = (to, expires_at if expires is None else at + expires)
+            return value
+
+    async def _init_counter(self, key: str, value: int, expires: float | None) -> int:
+        at = self.clock()
+        with self._results.lock:
+            counter = self._results.counters.get(key)
+            if counter is not None and (counter[1] is None or counter[1] > at):
+                return counter[0]
+            self._results.counters[key] = (value, None if expires is None else at + expires)
+            return value
+
+    # -- documents -------------------------------------------------------------------------
+
+    async def _put_document(self, collection: str, name: str, data: bytes) -> None:
+        with self._results.lock:
+            self._results.documents.setdefault(collection, {})[name] = data
+
+    async def _documents(self, collection: str) -> dict[str, bytes]:
+        with self._results.lock:
+            return dict(self._results.documents.get(collection, {}))
+
+    async def _delete_document(self, collection: str, name: str) -> bool:
+        with self._results.lock:
+            documents = self._results.documents.get(collection, {})
+            found = documents.pop(name, None) is not None
+            if not documents:
+                self._results.documents.pop(collection, None)
+            return found
+
+    # -- rate limits -----------------------------------------------------------------------
+
+    async def _acquire_rate(self, key: str, limit: int, period: float, burst: int) -> float:
+        at = self.clock()
+        with self._results.lock:
+            self._drop_idle_rates(at)
+            rate = self._results.rates.setdefault(key, _Rate()).live(at, period)
+            wait = rate_wait(rate.starts, at, limit, period, burst)
+            if wait <= 0:
+                rate.starts.append(at)
+                rate.idle_at = max(rate.idle_at, at + period)
+                return 0.0
+            retry, rate.next_retry = spaced_retry(at, wait, rate.next_retry, period, limit)
+            rate.idle_at = max(rate.idle_at, rate.next_retry, at + period)
+            return retry - at
+
+    def _drop_idle_rates(self, at: float) -> None:
+        """Forget rate limits nobody used for their period. Lock held."""
+        idle = [key for key, rate in self._results.rates.items() if rate.idle_at <= at]
+        for key in idle:
+            del self._results.rates[key]
 
     # -- revocations -----------------------------------------------------------------------
 

@@ -28,10 +28,18 @@ broker owns a borrowed client: the store's ``close`` waits for its writes and fa
 waiters but leaves the client open, for the broker (closed after it) to close.
 
 Counters are plain integer keys under ``global_keyprefix`` (INCRBY and PEXPIRE in one
-MULTI), named by the caller, so Celery's own counter keys can be used; leases are keys
-``celeriac-lease-<name>`` taken and renewed by ``lua/lease_acquire.lua`` (SET NX PX, or a
-PEXPIRE by the same holder, in one atomic step) and released by ``lua/lease_release.lua``.
-Both expire by Redis's clock.
+MULTI), named by the caller, so Celery's own counter keys can be used; the same keys are
+raised by ``lua/counter_advance.lua`` and started by ``lua/counter_init.lua`` (a GET and a SET
+in one atomic step each). Leases are keys ``celeriac-lease-<name>`` taken and renewed by
+``lua/lease_acquire.lua`` (SET NX PX, or a PEXPIRE by the same holder, in one atomic step) and
+released by ``lua/lease_release.lua``. Both expire by Redis's clock.
+
+A collection of documents is one hash, ``celeriac-documents-<collection>`` (HSET, HGETALL,
+HDEL: one command each), kept until deleted. A rate limit is two keys, both expiring once it
+is idle: ``celeriac-rate-starts-<key>``, a sorted set of start times in microseconds (each
+start a member of its own, made by the caller, so equal times count twice), and
+``celeriac-rate-retry-<key>``, the next retry time to hand out; ``lua/rate_acquire.lua``
+reads Redis's ``TIME`` and decides, records and spaces in one atomic step.
 
 Groups and chords are Celery 5.7's keys, so Celery 5.7 and 5.6 workers and clients can take
 part in the same chord. ``save_group`` writes ``celery-taskset-meta-<id>`` (SETEX and PUBLISH,
@@ -56,7 +64,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -106,6 +114,10 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "celery-task-meta-"
 EVENTS_PREFIX = "celeriac-task-events-"
 LEASE_PREFIX = "celeriac-lease-"
+DOCUMENTS_PREFIX = "celeriac-documents-"
+#: A rate limit's start times and its next retry time (neither name a prefix of the other's).
+RATE_STARTS_PREFIX = "celeriac-rate-starts-"
+RATE_RETRY_PREFIX = "celeriac-rate-retry-"
 #: The sorted set of revoked task ids, scored by when each revoke ends.
 REVOKED_KEY = "celeriac-revoked"
 GROUP_PREFIX = "celery-taskset-meta-"
@@ -202,6 +214,7 @@ class RedisBackend(KeyValueBackend):
         self.events_prefix = prefix + EVENTS_PREFIX
         self._lease_scripts: tuple[Script, Script] | None = None  # acquire, release
         self._chord_scripts: tuple[Script, Script, Script] | None = None  # part, extend, done
+        self._scripts: dict[str, Script] = {}  # the others, by file name, read on first use
         self._claims: dict[str, str] = {}  # group id -> the token of a chord this one claimed
         self._client: Client | None = None
         #: The broker whose client ``connect`` borrows (``share_connection``), if any.
@@ -465,6 +478,72 @@ class RedisBackend(KeyValueBackend):
             await self.client.run_script(release, [key], [holder])
         except _DRIVER_ERRORS as exc:
             raise self.failed(exc, f"release the lease {name}") from exc
+
+    async def _advance_counter(self, key: str, to: int, expires: float | None) -> int:
+        keep: Arg = "" if expires is None else _milliseconds(expires)
+        before = await self._run_script(
+            "counter_advance.lua", [self.prefix + key], [to, keep], f"advance the counter {key}"
+        )
+        return int(before)
+
+    async def _init_counter(self, key: str, value: int, expires: float | None) -> int:
+        keep: Arg = "" if expires is None else _milliseconds(expires)
+        value_now = await self._run_script(
+            "counter_init.lua", [self.prefix + key], [value, keep], f"start the counter {key}"
+        )
+        return int(value_now)
+
+    # -- documents -------------------------------------------------------------------------
+
+    def documents_key(self, collection: str) -> str:
+        """The hash that holds a collection's documents."""
+        return self.prefix + DOCUMENTS_PREFIX + collection
+
+    async def _put_document(self, collection: str, name: str, data: bytes) -> None:
+        try:
+            await self.client.execute("HSET", self.documents_key(collection), name, data)
+        except _DRIVER_ERRORS as exc:
+            raise self.failed(exc, f"store the document {name} of {collection}") from exc
+
+    async def _documents(self, collection: str) -> dict[str, bytes]:
+        try:
+            reply = await self.client.execute("HGETALL", self.documents_key(collection))
+        except _DRIVER_ERRORS as exc:
+            raise self.failed(exc, f"read the documents of {collection}") from exc
+        return {
+            bytes(name).decode("utf-8", "replace"): bytes(data)
+            for name, data in zip(reply[::2], reply[1::2], strict=True)
+        }
+
+    async def _delete_document(self, collection: str, name: str) -> bool:
+        try:
+            deleted = await self.client.execute("HDEL", self.documents_key(collection), name)
+        except _DRIVER_ERRORS as exc:
+            raise self.failed(exc, f"delete the document {name} of {collection}") from exc
+        return bool(deleted)
+
+    # -- rate limits -----------------------------------------------------------------------
+
+    async def _acquire_rate(self, key: str, limit: int, period: float, burst: int) -> float:
+        keys = [self.prefix + RATE_STARTS_PREFIX + key, self.prefix + RATE_RETRY_PREFIX + key]
+        args: list[Arg] = [limit, repr(period * 1_000_000), burst, uuid.uuid4().hex]
+        waited = await self._run_script(
+            "rate_acquire.lua", keys, args, f"acquire the rate limit {key}"
+        )
+        return int(waited) / 1_000_000
+
+    async def _run_script(
+        self, name: str, keys: Sequence[Arg], args: Sequence[Arg], doing: str
+    ) -> Reply:
+        """Run the script ``lua/<name>`` (read on first use); the client's errors as
+        celeriac's (:meth:`failed`)."""
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = _script(name)
+        try:
+            return await self.client.run_script(script, keys, args)
+        except _DRIVER_ERRORS as exc:
+            raise self.failed(exc, doing) from exc
 
     # -- revocations -----------------------------------------------------------------------
 

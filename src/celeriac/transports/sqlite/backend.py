@@ -10,10 +10,17 @@ safety poll covers a lost wake-up. Streams re-read their task's log on every wak
 Expired records are invisible at once, deleted when read, and swept out on connect and
 every ``cleanup_every`` stores, with expired counters and leases.
 
-Counters (``celeriac_counters``) and leases (``celeriac_leases``) change in one ``BEGIN
-IMMEDIATE`` transaction each, so processes sharing the file see each step whole. They expire
-by the backend's ``clock`` (wall time unless a test passes its own), as do saved groups and
-chord joins.
+Counters (``celeriac_counters``), leases (``celeriac_leases``) and rate limits change in one
+``BEGIN IMMEDIATE`` transaction each, so processes sharing the file see each step whole. They
+expire by the backend's ``clock`` (wall time unless a test passes its own), as do saved
+groups and chord joins. A rate limit is its start times (``celeriac_rate_starts``, one row
+each, so equal times are distinct starts) and its next retry time (``celeriac_rates``, with
+when the limit goes idle); every call drops the key's starts older than its period, and the
+sweep drops idle limits with their starts. Documents are rows of ``celeriac_documents``,
+keyed by collection and name, kept until deleted.
+
+The tables of documents and rate limits are created by the backend when it connects (if
+missing), so a file made by an older version gains them.
 
 Saved groups are rows of ``celeriac_groups`` (the record as given, in kombu's JSON). A chord
 join is Redis's (Celery's) in two tables: ``celeriac_chords`` holds a chord's size (Redis's
@@ -55,6 +62,8 @@ from celeriac.transports.backend import (
     decode_part,
     part_key,
     part_member,
+    rate_wait,
+    spaced_retry,
 )
 from celeriac.transports.broker import now, wait_for_signal
 from celeriac.transports.options import Option, checked_options
@@ -89,6 +98,9 @@ _CLEANUP = (
 #: its claim (or "done") holds.
 _CLEANUP_KEPT = (
     "DELETE FROM celeriac_counters WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+    "DELETE FROM celeriac_rate_starts WHERE key IN"
+    " (SELECT key FROM celeriac_rates WHERE idle_at <= ?1)",
+    "DELETE FROM celeriac_rates WHERE idle_at <= ?1",
     "DELETE FROM celeriac_leases WHERE expires_at <= ?1",
     "DELETE FROM celeriac_groups WHERE expires_at IS NOT NULL AND expires_at <= ?1",
     "DELETE FROM celeriac_chord_parts WHERE group_id IN"
@@ -100,6 +112,41 @@ _COUNTER = "SELECT value, expires_at FROM celeriac_counters WHERE key = ?"
 _SET_COUNTER = """
 INSERT INTO celeriac_counters (key, value, expires_at) VALUES (?, ?, ?)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at
+"""
+#: The tables of documents and rate limits, created with the backend's first connection to
+#: a file (one made before they existed gains them).
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS celeriac_documents (
+    collection TEXT NOT NULL,
+    name TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (collection, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS celeriac_rates (
+    key TEXT PRIMARY KEY,
+    next_retry REAL NOT NULL,
+    idle_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS celeriac_rate_starts (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS celeriac_rate_starts_key ON celeriac_rate_starts (key, at);
+"""
+_INIT_COUNTER = """
+INSERT INTO celeriac_counters (key, value, expires_at) VALUES (?1, ?2, ?3)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at
+WHERE celeriac_counters.expires_at IS NOT NULL AND celeriac_counters.expires_at <= ?4
+"""
+_SET_DOCUMENT = """
+INSERT INTO celeriac_documents (collection, name, data) VALUES (?, ?, ?)
+ON CONFLICT (collection, name) DO UPDATE SET data = excluded.data
+"""
+_RATE = "SELECT next_retry, idle_at FROM celeriac_rates WHERE key = ?"
+_SET_RATE = """
+INSERT INTO celeriac_rates (key, next_retry, idle_at) VALUES (?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET next_retry = excluded.next_retry, idle_at = excluded.idle_at
 """
 _RELEASE_LEASE = "DELETE FROM celeriac_leases WHERE name = ? AND holder = ?"
 _LEASE = "SELECT holder, expires_at FROM celeriac_leases WHERE name = ?"
@@ -196,6 +243,7 @@ class SQLiteBackend(KeyValueBackend):
 
     async def connect(self) -> None:
         await self._db.open()
+        await self._db.run(_create_tables)
         await self._db.run(self._cleanup)
 
     async def close(self) -> None:
@@ -427,6 +475,84 @@ class SQLiteBackend(KeyValueBackend):
 
         await self._db.run(release)
 
+    async def _advance_counter(self, key: str, to: int, expires: float | None) -> int:
+        at = self.clock()
+
+        def advance(conn: sqlite3.Connection) -> int:
+            value, expires_at = _live(conn.execute(_COUNTER, (key,)).fetchone(), at)
+            if value < to:
+                expires_at = expires_at if expires is None else at + expires
+                conn.execute(_SET_COUNTER, (key, to, expires_at))
+            return value
+
+        return await self._db.transaction(advance)
+
+    async def _init_counter(self, key: str, value: int, expires: float | None) -> int:
+        at = self.clock()
+        expires_at = None if expires is None else at + expires
+
+        def init(conn: sqlite3.Connection) -> int:
+            conn.execute(_INIT_COUNTER, (key, value, expires_at, at))
+            return int(conn.execute(_COUNTER, (key,)).fetchone()[0])
+
+        return await self._db.transaction(init)
+
+    # -- documents -------------------------------------------------------------------------
+
+    async def _put_document(self, collection: str, name: str, data: bytes) -> None:
+        def put(conn: sqlite3.Connection) -> None:
+            conn.execute(_SET_DOCUMENT, (collection, name, data))
+
+        await self._db.run(put)
+
+    async def _documents(self, collection: str) -> dict[str, bytes]:
+        def read(conn: sqlite3.Connection) -> dict[str, bytes]:
+            rows = conn.execute(
+                "SELECT name, data FROM celeriac_documents WHERE collection = ?", (collection,)
+            )
+            return {str(name): bytes(data) for name, data in rows}
+
+        return await self._db.run(read)
+
+    async def _delete_document(self, collection: str, name: str) -> bool:
+        def delete(conn: sqlite3.Connection) -> bool:
+            return bool(
+                conn.execute(
+                    "DELETE FROM celeriac_documents WHERE collection = ? AND name = ?",
+                    (collection, name),
+                ).rowcount
+            )
+
+        return await self._db.run(delete)
+
+    # -- rate limits -----------------------------------------------------------------------
+
+    async def _acquire_rate(self, key: str, limit: int, period: float, burst: int) -> float:
+        at = self.clock()
+
+        def acquire(conn: sqlite3.Connection) -> float:
+            conn.execute(
+                "DELETE FROM celeriac_rate_starts WHERE key = ? AND at <= ?", (key, at - period)
+            )
+            starts = [
+                float(start)
+                for (start,) in conn.execute(
+                    "SELECT at FROM celeriac_rate_starts WHERE key = ? ORDER BY at", (key,)
+                )
+            ]
+            row = conn.execute(_RATE, (key,)).fetchone()
+            next_retry, idle_at = (0.0, 0.0) if row is None or row[1] <= at else row
+            wait = rate_wait(starts, at, limit, period, burst)
+            if wait <= 0:
+                conn.execute("INSERT INTO celeriac_rate_starts (key, at) VALUES (?, ?)", (key, at))
+                conn.execute(_SET_RATE, (key, next_retry, max(idle_at, at + period)))
+                return 0.0
+            retry, next_retry = spaced_retry(at, wait, next_retry, period, limit)
+            conn.execute(_SET_RATE, (key, next_retry, max(idle_at, next_retry, at + period)))
+            return retry - at
+
+        return await self._db.transaction(acquire)
+
     # -- revocations -----------------------------------------------------------------------
 
     async def _add_revoked(self, task_ids: list[str], until: float) -> None:
@@ -575,6 +701,10 @@ def _live_chord(conn: sqlite3.Connection, group_id: str, at: float) -> _Chord:
     if holder is not None and (held_until is None or held_until <= at):
         holder, held_until = None, None
     return _Chord(size, received, expires_at, holder, held_until)
+
+
+def _create_tables(conn: sqlite3.Connection) -> None:
+    conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
 
 
 def _live(row: tuple[int, float | None] | None, at: float) -> tuple[int, float | None]:

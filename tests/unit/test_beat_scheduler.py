@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +23,8 @@ from celeriac.errors import ConfigurationError
 from celeriac.ids import uuid
 from celeriac.schedules import crontab
 
+#: Celery beat's messages as real Celery 5.7 sent them (copied from the captures).
+CELERY_BEAT_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "celery-beat"
 #: 2026-03-01 00:00:00 UTC: the test's start of time.
 T0 = 1_772_323_200.0
 
@@ -131,6 +135,23 @@ async def test_a_run_is_celerys_beat_message_with_an_id_of_its_own(
     assert headers["celeriac_beat_run"] == at(10).isoformat()
     assert headers["id"] == run_id("ten", round((T0 + 10) * 1000)) == beat.sent[0].task_id
     assert headers["argsrepr"] == "[1, 2]"  # entry args are a list, as Celery's beat sends
+
+
+async def test_a_run_carries_every_header_celery_beat_puts_on_its_messages(
+    url: str, clock: FakeClock, apps: list[Celery]
+) -> None:
+    """The first message real Celery 5.7 beat sent, captured on Redis, against ours."""
+    captured = json.loads((CELERY_BEAT_FIXTURES / "beat-redis-task-message.json").read_text())
+    app = make_app(url, EVERY_10)
+    apps.append(app)
+    beat = await scheduler_on(app, clock, "a")
+    await beat.tick()
+    clock.advance(10)
+    await beat.tick()
+    (headers,) = await queued(app)
+    assert set(captured["headers"]) <= set(headers)
+    assert headers["celery_beat_task"] is captured["headers"]["celery_beat_task"] is True
+    assert headers["argsrepr"] == captured["headers"]["argsrepr"] == "[1, 2]"
 
 
 async def test_several_schedulers_send_each_run_once_and_take_over_within_the_timeout(

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -24,7 +25,10 @@ from services import (
     free_port,
     redis_url,
     require_redis,
+    wait_until,
 )
+
+from .private_redis import PrivateRedis
 
 WAIT = 5.0
 
@@ -220,3 +224,54 @@ async def test_an_unreachable_redis_raises_backend_unreachable_for_every_primiti
             assert caught.value.__cause__ is not None
     finally:
         await store.close()
+
+
+@pytest.fixture
+def replicated(tmp_path: Path) -> Iterator[tuple[PrivateRedis, PrivateRedis]]:
+    """A private primary and its replica."""
+    (tmp_path / "primary").mkdir()
+    (tmp_path / "replica").mkdir()
+    primary = PrivateRedis(tmp_path / "primary")
+    primary.start()
+    replica = PrivateRedis(
+        tmp_path / "replica", options=["--replicaof", "127.0.0.1", str(primary.port)]
+    )
+    try:
+        replica.start()
+        wait_until(
+            lambda: replica.client.info("replication").get("master_link_status") == "up",
+            15,
+            "the replica to sync",
+        )
+        yield primary, replica
+    finally:
+        replica.close()
+        primary.close()
+
+
+async def test_the_scripts_replicate_their_effects(
+    replicated: tuple[PrivateRedis, PrivateRedis],
+) -> None:
+    """Redis 7 replicates a script by what it wrote: the replica holds the same counters,
+    start times (read from TIME on the primary) and next retry time, not values of its own."""
+    primary, replica = replicated
+    store = await backend("app:", primary.url(0))
+    try:
+        assert await store.advance_counter("claimed", 1_700_000_000_000, expires=60) == 0
+        assert await store.init_counter("sent", 1_699_999_999_000) == 1_699_999_999_000
+        await store.put_document("entries", "nightly", b"{}")
+        assert [await store.acquire_rate("rate", 3, 60, 3) for _ in range(3)] == [0.0] * 3
+        assert await store.acquire_rate("rate", 3, 60, 3) > 0
+    finally:
+        await store.close()
+    assert primary.client.execute_command("WAIT", 1, 5000) == 1
+    written = sorted(primary.client.keys("app:*"))
+    assert len(written) == 5
+    for key in written:
+        kind = primary.client.type(key)
+        dump = {
+            b"string": lambda c, k: c.get(k),
+            b"hash": lambda c, k: c.hgetall(k),
+            b"zset": lambda c, k: c.zrange(k, 0, -1, withscores=True),
+        }[kind]
+        assert dump(replica.client, key) == dump(primary.client, key), key

@@ -231,7 +231,8 @@ def replicated(tmp_path: Path) -> Iterator[tuple[PrivateRedis, PrivateRedis]]:
     """A private primary and its replica."""
     (tmp_path / "primary").mkdir()
     (tmp_path / "replica").mkdir()
-    primary = PrivateRedis(tmp_path / "primary")
+    # A replica syncs at once, not after the 5 s Redis waits for more replicas by default.
+    primary = PrivateRedis(tmp_path / "primary", options=["--repl-diskless-sync-delay", "0"])
     primary.start()
     replica = PrivateRedis(
         tmp_path / "replica", options=["--replicaof", "127.0.0.1", str(primary.port)]

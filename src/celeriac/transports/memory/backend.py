@@ -373,8 +373,8 @@ class MemoryBackend(KeyValueBackend):
     # -- rate limits -----------------------------------------------------------------------
 
     async def _acquire_rate(self, key: str, limit: int, period: float, burst: int) -> float:
-        at = self.clock()
         with self._results.lock:
+            at = self.clock()  # under the lock: starts are recorded in the order of their times
             self._drop_idle_rates(at)
             rate = self._results.rates.setdefault(key, _Rate()).live(at, period)
             wait = rate_wait(rate.starts, at, limit, period, burst)

@@ -528,9 +528,10 @@ class SQLiteBackend(KeyValueBackend):
     # -- rate limits -----------------------------------------------------------------------
 
     async def _acquire_rate(self, key: str, limit: int, period: float, burst: int) -> float:
-        at = self.clock()
-
         def acquire(conn: sqlite3.Connection) -> float:
+            # Read once the write lock is held: starts are recorded in the order of their
+            # times, whichever process waited longer for the lock.
+            at = self.clock()
             conn.execute(
                 "DELETE FROM celeriac_rate_starts WHERE key = ? AND at <= ?", (key, at - period)
             )

@@ -9,10 +9,12 @@ many as you like: they elect one leader through a short lease in the result stor
 runs follow a policy (:mod:`celeriac.beat.scheduler`). Entries can be changed at run time
 (:class:`PeriodicTasks`, ``celeriac beat list/add/pause/resume/remove``).
 
-Guarantee: each run of each entry is sent once. The one exception is a scheduler that dies
-(or is cut off for longer than its lease) after claiming a run and before the broker
-confirmed its message: the next leader cannot tell whether the message went out, and sends
-it again under the same task id rather than lose the run.
+Guarantee: each run of each entry is sent once. A scheduler that dies after claiming a run
+and before recording it sent leaves the run in doubt; the next leader publishes it again
+under the same task id with :meth:`~celeriac.transports.broker.Broker.publish_once`, which on
+Redis and the embedded SQLite broker queues it only if it is not queued already. A RabbitMQ
+broker cannot tell, so there (and only in that crash window) a run may be queued twice,
+under the same task id, rather than lost.
 """
 
 from celeriac.beat.entries import Entry

@@ -9,11 +9,11 @@ lost file restarts nothing:
   atomic step (:meth:`~celeriac.transports.backend.KeyValueBackend.advance_counter`): of
   any number of schedulers trying the same run, exactly one sees the counter move, so a run
   is sent once even by two leaders at once. ``claimed > sent`` means a scheduler died between
-  taking a run and the broker confirming it: the next leader sends that run again under the
-  same task id (the only case a run can be sent twice; see :mod:`celeriac.beat`).
+  taking a run and recording it sent: the next leader publishes that run again under the
+  same task id, once per run where the broker can tell (see :mod:`celeriac.beat`).
   The first time a scheduler sees an entry, both counters start at that moment, so an
   interval's first run is one interval later, as in Celery.
-- **Entries** added or changed at run time (``celeriac beat add/pause``, :class:`Schedules`),
+- **Entries** added or changed at run time (``celeriac beat add/pause``, :class:`~celeriac.beat.PeriodicTasks`),
   as documents a dashboard can edit. A stored entry with the name of a ``beat_schedule``
   one replaces it (pausing a configured entry stores a paused copy); removing it brings the
   configured one back.

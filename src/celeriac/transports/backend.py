@@ -34,7 +34,8 @@ A start is allowed while fewer than ``limit`` starts fall in the half-open windo
 before the start that binds leaves its window, and, since many callers refused at once would
 otherwise all come back at the same instant and all but ``limit`` of them be refused again,
 at times handed out ``period / limit`` apart (a per-key "next retry" time):
-:func:`rate_wait` and :func:`spaced_retry` are that rule, which every store follows.
+:func:`rate_wait` and :func:`spaced_retry` are that rule for the stores that decide in
+Python (memory, SQLite); Redis's script says the same in Lua.
 
 Storing can fail two ways, and a backend says which (see :mod:`celeriac.errors`):
 :class:`~celeriac.errors.BackendUnreachable` when the store is out of reach now (the worker

@@ -199,7 +199,8 @@ class MemoryBackend(KeyValueBackend):
     """Results in this process's memory. Options: none (any is a ConfigurationError).
 
     ``clock`` (wall time by default) is what counters, leases, saved groups and chord joins
-    expire by: a test may pass one it moves itself."""
+    expire by, and what rate limits time their starts by: a test may pass one it moves
+    itself."""
 
     def __init__(
         self,

@@ -197,8 +197,9 @@ class SQLiteBackend(KeyValueBackend):
     type is a ConfigurationError): ``poll_interval`` (1.0 s: safety re-check when no wake-up came),
     ``cleanup_every`` (100: stores between sweeps of expired records), ``busy_timeout``
     (10.0 s to wait for another process's write lock). ``clock`` (wall time by default) is
-    what counters, leases, saved groups and chord joins expire by: a test may pass one it
-    moves itself.
+    what counters, leases, saved groups and chord joins expire by, and what rate limits time
+    their starts by: a test may pass one it moves itself (every process on the file should
+    read the same clock).
     """
 
     not_ready_hint = (

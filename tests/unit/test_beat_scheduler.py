@@ -367,3 +367,13 @@ def test_a_bad_entry_is_an_error_that_names_it(spec: dict[str, Any], error: str)
     app = make_app("memory://bad", {"entry-1": spec})
     with pytest.raises(ConfigurationError, match=rf"periodic task 'entry-1' .*{error}"):
         Scheduler(app)
+
+
+@pytest.mark.parametrize("backend", ["rpc://", "disabled://"])
+def test_a_result_store_that_keeps_nothing_by_key_is_refused_before_anything_runs(
+    backend: str,
+) -> None:
+    app = make_app("memory://refused", EVERY_10)
+    app.conf.result_backend = backend
+    with pytest.raises(ConfigurationError, match="set result_backend to a Redis URL or an"):
+        Scheduler(app)

@@ -45,7 +45,8 @@ from celeriac.beat.entries import Entry, entry_from_config
 from celeriac.beat.leadership import Clock, Leadership
 from celeriac.beat.store import BeatStore, Runs, merged
 from celeriac.connections import address
-from celeriac.errors import BackendUnreachable, BrokerUnreachable
+from celeriac.errors import BackendUnreachable, BrokerUnreachable, ConfigurationError
+from celeriac.transports.urls import redacted
 
 if TYPE_CHECKING:
     from celeriac.app import Celery
@@ -88,6 +89,22 @@ def configured_entries(app: Celery) -> dict[str, Entry]:
     return {name: entry_from_config(name, spec) for name, spec in app.conf.beat_schedule.items()}
 
 
+#: Result stores that can keep a scheduler's state (counters, a lease, documents).
+STATE_STORE_SCHEMES = ("redis", "rediss", "sqlite", "memory")
+
+
+def check_state_store(app: Celery) -> None:
+    """Refuse, before anything connects, a result store that cannot keep the schedule's
+    state: a scheduler (or a ``-B`` worker) that started and sent nothing would look fine."""
+    url = app.conf.effective_result_backend()
+    if url.partition(":")[0] not in STATE_STORE_SCHEMES:
+        raise ConfigurationError(
+            f"periodic tasks keep their schedule and leader in the result store, and"
+            f" {redacted(url)} keeps nothing by key: set result_backend to a Redis URL or an"
+            " embedded SQLite file (sqlite:///path) shared by every scheduler"
+        )
+
+
 def run_id(entry: str, at_ms: int) -> str:
     """The task id of the entry's run at ``at_ms``: the same whoever sends it."""
     return str(uuid.uuid5(RUN_NAMESPACE, f"{entry}\n{at_ms}"))
@@ -118,6 +135,7 @@ class Scheduler:
         self.holder = holder or default_holder()
         self.zone = zone_of(app)
         self.configured = configured_entries(app)
+        check_state_store(app)
         conf = app.conf
         self.failover_timeout = conf.beat_failover_timeout
         self.max_interval = conf.beat_max_loop_interval

@@ -13,10 +13,10 @@ lost file restarts nothing:
   same task id, once per run where the broker can tell (see :mod:`celeriac.beat`).
   The first time a scheduler sees an entry, both counters start at that moment, so an
   interval's first run is one interval later, as in Celery.
-- **Entries** added or changed at run time (``celeriac beat add/pause``, :class:`~celeriac.beat.PeriodicTasks`),
-  as documents a dashboard can edit. A stored entry with the name of a ``beat_schedule``
-  one replaces it (pausing a configured entry stores a paused copy); removing it brings the
-  configured one back.
+- **Entries** added or changed at run time (``celeriac beat add/pause``,
+  :class:`~celeriac.beat.PeriodicTasks`), as documents a dashboard can edit. A stored
+  entry with the name of a ``beat_schedule`` one replaces it (pausing a configured entry
+  stores a paused copy); removing it brings the configured one back.
 """
 
 from __future__ import annotations

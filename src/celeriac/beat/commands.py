@@ -118,7 +118,12 @@ def _schedule(options: dict[str, Any]) -> Any:
         raise ConfigurationError(
             "beat add needs one of --every SECONDS or --cron 'm h dom mon dow'"
         )
-    return every if every is not None else crontab.from_string(str(cron))
+    if every is not None:
+        return every
+    try:
+        return crontab.from_string(str(cron))
+    except ValueError as exc:
+        raise ConfigurationError(f"--cron {cron!r}: {exc}") from None
 
 
 def _entry_options(options: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from celeriac.protocol import message as protocol
 from celeriac.rates import parse_rate
 from celeriac.transports.broker import Delivery
 from celeriac.transports.memory import broker as memory_broker
+from celeriac.transports.memory.backend import MemoryBackend
 from celeriac.worker import rate_limit_gate
 from celeriac.worker.rate_limit_gate import RateGate
 from celeriac.worker.rate_limits import RateLimits
@@ -232,10 +233,11 @@ async def test_a_global_limit_needs_a_store_that_shares_it() -> None:
 # -- the global scope, through the store's acquire_rate ---------------------------------------
 
 
-class Store:
+class Store(MemoryBackend):
     """A result store whose shared budget answers what the test says."""
 
     def __init__(self, *answers: float | Exception) -> None:
+        super().__init__("memory://rl-gate-store")
         self.answers = list(answers)
         self.asked: list[tuple[str, int, float, int]] = []
 
@@ -259,7 +261,7 @@ def global_gate(app: Celery, store: Store, clock: Clock) -> tuple[RateGate, Brok
     limits = RateLimits(app)
     limits.clock = clock
     broker = Broker()
-    return RateGate(limits, broker, store), broker  # type: ignore[arg-type]
+    return RateGate(limits, broker, store), broker  # type: ignore[arg-type]  # a fake broker
 
 
 async def test_the_global_scope_starts_when_the_store_grants_and_defers_by_its_wait(
@@ -319,3 +321,39 @@ def test_a_rate_limit_remote_control_set_is_in_force(app: Celery) -> None:
     limits.set("rl.free", parse_rate("2/s"))
     limit = limits.limit_of(app.tasks["rl.free"])
     assert limit is not None and limit.rate.interval == 0.5
+
+
+async def test_two_workers_share_one_global_budget_in_the_store(
+    app: Celery, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = app.tasks["rl.limited"]
+    task.options.rate_limit = "2/m"
+    task.options.rate_limit_scope = "global"
+    async with worker_on(app, clock, monkeypatch) as (_, deferrals):
+        conn = await app.connection()
+        conn.backend.clock = clock  # type: ignore[attr-defined]  # the store's clock too
+        second = Worker(app, hostname="rl2@host", concurrency=4)
+        second.rate_limits.clock = clock
+        running = asyncio.get_running_loop().create_task(second.run())
+        try:
+            results = [await task.delay(n) for n in range(6)]
+            await deferrals.until(4)
+            await until_started(app, 2)  # the burst: two at once, whichever worker
+            back = [round(at - clock.now, 6) for at, _ in waiting(app)]
+            clock.now += 60.0  # the first two starts leave the window: one is due
+            memory_broker._transport_for(app.conf.broker_url).wake()
+            await until_started(app, 3)
+            clock.now += 30.0
+            memory_broker._transport_for(app.conf.broker_url).wake()
+            await until_started(app, 4)
+            started = list(app.started)  # type: ignore[attr-defined]
+            ran = [await results[n].get(timeout=TIMEOUT) for n in started]
+            waiting_ones = [r for n, r in enumerate(results) if n not in started]
+            ready = [await r.ready() for r in waiting_ones]
+        finally:
+            second.stop()
+            await asyncio.wait_for(running, TIMEOUT)
+    assert back == [60.0, 90.0, 120.0, 150.0]  # one budget: retries spaced period/limit
+    assert sorted(ran) == sorted(started) and len(started) == 4
+    assert ready == [False, False]
+    assert [round(at - clock.now, 6) for at, _ in waiting(app)] == [30.0, 60.0]

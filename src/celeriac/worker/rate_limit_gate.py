@@ -38,10 +38,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any
 
 from celeriac.errors import BackendUnreachable
 from celeriac.rates import Rate
+from celeriac.transports.backend import KeyValueBackend
 
 if TYPE_CHECKING:
     from celeriac.task import Task
@@ -55,14 +56,6 @@ logger = logging.getLogger("celeriac.worker")
 IN_PLACE = 0.005
 #: A global-scope message comes back after this many seconds while the store is away.
 STORE_OUTAGE_DELAY = 1.0
-
-
-class SharedRates(Protocol):
-    """A result store that keeps rate budgets shared by workers (global scope)."""
-
-    async def acquire_rate(self, key: str, limit: int, period: float, burst: int) -> float:
-        """0.0: a start is granted now; else the seconds to wait before asking again."""
-        ...
 
 
 @dataclass(slots=True)
@@ -128,7 +121,8 @@ class RateGate:
 
     async def _global(self, limit: TaskRate) -> float | None:
         """The store's shared budget: None to start now, else when to come back."""
-        store = cast(SharedRates, self.backend)
+        store = self.backend
+        assert isinstance(store, KeyValueBackend)  # RateLimits.check_store at start
         for attempt in range(2):  # one more ask after a wait in place
             try:
                 wait = await store.acquire_rate(limit.key, limit.limit, limit.period, limit.burst)

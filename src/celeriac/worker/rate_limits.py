@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from celeriac.errors import ConfigurationError
 from celeriac.rates import Rate, Scope, check_rate_options, parse_rate
+from celeriac.transports.backend import KeyValueBackend
 
 if TYPE_CHECKING:
     from celeriac.app import Celery
@@ -125,7 +126,8 @@ class RateLimits:
 
     def check_store(self, backend: ResultBackend) -> None:
         """Refuse to start (ConfigurationError) when a task is limited across workers and
-        ``backend`` cannot keep the shared budget."""
+        ``backend`` cannot keep the shared budget (not a key-value store: rpc://, disabled),
+        or its burst is over what the budget holds."""
         names = self.global_tasks()
         for name in names:
             limit = self.limit_of(self.app.tasks[name])
@@ -136,7 +138,7 @@ class RateLimits:
                     f" {limit.rate} ({limit.limit} per {limit.period:g} s): give a burst from 1"
                     f" to {limit.limit}"
                 )
-        if not names or callable(getattr(backend, "acquire_rate", None)):
+        if not names or isinstance(backend, KeyValueBackend):
             return
         raise ConfigurationError(
             f"task {names[0]!r} has rate_limit_scope='global', but the result store"

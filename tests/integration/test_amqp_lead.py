@@ -266,6 +266,25 @@ async def test_refresh_publishes_the_newest_state_again_and_lets_go_of_the_old(
     )
 
 
+async def test_a_cancelled_write_runs_to_its_end(
+    leads: Callable[..., SingleActiveLead], vhost: str
+) -> None:
+    lead = leads()
+    await lead.start()
+    await settle([lead], lambda: lead.leading, "the only participant to lead")
+    await lead.write(b"first")
+    writing = asyncio.ensure_future(lead.write(b"second"))
+    await asyncio.sleep(0)  # let the write begin (an ordering, not a wait for something)
+    writing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writing
+    await settle([lead], lambda: lead.tokens() == [b"second"], "the write to finish anyway")
+    assert lead.leading
+    await eventually(
+        lambda: _counts_are(vhost, lead.queue, (0, 1)), WAIT, "one token after the write"
+    )
+
+
 # -- who may write ------------------------------------------------------------------------
 
 

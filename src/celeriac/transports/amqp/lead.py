@@ -23,16 +23,19 @@ What the leader must do, and what it is promised:
   :meth:`SingleActiveLead.refresh` rewrites the newest state well before that.
 * **A dead peer is noticed within a few heartbeats.** Each lead has a connection of its own,
   with an AMQP heartbeat of ``heartbeat`` seconds. A process that dies loses its TCP
-  connection at once; a hung host or a cut network is noticed by RabbitMQ after two to
-  three heartbeats without a frame from it, and only then does the next consumer lead.
+  connection at once, and the next participant leads within milliseconds; a hung host or a
+  cut network is noticed by RabbitMQ after two to three heartbeats without a frame from it,
+  and only then does the next consumer lead.
 * **A leader that cannot confirm it still leads stops believing it does.** RabbitMQ can
-  give the lead away only after hearing nothing from the leader for two heartbeats, while
-  the client library would notice a silent connection only after about three, so the two
-  could overlap. Instead, :attr:`~SingleActiveLead.leading` holds only while RabbitMQ has
-  answered a request sent less than ``heartbeat`` seconds ago; a probe (a passive declare of
-  the queue) is sent every third of that, and one not answered in time drops the connection.
-  After a pause of the process (a stopped VM, a long blocking call) longer than
-  ``heartbeat``, the lead is given up even if RabbitMQ had not noticed yet.
+  give the lead away two heartbeats after it last heard from the leader, while the client
+  library notices a silent connection only after ``(heartbeat + 1) * 3`` seconds, so the
+  two could overlap. Instead, :attr:`~SingleActiveLead.leading` holds only while RabbitMQ
+  has answered a request sent less than ``heartbeat`` seconds ago; a probe (a passive
+  declare of the queue) is sent every third of that, and one not answered in time drops
+  the connection. After a pause of the process (a stopped VM, a long blocking call) longer
+  than ``heartbeat``, the lead is given up even if RabbitMQ had not noticed yet. The belief
+  ends at least a heartbeat before RabbitMQ can hand the lead on; a caller reads
+  ``leading`` right before each act only the leader may do, and keeps the act short.
 
 Limits: a leader whose event loop keeps running (heartbeats and probes answered) but whose
 own work is stuck keeps the lead; so does one that never calls ``refresh()``, until
@@ -74,6 +77,8 @@ SINGLE_ACTIVE_CONSUMER = "x-single-active-consumer"
 #: Tokens handed to the leader at once: more than a crash loop can leave behind.
 PREFETCH = 100
 _CONNECT_TIMEOUT = 5.0
+#: The longest joining may take, connecting included.
+_START_TIMEOUT = 10.0
 #: The longest a step of closing waits for RabbitMQ: what is not acknowledged goes back.
 _CLOSE_TIMEOUT = 5.0
 #: What a lost channel or connection raises at a caller that used it.
@@ -154,17 +159,21 @@ class SingleActiveLead:
     # -- life cycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect (again, if the connection was lost), declare the queue, publish an empty
-        token and consume. Unreachable RabbitMQ is a :class:`BrokerUnreachable` (retry with
-        backoff); a queue declared otherwise, a refused login or vhost, a
-        :class:`ConfigurationError`."""
+        """Join the lead: connect (again, if the connection was lost), declare the queue,
+        publish an empty token and consume. A no-op while this participant's channel is
+        open, so a caller may call it whenever it does not lead (with backoff after a
+        failure). Unreachable RabbitMQ, or no answer within ``_START_TIMEOUT``, is a
+        :class:`BrokerUnreachable`; a queue declared otherwise, a refused login or virtual
+        host, a :class:`ConfigurationError`."""
         async with self._start_lock:
             channel = self._channel
             if channel is not None and not channel.is_closed:
                 return
             try:
-                await self._open()
-            except UNREACHABLE as exc:
+                async with asyncio.timeout(_START_TIMEOUT):
+                    await self._open()
+            except UNREACHABLE as exc:  # TimeoutError among them
+                await self._drop()  # a connection that does not answer is no use again
                 raise self._unreachable(exc, "start") from exc
             except REFUSED as exc:
                 raise refusal(exc, f"let this lead consume the queue {self.queue!r}") from exc
@@ -204,17 +213,23 @@ class SingleActiveLead:
 
     async def stop(self) -> None:
         """Close the connection: the tokens held go back to the queue, and the next
-        participant in line leads."""
+        participant in line leads. ``start()`` joins again."""
+        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await self._drop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _drop(self) -> None:
+        """Forget the channel and close the connection (without waiting long: RabbitMQ puts
+        back what it held when it closes the connection or notices it gone)."""
         connection, self._connection = self._connection, None
         channel, self._channel = self._channel, None
         self._forget(channel)
-        for task in list(self._tasks):
-            task.cancel()
         if connection is not None and not connection.is_closed:
             with contextlib.suppress(*_LOST, TimeoutError, RuntimeError):
                 async with asyncio.timeout(_CLOSE_TIMEOUT):
                     await connection.close()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -345,18 +360,12 @@ class SingleActiveLead:
         if channel is self._channel:
             log.warning(
                 "lead %r: RabbitMQ at %s did not answer within %g s: dropping the connection"
-                " (another participant may lead)",
+                " (another participant may lead); start() joins again",
                 self.name,
                 redacted(self.url),
                 self.heartbeat,
             )
-            connection, self._connection = self._connection, None
-            self._channel = None
-            self._forget(channel)
-            if connection is not None:
-                with contextlib.suppress(*_LOST, TimeoutError, RuntimeError):
-                    async with asyncio.timeout(_CLOSE_TIMEOUT):
-                        await connection.close()
+            await self._drop()
 
     async def _give_up(self, channel: AbstractChannel) -> None:
         """Close ``channel`` (its tokens go back, another participant leads) and forget it."""

@@ -265,6 +265,13 @@ async def test_refresh_publishes_the_newest_state_again_and_lets_go_of_the_old(
         lambda: _counts_are(vhost, lead.queue, (0, 1)), WAIT, "the old token acknowledged"
     )
 
+    # A start token that came after the state is not taken for it.
+    follower = leads()
+    await follower.start()
+    await settle([lead], lambda: lead.tokens() == [b"kept", b""], "the follower's start token")
+    await lead.refresh()
+    assert lead.tokens() == [b"kept"]
+
 
 async def test_a_cancelled_write_runs_to_its_end(
     leads: Callable[..., SingleActiveLead], vhost: str

@@ -177,6 +177,8 @@ class SingleActiveLead:
                 raise self._unreachable(exc, "start") from exc
             except REFUSED as exc:
                 raise refusal(exc, f"let this lead consume the queue {self.queue!r}") from exc
+            except amqp_errors.AMQPError as exc:  # another refusal RabbitMQ closed with
+                raise BrokerError(f"lead {self.name!r}: RabbitMQ refused to start: {exc}") from exc
 
     async def _open(self) -> None:
         connection = self._connection
@@ -242,9 +244,11 @@ class SingleActiveLead:
         await self._shielded(self._write(state, "write"))
 
     async def refresh(self) -> None:
-        """Write the newest token's body again, so no delivery is held long enough for
-        RabbitMQ's ``consumer_timeout`` (30 min by default) to close the channel. The older
-        tokens are acknowledged: a caller that holds several merges them and writes first."""
+        """Write the newest state again, so no delivery is held long enough for RabbitMQ's
+        ``consumer_timeout`` (30 min by default) to close the channel. The newest state is
+        the newest token that is not empty (empty ones are start tokens, which may arrive
+        after the state); the others are acknowledged, so a caller that holds several
+        different states merges them and writes first."""
         await self._shielded(self._write(None, "refresh"))
 
     async def _shielded(self, writing: Coroutine[Any, Any, None]) -> None:
@@ -253,13 +257,13 @@ class SingleActiveLead:
         await asyncio.shield(task)
 
     async def _write(self, state: bytes | None, doing: str) -> None:
-        """Write ``state``, or the newest token's body again when it is None."""
+        """Write ``state``, or the newest state again when it is None."""
         async with self._write_lock:
             channel = self._channel
-            if channel is None or not self.leading or (state is None and not self._held):
+            if channel is None or not self.leading:
                 raise self._not_leading(doing)
             if state is None:
-                state = self._held[-1].body
+                state = next((t.body for t in reversed(self._held) if t.body), b"")
             before = max((token.number for token in self._held), default=0)
             message_id = uuid.uuid4().hex
             arrival: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -343,7 +347,9 @@ class SingleActiveLead:
         ``heartbeat`` of the last request answered, drop the connection: RabbitMQ may be about
         to give the lead to another participant, and this one must not lead meanwhile."""
         loop = asyncio.get_running_loop()
-        while channel is self._channel and not channel.is_closed:
+        while True:
+            if channel is not self._channel or channel.is_closed:
+                return  # given up, or closed: whoever did it forgot the channel
             sent_at = time.monotonic()
             lapse = self._contact + self.heartbeat
             if sent_at >= lapse:

@@ -102,6 +102,8 @@ AMQP_NAMES = [
     "other",
     *(f"celeriac.delay.{q}.{4**k}" for q in ("celery", "other") for k in range(16)),
     "celeriac.dead",
+    "beat-runs",  # apps/periodic.py's runs
+    "celeriac.lead.beat",  # the schedulers' lead on RabbitMQ alone (celeriac.beat.rabbitmq)
 ]
 
 

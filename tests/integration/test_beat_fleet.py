@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import signal
 import sys
 import time
@@ -25,7 +26,8 @@ from .conftest import APPS, READY, WorkerProcess
 
 pytestmark = [
     pytest.mark.timeout(120),
-    pytest.mark.parametrize("broker_url", ["redis", "sqlite"], indirect=True),
+    pytest.mark.rpc,  # RabbitMQ alone: the lead and the runs kept by RabbitMQ
+    pytest.mark.parametrize("broker_url", ["redis", "sqlite", "rpc"], indirect=True),
 ]
 
 FAILOVER = 3.0
@@ -88,10 +90,26 @@ async def runs_sent() -> list[datetime]:
     return found
 
 
+def in_doubt(processes: list[WorkerProcess]) -> set[datetime]:
+    """The runs a new leader said it sent again, not knowing whether its dead predecessor had
+    (the scheduler logs each)."""
+    pattern = re.compile(r"the run of \S+ at (\S+) was taken but its sending never confirmed")
+    return {
+        datetime.fromisoformat(m[1])
+        for p in processes
+        for line in p.lines
+        if (m := pattern.search(line))
+    }
+
+
 def test_beats_and_workers_send_each_run_once_through_leader_kills(
-    fleet: Callable[..., WorkerProcess],
+    fleet: Callable[..., WorkerProcess], broker_url: str
 ) -> None:
+    """On Redis and SQLite every run is queued once. On RabbitMQ alone, a run the killed
+    leader had claimed and maybe published may be queued twice (RabbitMQ cannot publish
+    once): only such a run, which the new leader logs."""
     processes = [fleet("beat"), fleet("beat"), fleet("worker", "-B", "-c", "2")]
+    everyone = list(processes)
     processes[2].wait_for(READY)
     leader = the_leader(processes)
     failovers: list[float] = []
@@ -106,12 +124,16 @@ def test_beats_and_workers_send_each_run_once_through_leader_kills(
     for process in processes:
         assert process.stop(signal.SIGTERM) == 0, process.log()
     runs = Counter(asyncio.run(runs_sent()))
-    assert {at: n for at, n in runs.items() if n > 1} == {}
+    twice = {at for at, n in runs.items() if n > 1}
+    assert max(runs.values()) <= 2
+    if broker_url.startswith(("amqp", "amqps")):
+        assert twice <= in_doubt(everyone)
+    else:
+        assert twice == set()
     times = sorted(runs)
     gaps = {b - a for a, b in itertools.pairwise(times)}
     assert gaps == {timedelta(seconds=1)}, times  # none skipped, failovers included
-    assert (
-        len(times) >= 7
-    )  # three leaders logged three sends each; a killed one may not have sent its last
+    # Three leaders logged three sends each; a killed one may not have sent its last.
+    assert len(times) >= 7
     # Within the setting, plus the time a log line takes to reach the test.
     assert max(failovers) <= FAILOVER + 0.5, failovers

@@ -377,3 +377,15 @@ def test_a_result_store_that_keeps_nothing_by_key_is_refused_before_anything_run
     app.conf.result_backend = backend
     with pytest.raises(ConfigurationError, match="set result_backend to a Redis URL or an"):
         Scheduler(app)
+
+
+def test_rabbitmq_lead_tokens_merge_to_the_newest_counters_whatever_their_order() -> None:
+    """A leader that died between publishing its state and letting go of the old one leaves
+    several tokens; the next reads the newest of each counter from them all."""
+    from celeriac.beat.rabbitmq import merged
+
+    older = json.dumps({"runs": {"a": [1000, 1000, 3], "b": [50, 40, 1]}}).encode()
+    newer = json.dumps({"runs": {"a": [2000, 1000, 3], "c": [7, 7, 0]}}).encode()
+    expected = {"a": [2000, 1000, 3], "b": [50, 40, 1], "c": [7, 7, 0]}
+    assert merged([b"", older, newer]) == merged([newer, b"", older]) == expected
+    assert merged([b"not json", older]) == {"a": [1000, 1000, 3], "b": [50, 40, 1]}

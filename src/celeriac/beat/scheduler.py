@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from celeriac import sending
 from celeriac.beat.entries import Entry, entry_from_config
@@ -46,6 +46,7 @@ from celeriac.beat.leadership import Clock, Leadership
 from celeriac.beat.store import BeatStore, Runs, merged
 from celeriac.connections import address
 from celeriac.errors import BackendUnreachable, BrokerUnreachable, ConfigurationError
+from celeriac.transports.backend import KeyValueBackend
 from celeriac.transports.urls import redacted
 
 if TYPE_CHECKING:
@@ -63,6 +64,37 @@ LATE_AFTER = 2
 MOST_DUE_RUNS = 2_000_000
 #: Task ids of runs: uuid5 of the entry's name and the run's time, in this namespace.
 RUN_NAMESPACE = uuid.UUID("6f0c5a52-8a8e-4c1e-9d1a-2f4f3c1b7e10")
+
+
+class RunBook(Protocol):
+    """Where the runs are claimed and the stored entries read: the result store
+    (:class:`~celeriac.beat.store.BeatStore`) or RabbitMQ's lead tokens
+    (:class:`~celeriac.beat.rabbitmq.TokenRunBook`)."""
+
+    async def runs(self, name: str, now_ms: int) -> Runs: ...
+
+    async def claim(self, name: str, slot_ms: int) -> int: ...
+
+    async def mark_sent(self, name: str, slot_ms: int, *, sent: bool = True) -> None: ...
+
+    async def entries(self) -> dict[str, Entry]: ...
+
+
+class Lead(Protocol):
+    """Who sends: a lease in the result store (:class:`~celeriac.beat.leadership.Leadership`)
+    or RabbitMQ's single active consumer (:class:`~celeriac.beat.rabbitmq.TokenLeadership`)."""
+
+    every: float
+    terms: int
+
+    @property
+    def leading(self) -> bool: ...
+
+    def due_in(self) -> float: ...
+
+    async def keep(self) -> bool: ...
+
+    async def resign(self) -> None: ...
 
 
 class SystemClock:
@@ -94,15 +126,20 @@ STATE_STORE_SCHEMES = ("redis", "rediss", "sqlite", "memory")
 
 
 def check_state_store(app: Celery) -> None:
-    """Refuse, before anything connects, a result store that cannot keep the schedule's
-    state: a scheduler (or a ``-B`` worker) that started and sent nothing would look fine."""
+    """Refuse, before anything connects, a deployment with nowhere to keep the schedule's
+    state: a result store that keeps nothing by key on a broker other than RabbitMQ (which
+    keeps it itself). A scheduler (or a ``-B`` worker) that started and sent nothing would
+    look fine."""
     url = app.conf.effective_result_backend()
-    if url.partition(":")[0] not in STATE_STORE_SCHEMES:
-        raise ConfigurationError(
-            f"periodic tasks keep their schedule and leader in the result store, and"
-            f" {redacted(url)} keeps nothing by key: set result_backend to a Redis URL or an"
-            " embedded SQLite file (sqlite:///path) shared by every scheduler"
-        )
+    if url.partition(":")[0] in STATE_STORE_SCHEMES:
+        return
+    if app.conf.effective_broker_url().partition(":")[0] in ("amqp", "amqps"):
+        return
+    raise ConfigurationError(
+        f"periodic tasks keep their schedule and leader in the result store, and"
+        f" {redacted(url)} keeps nothing by key: set result_backend to a Redis URL or an"
+        " embedded SQLite file (sqlite:///path) shared by every scheduler"
+    )
 
 
 def run_id(entry: str, at_ms: int) -> str:
@@ -141,29 +178,38 @@ class Scheduler:
         self.max_interval = conf.beat_max_loop_interval
         self.policy = conf.beat_missed_runs
         self.cron_deadline = conf.beat_cron_starting_deadline
-        self._store: BeatStore | None = None
-        self._leadership: Leadership | None = None
+        self._store: RunBook | None = None
+        self._leadership: Lead | None = None
         self._runs: dict[str, Runs] = {}
         self._term = 0
         #: Every run this scheduler sent, newest last (kept for tests and ``beat list``).
         self.sent: list[Run] = []
 
     async def open(self) -> None:
-        """Connect and check the result store can hold the schedule's state."""
-        if self._store is None:
-            conn = await self.app.connection()
-            self._store = BeatStore(conn.backend)
+        """Connect, and choose where the lead and the runs are kept: the result store when
+        it keeps things by key, else RabbitMQ (check_state_store allowed nothing else)."""
+        if self._store is not None:
+            return
+        conn = await self.app.connection()
+        if isinstance(conn.backend, KeyValueBackend):
+            store = BeatStore(conn.backend)
             self._leadership = Leadership(
-                self._store.backend, self.holder, self.failover_timeout, self.clock
+                store.backend, self.holder, self.failover_timeout, self.clock
             )
+            self._store = store
+            return
+        from celeriac.beat.rabbitmq import rabbitmq_state
+
+        url = self.app.conf.effective_broker_url()
+        self._store, self._leadership = rabbitmq_state(url, self.failover_timeout, self.clock)
 
     @property
-    def store(self) -> BeatStore:
+    def store(self) -> RunBook:
         assert self._store is not None, "open() first"
         return self._store
 
     @property
-    def leadership(self) -> Leadership:
+    def leadership(self) -> Lead:
         assert self._leadership is not None, "open() first"
         return self._leadership
 

@@ -4,7 +4,8 @@
 many as you like: they elect one leader through a short lease in the result store
 (:mod:`celeriac.beat.leadership`), each run is claimed once in the same store
 (:mod:`celeriac.beat.store`), and another scheduler takes over within
-``beat_failover_timeout`` of the leader's death. Runs are computed from the schedule
+``beat_failover_timeout`` of the leader's death. On RabbitMQ alone, with no result store to
+keep them, RabbitMQ picks the leader and keeps the runs (:mod:`celeriac.beat.rabbitmq`). Runs are computed from the schedule
 (:mod:`celeriac.schedules`), in the ``timezone`` setting, never from the last send; missed
 runs follow a policy (:mod:`celeriac.beat.scheduler`). Entries can be changed at run time
 (:class:`PeriodicTasks`, ``celeriac beat list/add/pause/resume/remove``).

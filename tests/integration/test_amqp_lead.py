@@ -9,6 +9,7 @@ output) with timeouts, and the queue's contents are read with ``rabbitmqctl``.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from aiormq import spec
 from celeriac.errors import BrokerUnreachable, ConfigurationError
 from celeriac.transports.amqp.lead import NotLeading, SingleActiveLead
 from services import (
+    AMQP_HOST,
+    AMQP_PORT,
     add_amqp_vhost,
     amqp_vhost_url,
     delete_amqp_vhost,
@@ -391,6 +394,94 @@ async def test_a_dropped_connection_ends_the_lead_at_once_and_start_reconnects(
     await lead.start()
     await settle([lead], lambda: len(lead.tokens()) == 2, "the lead again, with its state")
     assert lead.leading and lead.tokens() == [b"before the drop", b""]
+
+
+class CutProxy:
+    """A TCP relay to RabbitMQ that can cut the network: once ``cut()``, nothing passes in
+    either direction and no connection is closed, as when a cable is pulled."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._open = asyncio.Event()
+        self._open.set()
+        self._server: asyncio.Server | None = None
+        self._pumps: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    def cut(self) -> None:
+        self._open.clear()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(AMQP_HOST, AMQP_PORT)
+        self._writers += [writer, up_writer]
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            pump = asyncio.create_task(self._pump(source, sink))
+            self._pumps.add(pump)
+            pump.add_done_callback(self._pumps.discard)
+
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await source.read(65536):
+                await self._open.wait()  # cut: held here for good
+                sink.write(data)
+                await sink.drain()
+        if self._open.is_set():
+            sink.close()
+
+    async def close(self) -> None:
+        for pump in list(self._pumps):
+            pump.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        for writer in self._writers:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def test_a_cut_network_ends_the_belief_before_another_leads(
+    leads: Callable[..., SingleActiveLead], url: str, name: str, vhost: str
+) -> None:
+    proxy = CutProxy()
+    await proxy.start()
+    try:
+        cut_off = SingleActiveLead(
+            f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}",
+            name,
+            heartbeat=FAILOVER_HEARTBEAT,
+        )
+        await cut_off.start()
+        await settle([cut_off], lambda: cut_off.leading, "the first participant to lead")
+        await cut_off.write(b"before the cut")
+        follower = leads(heartbeat=FAILOVER_HEARTBEAT)
+        await follower.start()
+        await settle([cut_off], lambda: len(cut_off.tokens()) == 2, "the follower's token")
+
+        cut_at = time.monotonic()
+        proxy.cut()
+        both = [cut_off, follower]
+        await settle(both, lambda: not cut_off.leading, "the cut-off leader to stop leading")
+        believed = time.monotonic() - cut_at
+        assert not follower.leading  # RabbitMQ has not handed the lead on yet
+        await settle(both, lambda: follower.leading, "the follower to lead")
+        handed = time.monotonic() - cut_at
+        print(
+            f"cut network: the leader stopped believing after {believed:.3f} s, the follower"
+            f" led after {handed:.3f} s (heartbeat {FAILOVER_HEARTBEAT} s)"
+        )
+        assert believed < 2 * FAILOVER_HEARTBEAT
+        assert believed + FAILOVER_HEARTBEAT / 2 < handed < PAUSED_BOUND
+        assert follower.tokens() == [b"before the cut", b""]
+        with pytest.raises(NotLeading):
+            await cut_off.write(b"too late")
+        await cut_off.stop()
+    finally:
+        await proxy.close()
 
 
 # -- a crash inside a write ---------------------------------------------------------------

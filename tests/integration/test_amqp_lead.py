@@ -1,7 +1,8 @@
 """A lead kept by RabbitMQ alone (``SingleActiveLead``), on a real server in a virtual host of
-this module's own: one participant leads, the state document travels with the lead, a killed
-or paused leader is replaced within heartbeats, a write leaves one token, and a crash inside a
-write hands every token to the next leader.
+this module's own: one participant leads, the state document travels with the lead, a killed,
+paused or cut-off leader is replaced within heartbeats (a cut-off one stops believing it leads
+first), a write leaves one token, and a crash inside a write hands every token to the next
+leader.
 
 Nothing here sleeps to synchronise: tests wait on ``changed()`` (or a helper process's
 output) with timeouts, and the queue's contents are read with ``rabbitmqctl``."""

@@ -13,6 +13,7 @@ handles celeriac's errors does not swallow it by accident.
      ├── BrokerError               the broker or result store could not be reached or failed
      │    ├── BrokerUnreachable    the broker is out of reach now: trying again may work
      │    ├── BackendUnreachable   the result store is out of reach now: storing again may work
+     │    ├── NotLeading           a leader's write by a participant that does not lead
      │    └── ResultRejected       the result store refused a record: storing again never will
      │         └── ResultTooLarge  the record is bigger than ``result_max_size``
      ├── ProtocolError             a message is not a valid Celery protocol v2 task message
@@ -83,6 +84,11 @@ class BackendUnreachable(BrokerError):
     keeps the task's outcome and stores it again with backoff (its message stays held), so
     an outage never makes a task run twice.
     """
+
+
+class NotLeading(BrokerError):
+    """A write only the leader may make (the periodic-task schedulers' lead on RabbitMQ) was
+    asked of a participant that does not lead, or no longer does."""
 
 
 class ResultRejected(BrokerError):

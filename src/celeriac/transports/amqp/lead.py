@@ -64,7 +64,7 @@ from aiormq import spec
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from yarl import URL
 
-from celeriac.errors import BrokerError, BrokerUnreachable, ConfigurationError
+from celeriac.errors import BrokerError, BrokerUnreachable, ConfigurationError, NotLeading
 from celeriac.transports.amqp import connection as _amqp
 from celeriac.transports.amqp.connection import REFUSED, UNREACHABLE, refusal
 from celeriac.transports.urls import redacted
@@ -83,10 +83,6 @@ _START_TIMEOUT = 10.0
 _CLOSE_TIMEOUT = 5.0
 #: What a lost channel or connection raises at a caller that used it.
 _LOST: tuple[type[BaseException], ...] = (*UNREACHABLE, amqp_errors.AMQPError)
-
-
-class NotLeading(BrokerError):
-    """A write was asked of a participant that does not lead (or no longer does)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ how many, how many twice, how many missing between the first and the last.
     .venv/bin/python bench/beat_failover.py --broker sqlite --failover 10
 
 Redis: DB 5 under a fresh key prefix, deleted afterwards. SQLite: a file in a temp directory.
+amqp: RabbitMQ alone (results over rpc://), in a virtual host of its own, deleted afterwards.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ async def queued_runs(conf: dict[str, object]) -> list[datetime]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--broker", choices=("redis", "sqlite"), default="redis")
+    parser.add_argument("--broker", choices=("redis", "sqlite", "amqp"), default="redis")
     parser.add_argument("--schedulers", type=int, default=3)
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--runs-per-leader", type=int, default=3)
@@ -126,6 +127,14 @@ def main() -> None:
             "result_backend": url,
             "broker_transport_options": {"global_keyprefix": prefix},
             "result_backend_transport_options": {"global_keyprefix": prefix},
+        }
+    elif args.broker == "amqp":  # RabbitMQ alone: results over rpc://, a vhost of its own
+        vhost = prefix.rstrip(":")
+        for argv in (["add_vhost", vhost], ["set_permissions", "-p", vhost, "guest"] + [".*"] * 3):
+            subprocess.run(["rabbitmqctl", *argv], check=True, capture_output=True, timeout=60)
+        conf = {
+            "broker_url": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+            "result_backend": "rpc://",
         }
     else:
         url = f"sqlite:///{workdir / 'beat.db'}"
@@ -169,6 +178,8 @@ def main() -> None:
         f"runs queued: {len(times)} distinct, {sum(n - 1 for n in runs.values())} duplicates,"
         f" {missing} missing between the first and the last"
     )
+    if args.broker == "amqp":
+        subprocess.run(["rabbitmqctl", "delete_vhost", prefix.rstrip(":")], capture_output=True)
     if args.broker == "redis":
         import redis
 

@@ -134,9 +134,10 @@ def test_scope_key_and_burst_come_from_the_option_then_the_annotations() -> None
     assert limits.limit_of(app.tasks["rl.plain"]) == TaskRate(
         Rate(6.0, 1.0, "6/s"), "global", "shared-api", 6, 1.0, 2
     )
-    # a fractional limit: one start per interval, as the store counts whole starts
+    # a fractional limit: one start per interval, as the store counts whole starts (and a
+    # burst cut to that one: the "*" burst of 2 is over it)
     assert limits.limit_of(app.tasks["rl.mine"]) == TaskRate(
-        Rate(0.5, 1.0, "0.5/s"), "global", "k", 1, 2.0, 2
+        Rate(0.5, 1.0, "0.5/s"), "global", "k", 1, 2.0, 1
     )
     assert limits.global_tasks() == ["rl.mine", "rl.plain"]
 
@@ -201,3 +202,17 @@ def test_a_burst_over_the_limit_is_refused_at_start() -> None:
 
     with pytest.raises(ConfigurationError, match=r"task 'rl.g': rate_limit_burst=3 is over"):
         RateLimits(app).check_store(object())  # type: ignore[arg-type]
+
+
+def test_a_lower_limit_set_at_run_time_cuts_the_burst_to_it() -> None:
+    app = make_app()
+
+    @app.task(name="rl.g", rate_limit="20/s", rate_limit_scope="global", rate_limit_burst=8)
+    def g() -> None: ...
+
+    limits = RateLimits(app)
+    assert limits.limit_of(app.tasks["rl.g"]).burst == 8  # type: ignore[union-attr]
+    limits.set("rl.g", parse_rate("2/s"))
+    assert limits.limit_of(app.tasks["rl.g"]) == TaskRate(
+        Rate(2.0, 1.0, "2/s"), "global", "rl.g", 2, 1.0, 2
+    )

@@ -130,11 +130,13 @@ class RateLimits:
         or its burst is over what the budget holds."""
         names = self.global_tasks()
         for name in names:
-            limit = self.limit_of(self.app.tasks[name])
+            task = self.app.tasks[name]
+            limit = self.limit_of(task)
+            burst = self._configured(task, "rate_limit_burst")
             assert limit is not None
-            if limit.burst > limit.limit:
+            if burst is not None and burst > limit.limit:
                 raise ConfigurationError(
-                    f"task {name!r}: rate_limit_burst={limit.burst} is over its rate limit"
+                    f"task {name!r}: rate_limit_burst={burst} is over its rate limit"
                     f" {limit.rate} ({limit.limit} per {limit.period:g} s): give a burst from 1"
                     f" to {limit.limit}"
                 )
@@ -155,8 +157,10 @@ class RateLimits:
         scope = cast(Scope, self._configured(task, "rate_limit_scope") or "worker")
         key = self._configured(task, "rate_limit_key") or task.name
         limit, period = shared_budget(rate)
-        burst = self._configured(task, "rate_limit_burst") or limit
-        return TaskRate(rate, scope, str(key), limit, period, int(burst))
+        # A burst over the limit is refused at start; one a lower limit set at run time
+        # (remote control) leaves over it is cut to the limit, the most the store allows.
+        burst = min(int(self._configured(task, "rate_limit_burst") or limit), limit)
+        return TaskRate(rate, scope, str(key), limit, period, burst)
 
     def _configured(self, task: Task[Any, Any], option: str) -> Any:
         """``option`` from the task's options, else from the annotations (None: neither)."""

@@ -18,6 +18,7 @@ from celeriac.errors import BackendUnreachable, ConfigurationError
 from celeriac.protocol import message as protocol
 from celeriac.rates import parse_rate
 from celeriac.transports.broker import Delivery
+from celeriac.transports.disabled import DisabledBackend
 from celeriac.transports.memory import broker as memory_broker
 from celeriac.transports.memory.backend import MemoryBackend
 from celeriac.worker import rate_limit_gate
@@ -357,3 +358,25 @@ async def test_two_workers_share_one_global_budget_in_the_store(
     assert sorted(ran) == sorted(started) and len(started) == 4
     assert ready == [False, False]
     assert [round(at - clock.now, 6) for at, _ in waiting(app)] == [30.0, 60.0]
+
+
+async def test_a_global_limit_on_a_store_that_cannot_share_it_is_kept_per_worker(
+    app: Celery, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A global limit set by remote control on a task that had none when the start check
+    ran: the worker enforces it alone rather than fail every delivery."""
+    task = app.tasks["rl.free"]
+    task.options.rate_limit_scope = "global"
+    limits = RateLimits(app)
+    limits.clock = clock
+    limits.set("rl.free", parse_rate("1/s"))
+    broker = Broker()
+    disabled = DisabledBackend("disabled://")
+    gate = RateGate(limits, broker, disabled)  # type: ignore[arg-type]  # a fake broker
+    delivery = Delivery(protocol.build_task_message("rl.free", "x", [1], {}), "celery", 1)
+    assert not await gate.deferred(task, "x", delivery)
+    assert await gate.deferred(task, "x", delivery)
+    assert await gate.deferred(task, "x", delivery)
+    assert broker.deferred == [clock.now + 1.0, clock.now + 2.0]
+    warned = [r.getMessage() for r in caplog.records if "cannot share it" in r.getMessage()]
+    assert len(warned) == 1 and "'rl.free' is global" in warned[0]

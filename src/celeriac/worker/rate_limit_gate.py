@@ -23,7 +23,9 @@ limit. ``rate_limit_scope="global"``: the start is granted by the result store's
 ``acquire_rate(key, limit, period, burst)`` (Redis, SQLite), one budget shared by every
 worker; it answers 0 for "start now" or the seconds to wait, already spaced per caller, and
 the message is deferred by that much. A store out of reach grants nothing: the message is
-deferred by ``STORE_OUTAGE_DELAY`` (one warning per outage).
+deferred by ``STORE_OUTAGE_DELAY`` (one warning per outage). A result store that keeps no
+shared budgets (rpc://, disabled) is refused at start for a task limited globally; a global
+limit that appears later (remote control) is kept per worker there, with one warning.
 
 A start due within ``IN_PLACE`` seconds is waited for in place rather than deferred: a
 round trip through the broker costs about as much, and at a few milliseconds the message is
@@ -77,6 +79,8 @@ class RateGate:
         self.backend = backend
         self._lines: dict[str, _Line] = {}
         self._store_away = False
+        #: Global limits this store cannot share, warned about (see ``_shares``).
+        self._unshared: set[str] = set()
 
     async def deferred(self, task: Task[Any, Any], task_id: str, delivery: Delivery) -> bool:
         """Whether the delivery was given back to the broker for later (its task may not
@@ -84,7 +88,7 @@ class RateGate:
         limit = self.limits.limit_of(task)
         if limit is None:
             return False
-        if limit.scope == "global":
+        if limit.scope == "global" and self._shares(limit):
             eta = await self._global(limit)
         else:
             eta = await self._worker(task.name, limit.rate)
@@ -100,6 +104,23 @@ class RateGate:
             eta - self.limits.clock(),
         )
         return True
+
+    def _shares(self, limit: TaskRate) -> bool:
+        """Whether the store keeps budgets shared by workers. One that does not (a global
+        limit set by remote control on a task that had none at start, which the start check
+        could not see) gets the worker scope instead, with one warning."""
+        if isinstance(self.backend, KeyValueBackend):
+            return True
+        if limit.key not in self._unshared:
+            self._unshared.add(limit.key)
+            logger.warning(
+                "rate limit %r is global, but the result store %s cannot share it between"
+                " workers: this worker enforces it alone (set result_backend to a Redis or"
+                " SQLite store)",
+                limit.key,
+                self.backend.describe(),
+            )
+        return False
 
     async def _worker(self, name: str, rate: Rate) -> float | None:
         """This process's bucket: None to start now, else when to come back."""
@@ -122,7 +143,7 @@ class RateGate:
     async def _global(self, limit: TaskRate) -> float | None:
         """The store's shared budget: None to start now, else when to come back."""
         store = self.backend
-        assert isinstance(store, KeyValueBackend)  # RateLimits.check_store at start
+        assert isinstance(store, KeyValueBackend)  # see _shares
         for attempt in range(2):  # one more ask after a wait in place
             try:
                 wait = await store.acquire_rate(limit.key, limit.limit, limit.period, limit.burst)

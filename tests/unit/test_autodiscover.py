@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from celeriac import Celery
+from celeriac import Celery, _state
 from celeriac.errors import ConfigurationError
 
 
@@ -47,9 +47,12 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(source))
     monkeypatch.syspath_prepend(str(tmp_path))
+    shared_before = list(_state.apps._shared)
     yield name
     for module in [m for m in sys.modules if m == name or m.startswith(f"{name}.")]:
         del sys.modules[module]
+    # Its shared tasks would otherwise join every app later tests make (as in Celery).
+    _state.apps._shared[:] = shared_before
 
 
 @pytest.fixture

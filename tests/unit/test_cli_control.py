@@ -195,11 +195,11 @@ async def test_control_pool_grow_acts_and_prints_the_reply(
 async def test_a_command_the_worker_lacks_prints_its_error_reply(
     app: Celery, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["control", "rate_limit", "clictl.add", "5/s", "-d", "a@host"]
+    argv = ["control", "rate_limit", "clictl.add", "5/fortnight", "-d", "a@host"]
     code, _ = await run_cli(app, argv, monkeypatch, "a@host")
     out = capsys.readouterr().out
     assert code == 0
-    assert out.startswith("->  a@host: ERROR\n        rate limits are not in celeriac yet")
+    assert out.startswith("->  a@host: ERROR\n        Invalid rate limit string: ")
 
 
 async def test_no_reply_exits_69_as_celery(

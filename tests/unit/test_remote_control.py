@@ -186,15 +186,6 @@ async def test_time_limit_sets_the_tasks_limits(app: Celery) -> None:
     assert unknown == [{"a@host": {"error": "unknown task"}}]
 
 
-async def test_rate_limit_says_it_is_not_there_yet(app: Celery) -> None:
-    async with workers(app, "a@host"):
-        replies = await app.control.broadcast(
-            "rate_limit", {"task_name": "rc.add", "rate_limit": "5/s"}, reply=True, timeout=0.5
-        )
-    ((_, value),) = (replies or [{}])[0].items()
-    assert "rate limits are not in celeriac yet" in value["error"]
-
-
 async def test_shutdown_stops_the_worker_without_a_reply(app: Celery) -> None:
     async with app.setup():
         worker = Worker(app, hostname="a@host")

@@ -17,14 +17,7 @@ from celeriac.worker.rate_limits import RateLimits, TaskRate
 
 def make_app(**settings: Any) -> Celery:
     app = Celery("rl", broker="memory://rl-config", set_as_current=False)
-    annotations = settings.pop("task_annotations", None)
     app.conf.update(**settings)
-    if isinstance(annotations, list):
-        # config.py's type check of list[Any] raises TypeError (isinstance with Any) for any
-        # non-empty list: set the list past it until that is fixed.
-        object.__setattr__(app.conf, "task_annotations", annotations)
-    else:
-        app.conf.task_annotations = annotations
 
     @app.task(name="rl.own", rate_limit="10/m")
     def own() -> None: ...

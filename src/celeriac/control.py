@@ -245,6 +245,18 @@ class Control:
         arguments = {"task_name": task_name, "soft": soft, "hard": hard}
         return self.broadcast("time_limit", arguments, destination, **kw)
 
+    def rate_limit(
+        self,
+        task_name: str,
+        rate_limit: str | float | None,
+        destination: Sequence[str] | None = None,
+        **kw: Any,
+    ) -> Awaitable[Replies | None]:
+        """Set a task's rate limit in the workers (``"10/s"``, ``"5/m"``; 0 or None: none),
+        each worker process for itself, until it restarts (Celery's)."""
+        arguments = {"task_name": task_name, "rate_limit": rate_limit}
+        return self.broadcast("rate_limit", arguments, destination, **kw)
+
 
 class Inspect:
     """``app.control.inspect(...)``: each method returns ``{node: value}`` from the workers

@@ -98,14 +98,11 @@ def test_celeriacs_client_sets_a_celery_workers_rate_limit(
 ) -> None:
     node = node_of(celery_worker)
     control = celeriac.app.control
-    arguments = {"task_name": "interop.add", "rate_limit": "5/s"}
     try:
-        set_ = control.broadcast("rate_limit", arguments, destination=[node], reply=True)
+        set_ = control.rate_limit("interop.add", "5/s", destination=[node], reply=True)
         shown = control.inspect([node], timeout=5).registered("rate_limit")[node]
     finally:
-        lifted = control.broadcast(
-            "rate_limit", {**arguments, "rate_limit": 0}, destination=[node], reply=True
-        )
+        lifted = control.rate_limit("interop.add", 0, destination=[node], reply=True)
     assert set_ == [{node: {"ok": "new rate limit set successfully"}}]
     assert "interop.add [rate_limit=5/s]" in shown
     assert lifted == [{node: {"ok": "rate limit disabled successfully"}}]

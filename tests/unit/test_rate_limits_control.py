@@ -50,12 +50,8 @@ async def worker(app: Celery) -> AsyncIterator[Worker]:
 
 
 async def rate_limit(app: Celery, task_name: str, value: Any) -> Any:
-    replies = await app.control.broadcast(
-        "rate_limit",
-        {"task_name": task_name, "rate_limit": value},
-        reply=True,
-        destination=["a@host"],
-    )
+    """Celery's client call: ``app.control.rate_limit(name, rate, destination, reply=True)``."""
+    replies = await app.control.rate_limit(task_name, value, ["a@host"], reply=True)
     return (replies or [{}])[0].get("a@host")
 
 

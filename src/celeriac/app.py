@@ -37,6 +37,7 @@ from celeriac.rates import Scope
 from celeriac.resources import Resource
 from celeriac.result import AsyncResult
 from celeriac.sending import CanvasOptions, SendOptions
+from celeriac.signals import Signal
 from celeriac.states import READY_STATES
 from celeriac.task import AsyncTask, StreamingTask, SyncTask, Task, TaskOptions
 from celeriac.transports.backend import ResultBackend
@@ -137,6 +138,9 @@ class Celery:
         self._sending: set[asyncio.Future[Any]] = set()
         #: Remote control of the workers (``app.control.inspect().active()``).
         self.control = Control(self)
+        #: Celery's app signals, sent once by :meth:`finalize` (see :mod:`celeriac.signals`).
+        self.on_after_configure = Signal("on_after_configure")
+        self.on_after_finalize = Signal("on_after_finalize")
         for register in _state.apps.made(self):
             register(self)
         if set_as_current:
@@ -225,6 +229,9 @@ class Celery:
                 self._finalized = True
             finally:
                 self._finalizing = False
+        # Once the task modules are in, so receivers they connect are called too.
+        self.on_after_configure.send(self, source=self.conf)
+        self.on_after_finalize.send(self)
 
     @property
     def tasks(self) -> dict[str, Task[Any, Any]]:
@@ -232,6 +239,35 @@ class Celery:
         if not self._finalized:
             self.finalize()
         return self._tasks
+
+    # -- periodic tasks ------------------------------------------------------------------------
+
+    def add_periodic_task(
+        self,
+        schedule: Any,
+        sig: Signature,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> str:
+        """Add a ``beat_schedule`` entry that sends ``sig`` on ``schedule`` (seconds, a
+        ``timedelta`` or a ``celeriac.schedules`` schedule), as Celery's method does:
+        ``args``/``kwargs`` complete the signature's own (``args`` before its arguments),
+        ``options`` join its options, and the entry is named ``name`` or after the
+        signature (``tasks.add(2, 2)``). Returns the entry's name. The entry is checked when
+        a scheduler reads it (an error naming it, before anything is sent)."""
+        if args or kwargs:
+            sig = sig.clone(tuple(args), dict(kwargs or {}))
+        key = name or repr(sig)
+        self.conf.beat_schedule[key] = {
+            "schedule": schedule,
+            "task": sig.name,
+            "args": tuple(sig.args),
+            "kwargs": dict(sig.kwargs),
+            "options": {**sig.options, **options},
+        }
+        return key
 
     # -- tasks ---------------------------------------------------------------------------------
 

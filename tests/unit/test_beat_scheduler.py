@@ -389,3 +389,47 @@ def test_rabbitmq_lead_tokens_merge_to_the_newest_counters_whatever_their_order(
     expected = {"a": [2000, 1000, 3], "b": [50, 40, 1], "c": [7, 7, 0]}
     assert merged([b"", older, newer]) == merged([newer, b"", older]) == expected
     assert merged([b"not json", older]) == {"a": [1000, 1000, 3], "b": [50, 40, 1]}
+
+
+async def test_entries_added_by_on_after_configure_receivers_are_sent(
+    url: str, clock: FakeClock, apps: list[Celery]
+) -> None:
+    """Celery's recipe: ``add_periodic_task`` from ``on_after_configure`` (and
+    ``on_after_finalize``) receivers, with a signature, extra args and options."""
+    app = make_app(url, {})
+    apps.append(app)
+
+    @app.task(name="tasks.greet")
+    def greet(who: str, punctuation: str = ".") -> str:
+        return who + punctuation
+
+    @app.on_after_configure.connect
+    def setup_periodic_tasks(sender: Celery, **kwargs: Any) -> None:
+        sender.add_periodic_task(10.0, greet.s("hello"), name="hello every 10")
+        sender.add_periodic_task(
+            crontab(minute="*/5"), greet.s(punctuation="!"), args=("monday",), priority=7
+        )
+
+    @app.on_after_finalize.connect(weak=False)
+    def more(sender: Celery, **kwargs: Any) -> None:
+        sender.add_periodic_task(timedelta(seconds=20), greet.si("x"), expires=5)
+
+    beat = await scheduler_on(app, clock, "a")
+    assert sorted(beat.configured) == [
+        "%tasks.greet('x')",  # an immutable signature's repr, as Celery names it
+        "hello every 10",
+        "tasks.greet('monday', punctuation='!')",
+    ]
+    entry = beat.configured["tasks.greet('monday', punctuation='!')"]
+    assert (entry.args, dict(entry.kwargs), dict(entry.options)) == (
+        ("monday",),
+        {"punctuation": "!"},
+        {"priority": 7},
+    )
+    assert dict(beat.configured["%tasks.greet('x')"].options) == {"expires": 5}
+    app.finalize()  # again: the receivers ran once
+    assert len(app.conf.beat_schedule) == 3
+    await beat.tick()
+    clock.advance(20)
+    await beat.tick()
+    assert Counter(run.entry for run in beat.sent) == {"hello every 10": 2, "%tasks.greet('x')": 1}

@@ -117,7 +117,10 @@ class Run:
 
 
 def configured_entries(app: Celery) -> dict[str, Entry]:
-    """The entries of ``beat_schedule`` (each checked: a bad one is an error naming it)."""
+    """The entries of ``beat_schedule`` (each checked: a bad one is an error naming it),
+    once the app is finalized: its ``on_after_configure``/``on_after_finalize`` receivers
+    add theirs with ``add_periodic_task``, as Celery projects do."""
+    app.finalize()
     return {name: entry_from_config(name, spec) for name, spec in app.conf.beat_schedule.items()}
 
 

@@ -433,3 +433,39 @@ async def test_entries_added_by_on_after_configure_receivers_are_sent(
     clock.advance(20)
     await beat.tick()
     assert Counter(run.entry for run in beat.sent) == {"hello every 10": 2, "%tasks.greet('x')": 1}
+
+
+def test_crontabs_are_read_in_celerys_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``timezone`` first; without it UTC, or the machine's zone with enable_utc=False."""
+    from celeriac.beat.scheduler import zone_of
+
+    app = make_app("memory://zones", {})
+    assert zone_of(app) is UTC
+    app.conf.timezone = "Asia/Tokyo"
+    assert str(zone_of(app)) == "Asia/Tokyo"
+    app.conf.update(timezone=None, enable_utc=False)
+    monkeypatch.setenv("TZ", "America/Sao_Paulo")
+    assert str(zone_of(app)) == "America/Sao_Paulo"
+
+
+async def test_a_changed_schedule_takes_effect_from_the_last_run(
+    url: str, clock: FakeClock, apps: list[Celery]
+) -> None:
+    app = make_app(url, EVERY_10)
+    apps.append(app)
+    beat = await scheduler_on(app, clock, "a")
+    tasks = PeriodicTasks(app)
+    await beat.tick()
+    clock.advance(10)
+    await beat.tick()
+    changed = await tasks.change("ten", schedule=30.0, args=(5,), options={"queue": "slow"})
+    assert (changed.args, dict(changed.options)) == ((5,), {"queue": "slow"})
+    clock.advance(20)  # +30: the old schedule's +20 and +30 do not come
+    await beat.tick()
+    assert [run.at for run in beat.sent] == [at(10)]
+    clock.advance(10)  # +40: 30 s after the last run
+    await beat.tick()
+    assert [run.at for run in beat.sent] == [at(10), at(40)]
+    assert [h["argsrepr"] for h in await queued(app, "slow")] == ["[5]"]
+    with pytest.raises(ConfigurationError, match="cannot run"):
+        await tasks.change("ten", schedule="every minute")

@@ -5,10 +5,11 @@ many as you like: they elect one leader through a short lease in the result stor
 (:mod:`celeriac.beat.leadership`), each run is claimed once in the same store
 (:mod:`celeriac.beat.store`), and another scheduler takes over within
 ``beat_failover_timeout`` of the leader's death. On RabbitMQ alone, with no result store to
-keep them, RabbitMQ picks the leader and keeps the runs (:mod:`celeriac.beat.rabbitmq`). Runs are computed from the schedule
-(:mod:`celeriac.schedules`), in the ``timezone`` setting, never from the last send; missed
-runs follow a policy (:mod:`celeriac.beat.scheduler`). Entries can be changed at run time
-(:class:`PeriodicTasks`, ``celeriac beat list/add/pause/resume/remove``).
+keep them, RabbitMQ picks the leader and keeps the runs (:mod:`celeriac.beat.rabbitmq`).
+Runs are computed from the schedule (:mod:`celeriac.schedules`), in the ``timezone``
+setting, never from the last send; missed runs follow a policy
+(:mod:`celeriac.beat.scheduler`). Entries can be changed at run time (:class:`PeriodicTasks`,
+``celeriac beat list/add/pause/resume/remove``).
 
 Guarantee: each run of each entry is sent once. A scheduler that dies after claiming a run
 and before recording it sent leaves the run in doubt; the next leader publishes it again

@@ -151,12 +151,29 @@ def run_id(entry: str, at_ms: int) -> str:
 
 
 def zone_of(app: Celery) -> tzinfo:
-    """The zone crontabs are read in: the ``timezone`` setting, UTC when unset."""
-    if not app.conf.timezone:
-        return UTC
+    """The zone crontabs are read in, as Celery chooses it: the ``timezone`` setting; without
+    one, UTC, or with ``enable_utc=False`` the machine's own zone (``TZ``, else
+    ``/etc/localtime``), with its DST rules."""
     import zoneinfo
 
-    return zoneinfo.ZoneInfo(app.conf.timezone)
+    if app.conf.timezone:
+        return zoneinfo.ZoneInfo(app.conf.timezone)
+    if app.conf.enable_utc:
+        return UTC
+    return local_zone()
+
+
+def local_zone() -> tzinfo:
+    """The machine's zone with its rules (a fixed offset would get DST wrong half the year)."""
+    import zoneinfo
+
+    name = os.environ.get("TZ", "").removeprefix(":")
+    if name:
+        with contextlib.suppress(zoneinfo.ZoneInfoNotFoundError, ValueError):
+            return zoneinfo.ZoneInfo(name)
+    with contextlib.suppress(OSError, ValueError), open("/etc/localtime", "rb") as file:
+        return zoneinfo.ZoneInfo.from_file(file, key="localtime")
+    return UTC
 
 
 def default_holder() -> str:

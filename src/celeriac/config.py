@@ -190,7 +190,8 @@ class Settings:
     #: The zone crontab schedules are read in (an unknown zone name is refused, as Celery
     #: refuses it); None: UTC. Messages carry UTC times and a naive ``eta`` is read as UTC,
     #: as Celery 5 does; Celery's ``enable_utc=False`` writes the same instants with a local
-    #: offset, which any reader takes alike.
+    #: offset, which any reader takes alike. Without a ``timezone``, ``enable_utc=False``
+    #: reads crontabs in the machine's zone.
     timezone: str | None = None
     enable_utc: bool = True
 

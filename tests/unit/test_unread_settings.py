@@ -16,8 +16,8 @@ from celeriac.errors import ConfigurationError
 
 SOURCE = Path(__file__).resolve().parents[2] / "src" / "celeriac"
 #: Settings accepted for Celery configs that change nothing celeriac does (the docs table says
-#: why): Celery's enable_utc=False writes the same instants with a local offset.
-ACCEPTED_AS_DOCUMENTATION = {"enable_utc"}
+#: why). None now: enable_utc chooses the zone crontabs are read in without a timezone.
+ACCEPTED_AS_DOCUMENTATION: set[str] = set()
 
 
 def app() -> Celery:

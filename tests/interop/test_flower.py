@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 import pytest
 
-from interop.harness import CELERY_APP, TESTS, InteropRun, WorkerProcess, answering, node_of
+from interop.harness import CELERY_APP, TESTS, InteropRun, WorkerProcess, node_of
 from services import free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -123,17 +123,6 @@ class Flower:
 @pytest.fixture(scope="module")
 def celeriac_worker(interop: InteropRun) -> WorkerProcess:
     return interop.start_celeriac_worker(interop.pool[:2], "-E")
-
-
-@pytest.fixture(scope="module")
-def celery(interop: InteropRun, celeriac_worker: WorkerProcess) -> Iterator[ModuleType]:
-    """The Celery peer as the client that sends tasks (Flower's own app is the same)."""
-    from interop.peers import celery_app
-
-    celery_app.configure()
-    answering(celery_app.app, celeriac_worker)
-    yield celery_app
-    celery_app.close()
 
 
 @pytest.fixture(scope="module")

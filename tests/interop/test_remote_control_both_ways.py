@@ -11,50 +11,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from interop.harness import TESTS, InteropRun, WorkerProcess, answering, node_of
+from interop.harness import TESTS, InteropRun, WorkerProcess, node_of
 from services import wait_until
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 20
-
-
-@pytest.fixture(scope="module")
-def celeriac_worker(interop: InteropRun) -> WorkerProcess:
-    return interop.start_celeriac_worker(interop.pool[:2])
-
-
-@pytest.fixture(scope="module")
-def celery_worker(interop: InteropRun) -> WorkerProcess:
-    return interop.start_celery_worker(interop.pool[2:4])
-
-
-@pytest.fixture(scope="module")
-def celery(interop: InteropRun, celeriac_worker: WorkerProcess) -> Iterator[ModuleType]:
-    """The Celery peer, as the client."""
-    from interop.peers import celery_app
-
-    celery_app.configure()
-    answering(celery_app.app, celeriac_worker)
-    yield celery_app
-    celery_app.close()
-
-
-@pytest.fixture(scope="module")
-def celeriac(interop: InteropRun, celery_worker: WorkerProcess) -> Iterator[ModuleType]:
-    """The celeriac peer, as the client."""
-    from interop.peers import celeriac_app
-
-    celeriac_app.configure()
-    answering(celeriac_app.app, celery_worker)
-    yield celeriac_app
-    celeriac_app.app.close()
 
 
 # -- Celery's client, celeriac's worker -----------------------------------------------------

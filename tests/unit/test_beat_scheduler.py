@@ -102,6 +102,17 @@ def at(seconds: float) -> datetime:
 EVERY_10 = {"ten": {"task": "tasks.tick", "schedule": 10.0, "args": [1, 2]}}
 
 
+async def ten_due(url: str, clock: FakeClock, apps: list[Celery]) -> tuple[Celery, Scheduler]:
+    """An app with EVERY_10 (failover timeout 4 s) and scheduler "a", which saw the entry at
+    T0; the clock at +10, when its first run is due (not sent yet)."""
+    app = make_app(url, EVERY_10, beat_failover_timeout=4.0)
+    apps.append(app)
+    beat = await scheduler_on(app, clock, "a")
+    await beat.tick()
+    clock.advance(10)
+    return app, beat
+
+
 async def test_interval_runs_come_from_the_schedule_not_from_the_sends(
     url: str, clock: FakeClock, apps: list[Celery]
 ) -> None:
@@ -236,11 +247,7 @@ async def test_a_run_that_is_not_late_is_sent_whatever_the_policy(
 async def test_a_run_claimed_by_a_scheduler_that_died_sending_is_sent_again_under_its_id(
     url: str, clock: FakeClock, apps: list[Celery]
 ) -> None:
-    app = make_app(url, EVERY_10, beat_failover_timeout=4.0)
-    apps.append(app)
-    beat = await scheduler_on(app, clock, "a")
-    await beat.tick()
-    clock.advance(10)
+    app, beat = await ten_due(url, clock, apps)
     await beat.store.claim("ten", round((T0 + 10) * 1000))  # claimed; then "a" died
     clock.advance(4)
     other = await scheduler_on(app, clock, "b")
@@ -253,11 +260,7 @@ async def test_a_run_claimed_by_a_scheduler_that_died_sending_is_sent_again_unde
 async def test_a_run_queued_by_a_scheduler_that_died_before_marking_it_is_not_queued_again(
     url: str, clock: FakeClock, apps: list[Celery]
 ) -> None:
-    app = make_app(url, EVERY_10, beat_failover_timeout=4.0)
-    apps.append(app)
-    beat = await scheduler_on(app, clock, "a")
-    await beat.tick()
-    clock.advance(10)
+    app, beat = await ten_due(url, clock, apps)
     slot = round((T0 + 10) * 1000)
     await beat.store.claim("ten", slot)
     entry = (await beat.entries())["ten"]

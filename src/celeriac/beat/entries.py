@@ -82,18 +82,7 @@ def entry_from_config(name: str, spec: Mapping[str, Any]) -> Entry:
         schedule = as_schedule(raw)
     except (TypeError, ValueError, NotImplementedError) as exc:
         raise _bad(name, f"has a schedule celeriac cannot run: {exc}") from None
-    return _checked(
-        Entry(
-            name=name,
-            task=spec["task"],
-            schedule=schedule,
-            args=_args(name, spec.get("args", ())),
-            kwargs=_kwargs(name, spec.get("kwargs", {})),
-            options=dict(spec.get("options") or {}),
-            missed=spec.get("missed"),
-            enabled=spec.get("enabled", True),
-        )
-    )
+    return _entry(name, spec, schedule)
 
 
 def entry_from_json(name: str, data: bytes | Mapping[str, Any]) -> Entry:
@@ -103,6 +92,11 @@ def entry_from_json(name: str, data: bytes | Mapping[str, Any]) -> Entry:
         schedule = schedule_from_json(spec["schedule"])
     except (ValueError, KeyError, TypeError) as exc:
         raise _bad(name, f"is stored in a form celeriac cannot read ({exc})") from None
+    return _entry(name, spec, schedule)
+
+
+def _entry(name: str, spec: Mapping[str, Any], schedule: Schedule) -> Entry:
+    """The entry ``spec`` describes (its schedule read already), checked."""
     return _checked(
         Entry(
             name=name,

@@ -133,11 +133,7 @@ async def test_interval_runs_come_from_the_schedule_not_from_the_sends(
 async def test_a_run_is_celerys_beat_message_with_an_id_of_its_own(
     url: str, clock: FakeClock, apps: list[Celery]
 ) -> None:
-    app = make_app(url, EVERY_10)
-    apps.append(app)
-    beat = await scheduler_on(app, clock, "a")
-    await beat.tick()
-    clock.advance(10)
+    app, beat = await ten_due(url, clock, apps)
     await beat.tick()
     (headers,) = await queued(app)
     assert headers["task"] == "tasks.tick"
@@ -153,11 +149,7 @@ async def test_a_run_carries_every_header_celery_beat_puts_on_its_messages(
 ) -> None:
     """The first message real Celery 5.7 beat sent, captured on Redis, against ours."""
     captured = json.loads((CELERY_BEAT_FIXTURES / "beat-redis-task-message.json").read_text())
-    app = make_app(url, EVERY_10)
-    apps.append(app)
-    beat = await scheduler_on(app, clock, "a")
-    await beat.tick()
-    clock.advance(10)
+    app, beat = await ten_due(url, clock, apps)
     await beat.tick()
     (headers,) = await queued(app)
     assert set(captured["headers"]) <= set(headers)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from celeriac.transports.backend import KeyValueBackend
+from celeriac.transports.backend import SHORT_WAIT, KeyValueBackend
 from celeriac.transports.sqlite.backend import SQLiteBackend
 from celeriac.transports.sqlite.database import SCHEMA
 
@@ -269,8 +269,8 @@ async def test_a_rate_limit_allows_limit_starts_per_period_and_spaces_retries(
     assert await one.acquire_rate(key, 5, 10, 5) == pytest.approx(5)
     assert await two.acquire_rate(key, 5, 10, 5) == pytest.approx(7)
     assert await one.acquire_rate(key, 5, 10, 5) == pytest.approx(9)
-    clock.at = t0 + 10 - 1e-6  # the start at t0 is still in the window: queued, at t0 + 16
-    assert await one.acquire_rate(key, 5, 10, 5) == pytest.approx(6 + 1e-6)
+    clock.at = t0 + 9.5  # the start at t0 is still in the window: queued, at t0 + 16
+    assert await one.acquire_rate(key, 5, 10, 5) == pytest.approx(6.5)
     clock.at = t0 + 10  # the window is (t0, t0 + 10]: the start at t0 left it
     assert await two.acquire_rate(key, 5, 10, 5) == 0.0
     # Full again (t0+1 .. t0+4, t0+10): t0+1 leaves at t0 + 11, but the queue is at t0 + 18.
@@ -281,6 +281,51 @@ async def test_a_rate_limit_allows_limit_starts_per_period_and_spaces_retries(
     ]
     # Another key is another limit.
     assert await two.acquire_rate(unique("rate"), 5, 10, 5) == 0.0
+
+
+@clocked_stores
+async def test_a_refusal_of_a_few_milliseconds_is_told_its_own_wait_outside_the_line(
+    make_backend: MakeBackend,
+) -> None:
+    """A caller that comes a few milliseconds (``SHORT_WAIT`` at most) before its start is
+    free (a deferred message back from the broker a little early) is told that wait, and the
+    line of retry times does not move: it is not sent to the end of the line for a refusal
+    shorter than a round trip through the broker."""
+    clock = whole_seconds()
+    one = await key_value(make_backend, clock)
+    two = await key_value(make_backend, clock)
+    key, t0 = unique("rate"), clock.at
+    for n in range(5):
+        clock.at = t0 + n
+        assert await one.acquire_rate(key, 5, 10, 5) == 0.0
+    clock.at = t0 + 5
+    assert await one.acquire_rate(key, 5, 10, 5) == pytest.approx(5)  # next retry: t0 + 12
+    clock.at = t0 + 10 - 2 * SHORT_WAIT  # too early by more than a few milliseconds: queued
+    assert await two.acquire_rate(key, 5, 10, 5) == pytest.approx(2 + 2 * SHORT_WAIT, abs=1e-6)
+    clock.at = t0 + 10 - 0.8 * SHORT_WAIT  # the line (next: t0 + 14) stays as it was
+    assert await one.acquire_rate(key, 5, 10, 5) == pytest.approx(0.8 * SHORT_WAIT, abs=1e-6)
+    clock.at = t0 + 10 - 0.001
+    assert await two.acquire_rate(key, 5, 10, 5) == pytest.approx(0.001, abs=1e-6)
+    clock.at = t0 + 10  # the start at t0 left the window
+    assert await two.acquire_rate(key, 5, 10, 5) == 0.0
+    # t0 + 1 leaves at t0 + 11, but the line is at t0 + 14: the short refusals took no place.
+    assert await one.acquire_rate(key, 5, 10, 5) == pytest.approx(4)
+
+
+@clocked_stores
+async def test_a_short_refusal_is_not_shorter_than_one_callers_share_of_the_period(
+    make_backend: MakeBackend,
+) -> None:
+    """At 4 starts per 8 ms, callers are 2 ms apart: a refusal of 3 ms is queued in the line
+    like any other, so callers refused together are not all told to come back at once."""
+    clock = whole_seconds()
+    backend = await key_value(make_backend, clock)
+    key, t0 = unique("rate"), clock.at
+    assert [await backend.acquire_rate(key, 4, 0.008, 4) for _ in range(4)] == [0.0] * 4
+    assert SHORT_WAIT > 0.003  # so that only the share (2 ms) queues a 3 ms refusal
+    clock.at = t0 + 0.005  # t0's starts leave at t0 + 0.008
+    waits = [await backend.acquire_rate(key, 4, 0.008, 4) for _ in range(3)]
+    assert waits == [pytest.approx(w, abs=1e-6) for w in (0.003, 0.005, 0.007)]
 
 
 @clocked_stores

@@ -15,6 +15,7 @@ import redis
 import redis.asyncio as aioredis
 
 from celeriac import errors
+from celeriac.transports.redis import backend as redis_backend
 from celeriac.transports.redis.backend import RedisBackend
 from services import (
     REDIS_DB_RESULTS,
@@ -147,6 +148,42 @@ async def test_a_rate_limit_is_two_keys_that_expire_once_idle(
         assert await one.acquire_rate(rate, 2, 0.5, 2) == 0.0  # a fresh window
     finally:
         await one.close()
+
+
+async def test_a_short_refusal_is_told_its_own_wait_and_keeps_the_line_as_it_was(
+    prefixes: tuple[str, str], raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By Redis's clock, with starts written at times read from it: a refusal no longer than
+    the short wait (0.5 s here, so the test's own round trips do not matter) nor than
+    ``period / limit`` is told as it is and leaves the next retry time alone; a longer one
+    is queued and moves it."""
+    monkeypatch.setattr(redis_backend, "SHORT_WAIT", 0.5)
+    first, _ = prefixes
+    store = await backend(first)
+    rate, shared = f"rate-{uuid.uuid4().hex}", f"rate-{uuid.uuid4().hex}"
+    starts, retry = f"{first}celeriac-rate-starts-{rate}", f"{first}celeriac-rate-retry-{rate}"
+
+    async def leaving_in(key: str, seconds: float, period: float, members: int = 1) -> None:
+        """Starts that leave the window ``seconds`` from now, by Redis's clock."""
+        at, micros = await raw.time()
+        score = at * 1_000_000 + micros - period * 1_000_000 + seconds * 1_000_000
+        await raw.zadd(key, {f"seeded-{n}": score for n in range(members)})
+
+    try:
+        await leaving_in(starts, 2.0, 10.0)
+        assert 1.9 < await store.acquire_rate(rate, 1, 10, 1) <= 2.0  # queued
+        line = await raw.get(retry)
+        assert line is not None
+        await leaving_in(starts, 0.3, 10.0)  # the same start, now 0.3 s from leaving
+        assert 0.2 < await store.acquire_rate(rate, 1, 10, 1) <= 0.3
+        assert await raw.get(retry) == line
+        # At 4 starts per 0.8 s, one caller's share is 0.2 s: a 0.3 s refusal is queued.
+        shared_starts = f"{first}celeriac-rate-starts-{shared}"
+        await leaving_in(shared_starts, 0.3, 0.8, members=4)
+        assert 0.2 < await store.acquire_rate(shared, 4, 0.8, 4) <= 0.3
+        assert await raw.get(f"{first}celeriac-rate-retry-{shared}") is not None
+    finally:
+        await store.close()
 
 
 async def test_concurrent_callers_never_exceed_the_limit_and_use_nearly_all_of_it(

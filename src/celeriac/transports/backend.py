@@ -33,7 +33,11 @@ A start is allowed while fewer than ``limit`` starts fall in the half-open windo
 ``(now - period * burst / limit, now]``. A refused caller is told when to come back: never
 before the start that binds leaves its window, and, since many callers refused at once would
 otherwise all come back at the same instant and all but ``limit`` of them be refused again,
-at times handed out ``period / limit`` apart (a per-key "next retry" time):
+at times handed out ``period / limit`` apart (a per-key "next retry" time). A caller refused
+by no more than :data:`SHORT_WAIT` (a few milliseconds, and never more than ``period /
+limit``) is told its own wait instead and takes no place in that line: it is, as a rule, a
+deferred message whose turn came back from the broker a little before the start it follows
+left the window, and sending it to the end of the line would leave that start unused.
 :func:`rate_wait` and :func:`spaced_retry` are that rule for the stores that decide in
 Python (memory, SQLite); Redis's script says the same in Lua.
 
@@ -65,6 +69,11 @@ if TYPE_CHECKING:
     from celeriac.transports.broker import Broker
 
 Meta = dict[str, Any]
+
+#: A refusal this short (seconds), or shorter than one caller's share of the period
+#: (``period / limit``) if that is shorter still, is answered with its own wait and takes no
+#: place in a rate limit's line of retry times (see the module docstring).
+SHORT_WAIT = 0.005
 
 
 class Changes(Protocol):
@@ -427,8 +436,9 @@ class KeyValueBackend(ResultBackend):
         Returns 0.0 when the start is allowed (and recorded, by the store's clock), else the
         seconds to wait before trying again, in one atomic step that records nothing: never
         less than the time until the start that binds leaves its window, and spaced
-        ``period / limit`` from the retry time handed to the caller refused before (see the
-        module docstring). Every key written expires once the limit is idle.
+        ``period / limit`` from the retry time handed to the caller refused before, unless
+        that time is :data:`SHORT_WAIT` away or less (see the module docstring). Every key
+        written expires once the limit is idle.
         """
         if not isinstance(limit, int) or limit < 1:
             raise ValueError(f"a rate limit's limit must be an integer of 1 or more, not {limit!r}")
@@ -607,9 +617,16 @@ def spaced_retry(
 
     The retry time is not before the caller's ``wait`` is over, nor before the key's
     ``next_retry``; the next one is ``period / limit`` (one caller's share of the limit)
-    after it, so callers refused together come back one by one instead of all at once."""
+    after it, so callers refused together come back one by one instead of all at once.
+
+    A wait of :data:`SHORT_WAIT` or less (nor more than ``period / limit``) is the caller's
+    own, and the line does not move: such a caller is one whose turn came a few milliseconds
+    before its start was free, and the end of the line would cost it a whole round."""
+    share = period / limit
+    if wait <= min(SHORT_WAIT, share):
+        return at + wait, next_retry
     retry = max(next_retry, at + wait)
-    return retry, retry + period / limit
+    return retry, retry + share
 
 
 def _check_expires(seconds: float | None, what: str) -> None:

@@ -72,6 +72,7 @@ from typing import Any, Protocol
 from celeriac import errors
 from celeriac.protocol.serialization import json_text
 from celeriac.transports.backend import (
+    SHORT_WAIT,
     Changes,
     ChordPart,
     EventLog,
@@ -526,7 +527,13 @@ class RedisBackend(KeyValueBackend):
 
     async def _acquire_rate(self, key: str, limit: int, period: float, burst: int) -> float:
         keys = [self.prefix + RATE_STARTS_PREFIX + key, self.prefix + RATE_RETRY_PREFIX + key]
-        args: list[Arg] = [limit, repr(period * 1_000_000), burst, uuid.uuid4().hex]
+        args: list[Arg] = [
+            limit,
+            repr(period * 1_000_000),
+            burst,
+            uuid.uuid4().hex,
+            repr(SHORT_WAIT * 1_000_000),
+        ]
         waited = await self._run_script(
             "rate_acquire.lua", keys, args, f"acquire the rate limit {key}"
         )

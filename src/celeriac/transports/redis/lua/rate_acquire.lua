@@ -6,15 +6,19 @@
 -- KEYS[1]: the starts, a sorted set scored by time. KEYS[2]: the next retry time to hand out.
 -- ARGV[1]: limit, starts allowed in (now - period, now]. ARGV[2]: period (microseconds).
 -- ARGV[3]: burst, starts allowed in (now - period * burst / limit, now] (burst < limit only).
--- ARGV[4]: the member of this start.
+-- ARGV[4]: the member of this start. ARGV[5]: the longest refusal told its own wait
+-- (microseconds; celeriac.transports.backend.SHORT_WAIT).
 --
 -- Returns 0 for an allowed start (recorded), else the microseconds to wait (nothing recorded):
 -- not before the start that binds leaves its window, nor before the next retry time, which
 -- then moves period / limit later, so that callers refused together come back one by one.
+-- A wait no longer than ARGV[5] (nor than period / limit) is returned as it is and the next
+-- retry time stays: a caller a few milliseconds early keeps its turn, not the end of the line.
 -- Both keys expire once the limit is idle: the starts a period after the newest, the next
 -- retry time once it passed (and a period after its last use at least).
 local starts, next_key = KEYS[1], KEYS[2]
 local limit, period, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local short = math.min(tonumber(ARGV[5]), period / limit)
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 
@@ -41,6 +45,9 @@ if wait <= 0 then
     redis.call('ZADD', starts, now, ARGV[4])
     redis.call('PEXPIRE', starts, idle)
     return 0
+end
+if wait <= short then
+    return math.ceil(wait)
 end
 local retry = math.max(tonumber(redis.call('GET', next_key) or 0), now + wait)
 local next_retry = retry + period / limit

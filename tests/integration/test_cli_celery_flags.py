@@ -61,12 +61,23 @@ def test_hostname_expands_celery_abbreviations(
     assert f"] w1@{socket.gethostname()} ready: pid " in worker.wait_for(" ready: pid ")
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize("flag", ["-B", "--beat"])
-def test_beat_is_refused_with_what_to_do_instead(flag: str, tmp_path: Path) -> None:
-    out = celeriac("-A", "basic:app", "worker", flag, cwd=tmp_path)
-    assert out.returncode == 1 and out.stderr.count("\n") == 1
-    assert "celeriac has no beat scheduler" in out.stderr
-    assert "drop -" in out.stderr
+def test_beat_runs_a_scheduler_in_the_worker(
+    flag: str, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    worker = start_worker(flag, app="periodic:app")
+    worker.wait_for(" leads: it sends the periodic tasks")
+    worker.wait_for("beat: sending every-second (periodic.noted)", count=2)
+
+
+@SQLITE_ONLY
+def test_every_process_of_a_beat_pool_schedules_and_one_leads(supervise: Any) -> None:
+    """-B reaches each process of -P N: they elect one leader among them."""
+    pool = supervise("-P", "2", "-B", "-l", "info", app="periodic:app")
+    pool.pids_ready(2)
+    pool.wait_for("beat: sending every-second (periodic.noted)", count=2)
+    assert len([line for line in pool.lines if " leads: it sends" in line]) == 1
 
 
 def _recycled_pids(basic: Any, tasks: int) -> list[int]:

@@ -21,7 +21,9 @@ the same queues. What celeriac does differently, and why:
   memory instead, which runs them twice when the ETA is beyond the visibility timeout.
 * **Sweeps are frequent and cheap.** Every consumer looks for due entries at most
   ``restore_interval`` seconds apart (sooner when the next one is due sooner), and restores
-  each with one conditional script (``lua/settle.lua``), so racing sweepers never duplicate.
+  each with one script (``lua/settle.lua``) that acts only if the entry is due still, so
+  racing sweepers never duplicate a message, nor lose one that a worker claimed again, under
+  the same delivery tag, between a sweep's read and its restore.
 * **Outages are ridden out.** Consumers, acks and sweeps retry with backoff (doubling up
   to 5 s) until Redis is back, and the outage is logged once when it starts and once when
   it ends; a consumer never stops silently.
@@ -737,12 +739,19 @@ class RedisBroker(Broker):
         return float(first[1]) + self.visibility_timeout if first else None
 
     async def _restore_due(self, tags: list[str], cutoff: float) -> None:
+        """Restore the entries ``tags``, found due at ``cutoff``. Each restore (or removal of
+        a stale index entry) is one ``settle.lua`` call that acts only if the entry is due
+        still: by the time it runs, another sweep may have restored it and a worker claimed
+        it again under the same tag, and what was read here no longer describes it."""
         values = await self.client.execute("HMGET", self._unacked, *tags)
         pipe = self.client.pipeline()
-        restored = 0
+        due = repr(cutoff)
+        # The keys of a call that pushes nothing, or pushes to the dead letters.
+        no_queue = [self._unacked, self._index, self._dead, self._deferred_key("")]
+        restores = []  # positions in the pipeline of the restores' replies
         for tag, value in zip(tags, values, strict=True):
             if value is None:  # acked or restored meanwhile; drop a stale index entry
-                pipe.add("ZREM", self._index, tag)
+                pipe.run_script(self._scripts["settle"], no_queue, [tag, "", due, "RPUSH"])
                 continue
             if tag in self._held or tag in self._settling:
                 # Ours, its refresh or settlement held up by an outage: not a dead holder's.
@@ -760,13 +769,9 @@ class RedisBroker(Broker):
                     exc,
                 )
                 record = _dead_record("", f"unreadable unacked entry: {exc}", value)
-                pipe.run_script(
-                    self._scripts["settle"],
-                    [self._unacked, self._index, self._dead, self._deferred_key("")],
-                    [tag, record, "+inf", "LPUSH"],
-                )
+                pipe.run_script(self._scripts["settle"], no_queue, [tag, record, due, "LPUSH"])
                 continue
-            restored += 1
+            restores.append(len(pipe))
             pipe.run_script(
                 self._scripts["settle"],
                 [
@@ -775,9 +780,10 @@ class RedisBroker(Broker):
                     self.prefix + kombu.list_key(queue, priority),
                     self._deferred_key(queue),
                 ],
-                [tag, payload, repr(cutoff), "RPUSH"],
+                [tag, payload, due, "RPUSH"],
             )
-        await pipe.execute()
+        replies = await pipe.execute()
+        restored = sum(1 for i in restores if replies[i] == 1)
         if restored:
             log.debug("restored %d due message(s)", restored)
 

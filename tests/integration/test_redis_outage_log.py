@@ -83,6 +83,7 @@ async def test_an_outage_is_logged_once_each_way_and_retries_back_off(
             assert await (await app.send_task("outage.add", (1, 2))).get(timeout=WAIT) == 3
             await eventually(blocked, WAIT, "the idle worker to wait in BRPOP again")
             attempts = count_connection_attempts(broker)
+            delays = record_delays(broker)
             server.stop()
             stopped = time.monotonic()
             await eventually(lambda: lines(caplog, down), WAIT, "the outage to be logged")
@@ -106,7 +107,26 @@ async def test_an_outage_is_logged_once_each_way_and_retries_back_off(
     # Exponential from 50 ms: about ten attempts in five seconds, the last ones over a second
     # apart. (At a constant 50 ms it would be a hundred or more.)
     assert 2 <= len(during) <= 20, f"{len(during)} connection attempts in {OUTAGE} s: {gaps}"
-    assert max(gaps) >= 1.0, f"the retry delay never grew past {max(gaps):.3f} s: {gaps}"
+    # Each wait doubles the last (from 50 ms, jittered by +-25%: at least x1.2 between two),
+    # so the fifth, about a second into the outage, is 0.6 s or more.
+    shown = [round(d, 3) for d in delays]
+    assert len(delays) >= 5, f"too few retries in {OUTAGE} s: {shown}"
+    assert all(b >= 1.2 * a for a, b in itertools.pairwise(delays[:6])), shown
+    assert max(delays) >= 0.6, f"the retry delay never grew past {max(delays):.3f} s: {shown}"
+
+
+def record_delays(broker: RedisBroker) -> list[float]:
+    """Record each wait the broker's outage backoff chooses; returns the list it fills."""
+    outage = broker._outage
+    chosen: list[float] = []
+    choose = outage.next_delay
+
+    def recorded() -> float:
+        chosen.append(choose())
+        return chosen[-1]
+
+    outage.next_delay = recorded  # type: ignore[method-assign]
+    return chosen
 
 
 def count_connection_attempts(broker: RedisBroker) -> list[float]:

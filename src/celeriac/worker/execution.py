@@ -212,7 +212,8 @@ class Execution:
         if message.eta is not None and message.eta.timestamp() > now + ETA_SLACK:
             await self.broker.defer(delivery, message.eta.timestamp())
             return True
-        if await self.rate_gate.deferred(task, message.id, delivery):
+        gate = self.rate_gate
+        if gate.applies(task) and await gate.deferred(task, message.id, delivery):
             return True  # back in the queue until a start is free (never held here)
         return await self._run(task, message, delivery, ran, canvas)
 

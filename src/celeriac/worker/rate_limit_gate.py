@@ -82,6 +82,11 @@ class RateGate:
         #: Global limits this store cannot share, warned about (see ``_shares``).
         self._unshared: set[str] = set()
 
+    def applies(self, task: Task[Any, Any]) -> bool:
+        """Whether ``task`` has a limit here: a plain check, so that a task without one
+        costs the pipeline no coroutine."""
+        return self.limits.limit_of(task) is not None
+
     async def deferred(self, task: Task[Any, Any], task_id: str, delivery: Delivery) -> bool:
         """Whether the delivery was given back to the broker for later (its task may not
         start now); False: start it."""

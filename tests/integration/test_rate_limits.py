@@ -56,9 +56,10 @@ def shared(n):
 TOLERANCE = 0.05
 #: The share of a global limit a backlog gets. A deferred message comes back a few ms after
 #: its retry time, now and then less late than the start whose place it takes: the store
-#: tells it the millisecond or two until that start leaves its window (a short refusal), the
-#: worker waits that in place, and the start is used. A refusal longer than that sends the
-#: message to the end of the line, and that start is lost (measured: 38-40 of 40 in 4 s).
+#: tells it the milliseconds until that start leaves its window (a short refusal, up to
+#: SHORT_WAIT), the worker waits that in place or defers the message by that much, and the
+#: start is used. A longer refusal sends the message to the end of the line, and that start
+#: is lost (measured: 39-40 of 40 in 4 s, 99.8% over 35 runs; 197 of 200 in 20 s).
 USED_AT_LEAST = 0.95
 
 

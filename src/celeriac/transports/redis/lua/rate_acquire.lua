@@ -13,7 +13,7 @@
 -- not before the start that binds leaves its window, nor before the next retry time, which
 -- then moves period / limit later, so that callers refused together come back one by one.
 -- A wait no longer than ARGV[5] (nor than period / limit) is returned as it is and the next
--- retry time stays: a caller a few milliseconds early keeps its turn, not the end of the line.
+-- retry time stays: a caller some milliseconds early keeps its turn, not the end of the line.
 -- Both keys expire once the limit is idle: the starts a period after the newest, the next
 -- retry time once it passed (and a period after its last use at least).
 local starts, next_key = KEYS[1], KEYS[2]

@@ -334,7 +334,7 @@ async def test_entries_changed_at_run_time_are_taken_up_without_a_restart(
     await tasks.resume("ten")
     clock.advance(10)  # +20: the paused entry's +10 passed unsent and is not caught up
     await beat.tick()
-    assert sorted((r.entry, r.at) for r in beat.sent[2:]) == [
+    assert sorted((r.entry, r.at) for r in list(beat.sent)[2:]) == [
         ("five", at(15)),
         ("five", at(20)),
         ("ten", at(20)),

@@ -35,6 +35,7 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -56,6 +57,8 @@ logger = logging.getLogger("celeriac.beat")
 
 #: Most runs of one entry sent in one pass under the ``all`` policy; the rest follow at once.
 CATCH_UP_PER_PASS = 100
+#: How many of the runs it sent a scheduler remembers (:attr:`Scheduler.sent`).
+RECENT_RUNS = 1000
 #: A run is late (missed, not merely delayed by a failover) once it is overdue by more than
 #: this many times ``beat_failover_timeout``: a failover takes up to one timeout, and the
 #: dead leader's last pass may have come a quarter of one before it died.
@@ -202,8 +205,9 @@ class Scheduler:
         self._leadership: Lead | None = None
         self._runs: dict[str, Runs] = {}
         self._term = 0
-        #: Every run this scheduler sent, newest last (kept for tests and ``beat list``).
-        self.sent: list[Run] = []
+        #: The runs this scheduler sent, newest last: the latest :data:`RECENT_RUNS` (a
+        #: scheduler runs for months; the store keeps the counts).
+        self.sent: deque[Run] = deque(maxlen=RECENT_RUNS)
 
     async def open(self) -> None:
         """Connect, and choose where the lead and the runs are kept: the result store when

@@ -8,7 +8,7 @@ import asyncio
 import itertools
 import json
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -120,7 +120,7 @@ async def test_interval_runs_come_from_the_schedule_not_from_the_sends(
     apps.append(app)
     beat = await scheduler_on(app, clock, "a")
     assert await beat.tick() == pytest.approx(10.0)  # first sight: the first run is at +10
-    assert beat.sent == []
+    assert beat.sent == deque()
     for late in (0.0, 3.7, 0.4, 9.9):  # each pass comes late by a different amount
         clock.at = T0 + 10 * (len(beat.sent) + 1) + late
         await beat.tick()
@@ -260,7 +260,7 @@ async def test_a_run_queued_by_a_scheduler_that_died_before_marking_it_is_not_qu
     clock.advance(4)
     other = await scheduler_on(app, clock, "b")
     await other.tick()
-    assert other.sent == []  # the broker had it: not queued a second time
+    assert other.sent == deque()  # the broker had it: not queued a second time
     assert [h["id"] for h in await queued(app)] == [run_id("ten", slot)]
     clock.advance(6)  # the next run comes as usual
     await other.tick()
@@ -281,7 +281,7 @@ async def test_a_scheduler_that_lost_its_lease_sends_nothing(
     assert [run.at for run in other.sent] == [at(10)]
     await paused.tick()  # "a" wakes up: its renewal is refused, it sends nothing
     assert not paused.leadership.leading
-    assert paused.sent == []
+    assert paused.sent == deque()
 
 
 async def test_crontab_runs_in_the_configured_zone_across_spring_forward(
